@@ -1,0 +1,158 @@
+//! The embedded Kafka-compatible broker: Tansu, run inside our own process.
+//!
+//! Durable storage is Tansu's SQLite engine; in-memory storage is for tests. Tansu takes a
+//! `sqlite://` path relative to the process's working directory, so the launcher runs the
+//! durable broker as its own child process whose working directory is the broker's data
+//! directory (see `mlops broker`).
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use tansu_broker::{broker::Broker, coordinator::group::administrator::Controller};
+use tansu_storage::StorageContainer;
+use tokio::task::JoinHandle;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("broker storage: {0}")]
+    Storage(String),
+    #[error("broker failed to start: {0}")]
+    Start(String),
+    #[error("broker did not accept connections on {0} within {1:?}")]
+    NotReady(SocketAddr, Duration),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the broker keeps topics, records and committed offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// Lost when the process ends; for tests.
+    Memory,
+    /// A SQLite file, named relative to the current working directory.
+    SqliteInWorkingDir(String),
+}
+
+impl BrokerStorage {
+    fn url(&self) -> Result<Url> {
+        let text = match self {
+            BrokerStorage::Memory => "memory://tansu/".to_owned(),
+            BrokerStorage::SqliteInWorkingDir(file) => {
+                if Path::new(file).is_absolute() || file.contains('/') {
+                    return Err(Error::Storage(format!(
+                        "{file}: must be a plain file name in the working directory"
+                    )));
+                }
+                format!("sqlite://{file}")
+            }
+        };
+        Url::parse(&text).map_err(|e| Error::Storage(e.to_string()))
+    }
+}
+
+/// A running broker. Dropping it stops the broker.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker listening on `addr` and waits until it accepts connections.
+    pub async fn start(addr: SocketAddr, storage: BrokerStorage) -> Result<Self> {
+        let listener =
+            Url::parse(&format!("tcp://{addr}")).map_err(|e| Error::Start(e.to_string()))?;
+        let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+            .node_id(111)
+            .cluster_id("mlops")
+            .incarnation_id(uuid::Uuid::now_v7())
+            .advertised_listener(listener.clone())
+            .listener(listener)
+            .storage(storage.url()?)
+            .silent(true)
+            .build()
+            .await
+            .map_err(|e| Error::Start(format!("{e:?}")))?;
+        let task = tokio::spawn(async move {
+            let mut broker = broker;
+            if let Err(e) = broker.serve(std::time::Instant::now().into()).await {
+                tracing::error!(error = ?e, "embedded broker stopped");
+            }
+        });
+        let broker = Self { addr, task };
+        broker.wait_until_listening(Duration::from_secs(30)).await?;
+        Ok(broker)
+    }
+
+    async fn wait_until_listening(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let addr = self.addr;
+        loop {
+            if self.task.is_finished() {
+                return Err(Error::Start("broker task ended during start-up".to_owned()));
+            }
+            let connected = tokio::task::spawn_blocking(move || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if connected {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NotReady(addr, limit));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap_servers(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Resolves when the broker stops on its own (an error); never in normal operation.
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_storage_must_be_a_plain_file_name() {
+        assert!(
+            BrokerStorage::SqliteInWorkingDir("/abs/tansu.db".into())
+                .url()
+                .is_err()
+        );
+        assert!(
+            BrokerStorage::SqliteInWorkingDir("a/tansu.db".into())
+                .url()
+                .is_err()
+        );
+        assert_eq!(
+            BrokerStorage::SqliteInWorkingDir("tansu.db".into())
+                .url()
+                .unwrap()
+                .as_str(),
+            "sqlite://tansu.db"
+        );
+    }
+}

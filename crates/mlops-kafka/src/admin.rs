@@ -1,0 +1,111 @@
+use std::time::{Duration, Instant};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    error::RDKafkaErrorCode,
+};
+
+use crate::{Error, KafkaConfig, Result};
+
+/// A topic the platform needs, with its partition count and topic-level settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub config: Vec<(String, String)>,
+}
+
+impl TopicSpec {
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            config: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.config.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// Creates the topics that do not exist yet (existing ones are left as they are) and
+/// waits until the broker's metadata lists every one of them. Neither Tansu nor our
+/// production brokers auto-create topics, so every topic goes through here.
+pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config.client_config("admin").create()?;
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|spec| {
+            let mut topic = NewTopic::new(
+                &spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            );
+            for (key, value) in &spec.config {
+                topic = topic.set(key, value);
+            }
+            topic
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::Topic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || wait_for_topics(&config, &names, Duration::from_secs(30)))
+        .await
+        .map_err(|e| Error::Unreachable(e.to_string()))?
+}
+
+fn wait_for_topics(config: &KafkaConfig, names: &[String], limit: Duration) -> Result<()> {
+    let consumer: BaseConsumer = config.client_config("admin-metadata").create()?;
+    let deadline = Instant::now() + limit;
+    loop {
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| {
+                !metadata.topics().iter().any(|t| {
+                    t.name() == name.as_str() && t.error().is_none() && !t.partitions().is_empty()
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Topic {
+                topic: missing[0].clone(),
+                reason: format!("not in broker metadata after {limit:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Checks that a broker answers a metadata request; used by readiness probes.
+pub async fn check_broker(config: &KafkaConfig, timeout: Duration) -> Result<()> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.client_config("probe").create()?;
+        consumer
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| Error::Unreachable(e.to_string()))
+    })
+    .await
+    .map_err(|e| Error::Unreachable(e.to_string()))?
+}

@@ -1,0 +1,330 @@
+//! At-least-once consumption: auto-commit is off, an offset is committed only after the
+//! handler's work is durable, and a record that can never be processed goes to
+//! `<topic>.dlq` (Avro `DeadLetter`, reason and source coordinates also in headers) so it
+//! never stalls its partition. Transient failures are retried with backoff, never skipped.
+
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use mlops_events::{Bytes, DeadLetter, now_millis, topics};
+use rdkafka::{
+    ClientContext, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::{Header, Headers, OwnedHeaders, OwnedMessage},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{KafkaConfig, Producer, Result, TopicSpec, ensure_topics};
+
+/// Header names on dead-lettered records.
+pub mod dlq_headers {
+    pub const REASON: &str = "dlq.reason";
+    pub const ERROR_CLASS: &str = "dlq.error.class";
+    pub const SOURCE_TOPIC: &str = "dlq.source.topic";
+    pub const SOURCE_PARTITION: &str = "dlq.source.partition";
+    pub const SOURCE_OFFSET: &str = "dlq.source.offset";
+    pub const CONSUMER_GROUP: &str = "dlq.consumer.group";
+}
+
+/// A consumed record, owned so that handlers may hold it across awaits.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
+    pub timestamp_millis: Option<i64>,
+}
+
+impl From<OwnedMessage> for Record {
+    fn from(message: OwnedMessage) -> Self {
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            timestamp_millis: message.timestamp().to_millis(),
+            headers: message.headers().cloned(),
+        }
+    }
+}
+
+impl Record {
+    /// The value of header `name`, when present.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .as_ref()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+    }
+}
+
+/// Why a handler could not finish a record. The variant decides what happens next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// The record can never be processed: dead-letter it and move on.
+    #[error("{class}: {reason}")]
+    Poison { class: String, reason: String },
+    /// A dependency failed; the same record is retried with backoff.
+    #[error("retry: {reason}")]
+    Retry { reason: String },
+}
+
+impl HandlerError {
+    pub fn poison(class: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Poison {
+            class: class.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<mlops_schema::Error> for HandlerError {
+    fn from(e: mlops_schema::Error) -> Self {
+        match e {
+            mlops_schema::Error::Poison { reason } => Self::poison("decode", reason),
+            e @ mlops_schema::Error::Unavailable { .. } => Self::retry(e.to_string()),
+        }
+    }
+}
+
+/// The work done for each record. It must be durable when `Ok` is returned: the offset is
+/// committed right after.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, record: &Record) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Logs partition assignment changes, which explain pauses and redeliveries.
+struct GroupContext {
+    group: String,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(group = %self.group, ?rebalance, "partitions rebalancing");
+    }
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A consumer group member that feeds records to a [`Handler`] one at a time.
+pub struct ConsumerLoop {
+    config: KafkaConfig,
+    group: String,
+    topics: Vec<String>,
+    dead_letters: Producer,
+}
+
+enum Outcome {
+    Done,
+    Cancelled,
+}
+
+impl ConsumerLoop {
+    /// `dead_letters` produces to `<topic>.dlq`; its codec registers the DeadLetter schema.
+    pub fn new(
+        config: &KafkaConfig,
+        group: impl Into<String>,
+        topics: Vec<String>,
+        dead_letters: Producer,
+    ) -> Self {
+        Self {
+            config: config.clone(),
+            group: group.into(),
+            topics,
+            dead_letters,
+        }
+    }
+
+    /// Consumes until `cancel` fires. The record in flight is finished and committed first.
+    pub async fn run<H: Handler>(self, handler: H, cancel: CancellationToken) -> Result<()> {
+        let dlq_specs: Vec<TopicSpec> = self
+            .topics
+            .iter()
+            .map(|t| TopicSpec::new(topics::dead_letter(t), 1))
+            .collect();
+        ensure_topics(&self.config, &dlq_specs).await?;
+
+        let consumer: StreamConsumer<GroupContext> = self
+            .config
+            .client_config(&format!("consumer-{}", self.group))
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                self.config.session_timeout_ms.to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.config.session_timeout_ms / 3).max(100).to_string(),
+            )
+            .create_with_context(GroupContext {
+                group: self.group.clone(),
+            })?;
+        let topic_refs: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topic_refs)?;
+        let handler = Arc::new(handler);
+        let mut processed: HashMap<(String, i32), i64> = HashMap::new();
+
+        loop {
+            let message = tokio::select! {
+                () = cancel.cancelled() => break,
+                message = consumer.recv() => message,
+            };
+            let record = match message {
+                Ok(message) => Record::from(message.detach()),
+                Err(e) => {
+                    warn!(group = %self.group, error = %e, "consume failed, retrying");
+                    tokio::time::sleep(RETRY_MIN).await;
+                    continue;
+                }
+            };
+            let span = info_span!(
+                "process",
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.operation.type = "process",
+                messaging.destination.name = %record.topic,
+                messaging.destination.partition.id = record.partition,
+                messaging.kafka.offset = record.offset,
+                messaging.consumer.group.name = %self.group,
+            );
+            let _ = span.set_parent(mlops_telemetry::extract_context(record.headers.as_ref()));
+            match self
+                .process(handler.as_ref(), &record, &cancel)
+                .instrument(span)
+                .await
+            {
+                Outcome::Cancelled => break,
+                Outcome::Done => {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition_offset(
+                        &record.topic,
+                        record.partition,
+                        Offset::Offset(record.offset + 1),
+                    )?;
+                    consumer.commit(&list, CommitMode::Async)?;
+                    processed.insert((record.topic.clone(), record.partition), record.offset + 1);
+                }
+            }
+        }
+
+        // Asynchronous commits may still be queued: make the last positions durable.
+        if !processed.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for ((topic, partition), next) in &processed {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            }
+            if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+                warn!(group = %self.group, error = %e, "final commit failed; records after the last commit will be redelivered");
+            }
+        }
+        Ok(())
+    }
+
+    async fn process<H: Handler>(
+        &self,
+        handler: &H,
+        record: &Record,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let mut backoff = RETRY_MIN;
+        loop {
+            let failure = match handler.handle(record).await {
+                Ok(()) => return Outcome::Done,
+                Err(HandlerError::Poison { class, reason }) => {
+                    match self.dead_letter(record, &class, &reason).await {
+                        Ok(()) => return Outcome::Done,
+                        Err(e) => format!("dead-lettering failed: {e}"),
+                    }
+                }
+                Err(HandlerError::Retry { reason }) => reason,
+            };
+            warn!(
+                topic = %record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                reason = %failure,
+                retry_in_ms = backoff.as_millis() as u64,
+                "record not processed, retrying"
+            );
+            tokio::select! {
+                () = cancel.cancelled() => return Outcome::Cancelled,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    async fn dead_letter(&self, record: &Record, class: &str, reason: &str) -> Result<()> {
+        let topic = topics::dead_letter(&record.topic);
+        let original_headers = record
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    Bytes(h.value.unwrap_or_default().to_vec()),
+                )
+            })
+            .collect();
+        let letter = DeadLetter {
+            source_topic: record.topic.clone(),
+            source_partition: record.partition,
+            source_offset: record.offset,
+            consumer_group: Some(self.group.clone()),
+            reason: reason.to_owned(),
+            error_class: class.to_owned(),
+            key: record.key.clone().map(Bytes),
+            value: record.payload.clone().map(Bytes),
+            headers: original_headers,
+            failed_at: now_millis(),
+        };
+        let partition = record.partition.to_string();
+        let offset = record.offset.to_string();
+        let headers = [
+            (dlq_headers::REASON, reason),
+            (dlq_headers::ERROR_CLASS, class),
+            (dlq_headers::SOURCE_TOPIC, record.topic.as_str()),
+            (dlq_headers::SOURCE_PARTITION, partition.as_str()),
+            (dlq_headers::SOURCE_OFFSET, offset.as_str()),
+            (dlq_headers::CONSUMER_GROUP, self.group.as_str()),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        });
+        self.dead_letters
+            .send_event(&topic, record.key.as_deref(), &letter, headers)
+            .await?;
+        warn!(
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            class,
+            reason,
+            "dead-lettered record"
+        );
+        Ok(())
+    }
+}

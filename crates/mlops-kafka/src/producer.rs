@@ -1,0 +1,101 @@
+use std::{sync::Arc, time::Duration};
+
+use mlops_events::Event;
+use mlops_schema::AvroCodec;
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    message::OwnedHeaders,
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+
+use crate::{Error, KafkaConfig, Result};
+
+/// Where the broker stored an acknowledged record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An idempotent producer with `acks=all`: `send` returns only once every in-sync replica
+/// has the record, so a caller may acknowledge its own client afterwards.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    codec: Arc<AvroCodec>,
+    /// How long a send waits for room in the local queue before reporting backpressure.
+    queue_wait: Duration,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    pub fn new(config: &KafkaConfig, codec: Arc<AvroCodec>) -> Result<Self> {
+        let inner = config
+            .client_config("producer")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Self {
+            inner,
+            codec,
+            queue_wait: Duration::from_secs(2),
+        })
+    }
+
+    pub fn codec(&self) -> &Arc<AvroCodec> {
+        &self.codec
+    }
+
+    /// Produces raw bytes with the current trace context added to `headers`, and waits for
+    /// the broker's acknowledgement.
+    pub async fn send_bytes(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Delivery> {
+        let headers = mlops_telemetry::inject_current_context(headers);
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match self
+            .inner
+            .send(record, Timeout::After(self.queue_wait))
+            .await
+        {
+            Ok(delivery) => Ok(Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(Error::QueueFull)
+            }
+            Err((e, _)) => Err(Error::Kafka(e)),
+        }
+    }
+
+    /// Encodes `event` (Confluent-framed Avro, schema registered under `<topic>-value`) and
+    /// produces it.
+    pub async fn send_event<E: Event>(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        event: &E,
+        headers: OwnedHeaders,
+    ) -> Result<Delivery> {
+        let payload = self.codec.encode(topic, event).await?;
+        self.send_bytes(topic, key, &payload, headers).await
+    }
+}

@@ -1,0 +1,301 @@
+//! The admin endpoints every service exposes on its HTTP port:
+//! `GET /healthz` (the process is alive), `GET /readyz` (its dependencies answer) and
+//! `GET /metrics` (Prometheus / OpenMetrics text).
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{MatchedPath, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long one readiness probe may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// One dependency probed by `/readyz` (broker, schema registry, database...).
+#[derive(Clone)]
+pub struct ReadinessCheck {
+    name: String,
+    check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadinessCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadinessCheck")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ReadinessCheck {
+    pub fn new<F, Fut>(name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            name: name.into(),
+            check: Arc::new(move || Box::pin(check())),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self) -> Result<(), String> {
+        match tokio::time::timeout(CHECK_TIMEOUT, (self.check)()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Shared state of the admin endpoints and the HTTP metrics middleware.
+#[derive(Clone)]
+pub struct AdminState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: String,
+    checks: Vec<ReadinessCheck>,
+    registry: Registry,
+    http_requests: Family<Labels, Counter>,
+    http_duration: Family<Labels, Histogram>,
+}
+
+impl AdminState {
+    /// `registry` holds the service's own metrics; HTTP and build metrics are added here.
+    pub fn new(
+        service: impl Into<String>,
+        mut registry: Registry,
+        checks: Vec<ReadinessCheck>,
+    ) -> Self {
+        let service = service.into();
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("service".to_owned(), service.clone()),
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            ])
+            .set(1);
+        registry.register(
+            "mlops_build_info",
+            "Build of the running service",
+            build_info,
+        );
+        let http_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "mlops_http_requests",
+            "HTTP requests served, by method, route and status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
+        });
+        registry.register(
+            "mlops_http_request_duration_seconds",
+            "HTTP request latency, by method and route",
+            http_duration.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                service,
+                checks,
+                registry,
+                http_requests,
+                http_duration,
+            }),
+        }
+    }
+
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// Runs every readiness probe concurrently.
+    pub async fn readiness(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
+        let results = futures::future::join_all(
+            self.inner
+                .checks
+                .iter()
+                .map(|check| async move { (check.name.clone(), check.run().await) }),
+        )
+        .await;
+        let ready = results.iter().all(|(_, r)| r.is_ok());
+        let checks = results
+            .into_iter()
+            .map(|(name, result)| {
+                let value = match result {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => e,
+                };
+                (name, serde_json::Value::String(value))
+            })
+            .collect();
+        (ready, checks)
+    }
+
+    /// Admin routes, to be merged into the service's own router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone())
+    }
+
+    /// Wraps a whole service router with request counting and latency histograms.
+    pub fn instrument(&self, router: Router) -> Router {
+        router.layer(middleware::from_fn_with_state(self.clone(), track_http))
+    }
+}
+
+async fn healthz(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "service": state.inner.service}))
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let (ready, checks) = state.readiness().await;
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    };
+    (
+        status,
+        Json(json!({"status": word, "service": state.inner.service, "checks": checks})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let mut body = String::new();
+    match encode(&mut body, &state.inner.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn track_http(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    // Label by route template, never by raw path: paths carry ids and would explode cardinality.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    state
+        .inner
+        .http_duration
+        .get_or_create(&vec![
+            ("method".to_owned(), method.clone()),
+            ("route".to_owned(), route.clone()),
+        ])
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .inner
+        .http_requests
+        .get_or_create(&vec![
+            ("method".to_owned(), method),
+            ("route".to_owned(), route),
+            ("status".to_owned(), status),
+        ])
+        .inc();
+    response
+}
+
+/// Serves `router` until `cancel` fires, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get_json(router: Router, uri: &str) -> (StatusCode, String) {
+        let response = router
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_names_the_failing_dependency() {
+        let state = AdminState::new(
+            "test",
+            Registry::default(),
+            vec![
+                ReadinessCheck::new("broker", || async { Ok(()) }),
+                ReadinessCheck::new("database", || async {
+                    Err("connection refused".to_owned())
+                }),
+            ],
+        );
+        let router = state.instrument(state.router());
+        let (status, body) = get_json(router.clone(), "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, r#"{"service":"test","status":"ok"}"#);
+
+        let (status, body) = get_json(router.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["status"], "not_ready");
+        assert_eq!(body["checks"]["broker"], "ok");
+        assert_eq!(body["checks"]["database"], "connection refused");
+
+        let (status, body) = get_json(router, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.contains(r#"mlops_build_info{service="test""#),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                r#"mlops_http_requests_total{method="GET",route="/readyz",status="503"} 1"#
+            ),
+            "{body}"
+        );
+    }
+}

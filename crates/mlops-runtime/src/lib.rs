@@ -1,0 +1,13 @@
+//! What every service process shares: layered configuration, secrets that never print,
+//! supervised tasks with graceful shutdown, and the admin router (`/healthz`, `/readyz`,
+//! `/metrics`).
+
+pub mod admin;
+pub mod config;
+mod secret;
+pub mod tasks;
+
+pub use admin::{AdminState, ReadinessCheck, serve};
+pub use config::{ConfigError, load_config};
+pub use secret::Secret;
+pub use tasks::{TaskSet, shutdown_signal};

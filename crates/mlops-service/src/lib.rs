@@ -1,0 +1,319 @@
+//! Start-up shared by every service: the config sections they all have, the readiness
+//! probes of the platform's dependencies, and `main()` itself (config, telemetry, bind,
+//! run until a signal, drain). A service provides only its [`ServiceConfig`] and its `run`.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use mlops_kafka::KafkaConfig;
+use mlops_runtime::{ReadinessCheck, load_config, tasks::TaskSet};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Time given to in-flight work after SIGTERM before tasks are aborted.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Default ports of the platform, each overridable by `MLOPS_<SERVICE>_PORT`.
+pub mod ports {
+    pub const BROKER: u16 = 9092;
+    pub const INGESTION: u16 = 8080;
+    pub const REGISTRY: u16 = 8081;
+    pub const SERVING: u16 = 8082;
+    pub const FEATURE: u16 = 8083;
+    pub const TRAINING: u16 = 8084;
+    pub const MONITORING: u16 = 8085;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 0,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL of a Confluent-compatible Schema Registry (`SCHEMA_REGISTRY_URL`).
+    pub url: String,
+}
+
+impl Default for SchemaRegistryConfig {
+    fn default() -> Self {
+        Self {
+            url: format!("http://127.0.0.1:{}", ports::REGISTRY),
+        }
+    }
+}
+
+/// The sections every service has. Services flatten it into their own config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommonConfig {
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub schema_registry: SchemaRegistryConfig,
+    /// Where the service keeps local state (`MLOPS_DATA_DIR`).
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://...` or `postgres://...` (`DATABASE_URL`); when unset, a SQLite file
+    /// named after the service in the data directory.
+    pub url: Option<String>,
+}
+
+impl CommonConfig {
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            http: HttpConfig {
+                port,
+                ..HttpConfig::default()
+            },
+            kafka: KafkaConfig::default(),
+            schema_registry: SchemaRegistryConfig::default(),
+            data_dir: PathBuf::from(".mlops"),
+            database: DatabaseConfig::default(),
+        }
+    }
+
+    /// The configured database URL, or `sqlite://<data_dir>/<service>.db`.
+    pub fn database_url(&self, service: &str) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join(format!("{service}.db")).display()
+            )
+        })
+    }
+
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = self.kafka.validate();
+        if !(self.schema_registry.url.starts_with("http://")
+            || self.schema_registry.url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "schema_registry.url: {:?} is not an http(s) URL",
+                self.schema_registry.url
+            ));
+        }
+        errors
+    }
+
+    /// Probes of the broker and the Schema Registry, for `/readyz`.
+    pub fn readiness_checks(&self) -> Vec<ReadinessCheck> {
+        vec![
+            broker_check(&self.kafka),
+            schema_registry_check(&self.schema_registry.url),
+        ]
+    }
+}
+
+impl Default for CommonConfig {
+    fn default() -> Self {
+        Self::with_port(0)
+    }
+}
+
+pub fn broker_check(kafka: &KafkaConfig) -> ReadinessCheck {
+    let kafka = kafka.clone();
+    ReadinessCheck::new("broker", move || {
+        let kafka = kafka.clone();
+        async move {
+            mlops_kafka::check_broker(&kafka, Duration::from_secs(2))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+}
+
+pub fn schema_registry_check(url: &str) -> ReadinessCheck {
+    let url = format!("{}/subjects", url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    ReadinessCheck::new("schema_registry", move || {
+        let request = client.get(&url).timeout(Duration::from_secs(2));
+        async move {
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("answered {}", response.status()))
+            }
+        }
+    })
+}
+
+/// A service's configuration: its own sections plus the common ones.
+pub trait ServiceConfig: Serialize + DeserializeOwned + Send + 'static {
+    fn common(&self) -> &CommonConfig;
+
+    /// Semantic checks beyond the common ones.
+    fn validate(&self) -> Vec<String> {
+        self.common().validate()
+    }
+
+    /// Extra environment aliases (`ENV_NAME`, `section.key`) of this service.
+    fn aliases() -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+impl ServiceConfig for CommonConfig {
+    fn common(&self) -> &CommonConfig {
+        self
+    }
+}
+
+/// Runs a service that has no API of its own yet: admin endpoints only, ready when the
+/// broker and the Schema Registry answer.
+pub async fn serve_admin_only(
+    service: &'static str,
+    config: &CommonConfig,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let admin =
+        mlops_runtime::AdminState::new(service, Default::default(), config.readiness_checks());
+    let router = admin.instrument(admin.router());
+    mlops_runtime::serve(listener, router, cancel).await?;
+    Ok(())
+}
+
+/// Environment names operators already know, mapped to config paths.
+pub fn standard_aliases(service: &str) -> Vec<(String, String)> {
+    let alias = |env: String, path: &str| (env, path.to_owned());
+    vec![
+        alias("KAFKA_BOOTSTRAP_SERVERS".into(), "kafka.bootstrap_servers"),
+        alias("SCHEMA_REGISTRY_URL".into(), "schema_registry.url"),
+        alias("MLOPS_DATA_DIR".into(), "data_dir"),
+        alias("DATABASE_URL".into(), "database.url"),
+        alias("MLOPS_HTTP_HOST".into(), "http.host"),
+        alias(
+            format!("MLOPS_{}_PORT", service.to_ascii_uppercase()),
+            "http.port",
+        ),
+    ]
+}
+
+/// Loads `C` from `defaults`, the file named by `MLOPS_CONFIG`, and the environment.
+pub fn config_from_env<C: ServiceConfig>(
+    service: &str,
+    defaults: C,
+) -> Result<C, mlops_runtime::ConfigError> {
+    let file = std::env::var_os("MLOPS_CONFIG").map(PathBuf::from);
+    let mut aliases = standard_aliases(service);
+    aliases.extend(C::aliases());
+    load_config(
+        defaults,
+        file.as_deref(),
+        std::env::vars(),
+        &aliases,
+        C::validate,
+    )
+}
+
+/// The whole life of a service process; what each `main.rs` and `mlops service` call.
+pub fn main<C, F, Fut>(service: &'static str, defaults: C, run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let config: C = match config_from_env(service, defaults) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{service}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let telemetry = match mlops_telemetry::init(service) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("{service}: telemetry: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = serve(service, config, run).await;
+        telemetry.shutdown();
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "{service} stopped with an error");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // The parent watch may still be blocked reading stdin on a worker thread; waiting for
+    // it would hang the exit, and there is nothing left to drain.
+    runtime.shutdown_background();
+    code
+}
+
+async fn serve<C, F, Fut>(service: &'static str, config: C, run: F) -> anyhow::Result<()>
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let addr = config.common().http.addr();
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
+    let local: SocketAddr = listener.local_addr()?;
+    tracing::info!(service, %local, "listening");
+
+    let mut tasks = TaskSet::default();
+    let token = tasks.token();
+    tasks.spawn(service, run(config, listener, token.clone()));
+    if std::env::var_os("MLOPS_EXIT_WITH_PARENT").is_some() {
+        // Launched by `mlops up`: stdin is a pipe from the launcher, closed when it dies,
+        // so no service outlives its supervisor even after a SIGKILL.
+        tasks.spawn("parent-watch", watch_parent(token));
+    }
+    tasks
+        .run(mlops_runtime::shutdown_signal(), SHUTDOWN_GRACE)
+        .await
+        .map_err(anyhow::Error::from)
+}
+
+async fn watch_parent(cancel: CancellationToken) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        _ = async { while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {} } => {
+            tracing::warn!("launcher went away, shutting down");
+        }
+    }
+    Ok(())
+}

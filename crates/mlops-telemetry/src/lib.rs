@@ -1,0 +1,113 @@
+//! Telemetry for every process of the platform: `tracing` logs (JSON when stdout is not a
+//! terminal), OpenTelemetry spans exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set, and W3C trace context (`traceparent`, `tracestate`) carried in Kafka headers.
+//!
+//! Spans are always recorded by an OpenTelemetry tracer, also when nothing exports them,
+//! so trace context crosses every Kafka hop whether or not a collector is configured.
+
+mod kafka_headers;
+
+pub use kafka_headers::{HeaderExtractor, HeaderInjector, extract_context, inject_current_context};
+
+use std::io::IsTerminal;
+
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("otlp exporter: {0}")]
+    Exporter(String),
+    #[error("log filter: {0}")]
+    Filter(String),
+    #[error("a global subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Flushes and stops exporting when the process ends. Keep it alive in `main`.
+#[derive(Debug)]
+#[must_use = "dropping the guard stops span export"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports what is still buffered; call once before exit.
+    pub fn shutdown(self) {
+        // Errors here only mean the collector went away; nothing is left to do about it.
+        let _ = self.provider.force_flush();
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Installs logs, traces and the W3C propagator for `service`. Log level comes from
+/// `RUST_LOG` (default `info`).
+pub fn init(service: &'static str) -> Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = tracer_provider(service)?;
+    let tracer = provider.tracer(service);
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new("info"))
+        .map_err(|e| Error::Filter(e.to_string()))?;
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let installed = if std::io::stdout().is_terminal() {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .try_init()
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(false)
+                    .with_span_list(false),
+            )
+            .try_init()
+    };
+    installed.map_err(|_| Error::AlreadyInstalled)?;
+    Ok(TelemetryGuard { provider })
+}
+
+fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider> {
+    let resource = Resource::builder()
+        .with_service_name(service)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+    if endpoint.trim().is_empty() {
+        return Ok(builder.build());
+    }
+    // The OTLP standard default is http/protobuf; gRPC is chosen the standard way.
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_default();
+    let exporter = match protocol.as_str() {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        _ => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build(),
+    }
+    .map_err(|e| Error::Exporter(e.to_string()))?;
+    Ok(builder.with_batch_exporter(exporter).build())
+}
+
+/// Hex trace id of the current span, when it has one; stored in events as `trace_id`.
+pub fn current_trace_id() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}

@@ -1,0 +1,332 @@
+//! `mlops up` and `mlops demo`: start the embedded broker and the six services as separate
+//! OS processes (each is this same binary in `broker` or `service` mode), restart any that
+//! dies, and stop them all on Ctrl-C — services first, the broker last, no orphan left.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::{process::Command, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    platform::{Layout, SERVICES},
+    status,
+};
+
+/// How long a child gets to drain after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long everything may take to become ready before `up` reports a failure.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    Up,
+    Demo { exit: bool, timeout: Duration },
+}
+
+pub(crate) fn main(mode: Mode) -> ExitCode {
+    let layout = match Layout::from_env() {
+        Ok(layout) => layout,
+        Err(errors) => {
+            eprintln!("mlops: {}", errors.join("; "));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(run(mode, layout))
+}
+
+/// A supervised child process and the token that stops it.
+struct Supervised {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Supervised {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&layout.data_dir)
+        .and_then(|()| layout.data_dir.canonicalize())
+        .map(|dir| layout.data_dir = dir)
+    {
+        eprintln!("mlops: data directory {}: {e}", layout.data_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let busy = busy_ports(&layout);
+    if !busy.is_empty() {
+        eprintln!(
+            "mlops: ports already in use: {} (another platform running? override with MLOPS_<NAME>_PORT)",
+            busy.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("mlops: cannot locate own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let logs = layout.data_dir.join("logs");
+    println!("mlops: data directory {}", layout.data_dir.display());
+    println!("mlops: logs in {}", logs.display());
+
+    let broker = match &layout.external_bootstrap {
+        Some(bootstrap) => {
+            println!("mlops: using external Kafka at {bootstrap}; no embedded broker");
+            None
+        }
+        None => {
+            let dir = layout.data_dir.join("broker");
+            let mut command = Command::new(&exe);
+            command
+                .arg("broker")
+                .current_dir(&dir)
+                .env("MLOPS_BROKER_PORT", layout.broker_port.to_string());
+            let supervised = supervise("broker", command, Some(dir), &logs);
+            println!(
+                "mlops: broker      kafka://{}  (embedded Tansu, durable in {})",
+                layout.bootstrap_servers(),
+                layout.data_dir.join("broker").display()
+            );
+            Some(supervised)
+        }
+    };
+
+    let mut services = Vec::new();
+    for service in SERVICES {
+        let mut command = Command::new(&exe);
+        command
+            .args(["service", service])
+            .env("KAFKA_BOOTSTRAP_SERVERS", layout.bootstrap_servers())
+            .env("SCHEMA_REGISTRY_URL", layout.schema_registry())
+            .env("MLOPS_DATA_DIR", layout.data_dir.join(service))
+            .env(
+                format!("MLOPS_{}_PORT", service.to_ascii_uppercase()),
+                layout.port(service).to_string(),
+            );
+        services.push(supervise(service, command, None, &logs));
+        println!("mlops: {service:<11} {}", layout.url(service));
+    }
+    if layout.schema_registry_url.is_none() {
+        println!(
+            "mlops: schema registry {} (Confluent-compatible API of the registry service)",
+            layout.schema_registry()
+        );
+    }
+
+    let outcome = match mode {
+        Mode::Up => {
+            match wait_until_ready(&layout, READY_TIMEOUT).await {
+                Ok(elapsed) => println!(
+                    "mlops: all services ready in {:.1}s; Ctrl-C stops everything",
+                    elapsed.as_secs_f64()
+                ),
+                Err(e) => eprintln!("mlops: {e}; still supervising, see the logs"),
+            }
+            mlops_runtime::shutdown_signal().await;
+            Ok(())
+        }
+        Mode::Demo { exit, timeout } => {
+            let story = tokio::time::timeout(timeout, demo_story(&layout)).await;
+            let result = match story {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "the story did not finish within {}s",
+                    timeout.as_secs()
+                )),
+            };
+            match &result {
+                Ok(()) => println!("mlops demo: every step succeeded"),
+                Err(e) => eprintln!("mlops demo: {e}"),
+            }
+            if !exit {
+                println!(
+                    "mlops demo: platform keeps running for exploration; Ctrl-C stops everything"
+                );
+                mlops_runtime::shutdown_signal().await;
+            }
+            result
+        }
+    };
+
+    println!("mlops: stopping services");
+    stop_all(services).await;
+    if let Some(broker) = broker {
+        println!("mlops: stopping broker");
+        broker.stop().await;
+    }
+    println!("mlops: stopped");
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Stops children concurrently, each with its own grace period.
+async fn stop_all(children: Vec<Supervised>) {
+    for child in &children {
+        child.stop.cancel();
+    }
+    for child in children {
+        let _ = child.task.await;
+    }
+}
+
+/// The end-to-end story told by `mlops demo`. Each step names itself on failure.
+async fn demo_story(layout: &Layout) -> Result<(), String> {
+    println!("mlops demo: step 1/2 — waiting for the broker and all six services");
+    let elapsed = wait_until_ready(layout, READY_TIMEOUT)
+        .await
+        .map_err(|e| format!("step 'platform ready' failed: {e}"))?;
+    println!("mlops demo:   ready in {:.1}s", elapsed.as_secs_f64());
+    println!("mlops demo: step 2/2 — status");
+    if !status::report(layout).await {
+        return Err("step 'status' failed: a component stopped being ready".to_owned());
+    }
+    Ok(())
+}
+
+/// Polls every component's readiness until all are ready or `limit` passes.
+async fn wait_until_ready(layout: &Layout, limit: Duration) -> Result<Duration, String> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut pending: Vec<&str> = SERVICES.to_vec();
+    let mut last_reason = String::new();
+    loop {
+        let mut still = Vec::new();
+        for service in pending {
+            match status::readiness(&client, &layout.url(service)).await {
+                Ok(_) => println!("mlops:   {service} ready"),
+                Err(reason) => {
+                    last_reason = format!("{service}: {reason}");
+                    still.push(service);
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return Err(format!(
+                "not ready after {}s: {} (last: {last_reason})",
+                limit.as_secs(),
+                pending.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn busy_ports(layout: &Layout) -> Vec<String> {
+    let mut wanted: Vec<(String, u16)> = layout
+        .ports
+        .iter()
+        .map(|(s, p)| ((*s).to_owned(), *p))
+        .collect();
+    if layout.external_bootstrap.is_none() {
+        wanted.push(("broker".to_owned(), layout.broker_port));
+    }
+    wanted
+        .into_iter()
+        .filter(|(_, port)| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
+        .map(|(name, port)| format!("{name} {port}"))
+        .collect()
+}
+
+/// Runs `command` as a child, restarting it with backoff whenever it dies, until stopped.
+fn supervise(
+    name: &'static str,
+    mut command: Command,
+    workdir: Option<PathBuf>,
+    logs: &Path,
+) -> Supervised {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let logs = logs.to_path_buf();
+    // A child in its own process group does not receive the terminal's Ctrl-C: the
+    // launcher decides the order of shutdown. Its stdin is a pipe held by the launcher,
+    // closed if the launcher dies, which makes the child exit (MLOPS_EXIT_WITH_PARENT).
+    command
+        .env("MLOPS_EXIT_WITH_PARENT", "1")
+        .stdin(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if let Some(dir) = &workdir
+                && let Err(e) = std::fs::create_dir_all(dir)
+            {
+                eprintln!("mlops: {name}: {}: {e}", dir.display());
+            }
+            let spawned = log_file(&logs, name).and_then(|(out, err)| {
+                command.stdout(out).stderr(err);
+                command.spawn()
+            });
+            let started = Instant::now();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(e) => {
+                    eprintln!("mlops: {name} could not start: {e}");
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            let _stdin = child.stdin.take();
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_secs(1);
+                    }
+                    eprintln!(
+                        "mlops: {name} exited ({status}); restarting in {}s (log: {})",
+                        backoff.as_secs(),
+                        logs.join(format!("{name}.log")).display()
+                    );
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                () = token.cancelled() => {
+                    if let Some(pid) = child.id() {
+                        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                    }
+                    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                        eprintln!("mlops: {name} did not stop within {}s, killing it", STOP_GRACE.as_secs());
+                        let _ = child.kill().await;
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    Supervised { stop, task }
+}
+
+fn log_file(dir: &Path, name: &str) -> std::io::Result<(Stdio, Stdio)> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?;
+    Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
+}

@@ -1,0 +1,59 @@
+//! `mlops`: the whole platform on one machine. See `mlops --help`.
+
+mod broker;
+mod launcher;
+mod platform;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mlops",
+    version,
+    about = "Event-driven MLOps platform: run it, check it, tell its story"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the embedded broker and all six services, supervise them until Ctrl-C.
+    Up,
+    /// `up`, then tell the end-to-end story; keeps running for exploration unless --exit.
+    Demo {
+        /// Stop everything once the story is told; exit 0 only if every step succeeded.
+        #[arg(long)]
+        exit: bool,
+        /// Give up on the story after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Print the readiness of the broker and every service.
+    Status,
+    /// Run one service in this process (what `up` launches; also for standalone use).
+    Service {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(platform::SERVICES))]
+        name: String,
+    },
+    /// Run the embedded Kafka-compatible broker in this process.
+    Broker,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Service { name } => platform::run_service(&name),
+        Command::Broker => broker::main(),
+        Command::Up => launcher::main(launcher::Mode::Up),
+        Command::Demo { exit, timeout } => launcher::main(launcher::Mode::Demo {
+            exit,
+            timeout: std::time::Duration::from_secs(timeout),
+        }),
+        Command::Status => status::main(),
+    }
+}

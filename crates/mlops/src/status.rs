@@ -1,0 +1,75 @@
+//! `mlops status` and the readiness polling shared with `up` and `demo`.
+
+use std::{process::ExitCode, time::Duration};
+
+use crate::platform::{Layout, SERVICES};
+
+/// Readiness of one component: `Ok` with a short word, or the reason it is not ready.
+pub(crate) async fn readiness(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    let response = client
+        .get(format!("{url}/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                "not running".to_owned()
+            } else {
+                e.to_string()
+            }
+        })?;
+    let ready = response.status().is_success();
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    if ready {
+        Ok("ready".to_owned())
+    } else {
+        let failing: Vec<String> = body["checks"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v.as_str() != Some("ok"))
+            .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
+            .collect();
+        Err(format!("not ready ({})", failing.join("; ")))
+    }
+}
+
+/// One line per component; true when all are ready.
+pub(crate) async fn report(layout: &Layout) -> bool {
+    let client = reqwest::Client::new();
+    let mut all_ready = true;
+    let broker = layout.bootstrap_servers();
+    let broker_up = tokio::net::TcpStream::connect(broker.split(',').next().unwrap_or_default())
+        .await
+        .is_ok();
+    all_ready &= broker_up;
+    println!(
+        "  {:<11} {:<28} {}",
+        "broker",
+        broker,
+        if broker_up { "ready" } else { "not running" }
+    );
+    for service in SERVICES {
+        let url = layout.url(service);
+        let state = readiness(&client, &url).await;
+        all_ready &= state.is_ok();
+        println!("  {service:<11} {url:<28} {}", state.unwrap_or_else(|e| e));
+    }
+    all_ready
+}
+
+pub(crate) fn main() -> ExitCode {
+    let layout = match Layout::from_env() {
+        Ok(layout) => layout,
+        Err(errors) => {
+            eprintln!("mlops status: {}", errors.join("; "));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if runtime.block_on(report(&layout)) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Runs a real single-node Apache Kafka broker (KRaft, loopback only) for the test suite.
+#
+#   tests/kafka/kafka.sh start <work-dir> <port>   provision jars if needed, format, start, wait
+#   tests/kafka/kafka.sh stop <work-dir>           stop the broker started in <work-dir>
+#
+# The jars come from Maven Central through tests/kafka/pom.xml and are kept in
+# $MLOPS_CACHE_DIR (default ~/.cache/mlops) so a second run starts at once.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
+cache=${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}
+libs="$cache/kafka-$version/libs"
+
+provision() {
+  if [ ! -f "$libs/kafka_2.13-$version.jar" ]; then
+    echo "kafka.sh: fetching Apache Kafka $version from Maven Central into $libs" >&2
+    mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs" >&2
+  fi
+}
+
+start() {
+  local dir=$1 port=$2 controller_port=$(( $2 + 1 ))
+  provision
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+PROPS
+  local java_opts=(-Xms256m -Xmx768m -XX:+UseSerialGC -cp "$libs/*")
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    local cluster_id
+    cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+    java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+      -c "$dir/server.properties" > "$dir/format.log" 2>&1
+  fi
+  nohup java "${java_opts[@]}" kafka.Kafka "$dir/server.properties" > "$dir/kafka.log" 2>&1 &
+  echo $! > "$dir/kafka.pid"
+  # Ready when the broker listener accepts connections; give up after 120 s.
+  for _ in $(seq 1 240); do
+    if ! kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null; then
+      echo "kafka.sh: broker exited during start-up; last log lines:" >&2
+      tail -n 40 "$dir/kafka.log" >&2
+      exit 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "kafka.sh: Apache Kafka $version ready on 127.0.0.1:$port" >&2
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "kafka.sh: broker not ready after 120 s" >&2
+  stop "$dir"
+  exit 1
+}
+
+stop() {
+  local dir=$1
+  [ -f "$dir/kafka.pid" ] || return 0
+  local pid
+  pid=$(cat "$dir/kafka.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$dir/kafka.pid"; return 0; }
+    sleep 0.5
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$dir/kafka.pid"
+}
+
+case "${1:-}" in
+  start) start "$2" "$3" ;;
+  stop) stop "$2" ;;
+  provision) provision ;;
+  *) echo "usage: $0 start <dir> <port> | stop <dir> | provision" >&2; exit 2 ;;
+esac

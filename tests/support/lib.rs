@@ -1,0 +1,78 @@
+//! Helpers of the integration tests: the registry service started in-process on a free
+//! port with its own database, and polling with a deadline instead of sleeps.
+
+use std::{future::Future, time::Duration};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// A registry service (with its Schema Registry API) running in this process.
+pub struct TestRegistry {
+    pub url: String,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    /// Starts on a free port with a fresh SQLite database, or on `database_url` when given.
+    pub async fn start(bootstrap_servers: &str, database_url: Option<String>) -> Self {
+        let dir = mlops_testkit::temp_dir();
+        let mut config = registry::default_config();
+        config.data_dir = dir.path().to_path_buf();
+        config.database.url = database_url;
+        config.kafka.bootstrap_servers = bootstrap_servers.to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(registry::run(config, listener, cancel.clone()));
+        let client = reqwest::Client::new();
+        let subjects = format!("{url}/subjects");
+        eventually(Duration::from_secs(30), || {
+            let request = client.get(&subjects).send();
+            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+        .expect("registry answers /subjects");
+        Self {
+            url,
+            cancel,
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the service and waits for it, surfacing its error if it failed.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("registry task")
+                .expect("registry ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Polls `condition` until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("condition not met within {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
