@@ -1,1 +1,378 @@
+//! The Kafka plumbing against real brokers — the embedded Tansu broker and Apache Kafka —
+//! with real rdkafka clients, Avro through the registry's Schema Registry API, and trace
+//! context in headers.
 
+use std::{sync::Arc, time::Duration};
+
+use mlops_events::{
+    DeadLetter, DriftEvent, DriftSeverity, DriftStatistic, DriftedFeature, new_id, now_millis,
+    topics,
+};
+use mlops_integration_tests::TestRegistry;
+use mlops_kafka::{
+    ConsumerLoop, Handler, HandlerError, KafkaConfig, OwnedHeaders, Producer, Record, TopicSpec,
+    consumer::dlq_headers, ensure_topics,
+};
+use mlops_schema::AvroCodec;
+use mlops_testkit::{TestBroker, brokers, unique};
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{Consumer, StreamConsumer},
+    message::Headers,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn init() {
+    mlops_testkit::init_logs();
+    // Real spans, so that trace context has something to carry.
+    if let Ok(guard) = mlops_telemetry::init_traces_only("kafka-tests") {
+        std::mem::forget(guard);
+    }
+}
+
+fn drift_event(feature: &str) -> DriftEvent {
+    DriftEvent {
+        event_id: new_id(),
+        model_name: "fraud".into(),
+        model_version: 3,
+        window_start: 1_700_000_000_000,
+        window_end: 1_700_000_060_000,
+        window_size: 500,
+        features: vec![DriftedFeature {
+            feature: feature.into(),
+            statistic: DriftStatistic::Psi,
+            value: 0.42,
+            threshold: 0.2,
+            p_value: None,
+        }],
+        severity: DriftSeverity::Critical,
+        detected_at: now_millis(),
+        trace_id: None,
+    }
+}
+
+/// Everything one test needs on one broker: config, a Schema Registry, a producer.
+struct Setup {
+    broker: TestBroker,
+    kafka: KafkaConfig,
+    registry: TestRegistry,
+    codec: Arc<AvroCodec>,
+    producer: Producer,
+}
+
+async fn setup(broker: TestBroker) -> Setup {
+    let kafka = KafkaConfig::with_bootstrap(&broker.bootstrap_servers);
+    let registry = TestRegistry::start(&broker.bootstrap_servers, None).await;
+    let codec = Arc::new(AvroCodec::new(&registry.url).expect("codec"));
+    let producer = Producer::new(&kafka, codec.clone()).expect("producer");
+    Setup {
+        broker,
+        kafka,
+        registry,
+        codec,
+        producer,
+    }
+}
+
+/// Decodes every record as a DriftEvent and reports it with the trace id it ran under.
+struct Collect {
+    codec: Arc<AvroCodec>,
+    seen: mpsc::UnboundedSender<(i64, DriftEvent, Option<String>)>,
+}
+
+impl Handler for Collect {
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        let payload = record.payload.as_deref().unwrap_or_default();
+        let event: DriftEvent = self.codec.decode(payload).await?;
+        let _ = self
+            .seen
+            .send((record.offset, event, mlops_telemetry::current_trace_id()));
+        Ok(())
+    }
+}
+
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+        .expect("channel open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn avro_events_and_trace_context_cross_the_broker() {
+    init();
+    for broker in brokers().await {
+        let s = setup(broker).await;
+        let kind = s.broker.kind;
+        let topic = unique("drift");
+        ensure_topics(&s.kafka, &[TopicSpec::new(&topic, 3)])
+            .await
+            .expect("topic");
+
+        let sent = drift_event("amount");
+        let span = tracing::info_span!("publish drift");
+        let producer_trace = async {
+            s.producer
+                .send_event(&topic, Some(b"fraud"), &sent, OwnedHeaders::new())
+                .await
+                .expect("acknowledged");
+            mlops_telemetry::current_trace_id().expect("span has a trace id")
+        }
+        .instrument(span)
+        .await;
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let consumer = ConsumerLoop::new(
+            &s.kafka,
+            unique("group"),
+            vec![topic.clone()],
+            s.producer.clone(),
+        );
+        let task = tokio::spawn(consumer.run(
+            Collect {
+                codec: s.codec.clone(),
+                seen: tx,
+            },
+            cancel.clone(),
+        ));
+        let (_, received, consumer_trace) = next(&mut rx, "event").await;
+        assert_eq!(received, sent, "{kind}: event changed in transit");
+        assert_eq!(
+            consumer_trace.as_deref(),
+            Some(producer_trace.as_str()),
+            "{kind}: the consumer's span is not in the producer's trace"
+        );
+
+        // The subject follows the TopicNameStrategy and holds the schema from schemas/.
+        let latest: serde_json::Value = reqwest::get(format!(
+            "{}/subjects/{topic}-value/versions/latest",
+            s.registry.url
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(latest["version"], 1, "{kind}: {latest}");
+        cancel.cancel();
+        task.await.unwrap().expect("consumer loop ends cleanly");
+    }
+}
+
+/// Reads every record of `topic` from the beginning with a plain rdkafka consumer.
+async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("reader");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        let message = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} records on {topic}", messages.len()))
+            .expect("consume");
+        messages.push(message.detach());
+    }
+    messages
+}
+
+fn header(message: &rdkafka::message::OwnedMessage, key: &str) -> String {
+    let headers = message.headers().expect("headers");
+    let value = headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .unwrap_or_else(|| panic!("no {key} header"));
+    String::from_utf8(value.to_vec()).expect("utf-8 header")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
+    init();
+    for broker in brokers().await {
+        let s = setup(broker).await;
+        let kind = s.broker.kind;
+        let topic = unique("events");
+        ensure_topics(&s.kafka, &[TopicSpec::new(&topic, 1)])
+            .await
+            .expect("topic");
+
+        let first = drift_event("first");
+        let last = drift_event("last");
+        s.producer
+            .send_event(&topic, None, &first, OwnedHeaders::new())
+            .await
+            .unwrap();
+        let garbage = b"not avro at all".to_vec();
+        s.producer
+            .send_bytes(&topic, Some(b"k1"), &garbage, OwnedHeaders::new())
+            .await
+            .unwrap();
+        s.producer
+            .send_bytes(&topic, None, &[0, 0, 0], OwnedHeaders::new())
+            .await
+            .unwrap();
+        s.producer
+            .send_event(&topic, None, &last, OwnedHeaders::new())
+            .await
+            .unwrap();
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let group = unique("group");
+        let consumer = ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone());
+        let task = tokio::spawn(consumer.run(
+            Collect {
+                codec: s.codec.clone(),
+                seen: tx,
+            },
+            cancel.clone(),
+        ));
+        let (offset, event, _) = next(&mut rx, "first event").await;
+        assert_eq!((offset, &event), (0, &first), "{kind}");
+        let (offset, event, _) = next(&mut rx, "event after the poison").await;
+        assert_eq!(
+            (offset, &event),
+            (3, &last),
+            "{kind}: records after the poison were not processed"
+        );
+
+        let dead = read_topic(&s.broker.bootstrap_servers, &topics::dead_letter(&topic), 2).await;
+        let by_offset = |o: &str| {
+            dead.iter()
+                .find(|m| header(m, dlq_headers::SOURCE_OFFSET) == o)
+                .expect("dead letter")
+        };
+        let letter = by_offset("1");
+        assert_eq!(
+            header(letter, dlq_headers::REASON),
+            "unknown magic byte 0x6e: not Confluent-framed Avro"
+        );
+        assert_eq!(header(letter, dlq_headers::ERROR_CLASS), "decode");
+        assert_eq!(header(letter, dlq_headers::SOURCE_TOPIC), topic);
+        assert_eq!(header(letter, dlq_headers::SOURCE_PARTITION), "0");
+        assert_eq!(header(letter, dlq_headers::CONSUMER_GROUP), group);
+        let decoded: DeadLetter = s
+            .codec
+            .decode(letter.payload().unwrap())
+            .await
+            .expect("DeadLetter decodes");
+        assert_eq!(
+            decoded.value.map(|b| b.0),
+            Some(garbage),
+            "{kind}: original bytes not kept"
+        );
+        assert_eq!(decoded.key.map(|b| b.0), Some(b"k1".to_vec()));
+        assert_eq!(decoded.source_offset, 1);
+        assert_eq!(
+            header(by_offset("2"), dlq_headers::REASON),
+            "record of 3 bytes is shorter than the 5-byte Confluent header"
+        );
+
+        cancel.cancel();
+        task.await.unwrap().expect("consumer loop ends cleanly");
+    }
+}
+
+/// Records every offset it is given, then never finishes: a consumer that did the work
+/// but died before it could commit.
+struct DiesBeforeCommit {
+    seen: mpsc::UnboundedSender<i64>,
+}
+
+impl Handler for DiesBeforeCommit {
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        let _ = self.seen.send(record.offset);
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_processed_but_not_committed_is_redelivered() {
+    init();
+    for broker in brokers().await {
+        let s = setup(broker).await;
+        let kind = s.broker.kind;
+        let topic = unique("work");
+        let group = unique("group");
+        ensure_topics(&s.kafka, &[TopicSpec::new(&topic, 1)])
+            .await
+            .expect("topic");
+        let work = drift_event("work");
+        s.producer
+            .send_event(&topic, None, &work, OwnedHeaders::new())
+            .await
+            .unwrap();
+
+        // First member processes offset 0 and is killed before committing.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let doomed = tokio::spawn(
+            ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone())
+                .run(DiesBeforeCommit { seen: tx }, CancellationToken::new()),
+        );
+        assert_eq!(next(&mut rx, "first delivery").await, 0, "{kind}");
+        doomed.abort();
+        let _ = doomed.await;
+
+        // The next member of the group gets the same record again, and commits it.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let survivor = tokio::spawn(
+            ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone()).run(
+                Collect {
+                    codec: s.codec.clone(),
+                    seen: tx,
+                },
+                cancel.clone(),
+            ),
+        );
+        let (offset, event, _) = next(&mut rx, "redelivery").await;
+        assert_eq!(
+            (offset, &event),
+            (0, &work),
+            "{kind}: uncommitted record was lost"
+        );
+        cancel.cancel();
+        survivor.await.unwrap().expect("clean stop");
+
+        // Committed now: a third member starts after it, at the next record.
+        let marker = drift_event("marker");
+        s.producer
+            .send_event(&topic, None, &marker, OwnedHeaders::new())
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let third = tokio::spawn(
+            ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone()).run(
+                Collect {
+                    codec: s.codec.clone(),
+                    seen: tx,
+                },
+                cancel.clone(),
+            ),
+        );
+        let (offset, event, _) = next(&mut rx, "record after the commit").await;
+        assert_eq!(
+            (offset, &event),
+            (1, &marker),
+            "{kind}: committed record was delivered again"
+        );
+        cancel.cancel();
+        third.await.unwrap().expect("clean stop");
+    }
+}

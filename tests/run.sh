@@ -33,4 +33,9 @@ trap cleanup EXIT
 cargo test --workspace --locked --no-run "$@"
 tests/kafka/kafka.sh start "$work/kafka" "$port"
 export MLOPS_TEST_KAFKA_BOOTSTRAP="127.0.0.1:$port"
-cargo test --workspace --locked "$@"
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$work/test.log" || status=$?
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "%d passed, %d failed\n", passed, failed }' "$work/test.log"
+exit "$status"

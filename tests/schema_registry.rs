@@ -1,1 +1,571 @@
+//! Conformance of the registry's Confluent-compatible Schema Registry API: every endpoint,
+//! every compatibility level, Confluent's error codes and content type, and
+//! `schema_registry_converter` used as an unmodified client.
 
+use mlops_events::{Event, TrainingReason, TrainingRequest, new_id, now_millis};
+use mlops_integration_tests::TestRegistry;
+use mlops_schema::AvroCodec;
+use mlops_testkit::unique;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// A registry with its own database. The broker address only feeds `/readyz`.
+async fn registry() -> TestRegistry {
+    mlops_testkit::init_logs();
+    TestRegistry::start("127.0.0.1:1", database_url()).await
+}
+
+/// `MLOPS_TEST_POSTGRES_URL` runs the suite on PostgreSQL instead of SQLite.
+fn database_url() -> Option<String> {
+    std::env::var("MLOPS_TEST_POSTGRES_URL").ok()
+}
+
+fn record(fields: &str) -> String {
+    format!(r#"{{"type":"record","name":"Payment","namespace":"test","fields":[{fields}]}}"#)
+}
+
+const V1: &str = r#"{"name":"id","type":"string"}"#;
+const ADD_DEFAULT: &str =
+    r#"{"name":"id","type":"string"},{"name":"amount","type":"double","default":0.0}"#;
+const ADD_NO_DEFAULT: &str = r#"{"name":"id","type":"string"},{"name":"amount","type":"double"}"#;
+
+struct Api {
+    url: String,
+    http: Client,
+}
+
+impl Api {
+    fn new(registry: &TestRegistry) -> Self {
+        Self {
+            url: registry.url.clone(),
+            http: Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", CONTENT_TYPE)
+                .body(body.to_string());
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(content_type.as_deref(), Some(CONTENT_TYPE), "{path}");
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    async fn register(&self, subject: &str, schema: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/subjects/{subject}/versions"),
+            json!({"schema": schema}),
+        )
+        .await
+    }
+
+    async fn set_level(&self, subject: &str, level: &str) {
+        let (status, body) = self
+            .put(
+                &format!("/config/{subject}"),
+                json!({"compatibility": level}),
+            )
+            .await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, json!({"compatibility": level}))
+        );
+    }
+}
+
+fn error(status: StatusCode, code: u32) -> impl Fn((StatusCode, Value)) {
+    move |(got_status, body)| {
+        assert_eq!(got_status, status, "{body}");
+        assert_eq!(body["error_code"], code, "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn registration_is_idempotent_and_ignores_formatting() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    let subject = unique("payments-value");
+
+    let (status, first) = api.register(&subject, &record(V1)).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = first["id"].as_i64().expect("id");
+    assert_eq!(
+        api.register(&subject, &record(V1)).await.1,
+        json!({"id": id})
+    );
+
+    let reformatted = "{ \"namespace\": \"test\",\n  \"fields\": [ { \"type\": \"string\", \"name\": \"id\" } ],\n  \"name\": \"Payment\", \"type\": \"record\" }";
+    assert_eq!(
+        api.register(&subject, reformatted).await.1,
+        json!({"id": id})
+    );
+    assert_eq!(
+        api.get(&format!("/subjects/{subject}/versions")).await.1,
+        json!([1])
+    );
+
+    // The same schema under another subject keeps its global id.
+    let other = unique("refunds-value");
+    assert_eq!(api.register(&other, &record(V1)).await.1, json!({"id": id}));
+    let (_, subjects) = api.get("/subjects").await;
+    assert!(subjects.as_array().unwrap().contains(&json!(subject)));
+    assert!(subjects.as_array().unwrap().contains(&json!(other)));
+
+    let (status, by_id) = api.get(&format!("/schemas/ids/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let stored: Value = serde_json::from_str(by_id["schema"].as_str().unwrap()).unwrap();
+    assert_eq!(stored, serde_json::from_str::<Value>(&record(V1)).unwrap());
+    let (_, usages) = api.get(&format!("/schemas/ids/{id}/versions")).await;
+    let usages = usages.as_array().unwrap();
+    assert!(usages.contains(&json!({"subject": subject, "version": 1})));
+    assert!(usages.contains(&json!({"subject": other, "version": 1})));
+    let (status, raw) = api.get(&format!("/schemas/ids/{id}/schema")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(raw, stored);
+    assert_eq!(api.get("/schemas/types").await.1, json!(["AVRO"]));
+}
+
+#[tokio::test]
+async fn versions_are_read_by_number_latest_and_raw_schema() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    let subject = unique("payments-value");
+    let v1 = api.register(&subject, &record(V1)).await.1["id"].clone();
+    let v2 = api.register(&subject, &record(ADD_DEFAULT)).await.1["id"].clone();
+    assert_ne!(v1, v2);
+
+    let (status, one) = api.get(&format!("/subjects/{subject}/versions/1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["subject"], json!(subject));
+    assert_eq!((one["version"].clone(), one["id"].clone()), (json!(1), v1));
+    for latest in ["latest", "-1"] {
+        let (_, body) = api
+            .get(&format!("/subjects/{subject}/versions/{latest}"))
+            .await;
+        assert_eq!(
+            (body["version"].clone(), body["id"].clone()),
+            (json!(2), v2.clone())
+        );
+    }
+    let (status, raw) = api
+        .get(&format!("/subjects/{subject}/versions/2/schema"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(raw["fields"][1]["name"], "amount");
+    assert_eq!(
+        api.get(&format!("/subjects/{subject}/versions/2/referencedby"))
+            .await
+            .1,
+        json!([])
+    );
+
+    error(StatusCode::NOT_FOUND, 40401)(api.get("/subjects/no-such-subject/versions").await);
+    error(StatusCode::NOT_FOUND, 40401)(api.get("/subjects/no-such-subject/versions/1").await);
+    error(StatusCode::NOT_FOUND, 40402)(api.get(&format!("/subjects/{subject}/versions/9")).await);
+    error(StatusCode::UNPROCESSABLE_ENTITY, 42202)(
+        api.get(&format!("/subjects/{subject}/versions/0")).await,
+    );
+    error(StatusCode::UNPROCESSABLE_ENTITY, 42202)(
+        api.get(&format!("/subjects/{subject}/versions/one")).await,
+    );
+    error(StatusCode::NOT_FOUND, 40403)(api.get("/schemas/ids/987654").await);
+}
+
+#[tokio::test]
+async fn lookup_finds_a_registered_schema_under_its_subject() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    let subject = unique("payments-value");
+    let id = api.register(&subject, &record(V1)).await.1["id"].clone();
+    api.register(&subject, &record(ADD_DEFAULT)).await;
+
+    let (status, found) = api
+        .post(
+            &format!("/subjects/{subject}"),
+            json!({"schema": record(V1)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (found["version"].clone(), found["id"].clone()),
+        (json!(1), id)
+    );
+    assert_eq!(found["subject"], json!(subject));
+
+    error(StatusCode::NOT_FOUND, 40403)(
+        api.post(
+            &format!("/subjects/{subject}"),
+            json!({"schema": record(ADD_NO_DEFAULT)}),
+        )
+        .await,
+    );
+    error(StatusCode::NOT_FOUND, 40401)(
+        api.post("/subjects/nobody", json!({"schema": record(V1)}))
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn invalid_schemas_and_bodies_are_refused_with_reasons() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    let subject = unique("bad-value");
+    error(StatusCode::UNPROCESSABLE_ENTITY, 42201)(
+        api.register(&subject, r#"{"type":"recrod","name":"X"}"#)
+            .await,
+    );
+    error(StatusCode::UNPROCESSABLE_ENTITY, 42201)(api.register(&subject, "not json").await);
+    error(StatusCode::UNPROCESSABLE_ENTITY, 42201)(
+        api.post(
+            &format!("/subjects/{subject}/versions"),
+            json!({"schema": "{}", "schemaType": "PROTOBUF"}),
+        )
+        .await,
+    );
+    error(StatusCode::BAD_REQUEST, 400)(
+        api.post(
+            &format!("/subjects/{subject}/versions"),
+            json!({"schemo": 1}),
+        )
+        .await,
+    );
+    // Nothing was registered by the failures.
+    error(StatusCode::NOT_FOUND, 40401)(api.get(&format!("/subjects/{subject}/versions")).await);
+}
+
+#[tokio::test]
+async fn backward_is_the_default_and_refuses_a_field_without_default() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    assert_eq!(
+        api.get("/config").await.1,
+        json!({"compatibilityLevel": "BACKWARD"})
+    );
+    let subject = unique("payments-value");
+    api.register(&subject, &record(V1)).await;
+
+    let (status, body) = api.register(&subject, &record(ADD_NO_DEFAULT)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error_code"], 409);
+    assert!(
+        body["message"].as_str().unwrap().contains("incompatible"),
+        "{body}"
+    );
+    assert_eq!(
+        api.get(&format!("/subjects/{subject}/versions")).await.1,
+        json!([1])
+    );
+
+    let (status, body) = api.register(&subject, &record(ADD_DEFAULT)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        api.get(&format!("/subjects/{subject}/versions")).await.1,
+        json!([1, 2])
+    );
+}
+
+/// Each level against the rules of Avro schema resolution, through the compatibility
+/// endpoint and through registration.
+#[tokio::test]
+async fn every_compatibility_level_follows_schema_resolution() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    // (level, candidate fields, compatible with v1 = {id}?)
+    let removes_id = r#"{"name":"amount","type":"double","default":0.0}"#;
+    let cases = [
+        ("NONE", ADD_NO_DEFAULT, true),
+        ("NONE", removes_id, true),
+        ("BACKWARD", ADD_NO_DEFAULT, false),
+        ("BACKWARD", ADD_DEFAULT, true),
+        ("BACKWARD", removes_id, true),
+        ("BACKWARD_TRANSITIVE", ADD_NO_DEFAULT, false),
+        ("FORWARD", ADD_NO_DEFAULT, true),
+        ("FORWARD", removes_id, false),
+        ("FORWARD_TRANSITIVE", removes_id, false),
+        ("FULL", ADD_DEFAULT, true),
+        ("FULL", ADD_NO_DEFAULT, false),
+        ("FULL", removes_id, false),
+        ("FULL_TRANSITIVE", ADD_DEFAULT, true),
+        ("FULL_TRANSITIVE", ADD_NO_DEFAULT, false),
+    ];
+    for (level, fields, expected) in cases {
+        let subject = unique("levels-value");
+        api.register(&subject, &record(V1)).await;
+        api.set_level(&subject, level).await;
+        assert_eq!(
+            api.get(&format!("/config/{subject}")).await.1,
+            json!({"compatibilityLevel": level})
+        );
+        let (status, verdict) = api
+            .post(
+                &format!("/compatibility/subjects/{subject}/versions/latest?verbose=true"),
+                json!({"schema": record(fields)}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            verdict["is_compatible"], expected,
+            "{level} {fields}: {verdict}"
+        );
+        assert_eq!(
+            verdict["messages"].as_array().unwrap().is_empty(),
+            expected,
+            "{verdict}"
+        );
+        let (status, _) = api.register(&subject, &record(fields)).await;
+        let want = if expected {
+            StatusCode::OK
+        } else {
+            StatusCode::CONFLICT
+        };
+        assert_eq!(status, want, "{level} {fields}: registration");
+    }
+}
+
+#[tokio::test]
+async fn transitive_levels_check_all_versions_and_plain_ones_only_the_latest() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    let v1 = record(r#"{"name":"a","type":"int"}"#);
+    let v2 = record(
+        r#"{"name":"a","type":"int","default":0},{"name":"b","type":"string","default":"x"}"#,
+    );
+    // v3 drops `a`: v2 (which defaults it) can read v3 data, v1 cannot.
+    let v3 = record(r#"{"name":"b","type":"string","default":"x"}"#);
+    for (level, expected) in [("FORWARD", true), ("FORWARD_TRANSITIVE", false)] {
+        let subject = unique("transitive-value");
+        api.set_level(&subject, "NONE").await;
+        api.register(&subject, &v1).await;
+        api.register(&subject, &v2).await;
+        api.set_level(&subject, level).await;
+        let (_, verdict) = api
+            .post(
+                &format!("/compatibility/subjects/{subject}/versions"),
+                json!({"schema": v3}),
+            )
+            .await;
+        assert_eq!(verdict["is_compatible"], expected, "{level}: {verdict}");
+        // Against version 1 alone, v3 is never forward compatible.
+        let (_, verdict) = api
+            .post(
+                &format!("/compatibility/subjects/{subject}/versions/1"),
+                json!({"schema": v3}),
+            )
+            .await;
+        assert_eq!(verdict["is_compatible"], false, "{level} vs v1");
+        let (status, _) = api.register(&subject, &v3).await;
+        assert_eq!(status == StatusCode::OK, expected, "{level}: registration");
+    }
+}
+
+#[tokio::test]
+async fn config_endpoints_validate_and_fall_back_to_global() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    let subject = unique("config-value");
+    error(StatusCode::NOT_FOUND, 40408)(api.get(&format!("/config/{subject}")).await);
+    assert_eq!(
+        api.get(&format!("/config/{subject}?defaultToGlobal=true"))
+            .await
+            .1,
+        json!({"compatibilityLevel": "BACKWARD"})
+    );
+    error(StatusCode::UNPROCESSABLE_ENTITY, 42203)(
+        api.put(
+            &format!("/config/{subject}"),
+            json!({"compatibility": "SIDEWAYS"}),
+        )
+        .await,
+    );
+    api.set_level(&subject, "FULL").await;
+    assert_eq!(
+        api.delete(&format!("/config/{subject}")).await.1,
+        json!({"compatibilityLevel": "FULL"})
+    );
+    error(StatusCode::NOT_FOUND, 40408)(api.get(&format!("/config/{subject}")).await);
+
+    // The global level decides for subjects without their own.
+    let (status, body) = api.put("/config", json!({"compatibility": "NONE"})).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"compatibility": "NONE"}))
+    );
+    assert_eq!(
+        api.get("/config").await.1,
+        json!({"compatibilityLevel": "NONE"})
+    );
+    api.register(&subject, &record(V1)).await;
+    assert_eq!(
+        api.register(&subject, &record(ADD_NO_DEFAULT)).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn soft_and_permanent_deletes_follow_confluent_rules() {
+    let registry = registry().await;
+    let api = Api::new(&registry);
+    let subject = unique("deletes-value");
+    api.register(&subject, &record(V1)).await;
+    api.register(&subject, &record(ADD_DEFAULT)).await;
+
+    error(StatusCode::NOT_FOUND, 40407)(
+        api.delete(&format!("/subjects/{subject}/versions/1?permanent=true"))
+            .await,
+    );
+    assert_eq!(
+        api.delete(&format!("/subjects/{subject}/versions/1"))
+            .await
+            .1,
+        json!(1)
+    );
+    error(StatusCode::NOT_FOUND, 40406)(
+        api.delete(&format!("/subjects/{subject}/versions/1")).await,
+    );
+    assert_eq!(
+        api.get(&format!("/subjects/{subject}/versions")).await.1,
+        json!([2])
+    );
+    assert_eq!(
+        api.get(&format!("/subjects/{subject}/versions?deleted=true"))
+            .await
+            .1,
+        json!([1, 2])
+    );
+    error(StatusCode::NOT_FOUND, 40402)(api.get(&format!("/subjects/{subject}/versions/1")).await);
+    assert_eq!(
+        api.get(&format!("/subjects/{subject}/versions/1?deleted=true"))
+            .await
+            .1["version"],
+        1
+    );
+
+    error(StatusCode::NOT_FOUND, 40405)(
+        api.delete(&format!("/subjects/{subject}?permanent=true"))
+            .await,
+    );
+    assert_eq!(
+        api.delete(&format!("/subjects/{subject}")).await.1,
+        json!([2])
+    );
+    error(StatusCode::NOT_FOUND, 40404)(api.delete(&format!("/subjects/{subject}")).await);
+    let (_, subjects) = api.get("/subjects").await;
+    assert!(!subjects.as_array().unwrap().contains(&json!(subject)));
+    let (_, all) = api.get("/subjects?deleted=true").await;
+    assert!(all.as_array().unwrap().contains(&json!(subject)));
+
+    // Re-registering after a soft delete makes a new version, never reuses a number.
+    api.register(&subject, &record(V1)).await;
+    assert_eq!(
+        api.get(&format!("/subjects/{subject}/versions")).await.1,
+        json!([3])
+    );
+
+    assert_eq!(
+        api.delete(&format!("/subjects/{subject}")).await.1,
+        json!([3])
+    );
+    assert_eq!(
+        api.delete(&format!("/subjects/{subject}?permanent=true"))
+            .await
+            .1,
+        json!([1, 2, 3])
+    );
+    error(StatusCode::NOT_FOUND, 40401)(api.delete(&format!("/subjects/{subject}")).await);
+}
+
+#[tokio::test]
+async fn schema_registry_converter_works_against_it_unchanged() {
+    let registry = registry().await;
+    let codec = AvroCodec::new(&registry.url).expect("codec");
+    let topic = unique("training.requests");
+    let request = TrainingRequest {
+        request_id: new_id(),
+        model_name: "fraud".into(),
+        reason: TrainingReason::Drift,
+        window_start: None,
+        window_end: Some(now_millis()),
+        triggering_event_id: Some(new_id()),
+        requested_by: "monitoring".into(),
+        requested_at: now_millis(),
+        trace_id: None,
+    };
+    let bytes = codec
+        .encode(&topic, &request)
+        .await
+        .expect("encode registers the schema");
+    assert_eq!(bytes[0], 0, "Confluent magic byte");
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+
+    // A fresh client, with empty caches, resolves the id through the API.
+    let fresh = AvroCodec::new(&registry.url).expect("codec");
+    let back: TrainingRequest = fresh.decode(&bytes).await.expect("decode");
+    assert_eq!(back, request);
+
+    let api = Api::new(&registry);
+    let (_, latest) = api
+        .get(&format!("/subjects/{topic}-value/versions/latest"))
+        .await;
+    assert_eq!(latest["id"], id);
+    let registered: Value = serde_json::from_str(latest["schema"].as_str().unwrap()).unwrap();
+    let source: Value = serde_json::from_str(TrainingRequest::SCHEMA).unwrap();
+    assert_eq!(
+        registered, source,
+        "registered schema differs from schemas/"
+    );
+
+    // A record of another type, or an unknown id, is refused as poison.
+    let wrong = fresh
+        .decode::<mlops_events::DriftEvent>(&bytes)
+        .await
+        .unwrap_err();
+    assert!(wrong.is_poison());
+    assert!(
+        wrong
+            .to_string()
+            .contains("expected io.mlops.events.DriftEvent"),
+        "{wrong}"
+    );
+    let unknown = fresh
+        .decode::<TrainingRequest>(&[0, 0, 1, 0, 0, 2])
+        .await
+        .unwrap_err();
+    assert!(unknown.is_poison(), "{unknown}");
+}

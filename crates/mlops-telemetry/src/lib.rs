@@ -75,6 +75,20 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider })
 }
 
+/// Spans and propagation without log output (tests, tools): trace ids are real and cross
+/// Kafka hops exactly as in a service.
+pub fn init_traces_only(service: &'static str) -> Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = tracer_provider(service)?;
+    let tracer = provider.tracer(service);
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .map_err(|_| Error::AlreadyInstalled)?;
+    Ok(TelemetryGuard { provider })
+}
+
 fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider> {
     let resource = Resource::builder()
         .with_service_name(service)

@@ -556,15 +556,16 @@ async fn compatibility_reply(
     if live.is_empty() {
         return Err(SrError::subject_not_found(subject));
     }
+    // A named version (or `latest`) is compared on its own; without one, the level
+    // decides: every version when transitive, the latest otherwise.
     let chosen: Vec<&SubjectVersion> = match version.map(parse_version).transpose()? {
-        // One named version is compared on its own, whatever the transitivity.
         Some(VersionRef::Number(n)) => vec![
             live.iter()
                 .find(|v| v.version == n)
                 .ok_or_else(|| SrError::version_not_found(n))?,
         ],
-        Some(VersionRef::Latest) if !level.is_transitive() => live.last().into_iter().collect(),
-        _ => live.iter().collect(),
+        None if level.is_transitive() => live.iter().collect(),
+        Some(VersionRef::Latest) | None => live.last().into_iter().collect(),
     };
     let existing = chosen
         .iter()
