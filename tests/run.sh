@@ -1,30 +1,37 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: unit tests, and the integration tests against both
 # brokers — the embedded Tansu broker (started in-process by each test) and a real
-# Apache Kafka broker (KRaft, loopback) provisioned here from Maven Central.
+# Apache Kafka broker (KRaft, loopback) provisioned here from Maven Central — and against
+# both databases — SQLite files and a throwaway PostgreSQL server started here.
 # Extra arguments go to `cargo test` (e.g. tests/run.sh -p mlops-kafka).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# Two adjacent free loopback ports: the broker and its KRaft controller.
-port=$(python3 - <<'PY'
+# Free loopback ports: Kafka's broker and KRaft controller (adjacent), then PostgreSQL.
+read -r port pg_port < <(python3 - <<'PY'
 import socket
-for base in range(29092, 39092, 2):
+def free(*ports):
     try:
-        socks = []
-        for p in (base, base + 1):
-            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
-        print(base); break
+        socks = [socket.socket() for _ in ports]
+        for s, p in zip(socks, ports): s.bind(("127.0.0.1", p))
+        return True
     except OSError:
-        pass
+        return False
+    finally:
+        for s in socks: s.close()
+kafka = next(b for b in range(29092, 39092, 2) if free(b, b + 1))
+pg = next(p for p in range(25432, 26432) if free(p))
+print(kafka, pg)
 PY
 )
 
 work=$(mktemp -d -t mlops-tests.XXXXXX)
+chmod 755 "$work"
 cleanup() {
   tests/kafka/kafka.sh stop "$work/kafka" || true
+  tests/postgres/postgres.sh stop "$work/postgres" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -33,6 +40,8 @@ trap cleanup EXIT
 cargo test --workspace --locked --no-run "$@"
 tests/kafka/kafka.sh start "$work/kafka" "$port"
 export MLOPS_TEST_KAFKA_BOOTSTRAP="127.0.0.1:$port"
+MLOPS_TEST_POSTGRES_URL=$(tests/postgres/postgres.sh start "$work/postgres" "$pg_port")
+export MLOPS_TEST_POSTGRES_URL
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$work/test.log" || status=$?
 # One closing line for the whole suite, summed over every test binary.

@@ -11,15 +11,51 @@ use serde_json::{Value, json};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
-/// A registry with its own database. The broker address only feeds `/readyz`.
-async fn registry() -> TestRegistry {
-    mlops_testkit::init_logs();
-    TestRegistry::start("127.0.0.1:1", database_url()).await
+/// Every test runs once per database the registry supports: same code, same answers.
+macro_rules! on_every_database {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(super::Database::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(super::Database::Postgres).await
+            })*
+        }
+    };
 }
 
-/// `MLOPS_TEST_POSTGRES_URL` runs the suite on PostgreSQL instead of SQLite.
-fn database_url() -> Option<String> {
-    std::env::var("MLOPS_TEST_POSTGRES_URL").ok()
+on_every_database!(
+    registration_is_idempotent_and_ignores_formatting,
+    versions_are_read_by_number_latest_and_raw_schema,
+    lookup_finds_a_registered_schema_under_its_subject,
+    invalid_schemas_and_bodies_are_refused_with_reasons,
+    backward_is_the_default_and_refuses_a_field_without_default,
+    every_compatibility_level_follows_schema_resolution,
+    transitive_levels_check_all_versions_and_plain_ones_only_the_latest,
+    config_endpoints_validate_and_fall_back_to_global,
+    soft_and_permanent_deletes_follow_confluent_rules,
+    schema_registry_converter_works_against_it_unchanged,
+);
+
+#[derive(Debug, Clone, Copy)]
+enum Database {
+    Sqlite,
+    Postgres,
+}
+
+/// A registry with a database of its own. The broker address only feeds `/readyz`.
+async fn registry(database: Database) -> TestRegistry {
+    mlops_testkit::init_logs();
+    let url = match database {
+        Database::Sqlite => None,
+        Database::Postgres => Some(mlops_integration_tests::fresh_postgres_database().await),
+    };
+    TestRegistry::start("127.0.0.1:1", url).await
 }
 
 fn record(fields: &str) -> String {
@@ -117,9 +153,8 @@ fn error(status: StatusCode, code: u32) -> impl Fn((StatusCode, Value)) {
     }
 }
 
-#[tokio::test]
-async fn registration_is_idempotent_and_ignores_formatting() {
-    let registry = registry().await;
+async fn registration_is_idempotent_and_ignores_formatting(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     let subject = unique("payments-value");
 
@@ -162,9 +197,8 @@ async fn registration_is_idempotent_and_ignores_formatting() {
     assert_eq!(api.get("/schemas/types").await.1, json!(["AVRO"]));
 }
 
-#[tokio::test]
-async fn versions_are_read_by_number_latest_and_raw_schema() {
-    let registry = registry().await;
+async fn versions_are_read_by_number_latest_and_raw_schema(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     let subject = unique("payments-value");
     let v1 = api.register(&subject, &record(V1)).await.1["id"].clone();
@@ -208,9 +242,8 @@ async fn versions_are_read_by_number_latest_and_raw_schema() {
     error(StatusCode::NOT_FOUND, 40403)(api.get("/schemas/ids/987654").await);
 }
 
-#[tokio::test]
-async fn lookup_finds_a_registered_schema_under_its_subject() {
-    let registry = registry().await;
+async fn lookup_finds_a_registered_schema_under_its_subject(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     let subject = unique("payments-value");
     let id = api.register(&subject, &record(V1)).await.1["id"].clone();
@@ -242,9 +275,8 @@ async fn lookup_finds_a_registered_schema_under_its_subject() {
     );
 }
 
-#[tokio::test]
-async fn invalid_schemas_and_bodies_are_refused_with_reasons() {
-    let registry = registry().await;
+async fn invalid_schemas_and_bodies_are_refused_with_reasons(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     let subject = unique("bad-value");
     error(StatusCode::UNPROCESSABLE_ENTITY, 42201)(
@@ -270,9 +302,8 @@ async fn invalid_schemas_and_bodies_are_refused_with_reasons() {
     error(StatusCode::NOT_FOUND, 40401)(api.get(&format!("/subjects/{subject}/versions")).await);
 }
 
-#[tokio::test]
-async fn backward_is_the_default_and_refuses_a_field_without_default() {
-    let registry = registry().await;
+async fn backward_is_the_default_and_refuses_a_field_without_default(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     assert_eq!(
         api.get("/config").await.1,
@@ -303,9 +334,8 @@ async fn backward_is_the_default_and_refuses_a_field_without_default() {
 
 /// Each level against the rules of Avro schema resolution, through the compatibility
 /// endpoint and through registration.
-#[tokio::test]
-async fn every_compatibility_level_follows_schema_resolution() {
-    let registry = registry().await;
+async fn every_compatibility_level_follows_schema_resolution(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     // (level, candidate fields, compatible with v1 = {id}?)
     let removes_id = r#"{"name":"amount","type":"double","default":0.0}"#;
@@ -359,9 +389,8 @@ async fn every_compatibility_level_follows_schema_resolution() {
     }
 }
 
-#[tokio::test]
-async fn transitive_levels_check_all_versions_and_plain_ones_only_the_latest() {
-    let registry = registry().await;
+async fn transitive_levels_check_all_versions_and_plain_ones_only_the_latest(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     let v1 = record(r#"{"name":"a","type":"int"}"#);
     let v2 = record(
@@ -395,9 +424,8 @@ async fn transitive_levels_check_all_versions_and_plain_ones_only_the_latest() {
     }
 }
 
-#[tokio::test]
-async fn config_endpoints_validate_and_fall_back_to_global() {
-    let registry = registry().await;
+async fn config_endpoints_validate_and_fall_back_to_global(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     let subject = unique("config-value");
     error(StatusCode::NOT_FOUND, 40408)(api.get(&format!("/config/{subject}")).await);
@@ -438,9 +466,8 @@ async fn config_endpoints_validate_and_fall_back_to_global() {
     );
 }
 
-#[tokio::test]
-async fn soft_and_permanent_deletes_follow_confluent_rules() {
-    let registry = registry().await;
+async fn soft_and_permanent_deletes_follow_confluent_rules(database: Database) {
+    let registry = registry(database).await;
     let api = Api::new(&registry);
     let subject = unique("deletes-value");
     api.register(&subject, &record(V1)).await;
@@ -511,9 +538,8 @@ async fn soft_and_permanent_deletes_follow_confluent_rules() {
     error(StatusCode::NOT_FOUND, 40401)(api.delete(&format!("/subjects/{subject}")).await);
 }
 
-#[tokio::test]
-async fn schema_registry_converter_works_against_it_unchanged() {
-    let registry = registry().await;
+async fn schema_registry_converter_works_against_it_unchanged(database: Database) {
+    let registry = registry(database).await;
     let codec = AvroCodec::new(&registry.url).expect("codec");
     let topic = unique("training.requests");
     let request = TrainingRequest {

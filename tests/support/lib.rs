@@ -59,6 +59,30 @@ impl Drop for TestRegistry {
     }
 }
 
+/// A new, empty database on the PostgreSQL server given by `MLOPS_TEST_POSTGRES_URL`
+/// (`tests/run.sh` starts one), so that tests never share state.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = std::env::var("MLOPS_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "MLOPS_TEST_POSTGRES_URL is not set: run the suite with tests/run.sh, which \
+             starts a PostgreSQL server, or point it at one (postgres://user@host:port/db)"
+        )
+    });
+    let name = mlops_testkit::unique("registry").replace('-', "_");
+    let mut connection = sqlx::postgres::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut connection)
+        .await
+        .expect("create database");
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
 /// Polls `condition` until it holds or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> Result<(), String>
 where
