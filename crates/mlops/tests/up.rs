@@ -46,25 +46,40 @@ impl Ports {
     }
 }
 
-fn launch(data_dir: &Path, ports: &Ports) -> Child {
-    let log = std::fs::File::create(data_dir.with_extension("log")).expect("launcher log");
+/// `mlops <args>` on this platform's data directory and ports.
+fn mlops(args: &[&str], data_dir: &Path, ports: &Ports) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mlops"));
     command
-        .arg("up")
+        .args(args)
         .env("MLOPS_DATA_DIR", data_dir)
         .env("MLOPS_BROKER_PORT", ports.broker.to_string())
         .env_remove("KAFKA_BOOTSTRAP_SERVERS")
         .env_remove("SCHEMA_REGISTRY_URL")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
+        .stdin(Stdio::null());
     for (service, port) in &ports.services {
         command.env(
             format!("MLOPS_{}_PORT", service.to_ascii_uppercase()),
             port.to_string(),
         );
     }
-    command.spawn().expect("start mlops up")
+    command
+}
+
+fn launch(data_dir: &Path, ports: &Ports) -> Child {
+    let log = std::fs::File::create(data_dir.with_extension("log")).expect("launcher log");
+    mlops(&["up"], data_dir, ports)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start mlops up")
+}
+
+/// The child of `parent` running `mlops service <name>`.
+fn service_pid(parent: u32, name: &str) -> Option<u32> {
+    children_of(parent).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.ends_with(format!("service\0{name}\0").as_bytes()))
+    })
 }
 
 async fn wait_until_ready(ports: &Ports) {
@@ -167,6 +182,37 @@ async fn up_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
         "broker and six services as separate processes: {children:?}"
     );
 
+    let status = mlops(&["status"], &data_dir, &ports)
+        .output()
+        .expect("mlops status");
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "mlops status failed:\n{report}");
+    for name in SERVICES.iter().chain(&["broker"]) {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.trim_start().starts_with(name) && l.ends_with("ready")),
+            "{name} not reported ready:\n{report}"
+        );
+    }
+
+    // A service that dies is restarted by the launcher and becomes ready again.
+    let killed = service_pid(launcher.id(), "ingestion").expect("ingestion process");
+    nix::sys::signal::kill(Pid::from_raw(killed as i32), Signal::SIGKILL).unwrap();
+    wait_until_gone(&[killed]).await;
+    let started = Instant::now();
+    let restarted = loop {
+        if let Some(pid) = service_pid(launcher.id(), "ingestion") {
+            break pid;
+        }
+        assert!(started.elapsed() < DEADLINE, "ingestion was not restarted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(restarted, killed);
+    wait_until_ready(&ports).await;
+    let children = children_of(launcher.id());
+    assert_eq!(children.len(), 7, "{children:?}");
+
     let kafka = KafkaConfig::with_bootstrap(ports.bootstrap());
     ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)])
         .await
@@ -250,4 +296,46 @@ async fn up_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
     launcher.kill().unwrap();
     launcher.wait().unwrap();
     wait_until_gone(&children).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_exit_succeeds_when_the_story_is_told_and_names_the_failed_step_otherwise() {
+    let dir = mlops_testkit::temp_dir();
+    let ports = Ports::pick();
+    let output = mlops(
+        &["demo", "--exit", "--timeout", "120"],
+        &dir.path().join("ok"),
+        &ports,
+    )
+    .output()
+    .expect("mlops demo --exit");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("mlops demo: every step succeeded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("mlops: stopped"), "{stdout}");
+
+    // With a broker that does not exist, no service can become ready: the demo fails
+    // within its timeout and says which step.
+    let ports = Ports::pick();
+    let output = mlops(
+        &["demo", "--exit", "--timeout", "5"],
+        &dir.path().join("broken"),
+        &ports,
+    )
+    .env(
+        "KAFKA_BOOTSTRAP_SERVERS",
+        format!("127.0.0.1:{}", free_port()),
+    )
+    .output()
+    .expect("mlops demo --exit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "demo succeeded without a broker");
+    assert!(stderr.contains("step 'platform ready' failed"), "{stderr}");
 }
