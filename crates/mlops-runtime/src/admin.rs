@@ -20,6 +20,11 @@ use prometheus_client::{
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Routes of the admin router itself.
+const ADMIN_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// How long one readiness probe may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -164,8 +169,9 @@ impl AdminState {
             .with_state(self.clone())
     }
 
-    /// Wraps a whole service router with request counting and latency histograms.
-    pub fn instrument(&self, router: Router) -> Router {
+    /// Wraps a whole service router with request counting, latency histograms and a
+    /// server span per API request (continuing the caller's `traceparent`).
+    pub fn with_http_telemetry(&self, router: Router) -> Router {
         router.layer(middleware::from_fn_with_state(self.clone(), track_http))
     }
 }
@@ -211,7 +217,23 @@ async fn track_http(State(state): State<AdminState>, request: Request, next: Nex
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    // Probes and scrapes arrive every few seconds: counted, but not traced.
+    let response = if ADMIN_ROUTES.contains(&route.as_str()) {
+        next.run(request).await
+    } else {
+        let span = tracing::info_span!(
+            "http request",
+            otel.name = %format!("{method} {route}"),
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = %route,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let _ = span.set_parent(mlops_telemetry::extract_http_context(request.headers()));
+        let response = next.run(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        response
+    };
     let status = response.status().as_u16().to_string();
     state
         .inner
@@ -273,7 +295,7 @@ mod tests {
                 }),
             ],
         );
-        let router = state.instrument(state.router());
+        let router = state.with_http_telemetry(state.router());
         let (status, body) = get_json(router.clone(), "/healthz").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, r#"{"service":"test","status":"ok"}"#);

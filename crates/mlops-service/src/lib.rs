@@ -192,7 +192,7 @@ pub async fn serve_admin_only(
 ) -> anyhow::Result<()> {
     let admin =
         mlops_runtime::AdminState::new(service, Default::default(), config.readiness_checks());
-    let router = admin.instrument(admin.router());
+    let router = admin.with_http_telemetry(admin.router());
     mlops_runtime::serve(listener, router, cancel).await?;
     Ok(())
 }

@@ -5,8 +5,10 @@
 //! Spans are always recorded by an OpenTelemetry tracer, also when nothing exports them,
 //! so trace context crosses every Kafka hop whether or not a collector is configured.
 
+mod http_headers;
 mod kafka_headers;
 
+pub use http_headers::extract_http_context;
 pub use kafka_headers::{HeaderExtractor, HeaderInjector, extract_context, inject_current_context};
 
 use std::io::IsTerminal;

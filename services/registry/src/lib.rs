@@ -25,7 +25,7 @@ pub fn default_config() -> CommonConfig {
 
 /// The registry's HTTP API (Schema Registry and admin endpoints) over `store`.
 pub fn router(store: Arc<Store>, admin: &AdminState) -> axum::Router {
-    admin.instrument(schema_registry::router(store).merge(admin.router()))
+    admin.with_http_telemetry(schema_registry::router(store).merge(admin.router()))
 }
 
 /// Serves until `cancel` fires.
