@@ -234,7 +234,10 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let group = unique("group");
-        let consumer = ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = mlops_kafka::ConsumerMetrics::register(&mut registry);
+        let consumer = ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone())
+            .with_metrics(metrics);
         let task = tokio::spawn(consumer.run(
             Collect {
                 codec: s.codec.clone(),
@@ -285,6 +288,17 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
 
         cancel.cancel();
         task.await.unwrap().expect("consumer loop ends cleanly");
+
+        // Both rejections are counted by class, and every record's outcome is counted.
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line =
+            format!(r#"mlops_consumer_dead_letters_total{{topic="{topic}",class="decode"}} 2"#);
+        assert!(text.contains(&line), "{kind}: {text}");
+        let line = format!(
+            r#"mlops_consumer_records_total{{topic="{topic}",group="{group}",outcome="processed"}} 2"#
+        );
+        assert!(text.contains(&line), "{kind}: {text}");
     }
 }
 

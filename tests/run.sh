@@ -36,6 +36,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Confluent's Python client, the independent peer of the interoperability tests.
+venv="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}/venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+export MLOPS_TEST_PYTHON="$venv/bin/python"
+
 # Build first so the broker does not sit idle through a cold compile.
 cargo test --workspace --locked --no-run "$@"
 tests/kafka/kafka.sh start "$work/kafka" "$port"

@@ -40,6 +40,7 @@ on_every_database!(
     config_endpoints_validate_and_fall_back_to_global,
     soft_and_permanent_deletes_follow_confluent_rules,
     schema_registry_converter_works_against_it_unchanged,
+    confluent_python_client_works_against_it_unchanged,
 );
 
 #[derive(Debug, Clone, Copy)]
@@ -594,4 +595,85 @@ async fn schema_registry_converter_works_against_it_unchanged(database: Database
         .await
         .unwrap_err();
     assert!(unknown.is_poison(), "{unknown}");
+}
+
+/// Confluent's Python client (`confluent-kafka`, installed by `tests/run.sh`) drives the
+/// API, and Avro bytes cross between our codec and Confluent's serde in both directions.
+async fn confluent_python_client_works_against_it_unchanged(database: Database) {
+    let registry = registry(database).await;
+    let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "MLOPS_TEST_PYTHON is not set: run the suite with tests/run.sh, which installs \
+             tests/python/requirements.txt into a virtualenv, or point it at a Python with them"
+        )
+    });
+    let codec = AvroCodec::new(&registry.url).expect("codec");
+    let topic = unique("training.requests");
+    let request = TrainingRequest {
+        request_id: new_id(),
+        model_name: "fraud".into(),
+        reason: TrainingReason::Drift,
+        window_start: Some(1_700_000_000_000),
+        window_end: None,
+        triggering_event_id: Some(new_id()),
+        requested_by: "monitoring".into(),
+        requested_at: 1_700_000_123_456,
+        trace_id: None,
+    };
+    let ours = codec.encode(&topic, &request).await.expect("encode");
+    let hex: String = ours.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = env!("CARGO_MANIFEST_DIR");
+    // Asynchronously: the registry under test runs on this same runtime.
+    let output = tokio::process::Command::new(python)
+        .arg(format!("{dir}/python/schema_registry_client.py"))
+        .arg(&registry.url)
+        .arg(unique("py-orders"))
+        .arg(format!("{dir}/../schemas/training_request.avsc"))
+        .arg(&topic)
+        .arg(&hex)
+        .output()
+        .await
+        .expect("run the Python client");
+    assert!(
+        output.status.success(),
+        "Python client failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+
+    assert_eq!(report["register_idempotent"], true, "{report}");
+    assert_eq!(report["latest_version"], 1, "{report}");
+    assert_eq!(report["latest_id_matches"], true, "{report}");
+    assert_eq!(report["lookup_version"], 1, "{report}");
+    assert_eq!(report["schema_by_id_name"], "Order", "{report}");
+    assert_eq!(report["compatible_ok"], true, "{report}");
+    assert_eq!(report["compatible_bad"], false, "{report}");
+    assert_eq!(report["incompatible_refused_code"], 409, "{report}");
+    assert_eq!(report["compatibility_after_set"], "NONE", "{report}");
+    assert_eq!(report["subjects_include"], true, "{report}");
+    assert_eq!(report["missing_version_code"], 40402, "{report}");
+
+    let from_rust = &report["from_rust"];
+    assert_eq!(from_rust["request_id"], request.request_id, "{report}");
+    assert_eq!(from_rust["model_name"], "fraud");
+    assert_eq!(from_rust["reason"], "drift");
+
+    let text = report["to_rust_hex"].as_str().expect("hex");
+    let theirs: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect();
+    assert_eq!(theirs[1..5], ours[1..5], "same schema, same id");
+    let back: TrainingRequest = codec
+        .decode(&theirs)
+        .await
+        .expect("our codec reads Confluent's bytes");
+    assert_eq!(
+        back,
+        TrainingRequest {
+            request_id: "written-by-python".into(),
+            reason: TrainingReason::NewData,
+            ..request
+        }
+    );
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::{KafkaConfig, Producer, Result, TopicSpec, ensure_topics};
+use crate::{ConsumerMetrics, KafkaConfig, Producer, Result, TopicSpec, ensure_topics};
 
 /// Header names on dead-lettered records.
 pub mod dlq_headers {
@@ -127,10 +127,12 @@ pub struct ConsumerLoop {
     group: String,
     topics: Vec<String>,
     dead_letters: Producer,
+    metrics: ConsumerMetrics,
 }
 
 enum Outcome {
-    Done,
+    Processed,
+    DeadLettered,
     Cancelled,
 }
 
@@ -147,7 +149,14 @@ impl ConsumerLoop {
             group: group.into(),
             topics,
             dead_letters,
+            metrics: ConsumerMetrics::unregistered(),
         }
+    }
+
+    /// Reports into `metrics` (see [`ConsumerMetrics::register`]).
+    pub fn with_metrics(mut self, metrics: ConsumerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Consumes until `cancel` fires. The record in flight is finished and committed first.
@@ -206,23 +215,30 @@ impl ConsumerLoop {
                 messaging.consumer.group.name = %self.group,
             );
             let _ = span.set_parent(mlops_telemetry::extract_context(record.headers.as_ref()));
-            match self
+            let started = std::time::Instant::now();
+            let outcome = match self
                 .process(handler.as_ref(), &record, &cancel)
                 .instrument(span)
                 .await
             {
                 Outcome::Cancelled => break,
-                Outcome::Done => {
-                    let mut list = TopicPartitionList::new();
-                    list.add_partition_offset(
-                        &record.topic,
-                        record.partition,
-                        Offset::Offset(record.offset + 1),
-                    )?;
-                    consumer.commit(&list, CommitMode::Async)?;
-                    processed.insert((record.topic.clone(), record.partition), record.offset + 1);
-                }
-            }
+                Outcome::Processed => "processed",
+                Outcome::DeadLettered => "dead_lettered",
+            };
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(
+                &record.topic,
+                record.partition,
+                Offset::Offset(record.offset + 1),
+            )?;
+            consumer.commit(&list, CommitMode::Async)?;
+            processed.insert((record.topic.clone(), record.partition), record.offset + 1);
+            self.metrics.finished(
+                &record.topic,
+                &self.group,
+                outcome,
+                started.elapsed().as_secs_f64(),
+            );
         }
 
         // Asynchronous commits may still be queued: make the last positions durable.
@@ -247,15 +263,19 @@ impl ConsumerLoop {
         let mut backoff = RETRY_MIN;
         loop {
             let failure = match handler.handle(record).await {
-                Ok(()) => return Outcome::Done,
+                Ok(()) => return Outcome::Processed,
                 Err(HandlerError::Poison { class, reason }) => {
                     match self.dead_letter(record, &class, &reason).await {
-                        Ok(()) => return Outcome::Done,
+                        Ok(()) => {
+                            self.metrics.dead_lettered(&record.topic, &class);
+                            return Outcome::DeadLettered;
+                        }
                         Err(e) => format!("dead-lettering failed: {e}"),
                     }
                 }
                 Err(HandlerError::Retry { reason }) => reason,
             };
+            self.metrics.retried(&record.topic, &self.group);
             warn!(
                 topic = %record.topic,
                 partition = record.partition,

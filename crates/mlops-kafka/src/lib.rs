@@ -5,11 +5,13 @@
 mod admin;
 mod config;
 pub mod consumer;
+mod metrics;
 mod producer;
 
 pub use admin::{TopicSpec, check_broker, ensure_topics};
 pub use config::{KafkaConfig, SecurityProtocol};
 pub use consumer::{ConsumerLoop, Handler, HandlerError, Record};
+pub use metrics::ConsumerMetrics;
 pub use producer::{Delivery, Producer};
 
 pub use rdkafka::message::{Header, Headers, OwnedHeaders};
