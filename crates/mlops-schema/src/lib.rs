@@ -7,6 +7,8 @@
 //! decode is [`Error::Poison`] (dead-letter it), an unreachable registry is
 //! [`Error::Unavailable`] (retry, never drop).
 
+pub mod json;
+
 use std::time::Duration;
 
 use apache_avro::types::Value;
