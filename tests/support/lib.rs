@@ -100,3 +100,61 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An ingestion service running in this process; restartable on the same data directory.
+pub struct TestIngestion {
+    pub url: String,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestIngestion {
+    pub async fn start(config: ingestion::Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(ingestion::run(config, listener, cancel.clone()));
+        let client = reqwest::Client::new();
+        let healthz = format!("{url}/healthz");
+        eventually(Duration::from_secs(30), || {
+            let request = client.get(&healthz).send();
+            async move { matches!(request.await, Ok(r) if r.status().is_success()) }
+        })
+        .await
+        .expect("ingestion answers /healthz");
+        Self {
+            url,
+            cancel,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the service the way SIGTERM does and waits for it.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("ingestion task")
+                .expect("ingestion ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestIngestion {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Ingestion configured for a test: its own data directory, the given broker and registry.
+pub fn ingestion_config(
+    data_dir: &std::path::Path,
+    bootstrap: &str,
+    registry: &str,
+) -> ingestion::Config {
+    let mut config = ingestion::default_config();
+    config.common.data_dir = data_dir.to_path_buf();
+    config.common.kafka.bootstrap_servers = bootstrap.to_owned();
+    config.common.schema_registry.url = registry.to_owned();
+    config
+}

@@ -52,6 +52,9 @@ pub struct KafkaConfig {
     pub session_timeout_ms: u32,
     /// Replication factor of topics the platform creates (1 on a single broker).
     pub replication_factor: i32,
+    /// How long a produce may take, retries included, before it fails
+    /// (`message.timeout.ms`): the bound on answering "broker unreachable".
+    pub delivery_timeout_ms: u32,
 }
 
 impl Default for KafkaConfig {
@@ -69,6 +72,7 @@ impl Default for KafkaConfig {
             ssl_key_password: None,
             session_timeout_ms: 6000,
             replication_factor: 1,
+            delivery_timeout_ms: 30_000,
         }
     }
 }

@@ -41,7 +41,7 @@ impl Producer {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
             .create()?;
         Ok(Self {
             inner,

@@ -2,6 +2,8 @@
 //! probes of the platform's dependencies, and `main()` itself (config, telemetry, bind,
 //! run until a signal, drain). A service provides only its [`ServiceConfig`] and its `run`.
 
+pub mod database;
+
 use std::{future::Future, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use mlops_kafka::KafkaConfig;
@@ -63,7 +65,9 @@ impl Default for SchemaRegistryConfig {
 
 /// The sections every service has. Services flatten it into their own config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// No deny_unknown_fields: services flatten these sections into their own config,
+// and the config loader already refuses settings that do not exist.
+#[serde(default)]
 pub struct CommonConfig {
     pub http: HttpConfig,
     pub kafka: KafkaConfig,

@@ -1,25 +1,136 @@
-//! The ingestion service: validates producers' events and writes them to raw topics.
-//!
-//! Its business logic arrives with its own issue; until then it answers only the admin
-//! endpoints (`/healthz`, `/readyz`, `/metrics`) and claims nothing else.
+//! The ingestion service: the producers' front door. Datasets are declared with an Avro
+//! schema, keys, rules and a region; events arrive as JSON (object, array or NDJSON), are
+//! validated field by field, converted to Confluent-framed Avro and produced to
+//! `raw.<dataset>` with `acks=all` before the producer gets its answer.
 
-use mlops_service::CommonConfig;
+pub mod api;
+pub mod dataset;
+pub mod store;
+
+use std::sync::Arc;
+
+use mlops_events::topics;
+use mlops_kafka::{Producer, TopicSpec, ensure_topics};
+use mlops_runtime::{AdminState, ReadinessCheck};
+use mlops_schema::AvroCodec;
+use mlops_service::{CommonConfig, ServiceConfig};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = "ingestion";
 pub const DEFAULT_PORT: u16 = mlops_service::ports::INGESTION;
 
-/// The service's configuration with its default port.
-pub fn default_config() -> CommonConfig {
-    CommonConfig::with_port(DEFAULT_PORT)
+/// Settings of the ingestion API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Residency region of this instance (`MLOPS_REGION`); datasets of another region are refused.
+    pub region: Option<String>,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// How long an accepted event id is remembered for idempotent retries.
+    pub idempotency_window_secs: u64,
+    /// Events waiting for broker acknowledgement, at most; beyond, 429 with Retry-After.
+    pub max_in_flight: usize,
+    /// Refuse a whole batch when one record is invalid (per request: `?atomic=true`).
+    pub all_or_nothing: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            region: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            idempotency_window_secs: 24 * 3600,
+            max_in_flight: 100_000,
+            all_or_nothing: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    pub ingestion: Settings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::with_port(DEFAULT_PORT),
+            ingestion: Settings::default(),
+        }
+    }
+}
+
+impl ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut errors = self.common.validate();
+        if self.ingestion.max_in_flight == 0 || self.ingestion.max_in_flight > u32::MAX as usize {
+            errors.push("ingestion.max_in_flight: must be between 1 and 4294967295".to_owned());
+        }
+        if self.ingestion.max_body_bytes == 0 {
+            errors.push("ingestion.max_body_bytes: must be positive".to_owned());
+        }
+        errors
+    }
+
+    fn aliases() -> Vec<(String, String)> {
+        vec![("MLOPS_REGION".to_owned(), "ingestion.region".to_owned())]
+    }
+}
+
+/// The service's configuration with its defaults.
+pub fn default_config() -> Config {
+    Config::default()
 }
 
 /// Serves until `cancel` fires.
 pub async fn run(
-    config: CommonConfig,
+    config: Config,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    mlops_service::serve_admin_only(SERVICE, &config, listener, cancel).await
+    let common = &config.common;
+    let store = store::Store::connect(&common.database_url(SERVICE)).await?;
+    let codec = Arc::new(AvroCodec::new(&common.schema_registry.url)?);
+    let producer = Producer::new(&common.kafka, codec)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let app = Arc::new(api::App::new(
+        config.ingestion.clone(),
+        store.clone(),
+        producer,
+        common.kafka.clone(),
+        common.schema_registry.url.clone(),
+        &mut registry,
+    ));
+    app.load().await?;
+
+    // The audit trail is shared by every service; ingestion writes dataset registrations.
+    let audit = [TopicSpec::new(topics::AUDIT_LOG, 1)];
+    let kafka = common.kafka.clone();
+    let provisioning = tokio::spawn(async move {
+        if let Err(e) = ensure_topics(&kafka, &audit).await {
+            tracing::warn!(error = %e, "audit topic not created yet; audit records will fail until it exists");
+        }
+    });
+
+    let mut checks = common.readiness_checks();
+    checks.push(ReadinessCheck::new("database", move || {
+        let store = store.clone();
+        async move { store.ping().await.map_err(|e| e.to_string()) }
+    }));
+    let admin = AdminState::new(SERVICE, registry, checks);
+    let router = admin.with_http_telemetry(api::router(app).merge(admin.router()));
+    let served = mlops_runtime::serve(listener, router, cancel).await;
+    provisioning.abort();
+    served?;
+    Ok(())
 }

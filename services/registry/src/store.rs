@@ -2,19 +2,14 @@
 //! default) and PostgreSQL (production). Ids are assigned inside write transactions, so
 //! no database-specific auto-increment is needed.
 
-use std::path::Path;
-
-use sqlx::{
-    AnyPool, Row,
-    any::{AnyPoolOptions, install_default_drivers},
-};
+use sqlx::{AnyPool, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("database url {0:?} is neither sqlite: nor postgres:")]
-    UnsupportedUrl(String),
+    #[error(transparent)]
+    Connect(#[from] mlops_service::database::DatabaseError),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -62,32 +57,7 @@ pub struct Store {
 impl Store {
     /// Connects (creating the SQLite file and its directory when needed) and migrates.
     pub async fn connect(url: &str) -> Result<Self> {
-        install_default_drivers();
-        let options = AnyPoolOptions::new();
-        let pool = if let Some(path) = url.strip_prefix("sqlite://") {
-            let file = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = Path::new(file)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(e.into()))?;
-            }
-            let url = if url.contains('?') {
-                url.to_owned()
-            } else {
-                format!("{url}?mode=rwc")
-            };
-            // One writer at a time is what SQLite does anyway; one connection avoids
-            // "database is locked" between our own connections.
-            options.max_connections(1).connect(&url).await?
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            options.max_connections(8).connect(url).await?
-        } else {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
-        };
-        for statement in MIGRATIONS {
-            sqlx::query(*statement).execute(&pool).await?;
-        }
+        let pool = mlops_service::database::connect(url, MIGRATIONS).await?;
         Ok(Self { pool })
     }
 
