@@ -716,3 +716,90 @@ async fn ten_thousand_events_read_back_by_confluents_python_consumer() {
         ingestion.stop().await;
     }
 }
+
+/// A Confluent Python producer writes Avro straight to the raw topic, with garbage in
+/// between: the feature service's intake dead-letters the garbage with its reason and
+/// takes in the records before and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_written_straight_to_kafka_are_taken_in_and_garbage_is_dead_lettered() {
+    let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("MLOPS_TEST_PYTHON is not set: run the suite with tests/run.sh")
+    });
+    for broker in brokers().await {
+        let p = Platform::new(broker).await;
+        let ingestion = TestIngestion::start(p.config()).await;
+        let name = unique("payments");
+        let spec = payments(&name);
+        p.declare(&ingestion, &spec).await;
+        let group = unique("intake");
+        let feature_config = feature::Config {
+            common: p.config().common,
+            // A shared broker holds other tests' raw topics too: read only this one.
+            feature: feature::Settings {
+                intake_group: group.clone(),
+                raw_topics: format!("^raw\\.{name}$"),
+            },
+        };
+        let feature = mlops_integration_tests::TestService::feature(feature_config).await;
+
+        let topic = format!("raw.{name}");
+        let output = tokio::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/python/produce_avro.py"
+            ))
+            .args([
+                &p.broker.bootstrap_servers,
+                &p.registry.url,
+                &topic,
+                &spec["schema"].to_string(),
+                &payment(1).to_string(),
+                &payment(2).to_string(),
+            ])
+            .output()
+            .await
+            .expect("run the Python producer");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+
+        let codec = AvroCodec::new(&p.registry.url).unwrap();
+        let dead = read_all(&p.broker.bootstrap_servers, &topics::dead_letter(&topic), 1).await;
+        let letter: DeadLetter = codec
+            .decode(dead[0].payload().unwrap())
+            .await
+            .expect("DeadLetter");
+        assert_eq!(
+            letter.reason,
+            "unknown magic byte 0x67: not Confluent-framed Avro"
+        );
+        assert_eq!(letter.consumer_group.as_deref(), Some(group.as_str()));
+        assert_eq!(
+            letter.value.map(|v| v.0),
+            Some(b"garbage, not avro".to_vec())
+        );
+        assert_eq!(letter.key.map(|v| v.0), Some(b"py-2".to_vec()));
+
+        // Both Avro records were taken in: the intake counted them as processed.
+        let line = format!(
+            r#"mlops_consumer_records_total{{topic="{topic}",group="{group}",outcome="processed"}} 2"#
+        );
+        let metrics = format!("{}/metrics", feature.url);
+        mlops_integration_tests::eventually(WAIT, || {
+            let request = reqwest::get(&metrics);
+            let line = &line;
+            async move {
+                match request.await {
+                    Ok(r) => r.text().await.is_ok_and(|t| t.contains(line.as_str())),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}: {line}", p.broker.kind));
+        feature.stop().await;
+        ingestion.stop().await;
+    }
+}

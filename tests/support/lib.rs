@@ -101,19 +101,37 @@ where
     }
 }
 
-/// An ingestion service running in this process; restartable on the same data directory.
-pub struct TestIngestion {
+/// A service running in this process on a free port; restartable on the same data directory.
+pub struct TestService {
     pub url: String,
     cancel: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-impl TestIngestion {
+/// The ingestion service, the one most tests drive.
+pub type TestIngestion = TestService;
+
+impl TestService {
+    /// The ingestion service with `config`.
     pub async fn start(config: ingestion::Config) -> Self {
+        Self::run(|listener, cancel| ingestion::run(config, listener, cancel)).await
+    }
+
+    /// The feature service with `config`.
+    pub async fn feature(config: feature::Config) -> Self {
+        Self::run(|listener, cancel| feature::run(config, listener, cancel)).await
+    }
+
+    /// Any service's `run`, started on a free port; ready when `/healthz` answers.
+    pub async fn run<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(ingestion::run(config, listener, cancel.clone()));
+        let task = tokio::spawn(run(listener, cancel.clone()));
         let client = reqwest::Client::new();
         let healthz = format!("{url}/healthz");
         eventually(Duration::from_secs(30), || {
@@ -121,7 +139,7 @@ impl TestIngestion {
             async move { matches!(request.await, Ok(r) if r.status().is_success()) }
         })
         .await
-        .expect("ingestion answers /healthz");
+        .expect("service answers /healthz");
         Self {
             url,
             cancel,
@@ -134,13 +152,13 @@ impl TestIngestion {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
             task.await
-                .expect("ingestion task")
-                .expect("ingestion ran cleanly");
+                .expect("service task")
+                .expect("service ran cleanly");
         }
     }
 }
 
-impl Drop for TestIngestion {
+impl Drop for TestService {
     fn drop(&mut self) {
         self.cancel.cancel();
     }

@@ -127,6 +127,7 @@ pub struct ConsumerLoop {
     group: String,
     topics: Vec<String>,
     dead_letters: Producer,
+    dead_letter_topics: std::sync::Mutex<std::collections::HashSet<String>>,
     metrics: ConsumerMetrics,
 }
 
@@ -149,6 +150,7 @@ impl ConsumerLoop {
             group: group.into(),
             topics,
             dead_letters,
+            dead_letter_topics: Default::default(),
             metrics: ConsumerMetrics::unregistered(),
         }
     }
@@ -161,12 +163,9 @@ impl ConsumerLoop {
 
     /// Consumes until `cancel` fires. The record in flight is finished and committed first.
     pub async fn run<H: Handler>(self, handler: H, cancel: CancellationToken) -> Result<()> {
-        let dlq_specs: Vec<TopicSpec> = self
-            .topics
-            .iter()
-            .map(|t| TopicSpec::new(topics::dead_letter(t), 1))
-            .collect();
-        ensure_topics(&self.config, &dlq_specs).await?;
+        // A topic that starts with `^` is a pattern (librdkafka regex subscription): new
+        // matching topics are picked up at the next metadata refresh, kept short here.
+        let patterns = self.topics.iter().any(|t| t.starts_with('^'));
 
         let consumer: StreamConsumer<GroupContext> = self
             .config
@@ -175,6 +174,10 @@ impl ConsumerLoop {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            .set(
+                "topic.metadata.refresh.interval.ms",
+                if patterns { "5000" } else { "300000" },
+            )
             .set(
                 "session.timeout.ms",
                 self.config.session_timeout_ms.to_string(),
@@ -294,6 +297,19 @@ impl ConsumerLoop {
 
     async fn dead_letter(&self, record: &Record, class: &str, reason: &str) -> Result<()> {
         let topic = topics::dead_letter(&record.topic);
+        // Created on first use: pattern subscriptions do not know their topics up front.
+        let known = self
+            .dead_letter_topics
+            .lock()
+            .expect("dlq set")
+            .contains(&topic);
+        if !known {
+            ensure_topics(&self.config, &[TopicSpec::new(&topic, 1)]).await?;
+            self.dead_letter_topics
+                .lock()
+                .expect("dlq set")
+                .insert(topic.clone());
+        }
         let original_headers = record
             .headers
             .iter()
