@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Side-by-side ingestion benchmark on this machine: the platform's ingestion service and
+# the FastAPI + aiokafka peer (peers/fastapi_ingest.py, 2 workers), both on the same
+# Apache Kafka broker (aiokafka cannot talk to the embedded Tansu broker) and the same
+# Schema Registry, driven by the same load generator, one after the other. Prints one
+# JSON line per run; compare ratios, not absolute numbers.
+#
+#   load-tests/run.sh            (builds release binaries, installs the peer in a venv)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+duration=${BENCH_SECONDS:-20}
+cache="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}"
+
+cargo build --release --locked --bin mlops --bin ingest-load
+target=${CARGO_TARGET_DIR:-$root/target}/release
+venv="$cache/bench-venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -r load-tests/peers/requirements.txt
+
+work=$(mktemp -d -t mlops-bench.XXXXXX)
+tests/kafka/kafka.sh start "$work/kafka" 39192
+export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39192
+export MLOPS_DATA_DIR="$work/data" MLOPS_INGESTION_PORT=39180 \
+  MLOPS_REGISTRY_PORT=39181 MLOPS_SERVING_PORT=39182 MLOPS_FEATURE_PORT=39183 \
+  MLOPS_TRAINING_PORT=39184 MLOPS_MONITORING_PORT=39185 RUST_LOG=warn
+"$target/mlops" up > "$work/up.log" 2>&1 &
+platform=$!
+peer=""
+cleanup() {
+  [ -n "$peer" ] && kill "$peer" 2>/dev/null || true
+  kill "$platform" 2>/dev/null || true
+  wait 2>/dev/null || true
+  tests/kafka/kafka.sh stop "$work/kafka"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 1 240); do
+  "$target/mlops" status > /dev/null 2>&1 && break
+  sleep 0.5
+done
+"$target/mlops" status
+
+(cd load-tests/peers && SCHEMA_REGISTRY_URL=http://127.0.0.1:39181 \
+  exec "$venv/bin/uvicorn" fastapi_ingest:app --host 127.0.0.1 --port 39190 --workers 2 --log-level warning) \
+  > "$work/peer.log" 2>&1 &
+peer=$!
+for _ in $(seq 1 120); do
+  curl -s -o /dev/null http://127.0.0.1:39190/docs && break
+  sleep 0.5
+done
+
+for target_url in "platform http://127.0.0.1:39180" "fastapi-aiokafka http://127.0.0.1:39190"; do
+  set -- $target_url
+  "$target/ingest-load" --label "$1" --url "$2" --dataset "single_$1" --mode single --concurrency 32 --duration "$duration"
+  "$target/ingest-load" --label "$1" --url "$2" --dataset "batch_$1" --mode batch --batch-size 100 --concurrency 8 --duration "$duration"
+done

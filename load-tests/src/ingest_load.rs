@@ -1,0 +1,183 @@
+//! Drives an ingestion API (`POST /v1/datasets/{name}/events`) with single-event or batch
+//! requests from concurrent keep-alive connections for a fixed time, and reports events/s,
+//! latency percentiles (HDR histogram) and errors. The same contract is served by the
+//! platform and by the peer in `peers/`, so the two are measured the same way.
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Single,
+    Batch,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for the ingestion API")]
+struct Args {
+    /// Base URL of the API, e.g. http://127.0.0.1:8080
+    #[arg(long)]
+    url: String,
+    /// Dataset to declare and send to.
+    #[arg(long, default_value = "bench")]
+    dataset: String,
+    #[arg(long, value_enum, default_value_t = Mode::Single)]
+    mode: Mode,
+    /// Events per request in batch mode.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds of load after the warm-up.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// A label for the report line.
+    #[arg(long, default_value = "target")]
+    label: String,
+}
+
+/// The dataset both implementations serve: five typed fields and one rule.
+fn dataset(name: &str) -> Value {
+    json!({
+        "name": name,
+        "schema": {"type": "record", "name": "Payment", "namespace": "bench", "fields": [
+            {"name": "txn_id", "type": "string"},
+            {"name": "customer_id", "type": "string"},
+            {"name": "amount", "type": "double"},
+            {"name": "currency", "type": "string"},
+            {"name": "ts", "type": "long"}
+        ]},
+        "key": "customer_id", "event_time": "ts", "partitions": 3,
+        "rules": {"amount": {"min": 0}}
+    })
+}
+
+fn event(worker: usize, seq: u64) -> Value {
+    json!({"txn_id": format!("{worker}-{seq}"), "customer_id": format!("c-{}", seq % 1000),
+           "amount": (seq % 500) as f64 + 0.5, "currency": "AED", "ts": 1_795_687_200_000_u64 + seq})
+}
+
+struct Tally {
+    latencies_us: Histogram<u64>,
+    events: u64,
+    errors: u64,
+}
+
+async fn worker(
+    client: reqwest::Client,
+    args: &Args,
+    id: usize,
+    warm_until: Instant,
+    stop_at: Instant,
+) -> anyhow::Result<Tally> {
+    let url = format!("{}/v1/datasets/{}/events", args.url, args.dataset);
+    let mut tally = Tally {
+        latencies_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        events: 0,
+        errors: 0,
+    };
+    let mut seq = 0u64;
+    while Instant::now() < stop_at {
+        let (body, count) = match args.mode {
+            Mode::Single => {
+                seq += 1;
+                (event(id, seq), 1)
+            }
+            Mode::Batch => {
+                let events: Vec<Value> = (0..args.batch_size)
+                    .map(|_| {
+                        seq += 1;
+                        event(id, seq)
+                    })
+                    .collect();
+                (Value::Array(events), args.batch_size as u64)
+            }
+        };
+        let started = Instant::now();
+        let answer = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        let ok = match answer {
+            Ok(response) if response.status().is_success() => {
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                body["accepted"].as_u64() == Some(count)
+            }
+            _ => false,
+        };
+        if started < warm_until {
+            continue;
+        }
+        tally
+            .latencies_us
+            .record(started.elapsed().as_micros().max(1) as u64)?;
+        if ok {
+            tally.events += count;
+        } else {
+            tally.errors += 1;
+        }
+    }
+    Ok(tally)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let declared = client
+        .post(format!("{}/v1/datasets", args.url))
+        .header("content-type", "application/json")
+        .body(dataset(&args.dataset).to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        declared.status().is_success(),
+        "declaring the dataset failed: {} {}",
+        declared.status(),
+        declared.text().await.unwrap_or_default()
+    );
+
+    let warm_until = Instant::now() + Duration::from_secs(args.warmup);
+    let stop_at = warm_until + Duration::from_secs(args.duration);
+    let tallies = futures::future::join_all(
+        (0..args.concurrency).map(|id| worker(client.clone(), &args, id, warm_until, stop_at)),
+    )
+    .await;
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut events, mut errors) = (0, 0);
+    for tally in tallies {
+        let tally = tally?;
+        all.add(&tally.latencies_us)?;
+        events += tally.events;
+        errors += tally.errors;
+    }
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    let report = json!({
+        "label": args.label,
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "batch_size": if args.mode == Mode::Batch { args.batch_size } else { 1 },
+        "concurrency": args.concurrency,
+        "seconds": args.duration,
+        "requests": all.len(),
+        "events": events,
+        "events_per_second": (events as f64 / args.duration as f64).round(),
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+        "p999_ms": ms(0.999),
+        "errors": errors,
+    });
+    println!("{report}");
+    Ok(())
+}
