@@ -116,31 +116,6 @@ impl Platform {
     }
 }
 
-/// Every record currently on `topic`, read from the beginning with a plain consumer.
-async fn read_all(
-    bootstrap: &str,
-    topic: &str,
-    count: usize,
-) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut messages = Vec::new();
-    while messages.len() < count {
-        let message = tokio::time::timeout(WAIT, consumer.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} records on {topic}", messages.len()))
-            .expect("consume");
-        messages.push(message.detach());
-    }
-    messages
-}
-
 const SENTINEL: &[u8] = b"__end_of_count__";
 
 /// Records on `topic` in total, exactly: a sentinel is appended to every partition, then
@@ -306,7 +281,8 @@ async fn a_mixed_batch_accepts_the_good_records_and_dead_letters_the_bad() {
         // The accepted ones are Confluent-framed Avro, keyed by entity.
         let codec = AvroCodec::new(&p.registry.url).unwrap();
         let topic = format!("raw.{name}");
-        let records = read_all(&p.broker.bootstrap_servers, &topic, 2).await;
+        let records =
+            mlops_integration_tests::read_topic(&p.broker.bootstrap_servers, &topic, 2).await;
         let mut seen = Vec::new();
         for record in &records {
             let decoded = codec
@@ -321,7 +297,12 @@ async fn a_mixed_batch_accepts_the_good_records_and_dead_letters_the_bad() {
         assert_eq!(records_on(&p.broker.bootstrap_servers, &topic, 3).await, 2);
 
         // The rejected ones are in the dead-letter topic, with the reason.
-        let dead = read_all(&p.broker.bootstrap_servers, &topics::dead_letter(&topic), 2).await;
+        let dead = mlops_integration_tests::read_topic(
+            &p.broker.bootstrap_servers,
+            &topics::dead_letter(&topic),
+            2,
+        )
+        .await;
         let mut reasons = Vec::new();
         for message in &dead {
             let letter: DeadLetter = codec
@@ -585,7 +566,10 @@ async fn schemas_evolve_only_compatibly_and_both_versions_flow() {
 
     let codec = AvroCodec::new(&p.registry.url).unwrap();
     let mut ids = Vec::new();
-    for record in read_all(&p.broker.bootstrap_servers, &format!("raw.{name}"), 3).await {
+    for record in
+        mlops_integration_tests::read_topic(&p.broker.bootstrap_servers, &format!("raw.{name}"), 3)
+            .await
+    {
         let decoded = codec
             .decode_record(record.payload().unwrap())
             .await
@@ -651,9 +635,7 @@ async fn a_full_queue_answers_429_and_an_unreachable_broker_503() {
 /// `SchemaRegistryClient` and `AvroDeserializer` reads exactly those events back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_events_read_back_by_confluents_python_consumer() {
-    let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("MLOPS_TEST_PYTHON is not set: run the suite with tests/run.sh")
-    });
+    let python = mlops_integration_tests::python();
     for broker in brokers().await {
         let p = Platform::new(broker).await;
         let ingestion = TestIngestion::start(p.config()).await;
@@ -722,9 +704,7 @@ async fn ten_thousand_events_read_back_by_confluents_python_consumer() {
 /// takes in the records before and after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_written_straight_to_kafka_are_taken_in_and_garbage_is_dead_lettered() {
-    let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("MLOPS_TEST_PYTHON is not set: run the suite with tests/run.sh")
-    });
+    let python = mlops_integration_tests::python();
     for broker in brokers().await {
         let p = Platform::new(broker).await;
         let ingestion = TestIngestion::start(p.config()).await;
@@ -766,7 +746,12 @@ async fn records_written_straight_to_kafka_are_taken_in_and_garbage_is_dead_lett
         );
 
         let codec = AvroCodec::new(&p.registry.url).unwrap();
-        let dead = read_all(&p.broker.bootstrap_servers, &topics::dead_letter(&topic), 1).await;
+        let dead = mlops_integration_tests::read_topic(
+            &p.broker.bootstrap_servers,
+            &topics::dead_letter(&topic),
+            1,
+        )
+        .await;
         let letter: DeadLetter = codec
             .decode(dead[0].payload().unwrap())
             .await

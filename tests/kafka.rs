@@ -15,11 +15,7 @@ use mlops_kafka::{
 };
 use mlops_schema::AvroCodec;
 use mlops_testkit::{TestBroker, brokers, unique};
-use rdkafka::{
-    ClientConfig, Message,
-    consumer::{Consumer, StreamConsumer},
-    message::Headers,
-};
+use rdkafka::{Message, message::Headers};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -164,32 +160,6 @@ async fn avro_events_and_trace_context_cross_the_broker() {
     }
 }
 
-/// Reads every record of `topic` from the beginning with a plain rdkafka consumer.
-async fn read_topic(
-    bootstrap: &str,
-    topic: &str,
-    count: usize,
-) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .expect("reader");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut messages = Vec::new();
-    while messages.len() < count {
-        let message = tokio::time::timeout(WAIT, consumer.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} records on {topic}", messages.len()))
-            .expect("consume");
-        messages.push(message.detach());
-    }
-    messages
-}
-
 fn header(message: &rdkafka::message::OwnedMessage, key: &str) -> String {
     let headers = message.headers().expect("headers");
     let value = headers
@@ -254,7 +224,12 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
             "{kind}: records after the poison were not processed"
         );
 
-        let dead = read_topic(&s.broker.bootstrap_servers, &topics::dead_letter(&topic), 2).await;
+        let dead = mlops_integration_tests::read_topic(
+            &s.broker.bootstrap_servers,
+            &topics::dead_letter(&topic),
+            2,
+        )
+        .await;
         let by_offset = |o: &str| {
             dead.iter()
                 .find(|m| header(m, dlq_headers::SOURCE_OFFSET) == o)

@@ -601,12 +601,7 @@ async fn schema_registry_converter_works_against_it_unchanged(database: Database
 /// API, and Avro bytes cross between our codec and Confluent's serde in both directions.
 async fn confluent_python_client_works_against_it_unchanged(database: Database) {
     let registry = registry(database).await;
-    let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "MLOPS_TEST_PYTHON is not set: run the suite with tests/run.sh, which installs \
-             tests/python/requirements.txt into a virtualenv, or point it at a Python with them"
-        )
-    });
+    let python = mlops_integration_tests::python();
     let codec = AvroCodec::new(&registry.url).expect("codec");
     let topic = unique("training.requests");
     let request = TrainingRequest {

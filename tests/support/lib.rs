@@ -176,3 +176,43 @@ pub fn ingestion_config(
     config.common.schema_registry.url = registry.to_owned();
     config
 }
+
+/// Every record of `topic` from the beginning, read by a plain rdkafka consumer of a fresh
+/// group, until `count` have arrived (panics after a minute without them).
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", mlops_testkit::unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("reader");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let wait = Duration::from_secs(60);
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        let message = tokio::time::timeout(wait, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} records on {topic}", messages.len()))
+            .expect("consume");
+        messages.push(message.detach());
+    }
+    messages
+}
+
+/// The Python with Confluent's client and the test scripts' requirements
+/// (`MLOPS_TEST_PYTHON`, set up by `tests/run.sh`).
+pub fn python() -> String {
+    std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "MLOPS_TEST_PYTHON is not set: run the suite with tests/run.sh, which installs \
+             tests/python/requirements.txt into a virtualenv, or point it at a Python with them"
+        )
+    })
+}
