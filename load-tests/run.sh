@@ -10,6 +10,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 duration=${BENCH_SECONDS:-20}
+# The same producer linger on both sides (ms).
+linger=${BENCH_LINGER_MS:-5}
 cache="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}"
 
 cargo build --release --locked --bin mlops --bin ingest-load
@@ -23,7 +25,8 @@ tests/kafka/kafka.sh start "$work/kafka" 39192
 export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39192
 export MLOPS_DATA_DIR="$work/data" MLOPS_INGESTION_PORT=39180 \
   MLOPS_REGISTRY_PORT=39181 MLOPS_SERVING_PORT=39182 MLOPS_FEATURE_PORT=39183 \
-  MLOPS_TRAINING_PORT=39184 MLOPS_MONITORING_PORT=39185 RUST_LOG=warn
+  MLOPS_TRAINING_PORT=39184 MLOPS_MONITORING_PORT=39185 RUST_LOG=warn \
+  MLOPS__KAFKA__LINGER_MS="$linger"
 "$target/mlops" up > "$work/up.log" 2>&1 &
 platform=$!
 peer=""
@@ -41,7 +44,7 @@ for _ in $(seq 1 240); do
 done
 "$target/mlops" status
 
-(cd load-tests/peers && SCHEMA_REGISTRY_URL=http://127.0.0.1:39181 \
+(cd load-tests/peers && SCHEMA_REGISTRY_URL=http://127.0.0.1:39181 LINGER_MS="$linger" \
   exec "$venv/bin/uvicorn" fastapi_ingest:app --host 127.0.0.1 --port 39190 --workers 2 --log-level warning) \
   > "$work/peer.log" 2>&1 &
 peer=$!

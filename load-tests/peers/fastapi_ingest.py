@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from fastavro.validation import validate
 
 BOOTSTRAP = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+LINGER_MS = int(os.environ.get("LINGER_MS", "5"))
 REGISTRY = os.environ["SCHEMA_REGISTRY_URL"].rstrip("/")
 SR_JSON = "application/vnd.schemaregistry.v1+json"
 
@@ -31,7 +32,7 @@ state = {"producer": None, "http": None, "datasets": {}}
 
 @app.on_event("startup")
 async def startup():
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True, linger_ms=LINGER_MS)
     await producer.start()
     state["producer"] = producer
     state["http"] = httpx.AsyncClient()

@@ -55,6 +55,9 @@ pub struct KafkaConfig {
     /// How long a produce may take, retries included, before it fails
     /// (`message.timeout.ms`): the bound on answering "broker unreachable".
     pub delivery_timeout_ms: u32,
+    /// How long the producer waits to fill a batch (`linger.ms`): throughput against
+    /// per-request latency.
+    pub linger_ms: u32,
 }
 
 impl Default for KafkaConfig {
@@ -73,6 +76,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: 6000,
             replication_factor: 1,
             delivery_timeout_ms: 30_000,
+            linger_ms: 5,
         }
     }
 }

@@ -40,7 +40,7 @@ impl Producer {
             .client_config("producer")
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
+            .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
             .create()?;
         Ok(Self {
