@@ -257,7 +257,6 @@ async fn register_dataset(State(app): State<Arc<App>>, body: Body) -> Result<Res
     let topic = topics::raw(&spec.name);
     let subject = topics::value_subject(&topic);
     let (schema_id, version) = register_schema(&app, &subject, &spec.schema).await?;
-    drop(schema);
 
     let mut raw = TopicSpec::new(&topic, spec.partitions);
     if let Some(retention) = spec.retention_ms {
@@ -280,14 +279,7 @@ async fn register_dataset(State(app): State<Arc<App>>, body: Body) -> Result<Res
     })?;
 
     let previous = app.dataset(&spec.name);
-    let dataset = Dataset::new(spec.clone(), schema_id, version).map_err(|fields| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_dataset",
-            "the dataset declaration is invalid",
-        )
-        .with_fields(fields)
-    })?;
+    let dataset = Dataset::from_checked(spec.clone(), schema, schema_id, version);
     app.store
         .save_dataset(&spec, schema_id, version)
         .await

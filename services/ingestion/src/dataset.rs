@@ -66,8 +66,14 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A dataset from a declaration, checked here.
     pub fn new(spec: DatasetSpec, schema_id: u32, version: i64) -> Result<Self, Vec<FieldError>> {
         let schema = check_spec(&spec)?;
+        Ok(Self::from_checked(spec, schema, schema_id, version))
+    }
+
+    /// A dataset from a declaration `check_spec` already accepted, with its parsed schema.
+    pub fn from_checked(spec: DatasetSpec, schema: Schema, schema_id: u32, version: i64) -> Self {
         let rules = spec
             .rules
             .iter()
@@ -82,13 +88,13 @@ impl Dataset {
                 (field.clone(), rule.clone(), regex)
             })
             .collect();
-        Ok(Self {
+        Self {
             spec,
             schema_id,
             version,
             converter: JsonToAvro::new(schema),
             rules,
-        })
+        }
     }
 
     pub fn topic(&self) -> String {
