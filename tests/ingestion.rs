@@ -105,9 +105,20 @@ impl Platform {
         dataset: &str,
         body: &Value,
     ) -> (StatusCode, Value) {
+        self.send_with(ingestion, dataset, "", body).await
+    }
+
+    /// Posts events with a query string (`?atomic=true`, or empty).
+    async fn send_with(
+        &self,
+        ingestion: &TestIngestion,
+        dataset: &str,
+        query: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
         let (status, body, _) = self
             .post(
-                &format!("{}/v1/datasets/{dataset}/events", ingestion.url),
+                &format!("{}/v1/datasets/{dataset}/events{query}", ingestion.url),
                 "application/json",
                 body.to_string(),
             )
@@ -334,31 +345,18 @@ async fn a_mixed_batch_accepts_the_good_records_and_dead_letters_the_bad() {
 
         // All-or-nothing on request: one bad record refuses the batch, nothing is written.
         let (status, body) = p
-            .send_atomic(&ingestion, &name, &json!([payment(10), {"txn_id": "x"}]))
+            .send_with(
+                &ingestion,
+                &name,
+                "?atomic=true",
+                &json!([payment(10), {"txn_id": "x"}]),
+            )
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["results"][0]["status"], "skipped");
         assert_eq!(body["results"][1]["status"], "rejected");
         assert_eq!(records_on(&p.broker.bootstrap_servers, &topic, 3).await, 2);
         ingestion.stop().await;
-    }
-}
-
-impl Platform {
-    async fn send_atomic(
-        &self,
-        ingestion: &TestIngestion,
-        dataset: &str,
-        body: &Value,
-    ) -> (StatusCode, Value) {
-        let (status, body, _) = self
-            .post(
-                &format!("{}/v1/datasets/{dataset}/events?atomic=true", ingestion.url),
-                "application/json",
-                body.to_string(),
-            )
-            .await;
-        (status, body)
     }
 }
 

@@ -156,6 +156,16 @@ async fn wait_until_gone(pids: &[u32]) {
     }
 }
 
+/// A member of `group` that commits by hand, starting at the earliest record.
+fn group_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
+    client_config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer")
+}
+
 fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -230,12 +240,7 @@ async fn up_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
             .await
             .expect("acknowledged");
     }
-    let consumer: StreamConsumer = client_config(&ports.bootstrap())
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer = group_consumer(&ports.bootstrap(), &group);
     consumer.subscribe(&[&topic]).unwrap();
     let first = tokio::time::timeout(DEADLINE, consumer.recv())
         .await
@@ -259,12 +264,7 @@ async fn up_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
     wait_until_ready(&ports).await;
     let children = children_of(launcher.id());
     assert_eq!(children.len(), 7, "{children:?}");
-    let consumer: StreamConsumer = client_config(&ports.bootstrap())
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let consumer: StreamConsumer = group_consumer(&ports.bootstrap(), &group);
     let mut wanted = TopicPartitionList::new();
     wanted.add_partition(&topic, 0);
     let committed = consumer
