@@ -105,8 +105,41 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, record: &Record) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
+/// A member of `group` subscribed to `topics`, committing by hand, reading from the earliest
+/// offset when the group has none. A topic that starts with `^` is a pattern (librdkafka
+/// regex subscription): new matching topics are picked up at the next metadata refresh,
+/// kept short then.
+pub(crate) fn group_consumer(
+    config: &KafkaConfig,
+    group: &str,
+    topics: &[String],
+) -> Result<StreamConsumer<GroupContext>> {
+    let patterns = topics.iter().any(|t| t.starts_with('^'));
+    let consumer: StreamConsumer<GroupContext> = config
+        .client_config(&format!("consumer-{group}"))
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            if patterns { "5000" } else { "300000" },
+        )
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout_ms / 3).max(100).to_string(),
+        )
+        .create_with_context(GroupContext {
+            group: group.to_owned(),
+        })?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    Ok(consumer)
+}
+
 /// Logs partition assignment changes, which explain pauses and redeliveries.
-struct GroupContext {
+pub(crate) struct GroupContext {
     group: String,
 }
 
@@ -126,8 +159,7 @@ pub struct ConsumerLoop {
     config: KafkaConfig,
     group: String,
     topics: Vec<String>,
-    dead_letters: Producer,
-    dead_letter_topics: std::sync::Mutex<std::collections::HashSet<String>>,
+    dead_letters: DeadLetters,
     metrics: ConsumerMetrics,
 }
 
@@ -145,12 +177,12 @@ impl ConsumerLoop {
         topics: Vec<String>,
         dead_letters: Producer,
     ) -> Self {
+        let group = group.into();
         Self {
             config: config.clone(),
-            group: group.into(),
+            dead_letters: DeadLetters::new(config, &group, dead_letters),
+            group,
             topics,
-            dead_letters,
-            dead_letter_topics: Default::default(),
             metrics: ConsumerMetrics::unregistered(),
         }
     }
@@ -163,34 +195,7 @@ impl ConsumerLoop {
 
     /// Consumes until `cancel` fires. The record in flight is finished and committed first.
     pub async fn run<H: Handler>(self, handler: H, cancel: CancellationToken) -> Result<()> {
-        // A topic that starts with `^` is a pattern (librdkafka regex subscription): new
-        // matching topics are picked up at the next metadata refresh, kept short here.
-        let patterns = self.topics.iter().any(|t| t.starts_with('^'));
-
-        let consumer: StreamConsumer<GroupContext> = self
-            .config
-            .client_config(&format!("consumer-{}", self.group))
-            .set("group.id", &self.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "topic.metadata.refresh.interval.ms",
-                if patterns { "5000" } else { "300000" },
-            )
-            .set(
-                "session.timeout.ms",
-                self.config.session_timeout_ms.to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (self.config.session_timeout_ms / 3).max(100).to_string(),
-            )
-            .create_with_context(GroupContext {
-                group: self.group.clone(),
-            })?;
-        let topic_refs: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topic_refs)?;
+        let consumer = group_consumer(&self.config, &self.group, &self.topics)?;
         let handler = Arc::new(handler);
         let mut processed: HashMap<(String, i32), i64> = HashMap::new();
 
@@ -268,7 +273,7 @@ impl ConsumerLoop {
             let failure = match handler.handle(record).await {
                 Ok(()) => return Outcome::Processed,
                 Err(HandlerError::Poison { class, reason }) => {
-                    match self.dead_letter(record, &class, &reason).await {
+                    match self.dead_letters.send(record, &class, &reason).await {
                         Ok(()) => {
                             self.metrics.dead_lettered(&record.topic, &class);
                             return Outcome::DeadLettered;
@@ -294,21 +299,35 @@ impl ConsumerLoop {
             backoff = (backoff * 2).min(RETRY_MAX);
         }
     }
+}
 
-    async fn dead_letter(&self, record: &Record, class: &str, reason: &str) -> Result<()> {
+/// Writes records that can never be processed to `<topic>.dlq`.
+pub struct DeadLetters {
+    config: KafkaConfig,
+    group: String,
+    producer: Producer,
+    topics: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl DeadLetters {
+    /// `producer`'s codec registers the DeadLetter schema; `group` is named in the letters.
+    pub fn new(config: &KafkaConfig, group: impl Into<String>, producer: Producer) -> Self {
+        Self {
+            config: config.clone(),
+            group: group.into(),
+            producer,
+            topics: Default::default(),
+        }
+    }
+
+    /// Sends `record` to `<its topic>.dlq` with the reason, and returns once acknowledged.
+    pub async fn send(&self, record: &Record, class: &str, reason: &str) -> Result<()> {
         let topic = topics::dead_letter(&record.topic);
         // Created on first use: pattern subscriptions do not know their topics up front.
-        let known = self
-            .dead_letter_topics
-            .lock()
-            .expect("dlq set")
-            .contains(&topic);
+        let known = self.topics.lock().expect("dlq set").contains(&topic);
         if !known {
             ensure_topics(&self.config, &[TopicSpec::new(&topic, 1)]).await?;
-            self.dead_letter_topics
-                .lock()
-                .expect("dlq set")
-                .insert(topic.clone());
+            self.topics.lock().expect("dlq set").insert(topic.clone());
         }
         let original_headers = record
             .headers
@@ -350,7 +369,7 @@ impl ConsumerLoop {
                 value: Some(value.as_bytes()),
             })
         });
-        self.dead_letters
+        self.producer
             .send_event(&topic, record.key.as_deref(), &letter, headers)
             .await?;
         warn!(

@@ -3,14 +3,16 @@
 //! [`consumer::ConsumerLoop`].
 
 mod admin;
+mod batch;
 mod config;
 pub mod consumer;
 mod metrics;
 mod producer;
 
 pub use admin::{TopicSpec, check_broker, ensure_topics};
+pub use batch::BatchConsumer;
 pub use config::{KafkaConfig, SecurityProtocol};
-pub use consumer::{ConsumerLoop, Handler, HandlerError, Record};
+pub use consumer::{ConsumerLoop, DeadLetters, Handler, HandlerError, Record};
 pub use metrics::ConsumerMetrics;
 pub use producer::{Delivery, Producer};
 

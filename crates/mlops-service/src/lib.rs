@@ -2,7 +2,10 @@
 //! probes of the platform's dependencies, and `main()` itself (config, telemetry, bind,
 //! run until a signal, drain). A service provides only its [`ServiceConfig`] and its `run`.
 
+mod api_error;
 pub mod database;
+
+pub use api_error::ApiError;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 

@@ -1,21 +1,39 @@
 //! The feature service: computes feature views from raw topics into the offline and online
 //! stores.
 //!
-//! Today it is the first consumer of every raw topic (`raw.<dataset>`, found by pattern, so
-//! datasets declared later are picked up): it checks that each record is Confluent-framed
-//! Avro registered under its topic's subject, and dead-letters any that is not, with the
-//! reason, without stalling the partition. Feature views extend this intake with their own
-//! issue; the service claims nothing more until then.
+//! - The raw intake reads every raw topic (`raw.<dataset>`, found by pattern, so datasets
+//!   declared later are picked up), checks that each record is Confluent-framed Avro
+//!   registered under its topic's subject, and dead-letters any that is not.
+//! - Each feature view version runs a stream job (its own consumer group) that computes the
+//!   view with polars in micro-batches and writes `features.<view>`, the offline Parquet
+//!   store and the online store; labels from `labels` are kept for training sets.
+//! - The HTTP API declares views, serves online lookups and builds point-in-time-correct
+//!   training sets as immutable snapshots.
 
+pub mod api;
+pub mod catalog;
+pub mod decode;
 pub mod intake;
+pub mod labels;
+pub mod online;
+pub mod pipeline;
+pub mod spec;
+pub mod store;
+pub mod stream;
+pub mod training;
+pub mod views;
 
 use std::{sync::Arc, time::Duration};
 
-use mlops_kafka::{ConsumerLoop, ConsumerMetrics, Producer};
+use catalog::Catalog;
+use mlops_kafka::{ConsumerLoop, ConsumerMetrics, Producer, TopicSpec, ensure_topics};
 use mlops_runtime::{AdminState, TaskSet};
 use mlops_schema::AvroCodec;
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
+use spec::FeatureViewSpec;
+use store::FeatureStore;
+use stream::StreamSettings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +52,17 @@ pub struct Settings {
     pub intake_group: String,
     /// Topics the intake reads: a name, or a pattern starting with `^`.
     pub raw_topics: String,
+    /// Where the offline store, snapshots and checkpoints live: a directory, `file://...`
+    /// or `s3://bucket/prefix`. Empty: `<data_dir>/feature-store`.
+    pub store_url: String,
+    /// Directory of `*.toml` feature view specs declared at start (empty: none).
+    pub views_dir: String,
+    /// A micro-batch closes at this many records...
+    pub batch_max_records: usize,
+    /// ...or this long after its first record.
+    pub batch_max_wait_ms: u64,
+    /// Partitions of new `features.<view>` topics.
+    pub feature_partitions: i32,
 }
 
 impl Default for Settings {
@@ -41,6 +70,11 @@ impl Default for Settings {
         Self {
             intake_group: RAW_INTAKE_GROUP.to_owned(),
             raw_topics: RAW_TOPICS.to_owned(),
+            store_url: String::new(),
+            views_dir: String::new(),
+            batch_max_records: 10_000,
+            batch_max_wait_ms: 200,
+            feature_partitions: 3,
         }
     }
 }
@@ -83,23 +117,74 @@ pub async fn run(
         common: config,
         feature: settings,
     } = config;
+    let store_url = if settings.store_url.is_empty() {
+        config.data_dir.join("feature-store").display().to_string()
+    } else {
+        settings.store_url.clone()
+    };
+    let store = FeatureStore::open(&store_url)?;
     let codec = Arc::new(AvroCodec::new(&config.schema_registry.url)?);
     let producer = Producer::new(&config.kafka, codec.clone())?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ConsumerMetrics::register(&mut registry);
     let admin = AdminState::new(SERVICE, registry, config.readiness_checks());
-    let router = admin.with_http_telemetry(admin.router());
 
     let mut tasks = TaskSet::new(cancel.child_token());
+    let app = Arc::new(api::App {
+        catalog: Catalog::new(store.clone()),
+        store: store.clone(),
+        online: Arc::default(),
+        codec: codec.clone(),
+        producer: producer.clone(),
+        kafka: config.kafka.clone(),
+        registry_url: config.schema_registry.url.trim_end_matches('/').to_owned(),
+        http: reqwest::Client::new(),
+        stream: StreamSettings {
+            max_records: settings.batch_max_records,
+            max_wait: Duration::from_millis(settings.batch_max_wait_ms),
+        },
+        feature_partitions: settings.feature_partitions,
+        jobs: Default::default(),
+        cancel: tasks.token(),
+    });
+    let router = admin.with_http_telemetry(admin.router().merge(api::router(app.clone())));
+
     let intake = ConsumerLoop::new(
         &config.kafka,
         &settings.intake_group,
         vec![settings.raw_topics.clone()],
-        producer,
+        producer.clone(),
     )
     .with_metrics(metrics);
-    let handler = intake::RawIntake::new(codec, &config.schema_registry.url);
+    let handler = intake::RawIntake::new(codec.clone(), &config.schema_registry.url);
     tasks.spawn("raw-intake", intake.run(handler, tasks.token()));
+
+    ensure_topics(
+        &config.kafka,
+        &[TopicSpec::new(
+            mlops_events::topics::LABELS,
+            settings.feature_partitions,
+        )],
+    )
+    .await?;
+    tasks.spawn(
+        "labels",
+        stream::run(
+            labels::LabelJob::new(codec),
+            store,
+            config.kafka.clone(),
+            labels::LABELS_GROUP.to_owned(),
+            vec![mlops_events::topics::LABELS.to_owned()],
+            producer,
+            app.stream.clone(),
+            tasks.token(),
+        ),
+    );
+    for version in app.catalog.all_latest().await? {
+        app.start(version).await;
+    }
+    let specs = load_spec_files(&settings.views_dir)?;
+    tasks.spawn("declare-files", declare_files(app, specs, tasks.token()));
     tasks.spawn(
         "http",
         mlops_runtime::serve(listener, router, tasks.token()),
@@ -108,4 +193,66 @@ pub async fn run(
         .run(cancel.cancelled_owned(), Duration::from_secs(10))
         .await
         .map_err(anyhow::Error::from)
+}
+
+/// Every `*.toml` spec of `dir`, checked: a bad file stops the start with its problems.
+fn load_spec_files(dir: &str) -> anyhow::Result<Vec<(String, FeatureViewSpec)>> {
+    if dir.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("feature.views_dir {dir}: {e}"))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let mut specs = Vec::new();
+    for path in paths {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+        let spec = FeatureViewSpec::from_toml(&text)
+            .and_then(|spec| spec.check().map(|()| spec))
+            .map_err(|errors| {
+                let problems: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.reason))
+                    .collect();
+                anyhow::anyhow!("{shown}: {}", problems.join("; "))
+            })?;
+        specs.push((shown, spec));
+    }
+    Ok(specs)
+}
+
+/// Declares the spec files, retrying those whose source dataset or registry is not there yet.
+async fn declare_files(
+    app: Arc<api::App>,
+    mut pending: Vec<(String, FeatureViewSpec)>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    while !pending.is_empty() {
+        let mut waiting = Vec::new();
+        for (path, spec) in pending {
+            match app.declare(spec.clone()).await {
+                Ok((version, _)) => {
+                    tracing::info!(%path, view = %version.name, version = version.version, "feature view declared");
+                }
+                Err(
+                    views::DeclareError::UnknownSource(_) | views::DeclareError::Unavailable(_),
+                ) => {
+                    waiting.push((path, spec));
+                }
+                Err(e) => tracing::error!(%path, error = ?e, "feature view refused"),
+            }
+        }
+        pending = waiting;
+        if !pending.is_empty() {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+    cancel.cancelled().await;
+    Ok(())
 }

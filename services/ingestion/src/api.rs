@@ -22,6 +22,7 @@ use mlops_events::{
 };
 use mlops_kafka::{KafkaConfig, OwnedHeaders, Producer, TopicSpec, ensure_topics};
 use mlops_schema::json::FieldError;
+pub use mlops_service::ApiError;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
@@ -125,54 +126,6 @@ impl App {
                 .insert(name, Arc::new(dataset));
         }
         Ok(())
-    }
-}
-
-/// A refusal: status, machine-readable code, message, and the fields at fault.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    fields: Vec<FieldError>,
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            fields: Vec::new(),
-            retry_after: None,
-        }
-    }
-
-    fn with_fields(mut self, fields: Vec<FieldError>) -> Self {
-        self.fields = fields;
-        self
-    }
-
-    fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
-        self
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if !self.fields.is_empty() {
-            error["fields"] = json!(self.fields);
-        }
-        let mut response = (self.status, axum::Json(json!({"error": error}))).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
     }
 }
 

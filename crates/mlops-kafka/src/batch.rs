@@ -1,0 +1,112 @@
+//! Micro-batch consumption for handlers that work on many records at once (columnar
+//! pipelines): the caller takes a batch, makes its results durable, then commits it.
+//! Nothing is committed automatically.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::{
+    KafkaConfig, Producer, Record, Result,
+    consumer::{DeadLetters, GroupContext, group_consumer},
+};
+
+/// A consumer group member that hands out records in batches.
+pub struct BatchConsumer {
+    consumer: StreamConsumer<GroupContext>,
+    group: String,
+    dead_letters: DeadLetters,
+}
+
+impl BatchConsumer {
+    /// Joins `group` on `topics` (names, or patterns starting with `^`). `dead_letters`
+    /// produces to `<topic>.dlq`.
+    pub fn new(
+        config: &KafkaConfig,
+        group: impl Into<String>,
+        topics: &[String],
+        dead_letters: Producer,
+    ) -> Result<Self> {
+        let group = group.into();
+        Ok(Self {
+            consumer: group_consumer(config, &group, topics)?,
+            dead_letters: DeadLetters::new(config, &group, dead_letters),
+            group,
+        })
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Waits for a first record, then gathers more until `max_records` or until `max_wait`
+    /// has passed since the first. `None` once `cancel` fires.
+    pub async fn next_batch(
+        &self,
+        max_records: usize,
+        max_wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Option<Vec<Record>> {
+        let mut batch = Vec::new();
+        let mut deadline = None;
+        while batch.len() < max_records.max(1) {
+            let wait = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let message = tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = wait => break,
+                message = self.consumer.recv() => message,
+            };
+            match message {
+                Ok(message) => {
+                    batch.push(Record::from(message.detach()));
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
+                }
+                Err(e) => {
+                    warn!(group = %self.group, error = %e, "consume failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Some(batch)
+    }
+
+    /// Sends `record` to its dead-letter topic with the reason.
+    pub async fn dead_letter(&self, record: &Record, class: &str, reason: &str) -> Result<()> {
+        self.dead_letters.send(record, class, reason).await
+    }
+
+    /// Commits the positions after `records` (the highest offset per partition).
+    pub fn commit(&self, records: &[Record], wait: bool) -> Result<()> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for record in records {
+            let position = next
+                .entry((record.topic.as_str(), record.partition))
+                .or_insert(0);
+            *position = (*position).max(record.offset + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        let mode = if wait {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        self.consumer.commit(&list, mode)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,508 @@
+//! The feature service's HTTP API: feature views, online lookups, training sets.
+
+use std::{collections::HashMap, sync::Arc};
+
+use apache_avro::Schema;
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use mlops_kafka::{KafkaConfig, Producer, TopicSpec, ensure_topics};
+use mlops_schema::{AvroCodec, json::FieldError};
+use mlops_service::ApiError;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    catalog::{Catalog, ViewVersion},
+    online::OnlineStore,
+    spec::FeatureViewSpec,
+    store::FeatureStore,
+    stream::{self, StreamSettings},
+    training::{self, TrainingSetError, TrainingSetRequest},
+    views::{DeclareError, ViewJob, build_version},
+};
+
+/// Shared state of the API and the stream jobs it starts.
+pub struct App {
+    pub store: FeatureStore,
+    pub catalog: Catalog,
+    pub online: Arc<OnlineStore>,
+    pub codec: Arc<AvroCodec>,
+    pub producer: Producer,
+    pub kafka: KafkaConfig,
+    pub registry_url: String,
+    pub http: reqwest::Client,
+    pub stream: StreamSettings,
+    pub feature_partitions: i32,
+    /// Running view jobs: view → (version, stop token).
+    pub jobs: Mutex<HashMap<String, (i32, CancellationToken)>>,
+    pub cancel: CancellationToken,
+}
+
+impl App {
+    /// Registers `spec` (a new version when it differs from the latest) and makes sure its
+    /// stream job runs.
+    pub async fn declare(
+        &self,
+        spec: FeatureViewSpec,
+    ) -> Result<(ViewVersion, bool), DeclareError> {
+        spec.check().map_err(DeclareError::Invalid)?;
+        let source_schema = self.source_schema(&spec.source).await?;
+        let (version, created) = self
+            .catalog
+            .declare(spec, |spec, number| async move {
+                let (mut version, _) = build_version(spec, number, &source_schema)?;
+                version.schema_id = self.register_schema(&version).await?;
+                Ok::<_, DeclareError>(version)
+            })
+            .await?;
+        ensure_topics(
+            &self.kafka,
+            &[TopicSpec::new(version.topic(), self.feature_partitions)],
+        )
+        .await
+        .map_err(|e| DeclareError::Unavailable(e.to_string()))?;
+        self.start(version.clone()).await;
+        Ok((version, created))
+    }
+
+    /// Starts the stream job of `version`, stopping an older version's job of that view.
+    pub async fn start(&self, version: ViewVersion) {
+        let mut jobs = self.jobs.lock().await;
+        if let Some((running, token)) = jobs.get(&version.name) {
+            if *running >= version.version {
+                return;
+            }
+            token.cancel();
+        }
+        let token = self.cancel.child_token();
+        let group = version.group();
+        let topics = vec![mlops_events::topics::raw(&version.spec.source)];
+        let name = version.name.clone();
+        let number = version.version;
+        match ViewJob::new(
+            Arc::new(version),
+            self.codec.clone(),
+            self.producer.clone(),
+            self.online.clone(),
+        ) {
+            Ok(job) => {
+                info!(view = %name, version = number, "starting the view's stream job");
+                tokio::spawn(stream::run(
+                    job,
+                    self.store.clone(),
+                    self.kafka.clone(),
+                    group,
+                    topics,
+                    self.producer.clone(),
+                    self.stream.clone(),
+                    token.clone(),
+                ));
+                jobs.insert(name, (number, token));
+            }
+            Err(e) => warn!(view = %name, version = number, error = %e, "view cannot run"),
+        }
+    }
+
+    async fn source_schema(&self, dataset: &str) -> Result<Schema, DeclareError> {
+        let subject = mlops_events::topics::value_subject(&mlops_events::topics::raw(dataset));
+        let response = self
+            .http
+            .get(format!(
+                "{}/subjects/{subject}/versions/latest",
+                self.registry_url
+            ))
+            .send()
+            .await
+            .map_err(|e| DeclareError::Unavailable(format!("schema registry: {e}")))?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(DeclareError::UnknownSource(format!(
+                "dataset {dataset:?} has no schema under {subject}; declare the dataset first"
+            )));
+        }
+        let body: Json = response
+            .json()
+            .await
+            .map_err(|e| DeclareError::Unavailable(format!("schema registry: {e}")))?;
+        let text = body["schema"].as_str().unwrap_or_default();
+        Schema::parse_str(text)
+            .map_err(|e| DeclareError::Unavailable(format!("schema of {subject}: {e}")))
+    }
+
+    async fn register_schema(&self, version: &ViewVersion) -> Result<u32, DeclareError> {
+        let subject = mlops_events::topics::value_subject(&version.topic());
+        let response = self
+            .http
+            .post(format!("{}/subjects/{subject}/versions", self.registry_url))
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .body(json!({"schema": version.schema.to_string()}).to_string())
+            .send()
+            .await
+            .map_err(|e| DeclareError::Unavailable(format!("schema registry: {e}")))?;
+        let status = response.status();
+        let body: Json = response
+            .json()
+            .await
+            .map_err(|e| DeclareError::Unavailable(format!("schema registry: {e}")))?;
+        match status.as_u16() {
+            200 => body["id"].as_u64().map(|id| id as u32).ok_or_else(|| {
+                DeclareError::Unavailable(format!("schema registry answered {body}"))
+            }),
+            409 => Err(DeclareError::Incompatible(
+                body["message"].as_str().unwrap_or_default().to_owned(),
+            )),
+            _ => Err(DeclareError::Unavailable(format!(
+                "schema registry answered {status}: {body}"
+            ))),
+        }
+    }
+}
+
+impl From<DeclareError> for ApiError {
+    fn from(e: DeclareError) -> Self {
+        match e {
+            DeclareError::Invalid(fields) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_feature_view",
+                fields
+                    .iter()
+                    .map(|f| format!("{}: {}", f.field, f.reason))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+            .with_fields(fields),
+            DeclareError::UnknownSource(message) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_source",
+                message.clone(),
+            )
+            .with_fields(vec![FieldError {
+                field: "source".into(),
+                reason: message,
+            }]),
+            DeclareError::Incompatible(message) => {
+                ApiError::new(StatusCode::CONFLICT, "incompatible_feature_view", message)
+            }
+            DeclareError::Unavailable(message) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+        }
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        e.to_string(),
+    )
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/feature-views", post(declare_view).get(list_views))
+        .route("/v1/feature-views/{view}", get(get_view))
+        .route(
+            "/v1/feature-views/{view}/versions/{version}",
+            get(get_view_version),
+        )
+        .route("/v1/feature-views/{view}/entities/{id}", get(get_entity))
+        .route(
+            "/v1/feature-views/{view}/entities:lookup",
+            post(lookup_entities),
+        )
+        .route(
+            "/v1/training-sets",
+            post(create_training_set).get(list_training_sets),
+        )
+        .route("/v1/training-sets/{id}", get(get_training_set))
+        .route("/v1/training-sets/{id}/data", get(get_training_set_data))
+        .with_state(app)
+}
+
+fn version_body(version: &ViewVersion) -> Json {
+    json!({
+        "name": version.name,
+        "version": version.version,
+        "topic": version.topic(),
+        "schema_id": version.schema_id,
+        "features": version.features,
+        "spec": version.spec,
+        "created_at": version.created_at,
+    })
+}
+
+async fn declare_view(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let spec = if content_type.contains("toml") {
+        let text = std::str::from_utf8(&body).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "the body is not UTF-8",
+            )
+        })?;
+        FeatureViewSpec::from_toml(text).map_err(|fields| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                fields[0].reason.clone(),
+            )
+        })?
+    } else if content_type.contains("json") {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("not a valid feature view: {e}"),
+            )
+        })?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected application/json or application/toml, got {content_type}"),
+        ));
+    };
+    let (version, created) = app.declare(spec).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = version_body(&version);
+    body["created"] = json!(created);
+    Ok((status, axum::Json(body)).into_response())
+}
+
+async fn list_views(State(app): State<Arc<App>>) -> Result<axum::Json<Json>, ApiError> {
+    let views = app.catalog.all_latest().await.map_err(store_error)?;
+    Ok(axum::Json(
+        json!({"views": views.iter().map(version_body).collect::<Vec<_>>()}),
+    ))
+}
+
+fn unknown_view(view: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "view_not_found",
+        format!("feature view {view:?} is not declared"),
+    )
+}
+
+async fn get_view(
+    State(app): State<Arc<App>>,
+    Path(view): Path<String>,
+) -> Result<axum::Json<Json>, ApiError> {
+    let versions = app.catalog.versions(&view).await.map_err(store_error)?;
+    let latest = versions.last().ok_or_else(|| unknown_view(&view))?;
+    let mut body = version_body(latest);
+    body["versions"] = json!(versions.iter().map(|v| v.version).collect::<Vec<_>>());
+    body["online_entities"] = json!(app.online.len(&view));
+    Ok(axum::Json(body))
+}
+
+async fn get_view_version(
+    State(app): State<Arc<App>>,
+    Path((view, version)): Path<(String, i32)>,
+) -> Result<axum::Json<Json>, ApiError> {
+    let found = app
+        .catalog
+        .version(&view, version)
+        .await
+        .map_err(store_error)?;
+    let version = found.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "version_not_found",
+            format!("feature view {view:?} has no version {version}"),
+        )
+    })?;
+    Ok(axum::Json(version_body(&version)))
+}
+
+async fn ensure_view(app: &App, view: &str) -> Result<(), ApiError> {
+    if app.jobs.lock().await.contains_key(view) {
+        return Ok(());
+    }
+    match app.catalog.latest(view).await.map_err(store_error)? {
+        Some(_) => Ok(()),
+        None => Err(unknown_view(view)),
+    }
+}
+
+async fn get_entity(
+    State(app): State<Arc<App>>,
+    Path((view, id)): Path<(String, String)>,
+) -> Result<axum::Json<Json>, ApiError> {
+    if let Some(row) = app.online.get(&view, &id) {
+        let mut body = json!(*row);
+        body["view"] = json!(view);
+        return Ok(axum::Json(body));
+    }
+    ensure_view(&app, &view).await?;
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "entity_not_found",
+        format!("feature view {view:?} has no features for entity {id:?}"),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupRequest {
+    entity_ids: Vec<String>,
+}
+
+async fn lookup_entities(
+    State(app): State<Arc<App>>,
+    Path(view): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<Json>, ApiError> {
+    let request: LookupRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("expected {{\"entity_ids\": [...]}}: {e}"),
+        )
+        .with_fields(vec![FieldError {
+            field: "entity_ids".into(),
+            reason: e.to_string(),
+        }])
+    })?;
+    ensure_view(&app, &view).await?;
+    let results: Vec<Json> = request
+        .entity_ids
+        .iter()
+        .map(|id| match app.online.get(&view, id) {
+            Some(row) => {
+                let mut body = json!(*row);
+                body["found"] = json!(true);
+                body
+            }
+            None => json!({"entity_id": id, "found": false}),
+        })
+        .collect();
+    Ok(axum::Json(json!({"view": view, "results": results})))
+}
+
+async fn create_training_set(
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: TrainingSetRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("not a valid training set request: {e}"),
+        )
+    })?;
+    let version = match request.view_version {
+        Some(number) => app.catalog.version(&request.view, number).await,
+        None => app.catalog.latest(&request.view).await,
+    }
+    .map_err(store_error)?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "view_not_found",
+            format!(
+                "feature view {:?}{} is not declared",
+                request.view,
+                request
+                    .view_version
+                    .map(|v| format!(" version {v}"))
+                    .unwrap_or_default()
+            ),
+        )
+    })?;
+    let (manifest, created) = training::build(&app.store, &version, &request)
+        .await
+        .map_err(|e| match e {
+            TrainingSetError::NoLabels(message) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_labels", message)
+            }
+            other => store_error(other),
+        })?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(manifest)).into_response())
+}
+
+async fn list_training_sets(State(app): State<Arc<App>>) -> Result<axum::Json<Json>, ApiError> {
+    let manifests = training::list(&app.store).await.map_err(store_error)?;
+    Ok(axum::Json(json!({"training_sets": manifests})))
+}
+
+fn snapshot_id(id: &str) -> Result<(), ApiError> {
+    if id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "training_set_not_found",
+            format!("no training set {id:?}"),
+        ))
+    }
+}
+
+async fn get_training_set(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<training::Manifest>, ApiError> {
+    snapshot_id(&id)?;
+    app.store
+        .get_json(&format!("snapshots/{id}/manifest.json"))
+        .await
+        .map_err(store_error)?
+        .map(axum::Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "training_set_not_found",
+                format!("no training set {id:?}"),
+            )
+        })
+}
+
+async fn get_training_set_data(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    snapshot_id(&id)?;
+    let bytes = app
+        .store
+        .get(&format!("snapshots/{id}/data.parquet"))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "training_set_not_found",
+                format!("no training set {id:?}"),
+            )
+        })?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/vnd.apache.parquet")],
+        bytes,
+    )
+        .into_response())
+}

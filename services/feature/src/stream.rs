@@ -1,0 +1,195 @@
+//! Stream jobs: consume in micro-batches, make each batch durable, then checkpoint.
+//!
+//! For every batch: the job writes its outputs (feature rows to `features.<view>`, Parquet
+//! files named by batch number), the late or unusable events go to the dead-letter topic,
+//! then the checkpoint (batch number, next offset per partition, window state) is written —
+//! that write is the commit. Only then are in-memory views (the online store) updated and
+//! the Kafka offsets committed. On start, files of batches after the checkpoint are deleted
+//! and records before the checkpoint's offsets are skipped, so a crash anywhere neither
+//! loses nor duplicates offline rows.
+
+use std::{collections::BTreeMap, future::Future, time::Duration};
+
+use mlops_kafka::{BatchConsumer, KafkaConfig, Producer, Record};
+use polars::prelude::DataFrame;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::store::{FeatureStore, batch_number};
+
+/// The durable position of a job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Last batch made durable (0: none yet).
+    pub batch: u64,
+    /// Next offset to process, by `topic/partition`.
+    pub offsets: BTreeMap<String, i64>,
+    pub watermark: Option<i64>,
+    /// Window state at this checkpoint.
+    pub buffer: Option<String>,
+}
+
+impl Checkpoint {
+    fn key(record: &Record) -> String {
+        format!("{}/{}", record.topic, record.partition)
+    }
+
+    /// Whether `record` is already inside a durable batch.
+    pub fn covers(&self, record: &Record) -> bool {
+        self.offsets
+            .get(&Self::key(record))
+            .is_some_and(|next| record.offset < *next)
+    }
+
+    fn advance(&mut self, records: &[Record]) {
+        for record in records {
+            let next = self.offsets.entry(Self::key(record)).or_insert(0);
+            *next = (*next).max(record.offset + 1);
+        }
+    }
+}
+
+/// What a job made of one batch, besides the files it wrote.
+#[derive(Default)]
+pub struct Processed {
+    /// Records to dead-letter: index in the batch, error class, reason.
+    pub dead_letters: Vec<(usize, &'static str, String)>,
+    /// Window state after the batch, when the job keeps one.
+    pub buffer: Option<DataFrame>,
+    pub watermark: Option<i64>,
+}
+
+/// A job run by [`run`].
+pub trait BatchJob: Send + 'static {
+    fn name(&self) -> String;
+    /// Where the checkpoint lives (ends with `/`).
+    fn state_prefix(&self) -> String;
+    /// Where the batch files live (ends with `/`).
+    fn output_prefix(&self) -> String;
+    /// Resumes from `checkpoint` (window state included).
+    fn restore(
+        &mut self,
+        store: &FeatureStore,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Writes the outputs of batch number `batch`.
+    fn process(
+        &mut self,
+        store: &FeatureStore,
+        records: &[Record],
+        batch: u64,
+    ) -> impl Future<Output = anyhow::Result<Processed>> + Send;
+    /// Called once the batch's checkpoint is written.
+    fn committed(&mut self) -> anyhow::Result<()>;
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub max_records: usize,
+    pub max_wait: Duration,
+}
+
+/// Runs `job` until `cancel` fires, starting over from its checkpoint after any failure.
+pub async fn run<J: BatchJob>(
+    mut job: J,
+    store: FeatureStore,
+    kafka: KafkaConfig,
+    group: String,
+    topics: Vec<String>,
+    dead_letters: Producer,
+    settings: StreamSettings,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = run_once(
+            &mut job,
+            &store,
+            &kafka,
+            &group,
+            &topics,
+            dead_letters.clone(),
+            &settings,
+            &cancel,
+        )
+        .await;
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                warn!(job = %job.name(), error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "stream job failed; resuming from its checkpoint");
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_once<J: BatchJob>(
+    job: &mut J,
+    store: &FeatureStore,
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[String],
+    dead_letters: Producer,
+    settings: &StreamSettings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let checkpoint_path = format!("{}checkpoint.json", job.state_prefix());
+    let mut checkpoint: Checkpoint = store.get_json(&checkpoint_path).await?.unwrap_or_default();
+    // Files of batches after the checkpoint belong to a batch that never finished.
+    for path in store.list(&job.output_prefix()).await? {
+        if batch_number(&path).is_some_and(|n| n > checkpoint.batch) {
+            info!(job = %job.name(), %path, "removing output of an unfinished batch");
+            store.delete(&path).await?;
+        }
+    }
+    job.restore(store, &checkpoint).await?;
+    let consumer = BatchConsumer::new(kafka, group, topics, dead_letters)?;
+    info!(job = %job.name(), batch = checkpoint.batch, "stream job started");
+
+    while let Some(records) = consumer
+        .next_batch(settings.max_records, settings.max_wait, cancel)
+        .await
+    {
+        let fresh: Vec<Record> = records
+            .iter()
+            .filter(|r| !checkpoint.covers(r))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
+            let batch = checkpoint.batch + 1;
+            let processed = job.process(store, &fresh, batch).await?;
+            for (index, class, reason) in &processed.dead_letters {
+                consumer.dead_letter(&fresh[*index], class, reason).await?;
+            }
+            let mut next = checkpoint.clone();
+            next.batch = batch;
+            next.advance(&fresh);
+            next.watermark = processed.watermark;
+            next.buffer = match processed.buffer {
+                Some(mut buffer) => {
+                    let path = format!("{}buffer-{batch:012}.parquet", job.state_prefix());
+                    store.put_frame(&path, &mut buffer).await?;
+                    Some(path)
+                }
+                None => None,
+            };
+            store.put_json(&checkpoint_path, &next).await?;
+            if let Some(old) = &checkpoint.buffer
+                && Some(old) != next.buffer.as_ref()
+            {
+                store.delete(old).await?;
+            }
+            checkpoint = next;
+            job.committed()?;
+        }
+        // Kafka's committed offsets trail the checkpoint; they only save re-reading.
+        consumer.commit(&records, false)?;
+    }
+    Ok(())
+}

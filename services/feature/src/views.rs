@@ -1,0 +1,403 @@
+//! A view version's stream job, and how a declared spec becomes a version: checked against
+//! the source dataset's schema, its output schema derived and registered as
+//! `features.<view>-value`.
+
+use std::sync::Arc;
+
+use apache_avro::{Schema, types::Value, writer::datum::GenericDatumWriter};
+use futures::future::try_join_all;
+use mlops_kafka::{OwnedHeaders, Producer, Record};
+use mlops_schema::{AvroCodec, json::FieldError};
+use polars::prelude::*;
+use serde_json::json;
+
+use crate::{
+    catalog::{FeatureField, ViewVersion},
+    decode::{BatchBuilder, RawEvent, source_types},
+    online::{OnlineStore, current_revisions, latest_per_entity},
+    pipeline::{PipelineState, ViewPipeline},
+    spec::FeatureViewSpec,
+    store::FeatureStore,
+    stream::{BatchJob, Checkpoint, Processed},
+};
+
+/// Why a spec cannot become a version.
+#[derive(Debug)]
+pub enum DeclareError {
+    Invalid(Vec<FieldError>),
+    /// The source dataset has no schema in the registry.
+    UnknownSource(String),
+    /// The registry refused the derived schema (incompatible change).
+    Incompatible(String),
+    Unavailable(String),
+}
+
+impl From<crate::store::StoreError> for DeclareError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// Polars type of a dataset column from its stored name.
+fn parse_dtype(name: &str) -> DataType {
+    match name {
+        "i64" => DataType::Int64,
+        "f64" => DataType::Float64,
+        "bool" => DataType::Boolean,
+        _ => DataType::String,
+    }
+}
+
+fn avro_type(dtype: &DataType) -> Option<&'static str> {
+    match dtype {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32 => Some("long"),
+        DataType::Float32 | DataType::Float64 => Some("double"),
+        DataType::String => Some("string"),
+        DataType::Boolean => Some("boolean"),
+        _ => None,
+    }
+}
+
+/// Checks `spec` against the source schema and builds version `number` of it (without
+/// registering anything).
+pub fn build_version(
+    spec: FeatureViewSpec,
+    number: i32,
+    source_schema: &Schema,
+) -> Result<(ViewVersion, ViewPipeline), DeclareError> {
+    spec.check().map_err(DeclareError::Invalid)?;
+    let columns = spec.source_columns();
+    let types = source_types(source_schema, &columns, &spec.entity_key, &spec.event_time)
+        .map_err(DeclareError::Invalid)?;
+    let pipeline = ViewPipeline::new(&spec, number, types.clone()).map_err(|e| {
+        DeclareError::Invalid(vec![FieldError {
+            field: "features".into(),
+            reason: e.to_string(),
+        }])
+    })?;
+    let output = pipeline.output_schema().map_err(|e| {
+        DeclareError::Invalid(vec![FieldError {
+            field: "features".into(),
+            reason: format!("cannot be computed from the source dataset: {e}"),
+        }])
+    })?;
+    let mut errors = Vec::new();
+    let mut features = Vec::new();
+    for (name, dtype) in &output {
+        match avro_type(dtype) {
+            Some(t) => features.push(FeatureField {
+                name: name.clone(),
+                avro_type: t.to_owned(),
+            }),
+            None => errors.push(FieldError {
+                field: field_path(&spec, name),
+                reason: format!(
+                    "computes a {dtype}; a feature must be a number, string or boolean (add a cast)"
+                ),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(DeclareError::Invalid(errors));
+    }
+    let mut fields = vec![
+        json!({"name": "entity_id", "type": "string"}),
+        json!({"name": "event_time", "type": {"type": "long", "logicalType": "timestamp-millis"}}),
+        json!({"name": "view_version", "type": "int"}),
+    ];
+    for feature in &features {
+        fields.push(
+            json!({"name": feature.name, "type": ["null", feature.avro_type], "default": null}),
+        );
+    }
+    fields.extend([
+        json!({"name": "source_partition", "type": "int", "doc": "Raw partition of the event"}),
+        json!({"name": "source_offset", "type": "long", "doc": "Raw offset of the event"}),
+        json!({"name": "revision", "type": "long", "doc": "Rows of one event with a higher revision replace lower ones"}),
+    ]);
+    let schema = json!({
+        "type": "record",
+        "name": spec.name,
+        "namespace": "io.mlops.features",
+        "doc": format!("Feature view {} computed from dataset {}", spec.name, spec.source),
+        "fields": fields,
+    });
+    let version = ViewVersion {
+        name: spec.name.clone(),
+        version: number,
+        source_columns: types
+            .iter()
+            .map(|(n, t)| (n.clone(), dtype_name(t).to_owned()))
+            .collect(),
+        spec,
+        features,
+        schema,
+        schema_id: 0,
+        created_at: mlops_events::now_millis(),
+    };
+    Ok((version, pipeline))
+}
+
+fn dtype_name(dtype: &DataType) -> &'static str {
+    match dtype {
+        DataType::Int64 => "i64",
+        DataType::Float64 => "f64",
+        DataType::Boolean => "bool",
+        _ => "str",
+    }
+}
+
+fn field_path(spec: &FeatureViewSpec, name: &str) -> String {
+    if let Some(i) = spec.features.iter().position(|f| f.name == name) {
+        format!("features[{i}]")
+    } else if let Some(i) = spec.aggregations.iter().position(|a| a.name == name) {
+        format!("aggregations[{i}]")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// The pipeline of a stored version.
+pub fn pipeline_of(version: &ViewVersion) -> PolarsResult<ViewPipeline> {
+    let types = version
+        .source_columns
+        .iter()
+        .map(|(n, t)| (n.clone(), parse_dtype(t)))
+        .collect();
+    ViewPipeline::new(&version.spec, version.version, types)
+}
+
+/// The stream job of one view version.
+pub struct ViewJob {
+    version: Arc<ViewVersion>,
+    pipeline: ViewPipeline,
+    codec: Arc<AvroCodec>,
+    producer: Producer,
+    writer_schema: Schema,
+    online: Arc<OnlineStore>,
+    /// Latest rows per entity of the batch awaiting its checkpoint.
+    pending: Option<DataFrame>,
+}
+
+impl ViewJob {
+    pub fn new(
+        version: Arc<ViewVersion>,
+        codec: Arc<AvroCodec>,
+        producer: Producer,
+        online: Arc<OnlineStore>,
+    ) -> anyhow::Result<Self> {
+        let pipeline = pipeline_of(&version)?;
+        let writer_schema = Schema::parse(&version.schema)?;
+        Ok(Self {
+            version,
+            pipeline,
+            codec,
+            producer,
+            writer_schema,
+            online,
+            pending: None,
+        })
+    }
+
+    fn feature_names(&self) -> Vec<String> {
+        self.version
+            .features
+            .iter()
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
+    async fn publish(&self, rows: &DataFrame) -> anyhow::Result<()> {
+        let topic = self.version.topic();
+        let writer = GenericDatumWriter::builder(&self.writer_schema).build()?;
+        let mut payloads = Vec::with_capacity(rows.height());
+        let columns = rows.columns();
+        let names: Vec<&str> = columns.iter().map(|c| c.name().as_str()).collect();
+        for i in 0..rows.height() {
+            let mut fields = Vec::with_capacity(columns.len());
+            let mut key = Vec::new();
+            for (name, column) in names.iter().zip(columns) {
+                let value = column.get(i)?;
+                if *name == "entity_id" {
+                    key = value.get_str().unwrap_or_default().as_bytes().to_vec();
+                }
+                fields.push(((*name).to_owned(), avro_value(name, &value)));
+            }
+            let body = writer.write_value_to_vec(Value::Record(fields))?;
+            let mut payload = Vec::with_capacity(body.len() + 5);
+            payload.push(0);
+            payload.extend_from_slice(&self.version.schema_id.to_be_bytes());
+            payload.extend_from_slice(&body);
+            payloads.push((key, payload));
+        }
+        try_join_all(payloads.iter().map(|(key, payload)| {
+            self.producer
+                .send_bytes(&topic, Some(key), payload, OwnedHeaders::new())
+        }))
+        .await?;
+        Ok(())
+    }
+}
+
+/// Avro value of one cell of a feature row.
+fn avro_value(column: &str, value: &AnyValue<'_>) -> Value {
+    let plain = match value {
+        AnyValue::Null => Value::Null,
+        AnyValue::Boolean(b) => Value::Boolean(*b),
+        AnyValue::Int32(n) if column == "source_partition" || column == "view_version" => {
+            return Value::Int(*n);
+        }
+        AnyValue::Int64(n) if column == "event_time" => return Value::TimestampMillis(*n),
+        AnyValue::Int64(n) if column == "source_offset" || column == "revision" => {
+            return Value::Long(*n);
+        }
+        AnyValue::String(s) if column == "entity_id" => return Value::String((*s).to_owned()),
+        other => match other.extract::<i64>() {
+            Some(n) if other.is_integer() => Value::Long(n),
+            _ => match other {
+                AnyValue::Float32(x) => Value::Double(f64::from(*x)),
+                AnyValue::Float64(x) => Value::Double(*x),
+                AnyValue::String(s) => Value::String((*s).to_owned()),
+                AnyValue::StringOwned(s) => Value::String(s.to_string()),
+                _ => Value::Null,
+            },
+        },
+    };
+    // Feature fields are `["null", T]` unions.
+    match plain {
+        Value::Null => Value::Union(0, Box::new(Value::Null)),
+        other => Value::Union(1, Box::new(other)),
+    }
+}
+
+impl BatchJob for ViewJob {
+    fn name(&self) -> String {
+        format!("view {} v{}", self.version.name, self.version.version)
+    }
+
+    fn state_prefix(&self) -> String {
+        self.version.state_prefix()
+    }
+
+    fn output_prefix(&self) -> String {
+        self.version.offline_prefix()
+    }
+
+    async fn restore(
+        &mut self,
+        store: &FeatureStore,
+        checkpoint: &Checkpoint,
+    ) -> anyhow::Result<()> {
+        let buffer = match &checkpoint.buffer {
+            Some(path) => store
+                .get_frame(path)
+                .await?
+                .unwrap_or_else(|| self.pipeline.empty_input()),
+            None => self.pipeline.empty_input(),
+        };
+        self.pipeline.restore(PipelineState {
+            buffer,
+            watermark: checkpoint.watermark,
+        });
+        self.pending = None;
+        // The online store is rebuilt from what the offline store holds at the checkpoint.
+        let latest = match store.read_frames(&self.version.offline_prefix()).await? {
+            Some(rows) => latest_per_entity(rows)?,
+            None => DataFrame::empty(),
+        };
+        if latest.height() > 0 {
+            self.online.replace(
+                &self.version.name,
+                self.version.version,
+                &latest,
+                &self.feature_names(),
+            )?;
+        } else {
+            self.online.replace(
+                &self.version.name,
+                self.version.version,
+                &DataFrame::empty(),
+                &[],
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn process(
+        &mut self,
+        store: &FeatureStore,
+        records: &[Record],
+        batch: u64,
+    ) -> anyhow::Result<Processed> {
+        let spec = &self.version.spec;
+        let source = self.pipeline.source().to_vec();
+        let mut builder = BatchBuilder::new(&source, &spec.entity_key, &spec.event_time);
+        let mut dead_letters = Vec::new();
+        let mut index_of = std::collections::HashMap::new();
+        for (index, record) in records.iter().enumerate() {
+            let Some(payload) = record.payload.as_deref() else {
+                continue;
+            };
+            // Records that do not decode are dead-lettered by the raw intake; skip them here.
+            let Ok(decoded) = self.codec.decode_record(payload).await else {
+                continue;
+            };
+            match builder.push(RawEvent {
+                partition: record.partition,
+                offset: record.offset,
+                value: &decoded.value,
+            }) {
+                Ok(()) => {
+                    index_of.insert((record.partition, record.offset), index);
+                }
+                Err(reason) => dead_letters.push((index, "invalid", reason)),
+            }
+        }
+        let frame = builder.finish()?;
+        let output = self.pipeline.process(frame, batch as i64)?;
+        let lateness = &spec.allowed_lateness;
+        for (partition, offset) in output.late {
+            if let Some(index) = index_of.get(&(partition, offset)) {
+                dead_letters.push((
+                    *index,
+                    "late",
+                    format!("late: the event time is more than the allowed lateness ({lateness}) behind the newest event time of view {}", spec.name),
+                ));
+            }
+        }
+        let rows = output.rows;
+        if rows.height() > 0 {
+            self.publish(&rows).await?;
+            store
+                .put_batch_by_date(&self.version.offline_prefix(), &rows, batch)
+                .await?;
+            self.pending = Some(latest_per_entity(
+                current_revisions(rows.lazy()).collect()?,
+            )?);
+        }
+        let state = self.pipeline.state();
+        Ok(Processed {
+            dead_letters,
+            buffer: Some(state.buffer.clone()),
+            watermark: state.watermark,
+        })
+    }
+
+    fn committed(&mut self) -> anyhow::Result<()> {
+        if let Some(latest) = self.pending.take() {
+            self.online.apply(
+                &self.version.name,
+                self.version.version,
+                &latest,
+                &self.feature_names(),
+            )?;
+        }
+        Ok(())
+    }
+}
