@@ -716,6 +716,7 @@ async fn records_written_straight_to_kafka_are_taken_in_and_garbage_is_dead_lett
             feature: feature::Settings {
                 intake_group: group.clone(),
                 raw_topics: format!("^raw\\.{name}$"),
+                ..Default::default()
             },
         };
         let feature = mlops_integration_tests::TestService::feature(feature_config).await;

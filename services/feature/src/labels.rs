@@ -120,7 +120,7 @@ impl BatchJob for LabelJob {
         Ok(Processed {
             dead_letters,
             buffer: None,
-            watermark: None,
+            watermarks: Default::default(),
         })
     }
 

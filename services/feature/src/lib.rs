@@ -61,8 +61,10 @@ pub struct Settings {
     pub batch_max_records: usize,
     /// ...or this long after its first record.
     pub batch_max_wait_ms: u64,
-    /// Partitions of new `features.<view>` topics.
+    /// Partitions of new `features.<view>` and of the labels topic.
     pub feature_partitions: i32,
+    /// Consumer group that stores ground-truth labels.
+    pub labels_group: String,
 }
 
 impl Default for Settings {
@@ -75,6 +77,7 @@ impl Default for Settings {
             batch_max_records: 10_000,
             batch_max_wait_ms: 200,
             feature_partitions: 3,
+            labels_group: labels::LABELS_GROUP.to_owned(),
         }
     }
 }
@@ -173,7 +176,7 @@ pub async fn run(
             labels::LabelJob::new(codec),
             store,
             config.kafka.clone(),
-            labels::LABELS_GROUP.to_owned(),
+            settings.labels_group.clone(),
             vec![mlops_events::topics::LABELS.to_owned()],
             producer,
             app.stream.clone(),

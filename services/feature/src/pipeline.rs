@@ -6,6 +6,8 @@
 //! an out-of-order event can still update the windows it falls into: the rows it changes are
 //! emitted again with a higher `revision`; readers keep the highest revision of each event.
 
+use std::collections::BTreeMap;
+
 use polars::prelude::*;
 
 use crate::spec::{AggFunction, FeatureViewSpec, ValueType, WindowKind, parse_duration};
@@ -18,6 +20,8 @@ pub const OFFSET: &str = "__offset";
 const NEW: &str = "__new";
 const TS: &str = "__ts";
 const ONE: &str = "__one";
+const MARK: &str = "__mark";
+const ROW: &str = "__row";
 
 /// What one micro-batch produced.
 #[derive(Debug)]
@@ -34,8 +38,9 @@ pub struct BatchOutput {
 pub struct PipelineState {
     /// Recent events: the internal columns and the source columns.
     pub buffer: DataFrame,
-    /// Highest event time seen.
-    pub watermark: Option<i64>,
+    /// Highest event time seen, per source partition. Lateness is judged per partition (an
+    /// entity's events share one), so a partition read behind another is not "late".
+    pub watermarks: BTreeMap<i32, i64>,
 }
 
 pub struct ViewPipeline {
@@ -100,7 +105,7 @@ impl ViewPipeline {
             feature_names,
             state: PipelineState {
                 buffer: DataFrame::empty(),
-                watermark: None,
+                watermarks: BTreeMap::new(),
             },
         };
         pipeline.state.buffer = pipeline.empty_input();
@@ -160,25 +165,31 @@ impl ViewPipeline {
 
     /// Computes one micro-batch. `revision` must grow from batch to batch.
     pub fn process(&mut self, batch: DataFrame, revision: i64) -> PolarsResult<BatchOutput> {
-        let before = self.state.watermark.unwrap_or(i64::MIN);
-        // An event is late when it is older than the newest event time seen before it
-        // (in arrival order) minus the allowed lateness.
+        // An event is late when it is older than the newest event time seen before it in
+        // its partition (in arrival order) minus the allowed lateness.
+        let marks = self.marks()?;
         let newest_before = polars::lazy::dsl::max_horizontal([
             col(TIME)
                 .cum_max(false)
                 .shift(lit(1))
-                .fill_null(lit(before)),
-            lit(before),
+                .over([col(PARTITION)])?,
+            col(MARK),
         ])?;
-        let is_late = col(TIME).lt(newest_before - lit(self.lateness));
+        let is_late = col(TIME)
+            .lt(newest_before - lit(self.lateness))
+            .fill_null(lit(false));
         let flagged = batch
             .lazy()
-            .with_column(
-                when(lit(before == i64::MIN))
-                    .then(lit(false))
-                    .otherwise(is_late)
-                    .alias("__late"),
+            .with_row_index(ROW, None)
+            .join(
+                marks.clone(),
+                [col(PARTITION)],
+                [col(PARTITION)],
+                JoinArgs::new(JoinType::Left),
             )
+            .sort([ROW], SortMultipleOptions::default())
+            .with_column(is_late.alias("__late"))
+            .drop(cols([ROW, MARK]))
             .collect()?;
         let late_rows = flagged
             .clone()
@@ -210,12 +221,21 @@ impl ViewPipeline {
             )
             .collect()?;
 
-        let watermark = combined
-            .column(TIME)?
-            .i64()?
-            .max()
-            .map(|newest| newest.max(before));
-        let watermark = watermark.or(self.state.watermark);
+        let newest = combined
+            .clone()
+            .lazy()
+            .group_by([col(PARTITION)])
+            .agg([col(TIME).max()])
+            .collect()?;
+        let mut watermarks = self.state.watermarks.clone();
+        let partitions = newest.column(PARTITION)?.i32()?;
+        let times = newest.column(TIME)?.i64()?;
+        for i in 0..newest.height() {
+            if let (Some(partition), Some(time)) = (partitions.get(i), times.get(i)) {
+                let mark = watermarks.entry(partition).or_insert(time);
+                *mark = (*mark).max(time);
+            }
+        }
 
         // Rows to emit: every new event, and buffered events of the same entity that an
         // out-of-order event changed (inside its window after it).
@@ -241,26 +261,34 @@ impl ViewPipeline {
             .select(output)
             .collect()?;
 
-        let keep_after = watermark
-            .unwrap_or(i64::MIN)
-            .saturating_sub(self.lateness)
-            .saturating_sub(self.max_window);
         let columns: Vec<Expr> = self
             .input_schema()
             .iter_names()
             .map(|n| col(n.clone()))
             .collect();
+        let horizon = self.lateness.saturating_add(self.max_window);
         let buffer = if self.max_window == 0 {
             self.empty_input()
         } else {
+            // Kept: what a later on-time event of the same partition can still see.
             combined
                 .lazy()
-                .filter(col(TIME).gt(lit(keep_after)))
+                .join(
+                    marks_frame(&watermarks)?.lazy(),
+                    [col(PARTITION)],
+                    [col(PARTITION)],
+                    JoinArgs::new(JoinType::Left),
+                )
+                .filter(col(TIME).gt(col(MARK) - lit(horizon)))
                 .select(columns)
                 .collect()?
         };
-        self.state = PipelineState { buffer, watermark };
+        self.state = PipelineState { buffer, watermarks };
         Ok(BatchOutput { rows, late })
+    }
+
+    fn marks(&self) -> PolarsResult<LazyFrame> {
+        Ok(marks_frame(&self.state.watermarks)?.lazy())
     }
 
     /// Row features and aggregations over events sorted by entity and time.
@@ -279,6 +307,14 @@ impl ViewPipeline {
         }
         Ok(frame)
     }
+}
+
+/// Watermarks as a frame to join on the partition.
+fn marks_frame(watermarks: &BTreeMap<i32, i64>) -> PolarsResult<DataFrame> {
+    DataFrame::new_infer_height(vec![
+        Column::new(PARTITION.into(), watermarks.keys().copied().collect::<Vec<i32>>()),
+        Column::new(MARK.into(), watermarks.values().copied().collect::<Vec<i64>>()),
+    ])
 }
 
 fn dtype_of(value: ValueType) -> DataType {

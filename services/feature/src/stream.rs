@@ -25,7 +25,9 @@ pub struct Checkpoint {
     pub batch: u64,
     /// Next offset to process, by `topic/partition`.
     pub offsets: BTreeMap<String, i64>,
-    pub watermark: Option<i64>,
+    /// Newest event time per source partition.
+    #[serde(default)]
+    pub watermarks: BTreeMap<i32, i64>,
     /// Window state at this checkpoint.
     pub buffer: Option<String>,
 }
@@ -57,7 +59,7 @@ pub struct Processed {
     pub dead_letters: Vec<(usize, &'static str, String)>,
     /// Window state after the batch, when the job keeps one.
     pub buffer: Option<DataFrame>,
-    pub watermark: Option<i64>,
+    pub watermarks: BTreeMap<i32, i64>,
 }
 
 /// A job run by [`run`].
@@ -170,7 +172,7 @@ async fn run_once<J: BatchJob>(
             let mut next = checkpoint.clone();
             next.batch = batch;
             next.advance(&fresh);
-            next.watermark = processed.watermark;
+            next.watermarks = processed.watermarks;
             next.buffer = match processed.buffer {
                 Some(mut buffer) => {
                     let path = format!("{}buffer-{batch:012}.parquet", job.state_prefix());

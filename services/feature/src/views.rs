@@ -303,7 +303,7 @@ impl BatchJob for ViewJob {
         };
         self.pipeline.restore(PipelineState {
             buffer,
-            watermark: checkpoint.watermark,
+            watermarks: checkpoint.watermarks.clone(),
         });
         self.pending = None;
         // The online store is rebuilt from what the offline store holds at the checkpoint.
@@ -385,7 +385,7 @@ impl BatchJob for ViewJob {
         Ok(Processed {
             dead_letters,
             buffer: Some(state.buffer.clone()),
-            watermark: state.watermark,
+            watermarks: state.watermarks.clone(),
         })
     }
 

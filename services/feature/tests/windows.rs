@@ -81,10 +81,14 @@ fn pipeline() -> ViewPipeline {
 
 /// Events as (user, minute, amount, offset), all on partition 0.
 fn batch(events: &[(&str, i64, f64, i64)]) -> DataFrame {
+    batch_on(0, events)
+}
+
+fn batch_on(partition: i32, events: &[(&str, i64, f64, i64)]) -> DataFrame {
     df![
         ENTITY => events.iter().map(|e| e.0).collect::<Vec<_>>(),
         TIME => events.iter().map(|e| e.1 * MINUTE).collect::<Vec<_>>(),
-        PARTITION => vec![0i32; events.len()],
+        PARTITION => vec![partition; events.len()],
         OFFSET => events.iter().map(|e| e.3).collect::<Vec<_>>(),
         "user" => events.iter().map(|e| e.0).collect::<Vec<_>>(),
         "ts" => events.iter().map(|e| e.1 * MINUTE).collect::<Vec<_>>(),
@@ -124,13 +128,13 @@ fn sliding_and_tumbling_windows_match_hand_computed_values_across_batches() {
 
     let first = pipeline
         .process(
-            batch(&[("u1", 0, 10.0, 0), ("u1", 30, 20.0, 1), ("u2", 10, 5.0, 2)]),
+            batch(&[("u1", 0, 10.0, 0), ("u2", 10, 5.0, 1), ("u1", 30, 20.0, 2)]),
             1,
         )
         .unwrap();
     assert!(first.late.is_empty());
     assert_eq!(first.rows.height(), 3);
-    let r = row(&first.rows, 1);
+    let r = row(&first.rows, 2);
     assert_eq!(value(&r, "sum_1h"), 30.0);
     assert_eq!(value(&r, "count_1h"), 2.0);
     assert_eq!(value(&r, "mean_1h"), 15.0);
@@ -139,7 +143,7 @@ fn sliding_and_tumbling_windows_match_hand_computed_values_across_batches() {
     assert_eq!(value(&r, "amount_cents"), 2000.0);
     assert_eq!(value(&r, "hourly_sum"), 30.0);
     // Windows are per entity.
-    assert_eq!(value(&row(&first.rows, 2), "sum_1h"), 5.0);
+    assert_eq!(value(&row(&first.rows, 1), "sum_1h"), 5.0);
 
     // Out of order: minute 38 arrives after minute 45 (7 minutes behind, allowed: 10);
     // minute 20 arrives 25 minutes behind the newest and is late.
@@ -200,4 +204,25 @@ fn the_window_state_survives_a_restore() {
     // Lateness is judged against the restored watermark too.
     let late = resumed.process(batch(&[("u1", 5, 1.0, 3)]), 3).unwrap();
     assert_eq!(late.late, vec![(0, 3)]);
+}
+
+#[test]
+fn lateness_is_judged_per_partition() {
+    let mut pipeline = pipeline();
+    // Partition 1 is read behind partition 0: its events are not late for that.
+    let mut both = batch_on(0, &[("u1", 100, 1.0, 0)]);
+    both.vstack_mut(&batch_on(1, &[("u2", 20, 2.0, 0)])).unwrap();
+    let out = pipeline.process(both, 1).unwrap();
+    assert!(out.late.is_empty(), "{:?}", out.late);
+    assert_eq!(out.rows.height(), 2);
+    // Behind its own partition's newest event by more than the lateness, it is.
+    let out = pipeline
+        .process(batch_on(1, &[("u2", 5, 3.0, 1), ("u2", 15, 4.0, 2)]), 2)
+        .unwrap();
+    assert_eq!(out.late, vec![(1, 1)]);
+    let rows = out.rows;
+    assert_eq!(value(&row(&rows, 2), "sum_1h"), 4.0, "(-45, 15] holds only itself");
+    // Minute 20, computed before 15 arrived, is emitted again: (-40, 20] now holds both.
+    assert_eq!(value(&row(&rows, 0), "sum_1h"), 6.0);
+    assert_eq!(rows.height(), 2);
 }

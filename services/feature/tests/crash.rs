@@ -1,0 +1,257 @@
+//! A feature service killed (SIGKILL) while its stream job writes batches: after a restart
+//! the offline store holds each event's row exactly once and the online store equals a
+//! fresh computation of the latest vectors.
+
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use apache_avro::{Schema, types::Value, writer::datum::GenericDatumWriter};
+use mlops_kafka::{KafkaConfig, OwnedHeaders, Producer, TopicSpec, ensure_topics};
+use mlops_schema::AvroCodec;
+use mlops_testkit::{free_port, unique};
+use polars::prelude::*;
+use serde_json::{Value as Json, json};
+use tokio::{net::TcpListener, process::Child};
+use tokio_util::sync::CancellationToken;
+
+const EVENTS: i64 = 4_000;
+const ENTITIES: i64 = 40;
+const T0: i64 = 1_795_687_200_000;
+const POLL: Duration = Duration::from_millis(50);
+
+const SCHEMA: &str = r#"{"type": "record", "name": "Reading", "namespace": "crash",
+  "fields": [{"name": "device", "type": "string"}, {"name": "ts", "type": "long"},
+             {"name": "value", "type": "double"}]}"#;
+
+fn view_spec(view: &str, dataset: &str) -> String {
+    format!(
+        r#"
+name = "{view}"
+source = "{dataset}"
+entity_key = "device"
+event_time = "ts"
+allowed_lateness = "1d"
+
+[[features]]
+name = "value"
+
+[[aggregations]]
+name = "value_sum_10m"
+column = "value"
+function = "sum"
+window = "10m"
+"#
+    )
+}
+
+async fn start_registry(bootstrap: &str, dir: &Path) -> (String, CancellationToken) {
+    let mut config = registry::default_config();
+    config.data_dir = dir.to_path_buf();
+    config.kafka.bootstrap_servers = bootstrap.to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    tokio::spawn(registry::run(config, listener, cancel.clone()));
+    wait_for(&format!("{url}/subjects")).await;
+    (url, cancel)
+}
+
+async fn wait_for(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
+    while !matches!(client.get(url).send().await, Ok(r) if r.status().is_success()) {
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+struct Service {
+    env: Vec<(String, String)>,
+    url: String,
+}
+
+impl Service {
+    fn spawn(&self) -> Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_feature"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the feature service")
+    }
+}
+
+/// Every offline row of the view, read back from the Parquet files.
+fn offline_rows(dir: &Path) -> DataFrame {
+    let mut frames = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                frames.push(ParquetReader::new(file).finish().unwrap().lazy());
+            }
+        }
+    }
+    concat(frames, UnionArgs::default()).unwrap().collect().unwrap()
+}
+
+fn batch_files(dir: &Path) -> usize {
+    if !dir.exists() {
+        return 0;
+    }
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_store() {
+    mlops_testkit::init_logs();
+    let broker = mlops_testkit::tansu().await;
+    let bootstrap = broker.bootstrap_servers.clone();
+    let dir = mlops_testkit::temp_dir();
+    let (registry, _stop_registry) = start_registry(&bootstrap, dir.path()).await;
+
+    // A dataset as ingestion would declare it: its schema and its raw topic.
+    let dataset = unique("readings").replace('-', "_");
+    let topic = format!("raw.{dataset}");
+    let registered: Json = reqwest::Client::new()
+        .post(format!("{registry}/subjects/{topic}-value/versions"))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .body(json!({"schema": SCHEMA}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schema_id = registered["id"].as_u64().unwrap() as u32;
+    let mut kafka = KafkaConfig::default();
+    kafka.bootstrap_servers = bootstrap.clone();
+    ensure_topics(&kafka, &[TopicSpec::new(&topic, 2)]).await.unwrap();
+    let producer = Producer::new(&kafka, std::sync::Arc::new(AvroCodec::new(&registry).unwrap())).unwrap();
+    let schema = Schema::parse_str(SCHEMA).unwrap();
+    let writer = GenericDatumWriter::builder(&schema).build().unwrap();
+    let sends = (0..EVENTS).map(|i| {
+        let device = format!("d{}", i % ENTITIES);
+        let body = writer
+            .write_value_to_vec(Value::Record(vec![
+                ("device".into(), Value::String(device.clone())),
+                ("ts".into(), Value::Long(T0 + i * 1_000)),
+                ("value".into(), Value::Double(i as f64)),
+            ]))
+            .unwrap();
+        let mut payload = vec![0];
+        payload.extend_from_slice(&schema_id.to_be_bytes());
+        payload.extend_from_slice(&body);
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            producer
+                .send_bytes(topic, Some(device.as_bytes()), &payload, OwnedHeaders::new())
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(sends).await;
+
+    let view = unique("sums").replace('-', "_");
+    let views = dir.path().join("views");
+    std::fs::create_dir_all(&views).unwrap();
+    std::fs::write(views.join(format!("{view}.toml")), view_spec(&view, &dataset)).unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let service = Service {
+        env: vec![
+            ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap.clone()),
+            ("SCHEMA_REGISTRY_URL".into(), registry.clone()),
+            ("MLOPS_DATA_DIR".into(), data.display().to_string()),
+            ("MLOPS_FEATURE_PORT".into(), port.to_string()),
+            ("MLOPS__FEATURE__VIEWS_DIR".into(), views.display().to_string()),
+            ("MLOPS__FEATURE__BATCH_MAX_RECORDS".into(), "150".into()),
+            ("MLOPS__FEATURE__RAW_TOPICS".into(), format!("^raw\\.{dataset}$")),
+            ("MLOPS__FEATURE__INTAKE_GROUP".into(), unique("intake")),
+            ("MLOPS__FEATURE__LABELS_GROUP".into(), unique("labels")),
+        ],
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let offline = data.join(format!("feature-store/offline/{view}/v1"));
+
+    // Killed once a few batches are durable: batches are then being written back to back.
+    let mut first = service.spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while batch_files(&offline) < 3 {
+        assert!(Instant::now() < deadline, "the stream job wrote no batches");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill().await.unwrap();
+    let written_before_restart = batch_files(&offline);
+
+    let _second = service.spawn();
+    wait_for(&format!("{}/healthz", service.url)).await;
+    // The run finishes once every device's last event is online.
+    let client = reqwest::Client::new();
+    let lookup = json!({"entity_ids": (0..ENTITIES).map(|d| format!("d{d}")).collect::<Vec<_>>()});
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let online = loop {
+        let response = client
+            .post(format!("{}/v1/feature-views/{view}/entities:lookup", service.url))
+            .json(&lookup)
+            .send()
+            .await
+            .unwrap();
+        let body: Json = response.json().await.unwrap_or(Json::Null);
+        let done = body["results"].as_array().is_some_and(|results| {
+            results.iter().enumerate().all(|(d, r)| {
+                let last = EVENTS - ENTITIES + d as i64;
+                r["event_time"] == T0 + last * 1_000
+            })
+        });
+        if done {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "online store never complete: {body}");
+        tokio::time::sleep(POLL).await;
+    };
+    assert!(written_before_restart >= 3);
+
+    // Each event's row exactly once, none missing.
+    let rows = offline_rows(&offline);
+    assert_eq!(rows.height() as i64, EVENTS, "one offline row per event");
+    let distinct = rows
+        .clone()
+        .lazy()
+        .select([col("source_partition"), col("source_offset")])
+        .unique(None, UniqueKeepStrategy::First)
+        .collect()
+        .unwrap();
+    assert_eq!(distinct.height() as i64, EVENTS, "no event twice");
+
+    // The online store equals a fresh computation: the last event of each device, with the
+    // sum of its values over the 10 minutes up to it (events 1 s apart, 40 devices: every
+    // 40th value, 15 of them in (t - 600 s, t]).
+    for (d, result) in online["results"].as_array().unwrap().iter().enumerate() {
+        let last = EVENTS - ENTITIES + d as i64;
+        let expected: f64 = (0..15).map(|k| (last - k * ENTITIES) as f64).sum();
+        assert_eq!(result["features"]["value"], last as f64);
+        assert_eq!(result["features"]["value_sum_10m"], expected, "device d{d}");
+    }
+}

@@ -1,0 +1,507 @@
+//! The feature store end to end: events through the ingestion API, a feature view computed by
+//! the feature service's stream job, online lookups, labels from Kafka, and
+//! point-in-time-correct training snapshots.
+
+use std::{
+    io::Cursor,
+    time::{Duration, Instant},
+};
+
+use mlops_events::{GroundTruthLabel, LabelValue, topics};
+use mlops_integration_tests::{
+    TestIngestion, TestRegistry, TestService, eventually, ingestion_config,
+};
+use mlops_kafka::{OwnedHeaders, Producer};
+use mlops_schema::AvroCodec;
+use mlops_testkit::{TestBroker, unique};
+use polars::prelude::*;
+use rdkafka::Message;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const MINUTE: i64 = 60_000;
+/// Interval between polls of an eventually-true condition.
+const POLL: Duration = Duration::from_millis(100);
+/// 2026-11-26T10:00:00Z.
+const T0: i64 = 1_795_687_200_000;
+
+struct Platform {
+    broker: TestBroker,
+    registry: TestRegistry,
+    ingestion: TestIngestion,
+    feature: TestService,
+    dataset: String,
+    _dir: tempfile::TempDir,
+    http: Client,
+}
+
+impl Platform {
+    async fn start() -> Self {
+        mlops_testkit::init_logs();
+        let broker = mlops_testkit::tansu().await;
+        let registry = TestRegistry::start(&broker.bootstrap_servers, None).await;
+        let dir = mlops_testkit::temp_dir();
+        let config = ingestion_config(dir.path(), &broker.bootstrap_servers, &registry.url);
+        let ingestion = TestIngestion::start(config.clone()).await;
+        let dataset = unique("payments").replace('-', "_");
+        let http = Client::new();
+        let declared = http
+            .post(format!("{}/v1/datasets", ingestion.url))
+            .json(&json!({
+                "name": dataset,
+                "schema": {"type": "record", "name": "Payment", "namespace": "shop", "fields": [
+                    {"name": "txn_id", "type": "string"},
+                    {"name": "customer_id", "type": "string"},
+                    {"name": "amount", "type": "double"},
+                    {"name": "currency", "type": "string"},
+                    {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}
+                ]},
+                "key": "customer_id", "event_time": "ts", "event_id": "txn_id", "partitions": 2
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            declared.status(),
+            StatusCode::CREATED,
+            "{:?}",
+            declared.text().await
+        );
+        let feature = TestService::feature(feature::Config {
+            common: config.common,
+            feature: feature::Settings {
+                intake_group: unique("intake"),
+                raw_topics: format!("^raw\\.{dataset}$"),
+                labels_group: unique("labels"),
+                batch_max_wait_ms: 50,
+                ..Default::default()
+            },
+        })
+        .await;
+        Self {
+            broker,
+            registry,
+            ingestion,
+            feature,
+            dataset,
+            _dir: dir,
+            http,
+        }
+    }
+
+    fn view_spec(&self, name: &str, window: &str) -> Value {
+        json!({
+            "name": name,
+            "source": self.dataset,
+            "entity_key": "customer_id",
+            "event_time": "ts",
+            "allowed_lateness": "10m",
+            "features": [
+                {"name": "amount", "impute": "mean", "scale": "zscore"},
+                {"name": "currency", "encode": "onehot"}
+            ],
+            "aggregations": [
+                {"name": "amount_sum", "column": "amount", "function": "sum", "window": window},
+                {"name": "payments", "function": "count", "window": window},
+                {"name": "amount_max", "column": "amount", "function": "max", "window": window}
+            ]
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.feature.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.feature.url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn events(&self, events: &[Value]) {
+        let response = self
+            .http
+            .post(format!(
+                "{}/v1/datasets/{}/events",
+                self.ingestion.url, self.dataset
+            ))
+            .json(&json!(events))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{:?}",
+            response.text().await
+        );
+    }
+
+    async fn labels(&self, labels: &[(&str, &str, i64, f64)]) {
+        let codec = std::sync::Arc::new(AvroCodec::new(&self.registry.url).unwrap());
+        let mut kafka = mlops_kafka::KafkaConfig::default();
+        kafka.bootstrap_servers = self.broker.bootstrap_servers.clone();
+        let producer = Producer::new(&kafka, codec).unwrap();
+        for (id, entity, time, value) in labels {
+            let label = GroundTruthLabel {
+                label_id: (*id).to_owned(),
+                dataset: self.dataset.clone(),
+                entity_id: (*entity).to_owned(),
+                request_id: None,
+                label: LabelValue::Number(*value),
+                event_time: *time,
+                received_at: mlops_events::now_millis(),
+                trace_id: None,
+            };
+            producer
+                .send_event(
+                    topics::LABELS,
+                    Some(entity.as_bytes()),
+                    &label,
+                    OwnedHeaders::new(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Waits until the online vector of `entity` is `version`'s at `event_time`; returns it.
+    async fn online_at(&self, view: &str, version: i32, entity: &str, event_time: i64) -> Value {
+        let path = format!("/v1/feature-views/{view}/entities/{entity}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get(&path).await;
+            if status == StatusCode::OK
+                && body["event_time"] == event_time
+                && body["view_version"] == version
+            {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "online vector of {entity} at {event_time}, version {version}: last {body}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Builds a training set once `rows` labels are in.
+    async fn training_set(&self, request: &Value, rows: usize) -> (StatusCode, Value) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.post("/v1/training-sets", request).await;
+            if body["rows"] == rows {
+                return (status, body);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "training set of {rows} rows: last {status} {body}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn snapshot_data(&self, id: &str) -> DataFrame {
+        let bytes = self
+            .http
+            .get(format!("{}/v1/training-sets/{id}/data", self.feature.url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        ParquetReader::new(Cursor::new(bytes.to_vec()))
+            .finish()
+            .unwrap()
+    }
+}
+
+fn payment(txn: &str, customer: &str, minute: i64, amount: f64, currency: &str) -> Value {
+    json!({"txn_id": txn, "customer_id": customer, "amount": amount, "currency": currency,
+           "ts": T0 + minute * MINUTE})
+}
+
+fn cell(frame: &DataFrame, label_id: &str, column: &str) -> AnyValue<'static> {
+    let row = frame
+        .clone()
+        .lazy()
+        .filter(col("label_id").eq(lit(label_id)))
+        .collect()
+        .unwrap();
+    assert_eq!(row.height(), 1, "one row for label {label_id}");
+    row.column(column).unwrap().get(0).unwrap().into_static()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn training_sets_are_point_in_time_correct_and_snapshots_are_stable() {
+    let p = Platform::start().await;
+    let view = unique("spend").replace('-', "_");
+    let (status, declared) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!(status, StatusCode::CREATED, "{declared}");
+    assert_eq!(declared["version"], 1);
+    assert_eq!(declared["topic"], format!("features.{view}"));
+    // Declaring the same spec again changes nothing.
+    let (status, again) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!((status, &again["version"]), (StatusCode::OK, &json!(1)));
+
+    p.events(&[
+        payment("t1", "c1", 0, 10.0, "EUR"),
+        payment("t2", "c1", 30, 20.0, "AED"),
+        payment("t3", "c2", 5, 7.0, "EUR"),
+    ])
+    .await;
+    // The future, as seen from a label at minute 60: a value the join must never leak.
+    p.events(&[payment("t4", "c1", 80, 1000.0, "EUR")]).await;
+
+    let online = p.online_at(&view, 1, "c1", T0 + 80 * MINUTE).await;
+    assert_eq!(online["features"]["amount"], 1000.0);
+    assert_eq!(
+        online["features"]["amount_sum"], 1020.0,
+        "(20, 80]: 20 + 1000"
+    );
+    assert_eq!(online["features"]["payments"], 2);
+    assert_eq!(online["view_version"], 1);
+    let (status, lookup) = p
+        .post(
+            &format!("/v1/feature-views/{view}/entities:lookup"),
+            &json!({"entity_ids": ["c2", "nobody"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(lookup["results"][0]["features"]["amount"], 7.0);
+    assert_eq!(
+        lookup["results"][1],
+        json!({"entity_id": "nobody", "found": false})
+    );
+    let (status, missing) = p
+        .get(&format!("/v1/feature-views/{view}/entities/nobody"))
+        .await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("entity_not_found"))
+    );
+
+    // The rows also went to features.<view>, typed by the registered derived schema.
+    let rows = mlops_integration_tests::read_topic(
+        &p.broker.bootstrap_servers,
+        &format!("features.{view}"),
+        4,
+    )
+    .await;
+    let codec = AvroCodec::new(&p.registry.url).unwrap();
+    let mut entities = Vec::new();
+    for row in &rows {
+        let decoded = codec.decode_record(row.payload().unwrap()).await.unwrap();
+        assert_eq!(
+            decoded.name.as_deref(),
+            Some(format!("io.mlops.features.{view}").as_str())
+        );
+        entities.push(String::from_utf8(row.key().unwrap().to_vec()).unwrap());
+    }
+    entities.sort();
+    assert_eq!(entities, ["c1", "c1", "c1", "c2"]);
+
+    // An event 110 minutes behind the newest is past the 10 minute lateness: dead-lettered.
+    p.events(&[payment("t5", "c1", -30, 5.0, "EUR")]).await;
+    let dead = mlops_integration_tests::read_topic(
+        &p.broker.bootstrap_servers,
+        &topics::dead_letter(&format!("raw.{}", p.dataset)),
+        1,
+    )
+    .await;
+    let class = dead[0]
+        .headers()
+        .and_then(|h| {
+            use rdkafka::message::Headers;
+            h.iter()
+                .find(|h| h.key == "dlq.error.class")
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
+        })
+        .unwrap();
+    assert_eq!(class, b"late");
+
+    p.labels(&[
+        ("l-60", "c1", T0 + 60 * MINUTE, 1.0),
+        ("l-30", "c1", T0 + 30 * MINUTE, 0.0),
+        ("l-early", "c2", T0, 0.0),
+    ])
+    .await;
+    let request = json!({"view": view});
+    let (status, manifest) = p.training_set(&request, 3).await;
+    assert_eq!(status, StatusCode::CREATED, "{manifest}");
+    let id = manifest["id"].as_str().unwrap().to_owned();
+    assert_eq!(manifest["view_version"], 1);
+    assert_eq!(
+        manifest["time_range"],
+        json!({"start": T0, "end": T0 + 60 * MINUTE})
+    );
+    let amount_stats = &manifest["statistics"]["amount"];
+    assert_eq!(amount_stats["kind"], "numeric");
+    assert!(
+        (amount_stats["null_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9,
+        "{amount_stats}"
+    );
+    assert_eq!(
+        manifest["statistics"]["currency"]["frequencies"],
+        json!({"AED": 2})
+    );
+    assert_eq!(manifest["fitted"]["amount"]["impute"]["value"], 20.0);
+    assert_eq!(
+        manifest["features"],
+        json!([
+            "amount",
+            "currency__AED",
+            "currency__unknown",
+            "amount_sum",
+            "payments",
+            "amount_max"
+        ])
+    );
+
+    let data = p.snapshot_data(&id).await;
+    // At minute 60 the customer's latest event is minute 30: its values, never minute 90's.
+    assert_eq!(
+        cell(&data, "l-60", "feature_time"),
+        AnyValue::Int64(T0 + 30 * MINUTE)
+    );
+    assert_eq!(cell(&data, "l-60", "amount_sum"), AnyValue::Float64(30.0));
+    assert_eq!(cell(&data, "l-60", "amount_max"), AnyValue::Float64(20.0));
+    // A label at exactly an event's time sees that event.
+    assert_eq!(
+        cell(&data, "l-30", "feature_time"),
+        AnyValue::Int64(T0 + 30 * MINUTE)
+    );
+    // Before the entity's first event there is nothing to see; the fitted mean fills in.
+    assert_eq!(cell(&data, "l-early", "feature_time"), AnyValue::Null);
+    assert_eq!(cell(&data, "l-early", "amount_sum"), AnyValue::Null);
+    assert_eq!(
+        cell(&data, "l-early", "amount"),
+        AnyValue::Float64(0.0),
+        "mean-imputed, then z-scored"
+    );
+    assert_eq!(
+        cell(&data, "l-early", "currency__unknown"),
+        AnyValue::Int32(1)
+    );
+    assert_eq!(cell(&data, "l-60", "currency__AED"), AnyValue::Int32(1));
+
+    // The same request gives the same snapshot; it is listed and fetched by id.
+    let (status, same) = p.post("/v1/training-sets", &request).await;
+    assert_eq!((status, &same["id"]), (StatusCode::OK, &json!(id)));
+    let (_, listed) = p.get("/v1/training-sets").await;
+    assert!(
+        listed["training_sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id.as_str())
+    );
+    let (status, fetched) = p.get(&format!("/v1/training-sets/{id}")).await;
+    assert_eq!((status, &fetched), (StatusCode::OK, &manifest));
+
+    // A changed view is a new version, computed from the start, with new snapshot ids.
+    let (status, v2) = p.post("/v1/feature-views", &p.view_spec(&view, "2h")).await;
+    assert_eq!((status, &v2["version"]), (StatusCode::CREATED, &json!(2)));
+    let online = p.online_at(&view, 2, "c1", T0 + 80 * MINUTE).await;
+    assert_eq!(
+        online["features"]["amount_sum"], 1030.0,
+        "(-40, 80]: 10 + 20 + 1000"
+    );
+    let (status, newer) = p.training_set(&request, 3).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(newer["view_version"], 2);
+    assert_ne!(newer["id"], json!(id));
+    let (status, old) = p
+        .post(
+            "/v1/training-sets",
+            &json!({"view": view, "view_version": 1}),
+        )
+        .await;
+    assert_eq!(
+        (status, &old["id"]),
+        (StatusCode::OK, &json!(id)),
+        "version 1 still builds the same snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_feature_views_are_refused_with_every_field_at_fault() {
+    let p = Platform::start().await;
+    let (status, body) = p
+        .post(
+            "/v1/feature-views",
+            &json!({
+                "name": "bad",
+                "source": p.dataset,
+                "entity_key": "customer",
+                "event_time": "ts",
+                "features": [{"name": "x", "column": "amount", "expr": "amount + 1"}],
+                "aggregations": [{"name": "s", "function": "sum", "window": "1 hour"}]
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fields: Vec<&str> = body["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "features[0].expr",
+            "aggregations[0].column",
+            "aggregations[0].window"
+        ]
+    );
+
+    // Fields the source dataset does not have are named, with what it has.
+    let (status, body) = p
+        .post(
+            "/v1/feature-views",
+            &json!({"name": "bad", "source": p.dataset, "entity_key": "customer", "event_time": "ts",
+                    "features": [{"name": "amount"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "entity_key");
+    assert!(
+        body["error"]["fields"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has no field \"customer\"")
+    );
+
+    let (status, body) = p
+        .post(
+            "/v1/feature-views",
+            &json!({"name": "bad", "source": "no_such_dataset", "entity_key": "k", "event_time": "ts",
+                    "features": [{"name": "amount"}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_source"))
+    );
+
+    let (status, body) = p.post("/v1/training-sets", &json!({"view": "nope"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("view_not_found"))
+    );
+}
