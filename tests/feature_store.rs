@@ -8,9 +8,7 @@ use std::{
 };
 
 use mlops_events::{GroundTruthLabel, LabelValue, topics};
-use mlops_integration_tests::{
-    TestIngestion, TestRegistry, TestService, eventually, ingestion_config,
-};
+use mlops_integration_tests::{TestIngestion, TestRegistry, TestService, ingestion_config};
 use mlops_kafka::{OwnedHeaders, Producer};
 use mlops_schema::AvroCodec;
 use mlops_testkit::{TestBroker, unique};
@@ -260,8 +258,8 @@ async fn training_sets_are_point_in_time_correct_and_snapshots_are_stable() {
 
     p.events(&[
         payment("t1", "c1", 0, 10.0, "EUR"),
-        payment("t2", "c1", 30, 20.0, "AED"),
         payment("t3", "c2", 5, 7.0, "EUR"),
+        payment("t2", "c1", 30, 20.0, "AED"),
     ])
     .await;
     // The future, as seen from a label at minute 60: a value the join must never leak.
@@ -275,6 +273,7 @@ async fn training_sets_are_point_in_time_correct_and_snapshots_are_stable() {
     );
     assert_eq!(online["features"]["payments"], 2);
     assert_eq!(online["view_version"], 1);
+    p.online_at(&view, 1, "c2", T0 + 5 * MINUTE).await;
     let (status, lookup) = p
         .post(
             &format!("/v1/feature-views/{view}/entities:lookup"),

@@ -131,6 +131,9 @@ pub fn current_revisions(rows: LazyFrame) -> LazyFrame {
 }
 
 fn rows_of(frame: &DataFrame, version: i32, features: &[String]) -> PolarsResult<Vec<OnlineRow>> {
+    if frame.height() == 0 {
+        return Ok(Vec::new());
+    }
     let entities = frame.column("entity_id")?.str()?.clone();
     let times = frame.column("event_time")?.i64()?.clone();
     let columns: Vec<(&String, &Column)> = features

@@ -26,8 +26,8 @@ const ROW: &str = "__row";
 /// What one micro-batch produced.
 #[derive(Debug)]
 pub struct BatchOutput {
-    /// Feature rows: `entity_id`, `event_time`, the features, `source_partition`,
-    /// `source_offset`, `revision`, `view_version`.
+    /// Feature rows: `entity_id`, `event_time`, `view_version`, the features,
+    /// `source_partition`, `source_offset`, `revision`.
     pub rows: DataFrame,
     /// (partition, offset) of events later than the allowed lateness.
     pub late: Vec<(i32, i64)>,
@@ -203,10 +203,15 @@ impl ViewPipeline {
             .into_no_null_iter()
             .zip(late_rows.column(OFFSET)?.i64()?.into_no_null_iter())
             .collect();
+        let columns: Vec<Expr> = self
+            .input_schema()
+            .iter_names()
+            .map(|n| col(n.clone()))
+            .collect();
         let on_time = flagged
             .lazy()
             .filter(col("__late").not())
-            .drop(cols(["__late"]))
+            .select(columns.clone())
             .with_column(lit(true).alias(NEW));
         let buffered = self
             .state
@@ -244,16 +249,17 @@ impl ViewPipeline {
             .gt_eq(first_new.clone())
             .and(col(TIME).lt(first_new + lit(self.max_window)))
             .fill_null(lit(false)));
+        // The order of the registered `features.<view>` schema.
         let mut output = vec![
             col(ENTITY).alias("entity_id"),
             col(TIME).alias("event_time"),
+            lit(self.version).alias("view_version"),
         ];
         output.extend(self.feature_names.iter().map(|n| col(n.as_str())));
         output.extend([
             col(PARTITION).alias("source_partition"),
             col(OFFSET).alias("source_offset"),
             lit(revision).alias("revision"),
-            lit(self.version).alias("view_version"),
         ]);
         let rows = self
             .compute(combined.clone().lazy())?
@@ -261,11 +267,6 @@ impl ViewPipeline {
             .select(output)
             .collect()?;
 
-        let columns: Vec<Expr> = self
-            .input_schema()
-            .iter_names()
-            .map(|n| col(n.clone()))
-            .collect();
         let horizon = self.lateness.saturating_add(self.max_window);
         let buffer = if self.max_window == 0 {
             self.empty_input()
@@ -312,8 +313,14 @@ impl ViewPipeline {
 /// Watermarks as a frame to join on the partition.
 fn marks_frame(watermarks: &BTreeMap<i32, i64>) -> PolarsResult<DataFrame> {
     DataFrame::new_infer_height(vec![
-        Column::new(PARTITION.into(), watermarks.keys().copied().collect::<Vec<i32>>()),
-        Column::new(MARK.into(), watermarks.values().copied().collect::<Vec<i64>>()),
+        Column::new(
+            PARTITION.into(),
+            watermarks.keys().copied().collect::<Vec<i32>>(),
+        ),
+        Column::new(
+            MARK.into(),
+            watermarks.values().copied().collect::<Vec<i64>>(),
+        ),
     ])
 }
 

@@ -18,8 +18,9 @@ pub struct FeatureViewSpec {
     pub entity_key: String,
     /// Field of the source events holding the event time (epoch milliseconds).
     pub event_time: String,
-    /// How far behind the newest event time an event may arrive and still update its
-    /// windows, e.g. `"10m"`. Later events are dead-lettered with reason `late`.
+    /// How far behind the newest event time of its partition (Kafka Streams' "stream
+    /// time"; an entity's events share a partition) an event may arrive and still update
+    /// its windows, e.g. `"10m"`. Later events are dead-lettered with reason `late`.
     #[serde(default = "zero_duration")]
     pub allowed_lateness: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

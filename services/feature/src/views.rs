@@ -245,31 +245,30 @@ impl ViewJob {
     }
 }
 
-/// Avro value of one cell of a feature row.
+/// Avro value of one cell of a feature row: the row's own columns by name, features as
+/// `["null", T]` unions.
 fn avro_value(column: &str, value: &AnyValue<'_>) -> Value {
+    match column {
+        "entity_id" => return Value::String(value.str_value().into_owned()),
+        "event_time" => return Value::TimestampMillis(value.extract::<i64>().unwrap_or_default()),
+        "view_version" | "source_partition" => {
+            return Value::Int(value.extract::<i32>().unwrap_or_default());
+        }
+        "source_offset" | "revision" => {
+            return Value::Long(value.extract::<i64>().unwrap_or_default());
+        }
+        _ => {}
+    }
     let plain = match value {
         AnyValue::Null => Value::Null,
         AnyValue::Boolean(b) => Value::Boolean(*b),
-        AnyValue::Int32(n) if column == "source_partition" || column == "view_version" => {
-            return Value::Int(*n);
-        }
-        AnyValue::Int64(n) if column == "event_time" => return Value::TimestampMillis(*n),
-        AnyValue::Int64(n) if column == "source_offset" || column == "revision" => {
-            return Value::Long(*n);
-        }
-        AnyValue::String(s) if column == "entity_id" => return Value::String((*s).to_owned()),
-        other => match other.extract::<i64>() {
-            Some(n) if other.is_integer() => Value::Long(n),
-            _ => match other {
-                AnyValue::Float32(x) => Value::Double(f64::from(*x)),
-                AnyValue::Float64(x) => Value::Double(*x),
-                AnyValue::String(s) => Value::String((*s).to_owned()),
-                AnyValue::StringOwned(s) => Value::String(s.to_string()),
-                _ => Value::Null,
-            },
-        },
+        AnyValue::String(s) => Value::String((*s).to_owned()),
+        AnyValue::StringOwned(s) => Value::String(s.to_string()),
+        AnyValue::Float32(x) => Value::Double(f64::from(*x)),
+        AnyValue::Float64(x) => Value::Double(*x),
+        other if other.is_integer() => Value::Long(other.extract::<i64>().unwrap_or_default()),
+        _ => Value::Null,
     };
-    // Feature fields are `["null", T]` unions.
     match plain {
         Value::Null => Value::Union(0, Box::new(Value::Null)),
         other => Value::Union(1, Box::new(other)),
@@ -311,21 +310,12 @@ impl BatchJob for ViewJob {
             Some(rows) => latest_per_entity(rows)?,
             None => DataFrame::empty(),
         };
-        if latest.height() > 0 {
-            self.online.replace(
-                &self.version.name,
-                self.version.version,
-                &latest,
-                &self.feature_names(),
-            )?;
-        } else {
-            self.online.replace(
-                &self.version.name,
-                self.version.version,
-                &DataFrame::empty(),
-                &[],
-            )?;
-        }
+        self.online.replace(
+            &self.version.name,
+            self.version.version,
+            &latest,
+            &self.feature_names(),
+        )?;
         Ok(())
     }
 
@@ -399,5 +389,52 @@ impl BatchJob for ViewJob {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_rows_encode_with_the_derived_schema() {
+        let source = Schema::parse_str(
+            r#"{"type": "record", "name": "P", "fields": [
+                {"name": "customer_id", "type": "string"},
+                {"name": "amount", "type": "double"},
+                {"name": "currency", "type": "string"},
+                {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#,
+        )
+        .unwrap();
+        let spec: FeatureViewSpec = serde_json::from_value(json!({
+            "name": "v", "source": "p", "entity_key": "customer_id", "event_time": "ts",
+            "features": [{"name": "amount"}, {"name": "currency", "encode": "onehot"}],
+            "aggregations": [{"name": "n", "function": "count", "window": "1h"}]
+        }))
+        .unwrap();
+        let (version, mut pipeline) = build_version(spec, 1, &source).unwrap();
+        let batch = df![
+            "__entity" => ["c1"], "__time" => [5i64], "__partition" => [0i32], "__offset" => [7i64],
+            "customer_id" => ["c1"], "amount" => [1.5], "currency" => ["EUR"], "ts" => [5i64],
+        ]
+        .unwrap();
+        let rows = pipeline.process(batch, 1).unwrap().rows;
+        let schema = Schema::parse(&version.schema).unwrap();
+        let writer = GenericDatumWriter::builder(&schema).build().unwrap();
+        let columns = rows.columns();
+        let fields: Vec<(String, Value)> = columns
+            .iter()
+            .map(|c| {
+                let name = c.name().to_string();
+                let value = avro_value(&name, &c.get(0).unwrap());
+                (name, value)
+            })
+            .collect();
+        let record = Value::Record(fields.clone());
+        assert!(
+            writer.write_value_to_vec(record).is_ok(),
+            "{fields:?} against {}",
+            version.schema
+        );
     }
 }

@@ -100,7 +100,10 @@ fn offline_rows(dir: &Path) -> DataFrame {
             }
         }
     }
-    concat(frames, UnionArgs::default()).unwrap().collect().unwrap()
+    concat(frames, UnionArgs::default())
+        .unwrap()
+        .collect()
+        .unwrap()
 }
 
 fn batch_files(dir: &Path) -> usize {
@@ -146,8 +149,14 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
     let schema_id = registered["id"].as_u64().unwrap() as u32;
     let mut kafka = KafkaConfig::default();
     kafka.bootstrap_servers = bootstrap.clone();
-    ensure_topics(&kafka, &[TopicSpec::new(&topic, 2)]).await.unwrap();
-    let producer = Producer::new(&kafka, std::sync::Arc::new(AvroCodec::new(&registry).unwrap())).unwrap();
+    ensure_topics(&kafka, &[TopicSpec::new(&topic, 2)])
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        &kafka,
+        std::sync::Arc::new(AvroCodec::new(&registry).unwrap()),
+    )
+    .unwrap();
     let schema = Schema::parse_str(SCHEMA).unwrap();
     let writer = GenericDatumWriter::builder(&schema).build().unwrap();
     let sends = (0..EVENTS).map(|i| {
@@ -166,7 +175,12 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
         let topic = &topic;
         async move {
             producer
-                .send_bytes(topic, Some(device.as_bytes()), &payload, OwnedHeaders::new())
+                .send_bytes(
+                    topic,
+                    Some(device.as_bytes()),
+                    &payload,
+                    OwnedHeaders::new(),
+                )
                 .await
                 .unwrap()
         }
@@ -176,7 +190,11 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
     let view = unique("sums").replace('-', "_");
     let views = dir.path().join("views");
     std::fs::create_dir_all(&views).unwrap();
-    std::fs::write(views.join(format!("{view}.toml")), view_spec(&view, &dataset)).unwrap();
+    std::fs::write(
+        views.join(format!("{view}.toml")),
+        view_spec(&view, &dataset),
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let port = free_port();
     let service = Service {
@@ -185,9 +203,15 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
             ("SCHEMA_REGISTRY_URL".into(), registry.clone()),
             ("MLOPS_DATA_DIR".into(), data.display().to_string()),
             ("MLOPS_FEATURE_PORT".into(), port.to_string()),
-            ("MLOPS__FEATURE__VIEWS_DIR".into(), views.display().to_string()),
+            (
+                "MLOPS__FEATURE__VIEWS_DIR".into(),
+                views.display().to_string(),
+            ),
             ("MLOPS__FEATURE__BATCH_MAX_RECORDS".into(), "150".into()),
-            ("MLOPS__FEATURE__RAW_TOPICS".into(), format!("^raw\\.{dataset}$")),
+            (
+                "MLOPS__FEATURE__RAW_TOPICS".into(),
+                format!("^raw\\.{dataset}$"),
+            ),
             ("MLOPS__FEATURE__INTAKE_GROUP".into(), unique("intake")),
             ("MLOPS__FEATURE__LABELS_GROUP".into(), unique("labels")),
         ],
@@ -213,7 +237,10 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
     let deadline = Instant::now() + Duration::from_secs(120);
     let online = loop {
         let response = client
-            .post(format!("{}/v1/feature-views/{view}/entities:lookup", service.url))
+            .post(format!(
+                "{}/v1/feature-views/{view}/entities:lookup",
+                service.url
+            ))
             .json(&lookup)
             .send()
             .await
@@ -228,7 +255,10 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
         if done {
             break body;
         }
-        assert!(Instant::now() < deadline, "online store never complete: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "online store never complete: {body}"
+        );
         tokio::time::sleep(POLL).await;
     };
     assert!(written_before_restart >= 3);

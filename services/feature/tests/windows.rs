@@ -211,7 +211,8 @@ fn lateness_is_judged_per_partition() {
     let mut pipeline = pipeline();
     // Partition 1 is read behind partition 0: its events are not late for that.
     let mut both = batch_on(0, &[("u1", 100, 1.0, 0)]);
-    both.vstack_mut(&batch_on(1, &[("u2", 20, 2.0, 0)])).unwrap();
+    both.vstack_mut(&batch_on(1, &[("u2", 20, 2.0, 0)]))
+        .unwrap();
     let out = pipeline.process(both, 1).unwrap();
     assert!(out.late.is_empty(), "{:?}", out.late);
     assert_eq!(out.rows.height(), 2);
@@ -221,7 +222,11 @@ fn lateness_is_judged_per_partition() {
         .unwrap();
     assert_eq!(out.late, vec![(1, 1)]);
     let rows = out.rows;
-    assert_eq!(value(&row(&rows, 2), "sum_1h"), 4.0, "(-45, 15] holds only itself");
+    assert_eq!(
+        value(&row(&rows, 2), "sum_1h"),
+        4.0,
+        "(-45, 15] holds only itself"
+    );
     // Minute 20, computed before 15 arrived, is emitted again: (-40, 20] now holds both.
     assert_eq!(value(&row(&rows, 0), "sum_1h"), 6.0);
     assert_eq!(rows.height(), 2);
