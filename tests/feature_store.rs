@@ -150,8 +150,10 @@ impl Platform {
 
     async fn labels(&self, labels: &[(&str, &str, i64, f64)]) {
         let codec = std::sync::Arc::new(AvroCodec::new(&self.registry.url).unwrap());
-        let mut kafka = mlops_kafka::KafkaConfig::default();
-        kafka.bootstrap_servers = self.broker.bootstrap_servers.clone();
+        let kafka = mlops_kafka::KafkaConfig {
+            bootstrap_servers: self.broker.bootstrap_servers.clone(),
+            ..Default::default()
+        };
         let producer = Producer::new(&kafka, codec).unwrap();
         for (id, entity, time, value) in labels {
             let label = GroundTruthLabel {

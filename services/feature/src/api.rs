@@ -98,12 +98,14 @@ impl App {
                 info!(view = %name, version = number, "starting the view's stream job");
                 tokio::spawn(stream::run(
                     job,
-                    self.store.clone(),
-                    self.kafka.clone(),
-                    group,
-                    topics,
-                    self.producer.clone(),
-                    self.stream.clone(),
+                    stream::Wiring {
+                        store: self.store.clone(),
+                        kafka: self.kafka.clone(),
+                        group,
+                        topics,
+                        dead_letters: self.producer.clone(),
+                        settings: self.stream.clone(),
+                    },
                     token.clone(),
                 ));
                 jobs.insert(name, (number, token));

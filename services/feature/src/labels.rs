@@ -114,7 +114,7 @@ impl BatchJob for LabelJob {
                 ),
             ])?;
             store
-                .put_batch_by_date(&LABELS_PREFIX, &frame, batch)
+                .put_batch_by_date(LABELS_PREFIX, &frame, batch)
                 .await?;
         }
         Ok(Processed {

@@ -174,12 +174,14 @@ pub async fn run(
         "labels",
         stream::run(
             labels::LabelJob::new(codec),
-            store,
-            config.kafka.clone(),
-            settings.labels_group.clone(),
-            vec![mlops_events::topics::LABELS.to_owned()],
-            producer,
-            app.stream.clone(),
+            stream::Wiring {
+                store,
+                kafka: config.kafka.clone(),
+                group: settings.labels_group.clone(),
+                topics: vec![mlops_events::topics::LABELS.to_owned()],
+                dead_letters: producer,
+                settings: app.stream.clone(),
+            },
             tasks.token(),
         ),
     );

@@ -92,31 +92,27 @@ pub struct StreamSettings {
     pub max_wait: Duration,
 }
 
+/// Where a job reads from and writes to.
+#[derive(Clone)]
+pub struct Wiring {
+    pub store: FeatureStore,
+    pub kafka: KafkaConfig,
+    pub group: String,
+    pub topics: Vec<String>,
+    /// Produces dead letters to `<topic>.dlq`.
+    pub dead_letters: Producer,
+    pub settings: StreamSettings,
+}
+
 /// Runs `job` until `cancel` fires, starting over from its checkpoint after any failure.
 pub async fn run<J: BatchJob>(
     mut job: J,
-    store: FeatureStore,
-    kafka: KafkaConfig,
-    group: String,
-    topics: Vec<String>,
-    dead_letters: Producer,
-    settings: StreamSettings,
+    wiring: Wiring,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let attempt = run_once(
-            &mut job,
-            &store,
-            &kafka,
-            &group,
-            &topics,
-            dead_letters.clone(),
-            &settings,
-            &cancel,
-        )
-        .await;
-        match attempt {
+        match run_once(&mut job, &wiring, &cancel).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 warn!(job = %job.name(), error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "stream job failed; resuming from its checkpoint");
@@ -130,17 +126,13 @@ pub async fn run<J: BatchJob>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_once<J: BatchJob>(
     job: &mut J,
-    store: &FeatureStore,
-    kafka: &KafkaConfig,
-    group: &str,
-    topics: &[String],
-    dead_letters: Producer,
-    settings: &StreamSettings,
+    wiring: &Wiring,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let store = &wiring.store;
+    let settings = &wiring.settings;
     let checkpoint_path = format!("{}checkpoint.json", job.state_prefix());
     let mut checkpoint: Checkpoint = store.get_json(&checkpoint_path).await?.unwrap_or_default();
     // Files of batches after the checkpoint belong to a batch that never finished.
@@ -151,7 +143,12 @@ async fn run_once<J: BatchJob>(
         }
     }
     job.restore(store, &checkpoint).await?;
-    let consumer = BatchConsumer::new(kafka, group, topics, dead_letters)?;
+    let consumer = BatchConsumer::new(
+        &wiring.kafka,
+        &wiring.group,
+        &wiring.topics,
+        wiring.dead_letters.clone(),
+    )?;
     info!(job = %job.name(), batch = checkpoint.batch, "stream job started");
 
     while let Some(records) = consumer
@@ -163,6 +160,14 @@ async fn run_once<J: BatchJob>(
             .filter(|r| !checkpoint.covers(r))
             .cloned()
             .collect();
+        tracing::debug!(
+            job = %job.name(),
+            records = records.len(),
+            fresh = fresh.len(),
+            first = ?records.first().map(|r| (r.partition, r.offset)),
+            last = ?records.last().map(|r| (r.partition, r.offset)),
+            "batch received"
+        );
         if !fresh.is_empty() {
             let batch = checkpoint.batch + 1;
             let processed = job.process(store, &fresh, batch).await?;

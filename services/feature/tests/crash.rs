@@ -4,7 +4,6 @@
 
 use std::{
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -71,14 +70,25 @@ async fn wait_for(url: &str) {
 struct Service {
     env: Vec<(String, String)>,
     url: String,
+    /// The service's log (both runs), shown when the test fails.
+    log: std::path::PathBuf,
 }
 
 impl Service {
     fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         tokio::process::Command::new(env!("CARGO_BIN_EXE_feature"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env(
+                "RUST_LOG",
+                "info,feature=debug,librdkafka=warn,rdkafka=warn",
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("start the feature service")
@@ -128,7 +138,14 @@ fn batch_files(dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_store() {
     mlops_testkit::init_logs();
-    let broker = mlops_testkit::tansu().await;
+    // Real Apache Kafka only: the embedded broker (Tansu 0.6) stops serving a partition to
+    // a restarted group whose committed offset falls inside a producer's record batch
+    // (seen with this test; recorded in ARCHITECTURE.md), which is a broker defect, not
+    // what this test is about.
+    kill_and_restart(mlops_testkit::apache_kafka()).await;
+}
+
+async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
     let bootstrap = broker.bootstrap_servers.clone();
     let dir = mlops_testkit::temp_dir();
     let (registry, _stop_registry) = start_registry(&bootstrap, dir.path()).await;
@@ -147,8 +164,10 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
         .await
         .unwrap();
     let schema_id = registered["id"].as_u64().unwrap() as u32;
-    let mut kafka = KafkaConfig::default();
-    kafka.bootstrap_servers = bootstrap.clone();
+    let kafka = KafkaConfig {
+        bootstrap_servers: bootstrap.clone(),
+        ..Default::default()
+    };
     ensure_topics(&kafka, &[TopicSpec::new(&topic, 2)])
         .await
         .unwrap();
@@ -216,6 +235,7 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
             ("MLOPS__FEATURE__LABELS_GROUP".into(), unique("labels")),
         ],
         url: format!("http://127.0.0.1:{port}"),
+        log: dir.path().join("feature.log"),
     };
     let offline = data.join(format!("feature-store/offline/{view}/v1"));
 
@@ -255,10 +275,11 @@ async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_sto
         if done {
             break body;
         }
-        assert!(
-            Instant::now() < deadline,
-            "online store never complete: {body}"
-        );
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&service.log).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(20000)..];
+            panic!("online store never complete: {body}\n--- service log ---\n{tail}");
+        }
         tokio::time::sleep(POLL).await;
     };
     assert!(written_before_restart >= 3);
