@@ -24,12 +24,31 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A loopback port that was free a moment ago.
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768+), where the
+/// outgoing connections of clients take their source ports, and apart from the ports
+/// `tests/run.sh` gives Kafka (29092+) and PostgreSQL (25432+).
+const TEST_PORTS: std::ops::Range<u16> = 12_000..19_000;
+
+/// A loopback port that was free a moment ago, for a server a test starts later. Ports
+/// come from [`TEST_PORTS`] in turn (from a per-process random start), so neither another
+/// test of this process nor a client's outgoing connection is likely to take it first.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        uuid::Uuid::new_v4().as_u128() as u32 % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = TEST_PORTS.start + (NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}")
 }
 
 /// A broker a test runs against.
