@@ -48,6 +48,9 @@ tests/kafka/kafka.sh start "$work/kafka" "$port"
 export MLOPS_TEST_KAFKA_BOOTSTRAP="127.0.0.1:$port"
 MLOPS_TEST_POSTGRES_URL=$(tests/postgres/postgres.sh start "$work/postgres" "$pg_port")
 export MLOPS_TEST_POSTGRES_URL
+# A hung test fails its own binary after 20 minutes instead of holding CI to its limit.
+host=$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')
+export "CARGO_TARGET_${host}_RUNNER=timeout --kill-after=30 1200"
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$work/test.log" || status=$?
 # One closing line for the whole suite, summed over every test binary.

@@ -1,8 +1,9 @@
 //! Micro-batch consumption for handlers that work on many records at once (columnar
 //! pipelines): the caller takes a batch, makes its results durable, then commits it.
-//! Nothing is committed automatically.
+//! Nothing is committed automatically; [`BatchConsumer::close`] makes the last commit
+//! durable.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
 use rdkafka::{
     Offset, TopicPartitionList,
@@ -13,7 +14,7 @@ use tracing::warn;
 
 use crate::{
     KafkaConfig, Producer, Record, Result,
-    consumer::{DeadLetters, GroupContext, group_consumer},
+    consumer::{DeadLetters, GroupContext, close, group_consumer},
 };
 
 /// A consumer group member that hands out records in batches.
@@ -21,6 +22,8 @@ pub struct BatchConsumer {
     consumer: StreamConsumer<GroupContext>,
     group: String,
     dead_letters: DeadLetters,
+    /// Every partition's next position as last committed, for the final commit.
+    committed: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl BatchConsumer {
@@ -37,6 +40,7 @@ impl BatchConsumer {
             consumer: group_consumer(config, &group, topics)?,
             dead_letters: DeadLetters::new(config, &group, dead_letters),
             group,
+            committed: Mutex::default(),
         })
     }
 
@@ -85,8 +89,9 @@ impl BatchConsumer {
         self.dead_letters.send(record, class, reason).await
     }
 
-    /// Commits the positions after `records` (the highest offset per partition).
-    pub fn commit(&self, records: &[Record], wait: bool) -> Result<()> {
+    /// Commits the positions after `records` (the highest offset per partition) without
+    /// waiting for the broker; [`Self::close`] waits for the last one.
+    pub fn commit(&self, records: &[Record]) -> Result<()> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for record in records {
             let position = next
@@ -98,15 +103,23 @@ impl BatchConsumer {
             return Ok(());
         }
         let mut list = TopicPartitionList::new();
+        let mut committed = self.committed.lock().expect("commit positions");
         for ((topic, partition), offset) in next {
             list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+            committed.insert((topic.to_owned(), partition), offset);
         }
-        let mode = if wait {
-            CommitMode::Sync
-        } else {
-            CommitMode::Async
-        };
-        self.consumer.commit(&list, mode)?;
+        self.consumer.commit(&list, CommitMode::Async)?;
+        Ok(())
+    }
+
+    /// Makes the last commit durable and leaves the group, bounded in time even when the
+    /// broker is gone.
+    pub async fn close(self) -> Result<()> {
+        let mut last = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.committed.into_inner().expect("commit positions") {
+            last.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        close(self.consumer, &self.group, last).await;
         Ok(())
     }
 }

@@ -138,6 +138,48 @@ pub(crate) fn group_consumer(
     Ok(consumer)
 }
 
+/// How long a leaving member waits for its final commit and its goodbye to the group.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Commits `last` synchronously and leaves the group, on a thread of its own and for at
+/// most [`CLOSE_TIMEOUT`]: librdkafka waits without limit for a coordinator that has gone
+/// away, and a service must still stop when its broker is down (records after the last
+/// durable commit are then redelivered, as at-least-once allows).
+pub(crate) async fn close(
+    consumer: StreamConsumer<GroupContext>,
+    group: &str,
+    last: TopicPartitionList,
+) {
+    let (done, closed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".to_owned())
+        .spawn(move || {
+            let committed = if last.count() == 0 {
+                Ok(())
+            } else {
+                consumer.commit(&last, CommitMode::Sync)
+            };
+            drop(consumer);
+            let _ = done.send(committed);
+        });
+    if let Err(e) = spawned {
+        warn!(%group, error = %e, "could not start the closing thread; leaving without a final commit");
+        return;
+    }
+    match tokio::time::timeout(CLOSE_TIMEOUT, closed).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => {
+            warn!(%group, error = %e, "final commit failed; records after the last commit will be redelivered");
+        }
+        Ok(Err(_)) => warn!(%group, "the closing thread panicked"),
+        Err(_) => warn!(
+            %group,
+            timeout_s = CLOSE_TIMEOUT.as_secs(),
+            "the broker did not answer the final commit in time; records after the last commit will be redelivered"
+        ),
+    }
+}
+
 /// Logs partition assignment changes, which explain pauses and redeliveries.
 pub(crate) struct GroupContext {
     group: String,
@@ -250,15 +292,11 @@ impl ConsumerLoop {
         }
 
         // Asynchronous commits may still be queued: make the last positions durable.
-        if !processed.is_empty() {
-            let mut list = TopicPartitionList::new();
-            for ((topic, partition), next) in &processed {
-                list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-            }
-            if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
-                warn!(group = %self.group, error = %e, "final commit failed; records after the last commit will be redelivered");
-            }
+        let mut last = TopicPartitionList::new();
+        for ((topic, partition), next) in &processed {
+            last.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
         }
+        close(consumer, &self.group, last).await;
         Ok(())
     }
 

@@ -454,15 +454,20 @@ async fn list_training_sets(State(app): State<Arc<App>>) -> Result<axum::Json<Js
     Ok(axum::Json(json!({"training_sets": manifests})))
 }
 
+fn training_set_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "training_set_not_found",
+        format!("no training set {id:?}"),
+    )
+}
+
+/// Snapshot ids are SHA-256 hex digests; anything else names no training set.
 fn snapshot_id(id: &str) -> Result<(), ApiError> {
     if id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "training_set_not_found",
-            format!("no training set {id:?}"),
-        ))
+        Err(training_set_not_found(id))
     }
 }
 
@@ -476,13 +481,7 @@ async fn get_training_set(
         .await
         .map_err(store_error)?
         .map(axum::Json)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "training_set_not_found",
-                format!("no training set {id:?}"),
-            )
-        })
+        .ok_or_else(|| training_set_not_found(&id))
 }
 
 async fn get_training_set_data(
@@ -495,13 +494,7 @@ async fn get_training_set_data(
         .get(&format!("snapshots/{id}/data.parquet"))
         .await
         .map_err(store_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "training_set_not_found",
-                format!("no training set {id:?}"),
-            )
-        })?;
+        .ok_or_else(|| training_set_not_found(&id))?;
     Ok((
         [(header::CONTENT_TYPE, "application/vnd.apache.parquet")],
         bytes,

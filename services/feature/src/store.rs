@@ -155,9 +155,7 @@ impl FeatureStore {
         };
         Ok(Some(concat(frames, args)?.collect()?))
     }
-}
 
-impl FeatureStore {
     /// Writes `rows` as batch `batch` under `prefix`, one file per event date
     /// (`<prefix>date=YYYY-MM-DD/batch-<n>.parquet`); rewriting a batch overwrites its files.
     pub async fn put_batch_by_date(

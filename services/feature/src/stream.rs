@@ -196,7 +196,8 @@ async fn run_once<J: BatchJob>(
             job.committed()?;
         }
         // Kafka's committed offsets trail the checkpoint; they only save re-reading.
-        consumer.commit(&records, false)?;
+        consumer.commit(&records)?;
     }
+    consumer.close().await?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::{
     catalog::{FeatureField, ViewVersion},
     decode::{BatchBuilder, RawEvent, source_types},
-    online::{OnlineStore, current_revisions, latest_per_entity},
+    online::{OnlineStore, latest_per_entity},
     pipeline::{PipelineState, ViewPipeline},
     spec::FeatureViewSpec,
     store::FeatureStore,
@@ -367,9 +367,7 @@ impl BatchJob for ViewJob {
             store
                 .put_batch_by_date(&self.version.offline_prefix(), &rows, batch)
                 .await?;
-            self.pending = Some(latest_per_entity(
-                current_revisions(rows.lazy()).collect()?,
-            )?);
+            self.pending = Some(latest_per_entity(rows)?);
         }
         let state = self.pipeline.state();
         Ok(Processed {

@@ -95,32 +95,9 @@ impl Service {
     }
 }
 
-/// Every offline row of the view, read back from the Parquet files.
-fn offline_rows(dir: &Path) -> DataFrame {
-    let mut frames = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|x| x == "parquet") {
-                let file = std::fs::File::open(&path).unwrap();
-                frames.push(ParquetReader::new(file).finish().unwrap().lazy());
-            }
-        }
-    }
-    concat(frames, UnionArgs::default())
-        .unwrap()
-        .collect()
-        .unwrap()
-}
-
-fn batch_files(dir: &Path) -> usize {
-    if !dir.exists() {
-        return 0;
-    }
-    let mut count = 0;
+/// Every file below `dir` (none when it does not exist yet).
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -128,11 +105,27 @@ fn batch_files(dir: &Path) -> usize {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                count += 1;
+                files.push(path);
             }
         }
     }
-    count
+    files
+}
+
+/// Every offline row of the view, read back from the Parquet files.
+fn offline_rows(dir: &Path) -> DataFrame {
+    let frames: Vec<LazyFrame> = files_under(dir)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|x| x == "parquet"))
+        .map(|path| {
+            let file = std::fs::File::open(&path).unwrap();
+            ParquetReader::new(file).finish().unwrap().lazy()
+        })
+        .collect();
+    concat(frames, UnionArgs::default())
+        .unwrap()
+        .collect()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -242,12 +235,12 @@ async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
     // Killed once a few batches are durable: batches are then being written back to back.
     let mut first = service.spawn();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while batch_files(&offline) < 3 {
+    while files_under(&offline).len() < 3 {
         assert!(Instant::now() < deadline, "the stream job wrote no batches");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.kill().await.unwrap();
-    let written_before_restart = batch_files(&offline);
+    let written_before_restart = files_under(&offline).len();
 
     let _second = service.spawn();
     wait_for(&format!("{}/healthz", service.url)).await;
