@@ -1,13 +1,13 @@
 //! The embedded Kafka-compatible broker: Tansu, run inside our own process.
 //!
-//! Durable storage is Tansu's SQLite engine; in-memory storage is for tests. Tansu takes a
-//! `sqlite://` path relative to the process's working directory, so the launcher runs the
-//! durable broker as its own child process whose working directory is the broker's data
-//! directory (see `mlops broker`).
+//! Durable storage is Tansu's SQLite engine, the one the platform runs on, tests included.
+//! Tansu's in-memory engine is not used: it serves a fetch from the first whole producer
+//! batch at or after the offset asked for, so a consumer resuming inside a batch skips the
+//! rest of it, or stalls when it is the partition's last.
 
 use std::{
     net::{SocketAddr, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -31,10 +31,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Where the broker keeps topics, records and committed offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerStorage {
-    /// Lost when the process ends; for tests.
+    /// Lost when the process ends. Not for consumers that resume (see the module docs).
     Memory,
     /// A SQLite file, named relative to the current working directory.
     SqliteInWorkingDir(String),
+    /// A SQLite file at an absolute path.
+    SqliteFile(PathBuf),
 }
 
 impl BrokerStorage {
@@ -48,6 +50,17 @@ impl BrokerStorage {
                     )));
                 }
                 format!("sqlite://{file}")
+            }
+            // Tansu appends the URL's path, less its first '/', to the working directory;
+            // appending an absolute path replaces it (`PathBuf::push`), hence the extra '/'.
+            BrokerStorage::SqliteFile(path) => {
+                if !path.is_absolute() {
+                    return Err(Error::Storage(format!(
+                        "{}: must be an absolute path",
+                        path.display()
+                    )));
+                }
+                format!("sqlite:///{}", path.display())
             }
         };
         Url::parse(&text).map_err(|e| Error::Storage(e.to_string()))
@@ -154,5 +167,20 @@ mod tests {
                 .as_str(),
             "sqlite://tansu.db"
         );
+        assert!(BrokerStorage::SqliteFile("tansu.db".into()).url().is_err());
+    }
+
+    #[tokio::test]
+    async fn sqlite_storage_can_live_at_an_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.db");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let broker = EmbeddedBroker::start(addr, BrokerStorage::SqliteFile(file.clone()))
+            .await
+            .unwrap();
+        assert!(file.is_file(), "no database at {}", file.display());
+        drop(broker);
     }
 }

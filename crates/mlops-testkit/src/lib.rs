@@ -57,6 +57,8 @@ pub struct TestBroker {
     pub kind: BrokerKind,
     pub bootstrap_servers: String,
     _embedded: Option<EmbeddedBroker>,
+    /// The embedded broker's database; dropped after the broker.
+    _storage: Option<tempfile::TempDir>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,18 +76,22 @@ impl std::fmt::Display for BrokerKind {
     }
 }
 
-/// A fresh in-memory Tansu broker, owned by the calling test.
+/// A fresh Tansu broker on its SQLite engine (what `mlops up` runs), owned by the calling
+/// test.
 pub async fn tansu() -> TestBroker {
     let mut last_error = None;
     // A port picked free can be taken before the broker binds it; try a few.
     for _ in 0..5 {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        match EmbeddedBroker::start(addr, BrokerStorage::Memory).await {
+        let storage = temp_dir();
+        let database = BrokerStorage::SqliteFile(storage.path().join("tansu.db"));
+        match EmbeddedBroker::start(addr, database).await {
             Ok(broker) => {
                 return TestBroker {
                     kind: BrokerKind::Tansu,
                     bootstrap_servers: broker.bootstrap_servers(),
                     _embedded: Some(broker),
+                    _storage: Some(storage),
                 };
             }
             Err(e) => last_error = Some(e),
@@ -107,6 +113,7 @@ pub fn apache_kafka() -> TestBroker {
         kind: BrokerKind::ApacheKafka,
         bootstrap_servers,
         _embedded: None,
+        _storage: None,
     }
 }
 

@@ -131,11 +131,9 @@ fn offline_rows(dir: &Path) -> DataFrame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_batch_leaves_each_offline_row_once_and_a_recomputed_online_store() {
     mlops_testkit::init_logs();
-    // Real Apache Kafka only: the embedded broker (Tansu 0.6) stops serving a partition to
-    // a restarted group whose committed offset falls inside a producer's record batch
-    // (seen with this test; recorded in ARCHITECTURE.md), which is a broker defect, not
-    // what this test is about.
-    kill_and_restart(mlops_testkit::apache_kafka()).await;
+    for broker in mlops_testkit::brokers().await {
+        kill_and_restart(broker).await;
+    }
 }
 
 async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
