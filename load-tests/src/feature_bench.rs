@@ -246,6 +246,7 @@ async fn lookups(online: Arc<OnlineStore>, entities: u64, count: usize) -> anyho
         stream: StreamSettings {
             max_records: 10_000,
             max_wait: Duration::from_millis(200),
+            metrics: Default::default(),
         },
         feature_partitions: 3,
         jobs: Default::default(),

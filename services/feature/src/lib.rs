@@ -130,6 +130,7 @@ pub async fn run(
     let producer = Producer::new(&config.kafka, codec.clone())?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ConsumerMetrics::register(&mut registry);
+    let stream_metrics = stream::StreamMetrics::register(&mut registry);
     let admin = AdminState::new(SERVICE, registry, config.readiness_checks());
 
     let mut tasks = TaskSet::new(cancel.child_token());
@@ -145,6 +146,7 @@ pub async fn run(
         stream: StreamSettings {
             max_records: settings.batch_max_records,
             max_wait: Duration::from_millis(settings.batch_max_wait_ms),
+            metrics: stream_metrics,
         },
         feature_partitions: settings.feature_partitions,
         jobs: Default::default(),

@@ -12,6 +12,10 @@ use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use mlops_kafka::{BatchConsumer, KafkaConfig, Producer, Record};
 use polars::prelude::DataFrame;
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -90,6 +94,60 @@ pub trait BatchJob: Send + 'static {
 pub struct StreamSettings {
     pub max_records: usize,
     pub max_wait: Duration,
+    pub metrics: StreamMetrics,
+}
+
+type JobLabel = Vec<(String, String)>;
+
+/// What the stream jobs of a process report, so that a job stuck on a failure shows in
+/// `/metrics` rather than only in its logs.
+#[derive(Clone, Default)]
+pub struct StreamMetrics {
+    batches: Family<JobLabel, Counter>,
+    failures: Family<JobLabel, Counter>,
+    failing: Family<JobLabel, Gauge>,
+}
+
+impl std::fmt::Debug for StreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamMetrics").finish_non_exhaustive()
+    }
+}
+
+impl StreamMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "mlops_feature_stream_batches",
+            "Micro-batches made durable, by stream job",
+            metrics.batches.clone(),
+        );
+        registry.register(
+            "mlops_feature_stream_failures",
+            "Stream job failures (each is retried from the checkpoint with backoff), by job",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "mlops_feature_stream_failing",
+            "1 while a stream job's last attempt failed and it waits to retry, by job",
+            metrics.failing.clone(),
+        );
+        metrics
+    }
+
+    fn label(job: &str) -> JobLabel {
+        vec![("job".to_owned(), job.to_owned())]
+    }
+
+    fn batch_done(&self, job: &str) {
+        self.batches.get_or_create(&Self::label(job)).inc();
+        self.failing.get_or_create(&Self::label(job)).set(0);
+    }
+
+    fn failed(&self, job: &str) {
+        self.failures.get_or_create(&Self::label(job)).inc();
+        self.failing.get_or_create(&Self::label(job)).set(1);
+    }
 }
 
 /// Where a job reads from and writes to.
@@ -115,6 +173,7 @@ pub async fn run<J: BatchJob>(
         match run_once(&mut job, &wiring, &cancel).await {
             Ok(()) => return Ok(()),
             Err(e) => {
+                wiring.settings.metrics.failed(&job.name());
                 warn!(job = %job.name(), error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "stream job failed; resuming from its checkpoint");
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
@@ -194,6 +253,7 @@ async fn run_once<J: BatchJob>(
             }
             checkpoint = next;
             job.committed()?;
+            settings.metrics.batch_done(&job.name());
         }
         // Kafka's committed offsets trail the checkpoint; they only save re-reading.
         consumer.commit(&records)?;

@@ -274,6 +274,23 @@ async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
         tokio::time::sleep(POLL).await;
     };
     assert!(written_before_restart >= 3);
+    let metrics = client
+        .get(format!("{}/metrics", service.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let job = format!("{{job=\"view {view} v1\"}}");
+    assert!(
+        metrics.contains(&format!("mlops_feature_stream_failing{job} 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("mlops_feature_stream_batches_total{job} ")),
+        "{metrics}"
+    );
 
     // Each event's row exactly once, none missing.
     let rows = offline_rows(&offline);
