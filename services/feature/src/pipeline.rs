@@ -31,7 +31,13 @@ pub struct BatchOutput {
     pub rows: DataFrame,
     /// (partition, offset) of events later than the allowed lateness.
     pub late: Vec<(i32, i64)>,
+    /// (partition, offset, reason) of events a row feature cannot be computed for (a value
+    /// its cast refuses); left out of the windows and the rows.
+    pub invalid: Vec<Refused>,
 }
+
+/// An event left out of a batch: its partition, its offset, the reason.
+pub type Refused = (i32, i64, String);
 
 /// State carried between micro-batches; persisted with each checkpoint.
 #[derive(Debug, Clone)]
@@ -50,6 +56,9 @@ pub struct ViewPipeline {
     /// Source columns with the types the decoder produces.
     source: Vec<(String, DataType)>,
     row_features: Vec<Expr>,
+    /// Per cast row feature: the reason a refused value gives, the value before the cast,
+    /// the target type.
+    casts: Vec<(String, Expr, DataType)>,
     aggregations: Vec<Expr>,
     feature_names: Vec<String>,
     state: PipelineState,
@@ -63,6 +72,7 @@ impl ViewPipeline {
         source: Vec<(String, DataType)>,
     ) -> PolarsResult<Self> {
         let mut row_features = Vec::new();
+        let mut casts = Vec::new();
         let mut feature_names = Vec::new();
         for feature in &spec.features {
             let mut expr = match (&feature.expr, &feature.column) {
@@ -71,6 +81,12 @@ impl ViewPipeline {
                 (None, None) => col(feature.name.as_str()),
             };
             if let Some(cast) = feature.cast {
+                let reason = format!(
+                    "features.{}: the value cannot be cast to {}",
+                    feature.name,
+                    format!("{cast:?}").to_lowercase()
+                );
+                casts.push((reason, expr.clone(), dtype_of(cast)));
                 expr = expr.strict_cast(dtype_of(cast));
             }
             if let Some(fill) = &feature.fill {
@@ -101,6 +117,7 @@ impl ViewPipeline {
             max_window: spec.max_window_ms(),
             source,
             row_features,
+            casts,
             aggregations,
             feature_names,
             state: PipelineState {
@@ -163,8 +180,57 @@ impl ViewPipeline {
             .collect())
     }
 
+    /// Events whose value a cast refuses (present before the cast, null after a lenient
+    /// one), with the first feature at fault; and the batch without them.
+    fn split_invalid(&self, batch: DataFrame) -> PolarsResult<(DataFrame, Vec<Refused>)> {
+        if self.casts.is_empty() {
+            return Ok((batch, Vec::new()));
+        }
+        let refused = |value: &Expr, dtype: &DataType| {
+            value
+                .clone()
+                .is_not_null()
+                .and(value.clone().cast(dtype.clone()).is_null())
+        };
+        let mut fault = lit(NULL).cast(DataType::String);
+        for (reason, value, dtype) in self.casts.iter().rev() {
+            fault = when(refused(value, dtype))
+                .then(lit(reason.clone()))
+                .otherwise(fault);
+        }
+        let checked = batch.lazy().with_column(fault.alias("__fault")).collect()?;
+        let faulty = checked
+            .clone()
+            .lazy()
+            .filter(col("__fault").is_not_null())
+            .select([col(PARTITION), col(OFFSET), col("__fault")])
+            .collect()?;
+        if faulty.height() == 0 {
+            return Ok((checked.drop("__fault")?, Vec::new()));
+        }
+        let partitions = faulty.column(PARTITION)?.i32()?;
+        let offsets = faulty.column(OFFSET)?.i64()?;
+        let reasons = faulty.column("__fault")?.str()?;
+        let invalid = (0..faulty.height())
+            .filter_map(|i| {
+                Some((
+                    partitions.get(i)?,
+                    offsets.get(i)?,
+                    reasons.get(i)?.to_owned(),
+                ))
+            })
+            .collect();
+        let valid = checked
+            .lazy()
+            .filter(col("__fault").is_null())
+            .drop(cols(["__fault"]))
+            .collect()?;
+        Ok((valid, invalid))
+    }
+
     /// Computes one micro-batch. `revision` must grow from batch to batch.
     pub fn process(&mut self, batch: DataFrame, revision: i64) -> PolarsResult<BatchOutput> {
+        let (batch, invalid) = self.split_invalid(batch)?;
         // An event is late when it is older than the newest event time seen before it in
         // its partition (in arrival order) minus the allowed lateness.
         let marks = self.marks()?;
@@ -285,7 +351,11 @@ impl ViewPipeline {
                 .collect()?
         };
         self.state = PipelineState { buffer, watermarks };
-        Ok(BatchOutput { rows, late })
+        Ok(BatchOutput {
+            rows,
+            late,
+            invalid,
+        })
     }
 
     fn marks(&self) -> PolarsResult<LazyFrame> {

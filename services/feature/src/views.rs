@@ -361,6 +361,11 @@ impl BatchJob for ViewJob {
                 ));
             }
         }
+        for (partition, offset, reason) in output.invalid {
+            if let Some(index) = index_of.get(&(partition, offset)) {
+                dead_letters.push((*index, "invalid", reason));
+            }
+        }
         let rows = output.rows;
         if rows.height() > 0 {
             self.publish(&rows).await?;

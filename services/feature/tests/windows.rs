@@ -231,3 +231,74 @@ fn lateness_is_judged_per_partition() {
     assert_eq!(value(&row(&rows, 0), "sum_1h"), 6.0);
     assert_eq!(rows.height(), 2);
 }
+
+#[test]
+fn an_event_whose_value_a_cast_refuses_is_left_out_with_the_reason() {
+    let spec = FeatureViewSpec::from_toml(
+        r#"
+        name = "codes"
+        source = "payments"
+        entity_key = "user"
+        event_time = "ts"
+
+        [[features]]
+        name = "code"
+        column = "code"
+        cast = "long"
+
+        [[aggregations]]
+        name = "count_1h"
+        function = "count"
+        window = "1h"
+        "#,
+    )
+    .unwrap();
+    spec.check().unwrap();
+    let mut pipeline = ViewPipeline::new(
+        &spec,
+        1,
+        vec![
+            ("user".into(), DataType::String),
+            ("ts".into(), DataType::Int64),
+            ("code".into(), DataType::String),
+        ],
+    )
+    .unwrap();
+    let times = [MINUTE, 2 * MINUTE, 3 * MINUTE];
+    let frame = df![
+        ENTITY => ["a", "a", "a"],
+        TIME => times,
+        PARTITION => [0, 0, 0],
+        OFFSET => [0i64, 1, 2],
+        "user" => ["a", "a", "a"],
+        "ts" => times,
+        "code" => [Some("12"), Some("x1"), None],
+    ]
+    .unwrap();
+    let output = pipeline.process(frame, 1).unwrap();
+    assert_eq!(
+        output.invalid,
+        [(
+            0,
+            1,
+            "features.code: the value cannot be cast to long".to_owned()
+        )]
+    );
+    // The other events go on; the refused one counts in no window.
+    assert_eq!(output.rows.height(), 2, "{}", output.rows);
+    let first = row(&output.rows, 0);
+    assert!(
+        first.contains(&("code".into(), AnyValue::Int64(12))),
+        "{first:?}"
+    );
+    assert!(
+        first.contains(&("count_1h".into(), AnyValue::Int64(1))),
+        "{first:?}"
+    );
+    let last = row(&output.rows, 2);
+    assert!(last.contains(&("code".into(), AnyValue::Null)), "{last:?}");
+    assert!(
+        last.contains(&("count_1h".into(), AnyValue::Int64(2))),
+        "{last:?}"
+    );
+}
