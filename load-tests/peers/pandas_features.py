@@ -53,12 +53,14 @@ class Pipeline:
         windows = combined.groupby("__entity", sort=False).rolling(
             f"{WINDOW_MS}ms", on="ts", closed="right", min_periods=1
         )["amount"]
+        # Groups come in order of appearance, which is the frame's (sorted by customer),
+        # and each group's rows in the frame's order: the results line up with the rows.
         for name, values in (
             ("count_1h", windows.count()),
             ("sum_1h", windows.sum()),
             ("mean_1h", windows.mean()),
         ):
-            combined[name] = values.reset_index(level=0, drop=True)
+            combined[name] = values.to_numpy()
 
         first_new = combined["__time"].where(combined["new"]).groupby(combined["__entity"]).transform("min")
         emit = combined["new"] | (

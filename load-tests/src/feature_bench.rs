@@ -1,7 +1,7 @@
 //! Benchmark of the feature pipeline and of online lookups, in process.
 //!
 //! 1. Streams N synthetic payment events (keyed by customer over 3 partitions, arriving up
-//!    to ~1 s out of order, a few far past the allowed lateness) through the view pipeline
+//!    to ~2 min out of order, a few far past the allowed lateness) through the view pipeline
 //!    of a 3-aggregation sliding window (count, sum, mean over 1 h), in micro-batches, and
 //!    reports rows/s and the cost per micro-batch. `--write-events` saves the exact events
 //!    so that the pandas peer (`peers/pandas_features.py`) computes the same view on them;
@@ -160,14 +160,19 @@ fn generate(count: usize, entities: u64) -> anyhow::Result<DataFrame> {
     let mut offset = Vec::with_capacity(count);
     let mut amount = Vec::with_capacity(count);
     let mut next_offset = [0i64; PARTITIONS as usize];
+    let mut used = std::collections::HashSet::with_capacity(count);
     for i in 0..count {
         let customer = rng.next() % entities;
-        // Up to 30 steps behind its arrival; `i % STEP_MS` keeps every event time distinct,
-        // so that no window result depends on how ties are ordered.
-        let behind = (rng.next() % 30) as i64;
-        let mut t = T0 + STEP_MS * (i as i64 - behind) + i as i64 % STEP_MS;
+        // Up to ~2 minutes behind its arrival (inside the allowed lateness), so that some
+        // events arrive after later ones of their customer and re-emit rows.
+        let behind = (rng.next() % 3_000) as i64;
+        let mut t = T0 + STEP_MS * (i as i64 - behind);
         if i % LATE_EVERY == LATE_EVERY - 1 {
             t -= 2 * 3_600_000;
+        }
+        // Every event time distinct, so that no window depends on how ties are ordered.
+        while !used.insert(t) {
+            t += 1;
         }
         let p = (customer % PARTITIONS) as usize;
         entity.push(format!("c{customer:06}"));
@@ -252,6 +257,11 @@ async fn lookups(online: Arc<OnlineStore>, entities: u64, count: usize) -> anyho
         jobs: Default::default(),
         cancel: Default::default(),
     });
+    // As if the view's stream job ran, which batch lookups check for.
+    app.jobs
+        .lock()
+        .await
+        .insert("spend".to_owned(), (1, Default::default()));
     let router = api::router(app.clone());
     let mut rng = SplitMix(7);
 
