@@ -55,6 +55,8 @@ done
 
 for target_url in "platform http://127.0.0.1:39180" "fastapi-aiokafka http://127.0.0.1:39190"; do
   set -- $target_url
-  "$target/ingest-load" --label "$1" --url "$2" --dataset "single_$1" --mode single --concurrency 32 --duration "$duration"
+  for clients in ${BENCH_SINGLE_CONCURRENCY:-32 256}; do
+    "$target/ingest-load" --label "$1" --url "$2" --dataset "single_${clients}_$1" --mode single --concurrency "$clients" --duration "$duration"
+  done
   "$target/ingest-load" --label "$1" --url "$2" --dataset "batch_$1" --mode batch --batch-size 100 --concurrency 8 --duration "$duration"
 done
