@@ -43,19 +43,27 @@ pub(crate) async fn report(layout: &Layout) -> bool {
         .await
         .is_ok();
     all_ready &= broker_up;
-    println!(
-        "  {:<11} {:<28} {}",
+    line(
         "broker",
-        broker,
-        if broker_up { "ready" } else { "not running" }
+        &broker,
+        if broker_up { "ready" } else { "not running" },
     );
     for service in SERVICES {
         let url = layout.url(service);
         let state = readiness(&client, &url).await;
         all_ready &= state.is_ok();
-        println!("  {service:<11} {url:<28} {}", state.unwrap_or_else(|e| e));
+        line(service, &url, &state.unwrap_or_else(|e| e));
     }
     all_ready
+}
+
+/// A reader that stops early (`mlops status | head -2`) is not an error of ours.
+fn line(component: &str, address: &str, state: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "  {component:<11} {address:<28} {state}"
+    );
 }
 
 pub(crate) fn main() -> ExitCode {
