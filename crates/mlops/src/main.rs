@@ -1,6 +1,7 @@
 //! `mlops`: the whole platform on one machine. See `mlops --help`.
 
 mod broker;
+mod demo;
 mod launcher;
 mod platform;
 mod status;

@@ -319,6 +319,18 @@ async fn demo_exit_succeeds_when_the_story_is_told_and_names_the_failed_step_oth
         stdout.contains("mlops demo: every step succeeded"),
         "{stdout}"
     );
+    // The invalid event is refused with its field, and the windows are the hand-computed
+    // ones: c-1 paid 10..29, every 5 minutes; the last hour holds its last 12 payments.
+    assert!(
+        stdout.contains(r#"rejected 1: [{"field":"amount","reason":"-5 is below the minimum 0"}]"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            r#"c-1 {"amount":29.0,"amount_mean_1h":23.5,"amount_sum_1h":282.0,"payments_1h":12}"#
+        ),
+        "{stdout}"
+    );
     assert!(stdout.contains("mlops: stopped"), "{stdout}");
 
     // With a broker that does not exist, no service can become ready: the demo fails

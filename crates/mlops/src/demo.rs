@@ -1,0 +1,161 @@
+//! The story `mlops demo` tells once the platform is ready, through the public APIs only:
+//! a dataset is declared, events are published (one of them invalid), a feature view
+//! computes windows over them in streaming, and the online store serves each customer's
+//! latest vector. Fixed event times make a second run recompute the same features.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::platform::Layout;
+
+const DATASET: &str = "demo_payments";
+const VIEW: &str = "demo_spend";
+const CUSTOMERS: [&str; 3] = ["c-1", "c-2", "c-3"];
+const EVENTS_PER_CUSTOMER: i64 = 20;
+/// 2026-11-26T00:00:00Z.
+const T0: i64 = 1_795_651_200_000;
+const MINUTE: i64 = 60_000;
+
+/// Runs the story's steps (numbered from `first` out of `total`), each naming itself when
+/// it fails.
+pub(crate) async fn story(
+    layout: &Layout,
+    deadline: Instant,
+    first: usize,
+    total: usize,
+) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    let ingestion = layout.url("ingestion");
+    let feature = layout.url("feature");
+    let step = |n: usize, what: &str| println!("mlops demo: step {}/{total} — {what}", first + n);
+
+    step(
+        0,
+        "declare the dataset `demo_payments` (schema registered, topics created)",
+    );
+    let declared = call(
+        &http,
+        &format!("{ingestion}/v1/datasets"),
+        &json!({
+            "name": DATASET, "key": "customer_id", "event_time": "ts", "event_id": "txn_id",
+            "partitions": 3, "rules": {"amount": {"min": 0}},
+            "schema": {"type": "record", "name": "Payment", "namespace": "demo", "fields": [
+                {"name": "txn_id", "type": "string"},
+                {"name": "customer_id", "type": "string"},
+                {"name": "amount", "type": "double"},
+                {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+        }),
+    )
+    .await
+    .map_err(|e| format!("step 'declare dataset' failed: {e}"))?;
+    println!(
+        "mlops demo:   topic {}, schema id {}",
+        declared["topic"], declared["schema_id"]
+    );
+
+    step(
+        1,
+        "declare the feature view `demo_spend` (1 h sliding windows per customer)",
+    );
+    let view = call(
+        &http,
+        &format!("{feature}/v1/feature-views"),
+        &json!({
+            "name": VIEW, "source": DATASET, "entity_key": "customer_id", "event_time": "ts",
+            "allowed_lateness": "10m",
+            "features": [{"name": "amount"}],
+            "aggregations": [
+                {"name": "payments_1h", "function": "count", "window": "1h"},
+                {"name": "amount_sum_1h", "column": "amount", "function": "sum", "window": "1h"},
+                {"name": "amount_mean_1h", "column": "amount", "function": "mean", "window": "1h"}]
+        }),
+    )
+    .await
+    .map_err(|e| format!("step 'declare feature view' failed: {e}"))?;
+    println!(
+        "mlops demo:   version {}, rows on {}",
+        view["version"], view["topic"]
+    );
+
+    step(2, "publish events, one of them invalid");
+    let mut events: Vec<Value> = (0..EVENTS_PER_CUSTOMER)
+        .flat_map(|i| {
+            CUSTOMERS.iter().enumerate().map(move |(c, customer)| {
+                json!({"txn_id": format!("demo-{customer}-{i}"), "customer_id": customer,
+                       "amount": (10 * (c as i64 + 1) + i) as f64, "ts": T0 + i * 5 * MINUTE})
+            })
+        })
+        .collect();
+    events.push(json!({"txn_id": "demo-bad", "customer_id": "c-1", "amount": -5.0, "ts": T0}));
+    let published = call(
+        &http,
+        &format!("{ingestion}/v1/datasets/{DATASET}/events"),
+        &Value::Array(events),
+    )
+    .await
+    .map_err(|e| format!("step 'publish events' failed: {e}"))?;
+    let refused = published["results"]
+        .as_array()
+        .and_then(|results| results.iter().find(|r| r["status"] == "rejected"))
+        .map(|r| r["errors"].to_string())
+        .unwrap_or_default();
+    println!(
+        "mlops demo:   accepted {} (duplicates of an earlier run: {}), rejected {}: {refused}",
+        published["accepted"], published["duplicates"], published["rejected"]
+    );
+    if published["rejected"] != 1 {
+        return Err(format!(
+            "step 'publish events' failed: expected exactly the invalid event rejected: {published}"
+        ));
+    }
+
+    step(
+        3,
+        "read each customer's latest features from the online store",
+    );
+    let last_time = T0 + (EVENTS_PER_CUSTOMER - 1) * 5 * MINUTE;
+    let lookup = json!({"entity_ids": CUSTOMERS});
+    let url = format!("{feature}/v1/feature-views/{VIEW}/entities:lookup");
+    let results = loop {
+        let answer = call(&http, &url, &lookup).await;
+        if let Ok(body) = &answer
+            && let Some(results) = body["results"].as_array()
+            && results.iter().all(|r| r["event_time"] == last_time)
+        {
+            break results.clone();
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "step 'online features' failed: the stream job did not catch up in time; last answer: {answer:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for result in &results {
+        println!(
+            "mlops demo:   {} {}",
+            result["entity_id"].as_str().unwrap_or_default(),
+            result["features"]
+        );
+    }
+    Ok(())
+}
+
+/// POSTs `body` as JSON; the answer's JSON when the status is a success.
+async fn call(http: &reqwest::Client, url: &str, body: &Value) -> Result<Value, String> {
+    let response = http
+        .post(url)
+        .json(body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(answer)
+    } else {
+        Err(format!("{url}: {status} {answer}"))
+    }
+}
