@@ -115,11 +115,7 @@ impl BatchConsumer {
     /// Makes the last commit durable and leaves the group, bounded in time even when the
     /// broker is gone.
     pub async fn close(self) -> Result<()> {
-        let mut last = TopicPartitionList::new();
-        for ((topic, partition), offset) in self.committed.into_inner().expect("commit positions") {
-            last.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
-        }
-        close(self.consumer, &self.group, last).await;
-        Ok(())
+        let positions = self.committed.into_inner().expect("commit positions");
+        close(self.consumer, &self.group, positions).await
     }
 }

@@ -141,15 +141,20 @@ pub(crate) fn group_consumer(
 /// How long a leaving member waits for its final commit and its goodbye to the group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Commits `last` synchronously and leaves the group, on a thread of its own and for at
-/// most [`CLOSE_TIMEOUT`]: librdkafka waits without limit for a coordinator that has gone
-/// away, and a service must still stop when its broker is down (records after the last
-/// durable commit are then redelivered, as at-least-once allows).
+/// Commits `positions` (the next offset per topic and partition) synchronously and leaves
+/// the group, on a thread of its own and for at most [`CLOSE_TIMEOUT`]: librdkafka waits
+/// without limit for a coordinator that has gone away, and a service must still stop when
+/// its broker is down (records after the last durable commit are then redelivered, as
+/// at-least-once allows).
 pub(crate) async fn close(
     consumer: StreamConsumer<GroupContext>,
     group: &str,
-    last: TopicPartitionList,
-) {
+    positions: impl IntoIterator<Item = ((String, i32), i64)>,
+) -> Result<()> {
+    let mut last = TopicPartitionList::new();
+    for ((topic, partition), next) in positions {
+        last.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+    }
     let (done, closed) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("kafka-close".to_owned())
@@ -164,7 +169,7 @@ pub(crate) async fn close(
         });
     if let Err(e) = spawned {
         warn!(%group, error = %e, "could not start the closing thread; leaving without a final commit");
-        return;
+        return Ok(());
     }
     match tokio::time::timeout(CLOSE_TIMEOUT, closed).await {
         Ok(Ok(Ok(()))) => {}
@@ -178,6 +183,7 @@ pub(crate) async fn close(
             "the broker did not answer the final commit in time; records after the last commit will be redelivered"
         ),
     }
+    Ok(())
 }
 
 /// Logs partition assignment changes, which explain pauses and redeliveries.
@@ -292,12 +298,7 @@ impl ConsumerLoop {
         }
 
         // Asynchronous commits may still be queued: make the last positions durable.
-        let mut last = TopicPartitionList::new();
-        for ((topic, partition), next) in &processed {
-            last.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-        }
-        close(consumer, &self.group, last).await;
-        Ok(())
+        close(consumer, &self.group, processed).await
     }
 
     async fn process<H: Handler>(

@@ -351,19 +351,23 @@ impl BatchJob for ViewJob {
         }
         let frame = builder.finish()?;
         let output = self.pipeline.process(frame, batch as i64)?;
-        let lateness = &spec.allowed_lateness;
-        for (partition, offset) in output.late {
+        let late = format!(
+            "late: the event time is more than the allowed lateness ({}) behind the newest event time of view {}",
+            spec.allowed_lateness, spec.name
+        );
+        let refused = output
+            .late
+            .into_iter()
+            .map(|(partition, offset)| (partition, offset, "late", late.clone()))
+            .chain(
+                output
+                    .invalid
+                    .into_iter()
+                    .map(|(partition, offset, reason)| (partition, offset, "invalid", reason)),
+            );
+        for (partition, offset, class, reason) in refused {
             if let Some(index) = index_of.get(&(partition, offset)) {
-                dead_letters.push((
-                    *index,
-                    "late",
-                    format!("late: the event time is more than the allowed lateness ({lateness}) behind the newest event time of view {}", spec.name),
-                ));
-            }
-        }
-        for (partition, offset, reason) in output.invalid {
-            if let Some(index) = index_of.get(&(partition, offset)) {
-                dead_letters.push((*index, "invalid", reason));
+                dead_letters.push((*index, class, reason));
             }
         }
         let rows = output.rows;
