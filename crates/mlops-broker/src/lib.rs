@@ -4,6 +4,13 @@
 //! Tansu's in-memory engine is not used: it serves a fetch from the first whole producer
 //! batch at or after the offset asked for, so a consumer resuming inside a batch skips the
 //! rest of it, or stalls when it is the partition's last.
+//!
+//! Tansu's SQLite schema lacks an index its fetch path needs; [`indexes`] adds it on
+//! every start.
+
+mod indexes;
+
+pub use indexes::indexes_on;
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -65,6 +72,17 @@ impl BrokerStorage {
         };
         Url::parse(&text).map_err(|e| Error::Storage(e.to_string()))
     }
+
+    /// The SQLite database file, as Tansu resolves it (relative to the working directory).
+    pub fn database_path(&self) -> Result<Option<PathBuf>> {
+        match self {
+            BrokerStorage::Memory => Ok(None),
+            BrokerStorage::SqliteInWorkingDir(file) => std::env::current_dir()
+                .map(|dir| Some(dir.join(file)))
+                .map_err(|e| Error::Storage(format!("working directory: {e}"))),
+            BrokerStorage::SqliteFile(path) => Ok(Some(path.clone())),
+        }
+    }
 }
 
 /// A running broker. Dropping it stops the broker.
@@ -90,6 +108,10 @@ impl EmbeddedBroker {
             .build()
             .await
             .map_err(|e| Error::Start(format!("{e:?}")))?;
+        // Tansu has created its tables by now; nothing is served before the indexes exist.
+        if let Some(path) = storage.database_path()? {
+            indexes::ensure(&path).await?;
+        }
         let task = tokio::spawn(async move {
             let mut broker = broker;
             if let Err(e) = broker.serve(std::time::Instant::now().into()).await {
@@ -182,5 +204,55 @@ mod tests {
             .unwrap();
         assert!(file.is_file(), "no database at {}", file.display());
         drop(broker);
+    }
+
+    /// The plan SQLite picks for the query Tansu runs per fetched record (its
+    /// `header_fetch.sql`): without our index it scans the whole header table.
+    #[tokio::test]
+    async fn header_reads_use_an_index_not_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.db");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let broker = EmbeddedBroker::start(addr, BrokerStorage::SqliteFile(file.clone()))
+            .await
+            .unwrap();
+        assert!(
+            indexes_on(&file, "header")
+                .await
+                .unwrap()
+                .contains(&"header_topition_offset".to_owned())
+        );
+        let db = libsql::Builder::new_local(&file).build().await.unwrap();
+        let connection = db.connect().unwrap();
+        let mut rows = connection
+            .query(
+                "EXPLAIN QUERY PLAN SELECT h.k, h.v FROM header h \
+                 JOIN record r ON h.topition = r.topition AND h.offset_id = r.offset_id \
+                 JOIN topition tp ON tp.id = r.topition JOIN topic t ON tp.topic = t.id \
+                 JOIN cluster c ON t.cluster = c.id \
+                 WHERE c.name = ?1 AND t.name = ?2 AND tp.partition = ?3 AND r.offset_id = ?4",
+                ("mlops", "t", 0, 0),
+            )
+            .await
+            .unwrap();
+        let mut plan = Vec::new();
+        while let Some(row) = rows.next().await.unwrap() {
+            plan.push(row.get::<String>(3).unwrap());
+        }
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("h USING") && step.contains("header_topition_offset")),
+            "header rows are not found through the index: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN h")),
+            "the header table is scanned: {plan:?}"
+        );
+        // A second start over the same database (a restart) keeps working.
+        drop(broker);
+        let again = EmbeddedBroker::start(addr, BrokerStorage::SqliteFile(file.clone())).await;
+        assert!(again.is_ok(), "restart over an indexed database: {again:?}");
     }
 }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The embedded default under load, side by side with Apache Kafka: `mlops up` on its
+# embedded broker, then `mlops up` on a real Apache Kafka broker (KRaft, loopback), each
+# fed BENCH_EVENTS events (default 200,000) over HTTP in 100-event batches into one
+# dataset while a feature view reads it; then an independent consumer reads everything
+# from offset 0. A prober times a metadata request and GET /readyz every second.
+# Prints one JSON line per broker (see src/readback_load.rs for the fields).
+#
+#   load-tests/embedded.sh         (BENCH_EVENTS=200000 BENCH_CONCURRENCY=4 BENCH_BROKERS="embedded kafka")
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+events=${BENCH_EVENTS:-200000}
+concurrency=${BENCH_CONCURRENCY:-4}
+brokers=${BENCH_BROKERS:-embedded kafka}
+
+cargo build --release --locked --bin mlops --bin readback-load
+target=${CARGO_TARGET_DIR:-$root/target}/release
+
+work=$(mktemp -d -t mlops-bench.XXXXXX)
+platform=""
+stop_platform() {
+  if [ -n "$platform" ]; then
+    kill "$platform" 2>/dev/null || true
+    wait "$platform" 2>/dev/null || true
+    platform=""
+  fi
+}
+cleanup() {
+  stop_platform
+  tests/kafka/kafka.sh stop "$work/kafka" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+export MLOPS_INGESTION_PORT=39280 MLOPS_REGISTRY_PORT=39281 MLOPS_SERVING_PORT=39282 \
+  MLOPS_FEATURE_PORT=39283 MLOPS_TRAINING_PORT=39284 MLOPS_MONITORING_PORT=39285 \
+  MLOPS_BROKER_PORT=39286 RUST_LOG=warn
+
+run() {
+  local label=$1 bootstrap=$2 broker_pid=$3
+  "$target/readback-load" --label "$label" --events "$events" --concurrency "$concurrency" \
+    --ingestion http://127.0.0.1:39280 --feature http://127.0.0.1:39283 \
+    --bootstrap "$bootstrap" --broker-pid "$broker_pid"
+}
+
+wait_ready() {
+  for _ in $(seq 1 360); do
+    "$target/mlops" status > /dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "embedded.sh: platform not ready; see $MLOPS_DATA_DIR/logs" >&2
+  return 1
+}
+
+for broker in $brokers; do
+  case "$broker" in
+    embedded)
+      export MLOPS_DATA_DIR="$work/embedded"
+      unset KAFKA_BOOTSTRAP_SERVERS
+      "$target/mlops" up > "$work/up-embedded.log" 2>&1 &
+      platform=$!
+      wait_ready
+      pid=$(pgrep -P "$platform" -f 'mlops broker' | head -n 1)
+      run embedded-tansu 127.0.0.1:39286 "$pid"
+      stop_platform
+      ;;
+    kafka)
+      tests/kafka/kafka.sh start "$work/kafka" 39292
+      export MLOPS_DATA_DIR="$work/kafka-platform" KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39292
+      "$target/mlops" up > "$work/up-kafka.log" 2>&1 &
+      platform=$!
+      wait_ready
+      run apache-kafka 127.0.0.1:39292 "$(cat "$work/kafka/kafka.pid")"
+      stop_platform
+      tests/kafka/kafka.sh stop "$work/kafka"
+      unset KAFKA_BOOTSTRAP_SERVERS
+      ;;
+    *) echo "embedded.sh: unknown broker $broker (embedded, kafka)" >&2; exit 2 ;;
+  esac
+done
