@@ -506,3 +506,88 @@ async fn bad_feature_views_are_refused_with_every_field_at_fault() {
         (StatusCode::NOT_FOUND, Some("view_not_found"))
     );
 }
+
+/// A record whose schema the feature service has never seen arrives while the Schema
+/// Registry is down: the view's batch fails (visible in `/metrics`) and is retried from
+/// its checkpoint, so once the registry is back the row is computed. Skipping it would
+/// have checkpointed past a valid record and lost it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registry_outage_delays_feature_rows_but_loses_none() {
+    use apache_avro::{Schema, types::Value as Avro};
+    let mut p = Platform::start().await;
+    let view = unique("outage").replace('-', "_");
+    let (status, _) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let subject = format!("raw.{}-value", p.dataset);
+    let latest: Value = p
+        .http
+        .get(format!(
+            "{}/subjects/{subject}/versions/latest",
+            p.registry.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schema = Schema::parse_str(latest["schema"].as_str().unwrap()).unwrap();
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(Avro::Record(vec![
+            ("txn_id".into(), Avro::String("outage-1".into())),
+            ("customer_id".into(), Avro::String("c-outage".into())),
+            ("amount".into(), Avro::Double(42.0)),
+            ("currency".into(), Avro::String("AED".into())),
+            ("ts".into(), Avro::TimestampMillis(T0)),
+        ]))
+        .unwrap();
+    let payload = mlops_schema::frame(latest["id"].as_u64().unwrap() as u32, &body);
+
+    p.registry.pause().await;
+    let kafka = mlops_kafka::KafkaConfig::with_bootstrap(&p.broker.bootstrap_servers);
+    let producer = Producer::new(
+        &kafka,
+        std::sync::Arc::new(AvroCodec::new(&p.registry.url).unwrap()),
+    )
+    .unwrap();
+    producer
+        .send_bytes(
+            &format!("raw.{}", p.dataset),
+            Some(b"c-outage"),
+            &payload,
+            OwnedHeaders::new(),
+        )
+        .await
+        .unwrap();
+    // The job tries the batch, cannot decode it and reports itself failing.
+    let failing = format!("view {view} v1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = p
+            .http
+            .get(format!("{}/metrics", p.feature.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.lines().any(|line| {
+            line.starts_with("mlops_feature_stream_failing{")
+                && line.contains(&failing)
+                && line.ends_with(" 1")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view never reported the failed batch"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    p.registry.resume().await;
+    let online = p.online_at(&view, 1, "c-outage", T0).await;
+    assert_eq!(online["features"]["amount_sum"], 42.0, "{online}");
+}

@@ -255,6 +255,7 @@ async fn lookups(online: Arc<OnlineStore>, entities: u64, count: usize) -> anyho
         },
         feature_partitions: 3,
         jobs: Default::default(),
+        supervisor: mlops_runtime::Supervisor::unregistered(),
         cancel: Default::default(),
     });
     // As if the view's stream job ran, which batch lookups check for.

@@ -62,7 +62,10 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     // The command name (field 2) may contain spaces; fields resume after its ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11..15].iter().filter_map(|f| f.parse::<u64>().ok()).sum();
+    let ticks: u64 = fields[11..15]
+        .iter()
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
     Some(ticks as f64 / 100.0)
 }
 
@@ -132,7 +135,16 @@ fn main() -> anyhow::Result<()> {
             format!("{}/readyz", args.feature),
         ];
         let (topic, view_group) = (topic.clone(), view_group.clone());
-        std::thread::spawn(move || prober(&args_bootstrap, &topic, &view_group, &readyz, &stop, &probes))
+        std::thread::spawn(move || {
+            prober(
+                &args_bootstrap,
+                &topic,
+                &view_group,
+                &readyz,
+                &stop,
+                &probes,
+            )
+        })
     };
 
     let cpu_start = args.broker_pid.and_then(cpu_seconds);
@@ -160,7 +172,9 @@ fn main() -> anyhow::Result<()> {
     let read = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    let consumer_seconds = read.done.map(|at| at.duration_since(acked_at).as_secs_f64());
+    let consumer_seconds = read
+        .done
+        .map(|at| at.duration_since(acked_at).as_secs_f64());
     stop.store(true, Ordering::SeqCst);
     let _ = prober.join();
     let cpu_end = args.broker_pid.and_then(cpu_seconds);
@@ -354,7 +368,8 @@ fn wait_for_group(
         partitions.add_partition(topic, *partition);
     }
     while Instant::now() < deadline {
-        if let Ok(committed) = consumer.committed_offsets(partitions.clone(), Duration::from_secs(10))
+        if let Ok(committed) =
+            consumer.committed_offsets(partitions.clone(), Duration::from_secs(10))
         {
             let done = ends.iter().all(|(p, end)| {
                 matches!(

@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 /// A registry service (with its Schema Registry API) running in this process.
 pub struct TestRegistry {
     pub url: String,
+    config: mlops_service::CommonConfig,
+    addr: std::net::SocketAddr,
     cancel: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -23,33 +25,56 @@ impl TestRegistry {
         config.database.url = database_url;
         config.kafka.bootstrap_servers = bootstrap_servers.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(registry::run(config, listener, cancel.clone()));
+        let addr = listener.local_addr().expect("addr");
+        let mut registry = Self {
+            url: format!("http://{addr}"),
+            config,
+            addr,
+            cancel: CancellationToken::new(),
+            task: None,
+            _dir: dir,
+        };
+        registry.serve(listener).await;
+        registry
+    }
+
+    async fn serve(&mut self, listener: TcpListener) {
+        self.cancel = CancellationToken::new();
+        self.task = Some(tokio::spawn(registry::run(
+            self.config.clone(),
+            listener,
+            self.cancel.clone(),
+        )));
         let client = reqwest::Client::new();
-        let subjects = format!("{url}/subjects");
+        let subjects = format!("{}/subjects", self.url);
         eventually(Duration::from_secs(30), || {
             let request = client.get(&subjects).send();
             async move { matches!(request.await, Ok(r) if r.status().is_success()) }
         })
         .await
         .expect("registry answers /subjects");
-        Self {
-            url,
-            cancel,
-            task: Some(task),
-            _dir: dir,
-        }
     }
 
-    /// Stops the service and waits for it, surfacing its error if it failed.
-    pub async fn stop(mut self) {
+    /// Stops the service, keeping its database, so that it is unreachable until
+    /// [`TestRegistry::resume`].
+    pub async fn pause(&mut self) {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
             task.await
                 .expect("registry task")
                 .expect("registry ran cleanly");
         }
+    }
+
+    /// Starts the service again on the same address and database.
+    pub async fn resume(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind");
+        self.serve(listener).await;
+    }
+
+    /// Stops the service and waits for it, surfacing its error if it failed.
+    pub async fn stop(mut self) {
+        self.pause().await;
     }
 }
 

@@ -53,8 +53,15 @@ pub async fn indexes_on(path: &Path, table: &str) -> Result<Vec<String>> {
         .await
         .map_err(|e| Error::Storage(e.to_string()))?;
     let mut names = Vec::new();
-    while let Some(row) = rows.next().await.map_err(|e| Error::Storage(e.to_string()))? {
-        names.push(row.get::<String>(0).map_err(|e| Error::Storage(e.to_string()))?);
+    while let Some(row) = rows
+        .next()
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+    {
+        names.push(
+            row.get::<String>(0)
+                .map_err(|e| Error::Storage(e.to_string()))?,
+        );
     }
     Ok(names)
 }

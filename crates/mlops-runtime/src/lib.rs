@@ -5,9 +5,11 @@
 pub mod admin;
 pub mod config;
 mod secret;
+pub mod supervisor;
 pub mod tasks;
 
 pub use admin::{AdminState, ReadinessCheck, serve};
 pub use config::{ConfigError, load_config};
 pub use secret::Secret;
+pub use supervisor::{JobReporter, JobState, JobStatus, Supervisor};
 pub use tasks::{TaskSet, shutdown_signal};

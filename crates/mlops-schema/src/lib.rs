@@ -83,6 +83,15 @@ pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8])> {
     Ok((id, &bytes[HEADER_LEN..]))
 }
 
+/// Frames an Avro body the Confluent way: magic byte, big-endian schema id, body.
+pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(HEADER_LEN + body.len());
+    framed.push(MAGIC_BYTE);
+    framed.extend_from_slice(&schema_id.to_be_bytes());
+    framed.extend_from_slice(body);
+    framed
+}
+
 /// A decoded record whose type is only known at run time (user datasets).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedRecord {
@@ -210,5 +219,6 @@ mod tests {
         let (id, body) = split_frame(&[0, 0, 0, 1, 2, 42]).unwrap();
         assert_eq!(id, 258);
         assert_eq!(body, &[42]);
+        assert_eq!(frame(258, &[42]), [0, 0, 0, 1, 2, 42]);
     }
 }

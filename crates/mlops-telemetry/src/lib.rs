@@ -49,14 +49,36 @@ impl TelemetryGuard {
 /// Installs logs, traces and the W3C propagator for `service`. Log level comes from
 /// `RUST_LOG` (default `info`).
 pub fn init(service: &'static str) -> Result<TelemetryGuard> {
+    init_with_defaults(service, &[])
+}
+
+/// Like [`init`], with `defaults` (filter directives such as `"some_crate=warn"`) added
+/// for every target that `RUST_LOG` does not name itself. A disabled span costs nothing,
+/// while an enabled one is recorded and, with OTLP on, exported: this keeps a library
+/// that opens spans per inner call out of the traces unless asked for.
+pub fn init_with_defaults(service: &'static str, defaults: &[&str]) -> Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = tracer_provider(service)?;
     let tracer = provider.tracer(service);
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new("info"))
-        .map_err(|e| Error::Filter(e.to_string()))?;
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_new(if asked.trim().is_empty() {
+        "info"
+    } else {
+        &asked
+    })
+    .map_err(|e| Error::Filter(e.to_string()))?;
+    for directive in defaults {
+        let target = directive.split('=').next().unwrap_or_default();
+        if !asked.contains(target) {
+            filter = filter.add_directive(
+                directive
+                    .parse()
+                    .map_err(|e| Error::Filter(format!("{directive}: {e}")))?,
+            );
+        }
+    }
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let installed = if std::io::stdout().is_terminal() {

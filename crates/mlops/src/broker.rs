@@ -6,6 +6,19 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use mlops_broker::{BrokerStorage, EmbeddedBroker};
 
+/// Tansu opens a span at `info` for every layer of every request and for every SQL
+/// statement it runs: recording them cost more broker CPU than storing the records.
+/// `RUST_LOG=tansu_storage=debug` (for example) brings them back.
+const QUIET: &[&str] = &[
+    "tansu_broker=warn",
+    "tansu_storage=warn",
+    "tansu_sans_io=warn",
+    "tansu_service=warn",
+    "tansu_schema=warn",
+    "tansu_auth=warn",
+    "tansu_model=warn",
+];
+
 pub(crate) fn main() -> ExitCode {
     let port: u16 = match std::env::var("MLOPS_BROKER_PORT").map(|p| p.parse()) {
         Err(_) => mlops_service::ports::BROKER,
@@ -31,7 +44,7 @@ pub(crate) fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let telemetry = mlops_telemetry::init("broker").ok();
+        let telemetry = mlops_telemetry::init_with_defaults("broker", QUIET).ok();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let code = match EmbeddedBroker::start(addr, storage.clone()).await {
             Err(e) => {

@@ -12,13 +12,14 @@ use axum::{
     routing::{get, post},
 };
 use mlops_kafka::{KafkaConfig, Producer, TopicSpec, ensure_topics};
+use mlops_runtime::Supervisor;
 use mlops_schema::{AvroCodec, json::FieldError};
 use mlops_service::ApiError;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     catalog::{Catalog, ViewVersion},
@@ -27,7 +28,7 @@ use crate::{
     store::FeatureStore,
     stream::{self, StreamSettings},
     training::{self, TrainingSetError, TrainingSetRequest},
-    views::{DeclareError, ViewJob, build_version},
+    views::{DeclareError, ViewJob, build_version, job_name},
 };
 
 /// Shared state of the API and the stream jobs it starts.
@@ -44,6 +45,8 @@ pub struct App {
     pub feature_partitions: i32,
     /// Running view jobs: view → (version, stop token).
     pub jobs: Mutex<HashMap<String, (i32, CancellationToken)>>,
+    /// Runs the view jobs, restarts them after failures and panics, reports their state.
+    pub supervisor: Supervisor,
     pub cancel: CancellationToken,
 }
 
@@ -84,34 +87,41 @@ impl App {
             token.cancel();
         }
         let token = self.cancel.child_token();
-        let group = version.group();
-        let topics = vec![mlops_events::topics::raw(&version.spec.source)];
         let name = version.name.clone();
         let number = version.version;
-        match ViewJob::new(
-            Arc::new(version),
+        let wiring = stream::Wiring {
+            store: self.store.clone(),
+            kafka: self.kafka.clone(),
+            group: version.group(),
+            topics: vec![mlops_events::topics::raw(&version.spec.source)],
+            dead_letters: self.producer.clone(),
+            settings: self.stream.clone(),
+        };
+        let version = Arc::new(version);
+        let (codec, producer, online) = (
             self.codec.clone(),
             self.producer.clone(),
             self.online.clone(),
-        ) {
-            Ok(job) => {
-                info!(view = %name, version = number, "starting the view's stream job");
-                tokio::spawn(stream::run(
-                    job,
-                    stream::Wiring {
-                        store: self.store.clone(),
-                        kafka: self.kafka.clone(),
-                        group,
-                        topics,
-                        dead_letters: self.producer.clone(),
-                        settings: self.stream.clone(),
-                    },
-                    token.clone(),
-                ));
-                jobs.insert(name, (number, token));
-            }
-            Err(e) => warn!(view = %name, version = number, error = %e, "view cannot run"),
-        }
+        );
+        let cancel = token.clone();
+        info!(view = %name, version = number, "starting the view's stream job");
+        // Every attempt builds its job afresh and resumes from the checkpoint; a job that
+        // cannot be built shows as failing, with the reason, in the view's status.
+        self.supervisor
+            .spawn(job_name(&name, number), token.clone(), move |reporter| {
+                let job = ViewJob::new(
+                    version.clone(),
+                    codec.clone(),
+                    producer.clone(),
+                    online.clone(),
+                );
+                let (wiring, cancel) = (wiring.clone(), cancel.clone());
+                async move {
+                    let job = job.map_err(|e| anyhow::anyhow!("the view cannot run: {e}"))?;
+                    stream::run(job, wiring, cancel, reporter).await
+                }
+            });
+        jobs.insert(name, (number, token));
     }
 
     async fn source_schema(&self, dataset: &str) -> Result<Schema, DeclareError> {
@@ -316,6 +326,10 @@ async fn get_view(
     let mut body = version_body(latest);
     body["versions"] = json!(versions.iter().map(|v| v.version).collect::<Vec<_>>());
     body["online_entities"] = json!(app.online.len(&view));
+    body["job"] = json!(
+        app.supervisor
+            .status(&job_name(&latest.name, latest.version))
+    );
     Ok(axum::Json(body))
 }
 

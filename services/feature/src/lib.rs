@@ -27,7 +27,7 @@ use std::{sync::Arc, time::Duration};
 
 use catalog::Catalog;
 use mlops_kafka::{ConsumerLoop, ConsumerMetrics, Producer, TopicSpec, ensure_topics};
-use mlops_runtime::{AdminState, TaskSet};
+use mlops_runtime::{AdminState, Supervisor, TaskSet};
 use mlops_schema::AvroCodec;
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,7 @@ pub async fn run(
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ConsumerMetrics::register(&mut registry);
     let stream_metrics = stream::StreamMetrics::register(&mut registry);
+    let supervisor = Supervisor::register(&mut registry, stream::METRICS_PREFIX);
     let admin = AdminState::new(SERVICE, registry, config.readiness_checks());
 
     let mut tasks = TaskSet::new(cancel.child_token());
@@ -150,6 +151,7 @@ pub async fn run(
         },
         feature_partitions: settings.feature_partitions,
         jobs: Default::default(),
+        supervisor: supervisor.clone(),
         cancel: tasks.token(),
     });
     let router = admin.with_http_telemetry(admin.router().merge(api::router(app.clone())));
@@ -172,21 +174,23 @@ pub async fn run(
         )],
     )
     .await?;
-    tasks.spawn(
-        "labels",
+    let labels_wiring = stream::Wiring {
+        store,
+        kafka: config.kafka.clone(),
+        group: settings.labels_group.clone(),
+        topics: vec![mlops_events::topics::LABELS.to_owned()],
+        dead_letters: producer,
+        settings: app.stream.clone(),
+    };
+    let labels_cancel = tasks.token();
+    supervisor.spawn("labels", tasks.token(), move |reporter| {
         stream::run(
-            labels::LabelJob::new(codec),
-            stream::Wiring {
-                store,
-                kafka: config.kafka.clone(),
-                group: settings.labels_group.clone(),
-                topics: vec![mlops_events::topics::LABELS.to_owned()],
-                dead_letters: producer,
-                settings: app.stream.clone(),
-            },
-            tasks.token(),
-        ),
-    );
+            labels::LabelJob::new(codec.clone()),
+            labels_wiring.clone(),
+            labels_cancel.clone(),
+            reporter,
+        )
+    });
     for version in app.catalog.all_latest().await? {
         app.start(version).await;
     }
@@ -196,10 +200,16 @@ pub async fn run(
         "http",
         mlops_runtime::serve(listener, router, tasks.token()),
     );
-    tasks
+    let stopped = tasks
         .run(cancel.cancelled_owned(), Duration::from_secs(10))
-        .await
-        .map_err(anyhow::Error::from)
+        .await;
+    // The task set's end cancelled every job; each makes its last commit before it ends.
+    if !supervisor.drain(Duration::from_secs(15)).await {
+        tracing::warn!(
+            "stream jobs did not stop within 15 s; uncommitted records will be redelivered"
+        );
+    }
+    stopped.map_err(anyhow::Error::from)
 }
 
 /// Every `*.toml` spec of `dir`, checked: a bad file stops the start with its problems.

@@ -11,14 +11,15 @@
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use mlops_kafka::{BatchConsumer, KafkaConfig, Producer, Record};
+use mlops_runtime::JobReporter;
 use polars::prelude::DataFrame;
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::store::{FeatureStore, batch_number};
 
@@ -99,14 +100,16 @@ pub struct StreamSettings {
 
 type JobLabel = Vec<(String, String)>;
 
-/// What the stream jobs of a process report, so that a job stuck on a failure shows in
-/// `/metrics` rather than only in its logs.
+/// Batches made durable per job. Failures, panics and the failing gauge of the same jobs
+/// come from their supervisor (`mlops_feature_stream_failures_total`, `…_panics_total`,
+/// `…_failing`), registered under the same prefix by the service.
 #[derive(Clone, Default)]
 pub struct StreamMetrics {
     batches: Family<JobLabel, Counter>,
-    failures: Family<JobLabel, Counter>,
-    failing: Family<JobLabel, Gauge>,
 }
+
+/// The metric prefix shared by the stream metrics and the stream jobs' supervisor.
+pub const METRICS_PREFIX: &str = "mlops_feature_stream";
 
 impl std::fmt::Debug for StreamMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,35 +121,17 @@ impl StreamMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(
-            "mlops_feature_stream_batches",
+            format!("{METRICS_PREFIX}_batches"),
             "Micro-batches made durable, by stream job",
             metrics.batches.clone(),
-        );
-        registry.register(
-            "mlops_feature_stream_failures",
-            "Stream job failures (each is retried from the checkpoint with backoff), by job",
-            metrics.failures.clone(),
-        );
-        registry.register(
-            "mlops_feature_stream_failing",
-            "1 while a stream job's last attempt failed and it waits to retry, by job",
-            metrics.failing.clone(),
         );
         metrics
     }
 
-    fn label(job: &str) -> JobLabel {
-        vec![("job".to_owned(), job.to_owned())]
-    }
-
     fn batch_done(&self, job: &str) {
-        self.batches.get_or_create(&Self::label(job)).inc();
-        self.failing.get_or_create(&Self::label(job)).set(0);
-    }
-
-    fn failed(&self, job: &str) {
-        self.failures.get_or_create(&Self::label(job)).inc();
-        self.failing.get_or_create(&Self::label(job)).set(1);
+        self.batches
+            .get_or_create(&vec![("job".to_owned(), job.to_owned())])
+            .inc();
     }
 }
 
@@ -162,34 +147,17 @@ pub struct Wiring {
     pub settings: StreamSettings,
 }
 
-/// Runs `job` until `cancel` fires, starting over from its checkpoint after any failure.
+/// One attempt of a stream job: resumes `job` from its checkpoint and runs it until
+/// `cancel` fires. Run it under a [`mlops_runtime::Supervisor`], which starts a fresh
+/// attempt (fresh job, same checkpoint) after a failure or a panic.
 pub async fn run<J: BatchJob>(
     mut job: J,
     wiring: Wiring,
     cancel: CancellationToken,
+    reporter: JobReporter,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match run_once(&mut job, &wiring, &cancel).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                wiring.settings.metrics.failed(&job.name());
-                warn!(job = %job.name(), error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "stream job failed; resuming from its checkpoint");
-                tokio::select! {
-                    () = cancel.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-async fn run_once<J: BatchJob>(
-    job: &mut J,
-    wiring: &Wiring,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
+    let job = &mut job;
+    let (wiring, cancel) = (&wiring, &cancel);
     let store = &wiring.store;
     let settings = &wiring.settings;
     let checkpoint_path = format!("{}checkpoint.json", job.state_prefix());
@@ -209,6 +177,7 @@ async fn run_once<J: BatchJob>(
         wiring.dead_letters.clone(),
     )?;
     info!(job = %job.name(), batch = checkpoint.batch, "stream job started");
+    reporter.started();
 
     while let Some(records) = consumer
         .next_batch(settings.max_records, settings.max_wait, cancel)
@@ -254,6 +223,7 @@ async fn run_once<J: BatchJob>(
             checkpoint = next;
             job.committed()?;
             settings.metrics.batch_done(&job.name());
+            reporter.progressed();
         }
         // Kafka's committed offsets trail the checkpoint; they only save re-reading.
         consumer.commit(&records)?;

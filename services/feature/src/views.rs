@@ -230,11 +230,7 @@ impl ViewJob {
                 fields.push(((*name).to_owned(), avro_value(name, &value)));
             }
             let body = writer.write_value_to_vec(Value::Record(fields))?;
-            let mut payload = Vec::with_capacity(body.len() + 5);
-            payload.push(0);
-            payload.extend_from_slice(&self.version.schema_id.to_be_bytes());
-            payload.extend_from_slice(&body);
-            payloads.push((key, payload));
+            payloads.push((key, mlops_schema::frame(self.version.schema_id, &body)));
         }
         try_join_all(payloads.iter().map(|(key, payload)| {
             self.producer
@@ -277,7 +273,7 @@ fn avro_value(column: &str, value: &AnyValue<'_>) -> Value {
 
 impl BatchJob for ViewJob {
     fn name(&self) -> String {
-        format!("view {} v{}", self.version.name, self.version.version)
+        job_name(&self.version.name, self.version.version)
     }
 
     fn state_prefix(&self) -> String {
@@ -334,9 +330,14 @@ impl BatchJob for ViewJob {
             let Some(payload) = record.payload.as_deref() else {
                 continue;
             };
-            // Records that do not decode are dead-lettered by the raw intake; skip them here.
-            let Ok(decoded) = self.codec.decode_record(payload).await else {
-                continue;
+            let decoded = match self.codec.decode_record(payload).await {
+                Ok(decoded) => decoded,
+                // A record that can never decode is dead-lettered once, by the raw intake;
+                // each view skips it.
+                Err(e) if e.is_poison() => continue,
+                // The registry is unreachable: the batch fails and is retried from the
+                // checkpoint. Skipping would checkpoint past a valid record and lose it.
+                Err(e) => return Err(e.into()),
             };
             match builder.push(RawEvent {
                 partition: record.partition,
@@ -397,6 +398,11 @@ impl BatchJob for ViewJob {
         }
         Ok(())
     }
+}
+
+/// The stream job of a view version, as metrics and the supervisor name it.
+pub fn job_name(view: &str, version: i32) -> String {
+    format!("view {view} v{version}")
 }
 
 #[cfg(test)]

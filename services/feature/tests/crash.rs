@@ -178,9 +178,7 @@ async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
                 ("value".into(), Value::Double(i as f64)),
             ]))
             .unwrap();
-        let mut payload = vec![0];
-        payload.extend_from_slice(&schema_id.to_be_bytes());
-        payload.extend_from_slice(&body);
+        let payload = mlops_schema::frame(schema_id, &body);
         let producer = &producer;
         let topic = &topic;
         async move {

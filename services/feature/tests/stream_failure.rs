@@ -1,5 +1,5 @@
-//! A stream job that keeps failing is retried from its checkpoint, and shows as failing in
-//! the service's metrics until a batch goes through.
+//! A stream job that keeps failing, or panics, is restarted from its checkpoint by its
+//! supervisor, and shows as failing in the service's metrics until a batch goes through.
 
 use std::{
     sync::{
@@ -14,15 +14,17 @@ use feature::{
     stream::{self, BatchJob, Checkpoint, Processed, StreamMetrics, StreamSettings, Wiring},
 };
 use mlops_kafka::{KafkaConfig, OwnedHeaders, Producer, Record, TopicSpec, ensure_topics};
+use mlops_runtime::{JobState, Supervisor};
 use mlops_schema::AvroCodec;
 use mlops_testkit::unique;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// Fails every batch until `healthy` is set.
+/// Fails every batch until `healthy` is set; panics on the first batch when `panic` is.
 struct FlakyJob {
     name: String,
     healthy: Arc<AtomicBool>,
+    panic: Arc<AtomicBool>,
 }
 
 impl BatchJob for FlakyJob {
@@ -48,6 +50,9 @@ impl BatchJob for FlakyJob {
         _: &[Record],
         _: u64,
     ) -> anyhow::Result<Processed> {
+        if self.panic.swap(false, Ordering::SeqCst) {
+            panic!("a bug in the job");
+        }
         anyhow::ensure!(
             self.healthy.load(Ordering::SeqCst),
             "the store is unreachable"
@@ -106,46 +111,65 @@ async fn a_failing_stream_job_is_visible_in_metrics_until_it_recovers() {
 
     let mut registry = Registry::default();
     let metrics = StreamMetrics::register(&mut registry);
+    let supervisor = Supervisor::register(&mut registry, stream::METRICS_PREFIX);
     let dir = mlops_testkit::temp_dir();
     let healthy = Arc::new(AtomicBool::new(false));
-    let job = FlakyJob {
-        name: unique("flaky"),
-        healthy: healthy.clone(),
-    };
-    let name = job.name.clone();
+    let panic = Arc::new(AtomicBool::new(true));
+    let name = unique("flaky");
     let cancel = CancellationToken::new();
-    let running = tokio::spawn(stream::run(
-        job,
-        Wiring {
-            store: FeatureStore::open(&dir.path().display().to_string()).unwrap(),
-            kafka: kafka.clone(),
-            group: unique("flaky-group"),
-            topics: vec![topic.clone()],
-            dead_letters: producer,
-            settings: StreamSettings {
-                max_records: 100,
-                max_wait: Duration::from_millis(20),
-                metrics,
-            },
+    let wiring = Wiring {
+        store: FeatureStore::open(&dir.path().display().to_string()).unwrap(),
+        kafka: kafka.clone(),
+        group: unique("flaky-group"),
+        topics: vec![topic.clone()],
+        dead_letters: producer,
+        settings: StreamSettings {
+            max_records: 100,
+            max_wait: Duration::from_millis(20),
+            metrics,
         },
-        cancel.clone(),
-    ));
+    };
+    let (job_name, token) = (name.clone(), cancel.clone());
+    let (job_healthy, job_panic) = (healthy.clone(), panic.clone());
+    supervisor.spawn(name.clone(), cancel.clone(), move |reporter| {
+        let job = FlakyJob {
+            name: job_name.clone(),
+            healthy: job_healthy.clone(),
+            panic: job_panic.clone(),
+        };
+        stream::run(job, wiring.clone(), token.clone(), reporter)
+    });
 
-    // Retried from the checkpoint, failing each time, and reported as failing.
+    // The first attempt panics, the next ones fail; each is restarted from the
+    // checkpoint and the job is reported as failing, with the panic counted.
     wait_for_metric(
         &registry,
         "mlops_feature_stream_failures_total",
         &name,
-        |v| v >= 2.0,
+        |v| v >= 3.0,
     )
     .await;
+    wait_for_metric(&registry, "mlops_feature_stream_failing", &name, |v| {
+        v == 1.0
+    })
+    .await;
     assert_eq!(
-        metric(&registry, "mlops_feature_stream_failing", &name),
+        metric(&registry, "mlops_feature_stream_panics_total", &name),
         Some(1.0)
     );
     assert_eq!(
         metric(&registry, "mlops_feature_stream_batches_total", &name),
         None
+    );
+    let status = supervisor.status(&name).unwrap();
+    assert_eq!(status.state, JobState::Failing);
+    assert_eq!(status.panics, 1);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("the store is unreachable")),
+        "{status:?}"
     );
 
     // Once the cause is gone the same record goes through and the job is healthy again.
@@ -161,11 +185,12 @@ async fn a_failing_stream_job_is_visible_in_metrics_until_it_recovers() {
         metric(&registry, "mlops_feature_stream_failing", &name),
         Some(0.0)
     );
+    assert_eq!(supervisor.status(&name).unwrap().state, JobState::Running);
 
     cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the job stops when cancelled")
-        .unwrap()
-        .unwrap();
+    assert!(
+        supervisor.drain(Duration::from_secs(30)).await,
+        "the job stops when cancelled"
+    );
+    assert_eq!(supervisor.status(&name).unwrap().state, JobState::Stopped);
 }

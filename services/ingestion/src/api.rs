@@ -526,11 +526,8 @@ async fn ingest(
             outcomes[index] = Some(Outcome::Rejected(violations));
             continue;
         }
-        let mut payload = Vec::with_capacity(64);
-        payload.push(0);
-        payload.extend_from_slice(&dataset.schema_id.to_be_bytes());
-        match writer.write_value_to_vec(value) {
-            Ok(body) => payload.extend_from_slice(&body),
+        let payload = match writer.write_value_to_vec(value) {
+            Ok(body) => mlops_schema::frame(dataset.schema_id, &body),
             Err(e) => {
                 outcomes[index] = Some(Outcome::Rejected(vec![FieldError {
                     field: String::new(),
@@ -538,7 +535,7 @@ async fn ingest(
                 }]));
                 continue;
             }
-        }
+        };
         prepared.push(Prepared {
             index,
             key: dataset.key_of(record),
