@@ -278,11 +278,12 @@ fn ingest(args: &Args, dataset: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
     ends.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))
 }
 
-/// Event `n`: 5,000 customers, one event a second of event time.
+/// Event `n`: 5,000 customers, 100 events a second of event time, so that batches
+/// posted concurrently stay well inside the view's allowed lateness (nothing is late).
 fn event(n: u64) -> Value {
     json!({"txn_id": format!("t{n}"), "customer_id": format!("c-{}", n % 5000),
            "amount": (n % 500) as f64 + 0.5, "currency": "AED",
-           "ts": 1_795_651_200_000_u64 + n * 1000})
+           "ts": 1_795_651_200_000_u64 + n * 10})
 }
 
 fn client_config(bootstrap: &str) -> ClientConfig {

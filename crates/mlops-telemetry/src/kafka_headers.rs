@@ -12,6 +12,11 @@ pub struct HeaderInjector<'a>(pub &'a mut OwnedHeaders);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // An empty `tracestate` says nothing (W3C lets it be left out) and every header
+        // is a row the embedded broker writes and reads back per record.
+        if value.is_empty() {
+            return;
+        }
         let headers = std::mem::replace(self.0, OwnedHeaders::new());
         *self.0 = headers.insert(Header {
             key,
@@ -96,5 +101,24 @@ mod tests {
         assert_eq!(remote.span_id(), span_context.span_id());
         assert_eq!(remote.trace_state().get("vendor"), Some("x"));
         assert!(remote.is_remote());
+    }
+
+    #[test]
+    fn an_empty_tracestate_is_not_written() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let span_context = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let context = Context::new().with_remote_span_context(span_context);
+        let mut headers = OwnedHeaders::new();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(&mut headers))
+        });
+        let keys: Vec<&str> = headers.iter().map(|h| h.key).collect();
+        assert_eq!(keys, ["traceparent"]);
     }
 }
