@@ -33,6 +33,9 @@ where
     T: Serialize + DeserializeOwned,
 {
     let mut errors = Vec::new();
+    // Environment values of settings whose default is null (optional settings): their
+    // type is unknown until `T` is deserialized.
+    let mut untyped = Vec::new();
     let mut tree = serde_json::to_value(defaults).map_err(|e| ConfigError {
         errors: vec![format!("defaults: {e}")],
     })?;
@@ -64,15 +67,16 @@ where
         } else {
             continue;
         };
-        set_path(&mut tree, &dotted, &raw, &name, &mut errors);
+        if set_path(&mut tree, &dotted, &raw, &name, &mut errors) {
+            untyped.push(dotted);
+        }
     }
 
     if !errors.is_empty() {
         return Err(ConfigError { errors });
     }
-    let config: T = serde_json::from_value(tree).map_err(|e| ConfigError {
-        errors: vec![e.to_string()],
-    })?;
+    let config: T =
+        deserialize_typed(tree, &untyped).map_err(|e| ConfigError { errors: vec![e] })?;
     let errors = validate(&config);
     if errors.is_empty() {
         Ok(config)
@@ -124,20 +128,75 @@ fn merge(base: &mut Value, layer: Value, path: &str, source: &str, errors: &mut 
     }
 }
 
-/// Sets one dotted path from an environment string, parsed to the default's type.
-fn set_path(tree: &mut Value, dotted: &str, raw: &str, source: &str, errors: &mut Vec<String>) {
+/// Deserializes `tree`; an environment value of an optional setting starts as text and
+/// becomes a number or a boolean only where `T` declares one there. So a password of
+/// `123456` stays text while a port given to an `Option<u16>` becomes a number.
+fn deserialize_typed<T: DeserializeOwned>(
+    mut tree: Value,
+    untyped: &[String],
+) -> Result<T, String> {
+    // Each round types one more value; there are at most as many rounds as values.
+    for _ in 0..=untyped.len() {
+        let error = match serde_path_to_error::deserialize::<_, T>(tree.clone()) {
+            Ok(config) => return Ok(config),
+            Err(error) => error,
+        };
+        let path = error.path().to_string();
+        let retyped = untyped.iter().any(|dotted| *dotted == path) && retype(&mut tree, &path);
+        if !retyped {
+            return Err(format!("{path}: {}", error.inner()));
+        }
+    }
+    Err("configuration does not deserialize".to_owned())
+}
+
+/// Turns the text at `dotted` into the number or boolean it spells; false when it spells
+/// neither (or is not text).
+fn retype(tree: &mut Value, dotted: &str) -> bool {
+    let mut node = tree;
+    for part in dotted.split('.') {
+        match node.get_mut(part) {
+            Some(child) => node = child,
+            None => return false,
+        }
+    }
+    let Value::String(text) = node else {
+        return false;
+    };
+    let typed = serde_json::from_str::<serde_json::Number>(text)
+        .map(Value::Number)
+        .or_else(|_| text.parse::<bool>().map(Value::Bool));
+    match typed {
+        Ok(value) => {
+            *node = value;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Sets one dotted path from an environment string, parsed to the default's type; true
+/// when the default is null, so that the value is kept as text for now.
+fn set_path(
+    tree: &mut Value,
+    dotted: &str,
+    raw: &str,
+    source: &str,
+    errors: &mut Vec<String>,
+) -> bool {
     let mut node = tree;
     let parts: Vec<&str> = dotted.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         let Value::Object(map) = node else {
             errors.push(format!("{dotted}: not a table (from {source})"));
-            return;
+            return false;
         };
         if i + 1 == parts.len() {
             let Some(current) = map.get(*part) else {
                 errors.push(format!("{dotted}: unknown setting (from {source})"));
-                return;
+                return false;
             };
+            let untyped = current.is_null();
             match parse_like(current, raw) {
                 Ok(value) => {
                     map.insert((*part).to_owned(), value);
@@ -146,16 +205,17 @@ fn set_path(tree: &mut Value, dotted: &str, raw: &str, source: &str, errors: &mu
                     "{dotted}: expected {expected}, got {raw:?} (from {source})"
                 )),
             }
-            return;
+            return untyped;
         }
         node = match map.get_mut(*part) {
             Some(child) => child,
             None => {
                 errors.push(format!("{dotted}: unknown setting (from {source})"));
-                return;
+                return false;
             }
         };
     }
+    false
 }
 
 fn parse_like(current: &Value, raw: &str) -> Result<Value, &'static str> {
@@ -170,10 +230,9 @@ fn parse_like(current: &Value, raw: &str) -> Result<Value, &'static str> {
         Value::Array(_) | Value::Object(_) => {
             serde_json::from_str::<Value>(raw).map_err(|_| "JSON")
         }
-        // Optional settings default to null: numbers stay numbers, the rest is text.
-        Value::Null => Ok(serde_json::from_str::<serde_json::Number>(raw)
-            .map(Value::Number)
-            .unwrap_or_else(|_| Value::String(raw.to_owned()))),
+        // Optional settings default to null: text until the declared type says otherwise
+        // (see `deserialize_typed`).
+        Value::Null => Ok(Value::String(raw.to_owned())),
         Value::String(_) => Ok(Value::String(raw.to_owned())),
     }
 }
@@ -268,6 +327,44 @@ mod tests {
             err.errors
                 .contains(&"nope: unknown setting (from MLOPS__NOPE)".to_owned())
         );
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Optional {
+        password: Option<crate::Secret>,
+        retries: Option<u32>,
+        strict: Option<bool>,
+    }
+
+    #[test]
+    fn optional_settings_take_the_type_they_declare() {
+        let conf: Optional = load_config(
+            Optional::default(),
+            None,
+            env(&[
+                ("MLOPS__PASSWORD", "123456"),
+                ("MLOPS__RETRIES", "7"),
+                ("MLOPS__STRICT", "true"),
+            ]),
+            &[],
+            |_| vec![],
+        )
+        .unwrap();
+        assert_eq!(conf.password.as_ref().map(|p| p.expose()), Some("123456"));
+        assert_eq!(conf.retries, Some(7));
+        assert_eq!(conf.strict, Some(true));
+
+        let err = load_config(
+            Optional::default(),
+            None,
+            env(&[("MLOPS__RETRIES", "seven")]),
+            &[],
+            |_| vec![],
+        )
+        .unwrap_err();
+        assert_eq!(err.errors.len(), 1, "{err}");
+        assert!(err.errors[0].starts_with("retries: "), "{err}");
     }
 
     #[test]

@@ -482,6 +482,24 @@ async fn ingest(
                 e.to_string(),
             )
         })?;
+    // Ids accepted before, looked up for the whole request at once.
+    let ids: Vec<String> = items
+        .iter()
+        .filter_map(|item| item.as_ref().ok())
+        .filter_map(|record| {
+            dataset
+                .event_id_of(record)
+                .or_else(|| idempotency_key.clone())
+        })
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let known = app.store.accepted(name, &ids, since).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            e.to_string(),
+        )
+    })?;
     for (index, item) in items.iter().enumerate() {
         let record = match item {
             Ok(record) => record,
@@ -501,15 +519,8 @@ async fn ingest(
                 repeats.push((index, first));
                 continue;
             }
-            let known = app.store.accepted(name, id, since).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    e.to_string(),
-                )
-            })?;
-            if let Some(accepted) = known {
-                outcomes[index] = Some(Outcome::Duplicate(accepted));
+            if let Some(accepted) = known.get(id) {
+                outcomes[index] = Some(Outcome::Duplicate(*accepted));
                 continue;
             }
             first_seen.insert(id.clone(), index);

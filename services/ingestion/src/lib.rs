@@ -122,6 +122,9 @@ pub async fn run(
         }
     });
 
+    let window_ms = (config.ingestion.idempotency_window_secs as i64) * 1000;
+    let pruning = prune_accepted_ids(store.clone(), window_ms, cancel.clone());
+
     let mut checks = common.readiness_checks();
     checks.push(ReadinessCheck::new("database", move || {
         let store = store.clone();
@@ -129,8 +132,29 @@ pub async fn run(
     }));
     let admin = AdminState::new(SERVICE, registry, checks);
     let router = admin.with_http_telemetry(api::router(app).merge(admin.router()));
-    let served = mlops_runtime::serve(listener, router, cancel).await;
+    let (served, ()) = tokio::join!(mlops_runtime::serve(listener, router, cancel), pruning);
     provisioning.abort();
     served?;
     Ok(())
+}
+
+/// Forgets accepted event ids older than the idempotency window, at start and every ten
+/// minutes, so the table holds one window of ids rather than all history.
+async fn prune_accepted_ids(store: store::Store, window_ms: i64, cancel: CancellationToken) {
+    loop {
+        match store.prune(mlops_events::now_millis() - window_ms).await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(
+                forgotten,
+                "accepted event ids past the idempotency window forgotten"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning accepted event ids failed; retrying later")
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+        }
+    }
 }
