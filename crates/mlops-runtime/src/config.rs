@@ -142,7 +142,7 @@ fn deserialize_typed<T: DeserializeOwned>(
             Err(error) => error,
         };
         let path = error.path().to_string();
-        let retyped = untyped.iter().any(|dotted| *dotted == path) && retype(&mut tree, &path);
+        let retyped = untyped.contains(&path) && retype(&mut tree, &path);
         if !retyped {
             return Err(format!("{path}: {}", error.inner()));
         }
