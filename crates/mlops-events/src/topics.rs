@@ -16,6 +16,26 @@ pub const LABELS: &str = "labels";
 /// The append-only audit trail.
 pub const AUDIT_LOG: &str = "audit.log";
 
+/// The one rule for dataset names, which become topic names (`raw.<dataset>`): a
+/// lowercase letter, then lowercase letters, digits, `_` and `-`, at most 100 in all. No
+/// dot, so that `raw.<dataset>` never reads as another dataset's dead-letter topic.
+pub fn check_dataset_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+        && name.len() <= 100;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must start with a-z and use only a-z, 0-9, _ and - (at most 100)"
+        ))
+    }
+}
+
+/// Matches every raw topic (not their dead-letter topics): the dataset-name rule above.
+pub const RAW_TOPIC_PATTERN: &str = r"^raw\.[a-z][a-z0-9_-]*$";
+
 /// Raw events of a user dataset.
 pub fn raw(dataset: &str) -> String {
     format!("raw.{dataset}")
@@ -44,6 +64,21 @@ pub fn value_subject(topic: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_rule_for_dataset_names() {
+        for good in ["payments", "p2p_transfers-eu", "a"] {
+            assert_eq!(check_dataset_name(good), Ok(()), "{good}");
+        }
+        let too_long = "a".repeat(101);
+        for bad in ["", "Payments", "2fa", "_x", "a.b", "a b", too_long.as_str()] {
+            assert!(check_dataset_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            check_dataset_name("a.b").unwrap_err(),
+            "\"a.b\" must start with a-z and use only a-z, 0-9, _ and - (at most 100)"
+        );
+    }
 
     #[test]
     fn derived_names_follow_the_conventions() {

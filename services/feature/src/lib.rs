@@ -42,7 +42,7 @@ pub const DEFAULT_PORT: u16 = mlops_service::ports::FEATURE;
 /// Default consumer group of the raw intake.
 pub const RAW_INTAKE_GROUP: &str = "feature.raw-intake";
 /// Every raw topic, not their dead-letter topics (dataset names contain no dot).
-pub const RAW_TOPICS: &str = r"^raw\.[a-z0-9_-]+$";
+pub const RAW_TOPICS: &str = mlops_events::topics::RAW_TOPIC_PATTERN;
 
 /// Settings of the feature service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

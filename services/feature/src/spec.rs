@@ -199,14 +199,8 @@ impl FeatureViewSpec {
         if !is_identifier(&self.name) {
             error("name".into(), identifier_reason(&self.name));
         }
-        if !is_dataset_name(&self.source) {
-            error(
-                "source".into(),
-                format!(
-                    "expected a dataset name (lowercase letters, digits, '_' or '-'), got {:?}",
-                    self.source
-                ),
-            );
+        if let Err(reason) = mlops_events::topics::check_dataset_name(&self.source) {
+            error("source".into(), format!("not a dataset name: {reason}"));
         }
         for (field, value) in [
             ("entity_key", &self.entity_key),
@@ -358,13 +352,6 @@ fn is_identifier(name: &str) -> bool {
 
 fn identifier_reason(name: &str) -> String {
     format!("expected lowercase letters, digits and '_', starting with a letter, got {name:?}")
-}
-
-fn is_dataset_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
 }
 
 /// Parses `"90s"`, `"15m"`, `"1h30m"`, `"7d"`, `"250ms"` into milliseconds.

@@ -179,21 +179,8 @@ pub fn check_spec(spec: &DatasetSpec) -> Result<Schema, Vec<FieldError>> {
             reason,
         })
     };
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 100
-        && spec.name.starts_with(|c: char| c.is_ascii_lowercase())
-        && spec
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if !name_ok {
-        fail(
-            "name",
-            format!(
-                "{:?} must start with a-z and use only a-z, 0-9, _ and - (at most 100)",
-                spec.name
-            ),
-        );
+    if let Err(reason) = mlops_events::topics::check_dataset_name(&spec.name) {
+        fail("name", reason);
     }
     if !(1..=1000).contains(&spec.partitions) {
         fail(
