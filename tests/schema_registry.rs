@@ -41,6 +41,7 @@ on_every_database!(
     soft_and_permanent_deletes_follow_confluent_rules,
     schema_registry_converter_works_against_it_unchanged,
     confluent_python_client_works_against_it_unchanged,
+    concurrent_registrations_all_succeed_with_distinct_ids_and_versions,
 );
 
 #[derive(Debug, Clone, Copy)]
@@ -671,4 +672,41 @@ async fn confluent_python_client_works_against_it_unchanged(database: Database) 
             ..request
         }
     );
+}
+
+/// 20 different schemas registered at once, each under its own subject and all under one
+/// shared subject: every request succeeds, ids are distinct, the shared subject's
+/// versions are 1..=20. (On PostgreSQL, `MAX(id) + 1` read by two transactions at once
+/// used to give one of them a 500.)
+async fn concurrent_registrations_all_succeed_with_distinct_ids_and_versions(database: Database) {
+    let registry = registry(database).await;
+    let api = Api::new(&registry);
+    let shared = unique("shared");
+    let (status, _) = api
+        .put(
+            &format!("/config/{shared}"),
+            json!({"compatibility": "NONE"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let schema = |i: usize| record(&format!(r#"{{"name":"f{i}","type":"long"}}"#));
+    let own = futures::future::join_all((0..20).map(|i| {
+        let api = &api;
+        let subject = unique(&format!("own{i}"));
+        async move { api.register(&subject, &schema(i)).await }
+    }));
+    let together = futures::future::join_all((0..20).map(|i| {
+        let (api, shared) = (&api, &shared);
+        async move { api.register(shared, &schema(i)).await }
+    }));
+    let (own, together) = tokio::join!(own, together);
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, body) in own.iter().chain(&together) {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        ids.insert(body["id"].as_i64().unwrap());
+    }
+    assert_eq!(ids.len(), 20, "one id per distinct schema: {ids:?}");
+    let (status, versions) = api.get(&format!("/subjects/{shared}/versions")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(versions, json!((1..=20).collect::<Vec<_>>()));
 }

@@ -139,7 +139,7 @@ pub(crate) fn group_consumer(
 }
 
 /// How long a leaving member waits for its final commit and its goodbye to the group.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Commits `positions` (the next offset per topic and partition) synchronously and leaves
 /// the group, on a thread of its own and for at most [`CLOSE_TIMEOUT`]: librdkafka waits

@@ -12,7 +12,7 @@ mod producer;
 pub use admin::{TopicSpec, check_broker, ensure_topics};
 pub use batch::BatchConsumer;
 pub use config::{KafkaConfig, SecurityProtocol};
-pub use consumer::{ConsumerLoop, DeadLetters, Handler, HandlerError, Record};
+pub use consumer::{CLOSE_TIMEOUT, ConsumerLoop, DeadLetters, Handler, HandlerError, Record};
 pub use metrics::ConsumerMetrics;
 pub use producer::{Delivery, Producer};
 

@@ -77,8 +77,12 @@ impl TaskSet {
             }
         }
         self.cancel.cancel();
+        let mut finished = Vec::new();
         let drain = async {
             while let Some(joined) = self.tasks.join_next().await {
+                if let Ok((name, _)) = &joined {
+                    finished.push(name.clone());
+                }
                 let error = outcome(joined);
                 if first_error.is_none() {
                     first_error = error;
@@ -87,7 +91,14 @@ impl TaskSet {
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
             self.tasks.abort_all();
-            return Err(TaskError::Timeout(grace, self.names));
+            // Only the stragglers: the names of tasks that did not end in time.
+            let mut stragglers = self.names;
+            for name in &finished {
+                if let Some(at) = stragglers.iter().position(|n| n == name) {
+                    stragglers.remove(at);
+                }
+            }
+            return Err(TaskError::Timeout(grace, stragglers));
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -160,6 +171,7 @@ mod tests {
         set.run(async {}, Duration::from_secs(5)).await.unwrap();
 
         let mut set = TaskSet::default();
+        set.spawn("quick", async { Ok::<_, BoxError>(()) });
         set.spawn("stuck", async {
             std::future::pending::<()>().await;
             Ok::<_, BoxError>(())

@@ -17,8 +17,9 @@ use crate::{
     status,
 };
 
-/// How long a child gets to drain after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long a child gets to drain after SIGTERM before it is killed: longer than a
+/// service's own drain (its tasks, then its stream jobs' last commits).
+const STOP_GRACE: Duration = Duration::from_secs(40);
 /// How long everything may take to become ready before `up` reports a failure.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);

@@ -200,8 +200,13 @@ pub async fn run(
         "http",
         mlops_runtime::serve(listener, router, tasks.token()),
     );
+    // Longer than a consumer's bounded leave of its group (`mlops_kafka::CLOSE_TIMEOUT`),
+    // which a busy broker can use up.
     let stopped = tasks
-        .run(cancel.cancelled_owned(), Duration::from_secs(10))
+        .run(
+            cancel.cancelled_owned(),
+            mlops_kafka::CLOSE_TIMEOUT + Duration::from_secs(5),
+        )
         .await;
     // The task set's end cancelled every job; each makes its last commit before it ends.
     if !supervisor.drain(Duration::from_secs(15)).await {

@@ -124,13 +124,41 @@ impl Store {
     /// Registers `schema_text` (already canonical, identified by `hash`) as the next
     /// version of `subject`, after `approve` accepts the live versions. Returns the id and
     /// whether a new version was created. Everything happens in one transaction.
+    ///
+    /// Concurrent registrations (READ COMMITTED on PostgreSQL) can read the same next id or
+    /// version; the later insert then hits a unique key. That transaction is run again
+    /// from the start, so it sees the winner's rows: its id is fresh, its version next,
+    /// and `approve` judges it against the winner too.
     pub async fn register<E>(
         &self,
         subject: &str,
         hash: &str,
         schema_type: &str,
         schema_text: &str,
-        approve: impl FnOnce(&[SubjectVersion]) -> Result<(), E>,
+        approve: impl Fn(&[SubjectVersion]) -> Result<(), E>,
+    ) -> Result<Result<(i64, bool), E>> {
+        let mut conflicts = 0;
+        loop {
+            match self
+                .register_once(subject, hash, schema_type, schema_text, &approve)
+                .await
+            {
+                Err(StoreError::Database(e)) if is_unique_violation(&e) && conflicts < 50 => {
+                    conflicts += 1;
+                    tracing::debug!(subject, conflicts, "concurrent registration, retrying");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn register_once<E>(
+        &self,
+        subject: &str,
+        hash: &str,
+        schema_type: &str,
+        schema_text: &str,
+        approve: &impl Fn(&[SubjectVersion]) -> Result<(), E>,
     ) -> Result<Result<(i64, bool), E>> {
         let mut tx = self.pool.begin().await?;
         let existing = sqlx::query(
@@ -262,4 +290,10 @@ impl Store {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
 }
