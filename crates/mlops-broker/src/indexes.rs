@@ -20,13 +20,7 @@ pub(crate) const INDEXES: &[(&str, &str)] = &[(
 
 /// Creates the missing indexes in the broker's database at `path`.
 pub(crate) async fn ensure(path: &Path) -> Result<()> {
-    let db = libsql::Builder::new_local(path)
-        .build()
-        .await
-        .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
-    let connection = db
-        .connect()
-        .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+    let connection = open(path).await?;
     for (name, statement) in INDEXES {
         connection
             .execute(statement, ())
@@ -38,13 +32,7 @@ pub(crate) async fn ensure(path: &Path) -> Result<()> {
 
 /// The names of the indexes on `table` in the database at `path`.
 pub async fn indexes_on(path: &Path, table: &str) -> Result<Vec<String>> {
-    let db = libsql::Builder::new_local(path)
-        .build()
-        .await
-        .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
-    let connection = db
-        .connect()
-        .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+    let connection = open(path).await?;
     let mut rows = connection
         .query(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1",
@@ -64,4 +52,15 @@ pub async fn indexes_on(path: &Path, table: &str) -> Result<Vec<String>> {
         );
     }
     Ok(names)
+}
+
+/// A connection of our own to the broker's database (SQLite serialises it with Tansu's).
+async fn open(path: &Path) -> Result<libsql::Connection> {
+    let storage = |e: libsql::Error| Error::Storage(format!("{}: {e}", path.display()));
+    libsql::Builder::new_local(path)
+        .build()
+        .await
+        .map_err(storage)?
+        .connect()
+        .map_err(storage)
 }

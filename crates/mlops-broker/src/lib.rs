@@ -192,8 +192,8 @@ mod tests {
         assert!(BrokerStorage::SqliteFile("tansu.db".into()).url().is_err());
     }
 
-    #[tokio::test]
-    async fn sqlite_storage_can_live_at_an_absolute_path() {
+    /// A broker on a SQLite file in a fresh directory: the broker, its address, the file.
+    async fn on_sqlite_file() -> (EmbeddedBroker, SocketAddr, PathBuf, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("broker.db");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -202,6 +202,12 @@ mod tests {
         let broker = EmbeddedBroker::start(addr, BrokerStorage::SqliteFile(file.clone()))
             .await
             .unwrap();
+        (broker, addr, file, dir)
+    }
+
+    #[tokio::test]
+    async fn sqlite_storage_can_live_at_an_absolute_path() {
+        let (broker, _, file, _dir) = on_sqlite_file().await;
         assert!(file.is_file(), "no database at {}", file.display());
         drop(broker);
     }
@@ -210,14 +216,7 @@ mod tests {
     /// `header_fetch.sql`): without our index it scans the whole header table.
     #[tokio::test]
     async fn header_reads_use_an_index_not_a_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("broker.db");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let broker = EmbeddedBroker::start(addr, BrokerStorage::SqliteFile(file.clone()))
-            .await
-            .unwrap();
+        let (broker, addr, file, _dir) = on_sqlite_file().await;
         assert!(
             indexes_on(&file, "header")
                 .await
