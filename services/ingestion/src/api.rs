@@ -50,8 +50,6 @@ pub struct App {
     pub(crate) http: reqwest::Client,
     pub(crate) datasets: RwLock<HashMap<String, Arc<Dataset>>>,
     pub(crate) in_flight: Arc<Semaphore>,
-    /// Request bodies being read or worked on, in KiB (`max_body_bytes_in_flight`).
-    body_kib_in_flight: Arc<Semaphore>,
     events: Family<Labels, Counter>,
     rejections: Family<Labels, Counter>,
 }
@@ -79,9 +77,6 @@ impl App {
         );
         Self {
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
-            body_kib_in_flight: Arc::new(Semaphore::new(
-                settings.max_body_bytes_in_flight.div_ceil(1024),
-            )),
             settings,
             store,
             producer,
@@ -464,30 +459,6 @@ async fn ingest(
             ));
         }
     };
-    // Bounded memory before the body is read: a request holds its declared length (the
-    // largest allowed when it declares none) until its answer is sent.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(app.settings.max_body_bytes)
-        .min(app.settings.max_body_bytes);
-    let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-    let _body_permit = app
-        .body_kib_in_flight
-        .clone()
-        .try_acquire_many_owned(kib)
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "backpressure",
-                format!(
-                    "more than {} bytes of request bodies are being processed; retry shortly",
-                    app.settings.max_body_bytes_in_flight
-                ),
-            )
-            .retry_after(1)
-        })?;
     let bytes = read_body(body, app.settings.max_body_bytes).await?;
     let (single, items) = parse_records(&bytes, ndjson)?;
     let atomic = query.atomic.unwrap_or(app.settings.all_or_nothing);
