@@ -70,16 +70,21 @@ mod tests {
     };
     use opentelemetry_sdk::propagation::TraceContextPropagator;
 
-    #[test]
-    fn context_round_trips_through_owned_headers() {
+    /// A remote, sampled span context with `state`, the W3C propagator installed.
+    fn remote_span(state: TraceState) -> SpanContext {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        let span_context = SpanContext::new(
+        SpanContext::new(
             TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
             SpanId::from_hex("00f067aa0ba902b7").unwrap(),
             TraceFlags::SAMPLED,
             true,
-            TraceState::from_key_value([("vendor", "x")]).unwrap(),
-        );
+            state,
+        )
+    }
+
+    #[test]
+    fn context_round_trips_through_owned_headers() {
+        let span_context = remote_span(TraceState::from_key_value([("vendor", "x")]).unwrap());
         let context = Context::new().with_remote_span_context(span_context.clone());
         let mut headers = OwnedHeaders::new().insert(Header {
             key: "other",
@@ -105,15 +110,7 @@ mod tests {
 
     #[test]
     fn an_empty_tracestate_is_not_written() {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        let span_context = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::default(),
-        );
-        let context = Context::new().with_remote_span_context(span_context);
+        let context = Context::new().with_remote_span_context(remote_span(TraceState::default()));
         let mut headers = OwnedHeaders::new();
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut HeaderInjector(&mut headers))

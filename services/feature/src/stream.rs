@@ -156,8 +156,6 @@ pub async fn run<J: BatchJob>(
     cancel: CancellationToken,
     reporter: JobReporter,
 ) -> anyhow::Result<()> {
-    let job = &mut job;
-    let (wiring, cancel) = (&wiring, &cancel);
     let store = &wiring.store;
     let settings = &wiring.settings;
     let checkpoint_path = format!("{}checkpoint.json", job.state_prefix());
@@ -180,7 +178,7 @@ pub async fn run<J: BatchJob>(
     reporter.started();
 
     while let Some(records) = consumer
-        .next_batch(settings.max_records, settings.max_wait, cancel)
+        .next_batch(settings.max_records, settings.max_wait, &cancel)
         .await
     {
         let fresh: Vec<Record> = records

@@ -482,17 +482,18 @@ async fn ingest(
                 e.to_string(),
             )
         })?;
-    // Ids accepted before, looked up for the whole request at once.
-    let ids: Vec<String> = items
+    // Each record's event id, taken once; those accepted before are looked up for the
+    // whole request at once.
+    let mut event_ids: Vec<Option<String>> = items
         .iter()
-        .filter_map(|item| item.as_ref().ok())
-        .filter_map(|record| {
+        .map(|item| {
+            let record = item.as_ref().ok()?;
             dataset
                 .event_id_of(record)
                 .or_else(|| idempotency_key.clone())
         })
         .collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let ids: Vec<&str> = event_ids.iter().flatten().map(String::as_str).collect();
     let known = app.store.accepted(name, &ids, since).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -511,9 +512,7 @@ async fn ingest(
                 continue;
             }
         };
-        let event_id = dataset
-            .event_id_of(record)
-            .or_else(|| idempotency_key.clone());
+        let event_id = event_ids[index].take();
         if let Some(id) = &event_id {
             if let Some(&first) = first_seen.get(id) {
                 repeats.push((index, first));
