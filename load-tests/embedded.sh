@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# The embedded default under load, side by side with Apache Kafka: `mlops up` on its
-# embedded broker, then `mlops up` on a real Apache Kafka broker (KRaft, loopback), each
-# fed BENCH_EVENTS events (default 200,000) over HTTP in 100-event batches into one
-# dataset while a feature view reads it; then an independent consumer reads everything
-# from offset 0. A prober times a metadata request and GET /readyz every second.
+# The local default under load, side by side: `mlops up` as a newcomer gets it (Apache
+# Kafka started by the launcher when Java is present), `mlops up` forced onto the
+# in-process Tansu broker (MLOPS_BROKER=tansu, the fallback without Java), and `mlops up`
+# pointed at an external Apache Kafka broker started by tests/kafka/kafka.sh. Each is fed
+# BENCH_EVENTS events (default 200,000) over HTTP in 100-event batches into one dataset
+# while a feature view reads it; then an independent consumer reads everything from
+# offset 0. A prober times a metadata request and GET /readyz every second.
 # Prints one JSON line per broker (see src/readback_load.rs for the fields).
 #
-#   load-tests/embedded.sh         (BENCH_EVENTS=200000 BENCH_CONCURRENCY=4 BENCH_BROKERS="embedded kafka")
+#   load-tests/embedded.sh   (BENCH_EVENTS=200000 BENCH_CONCURRENCY=4 BENCH_BROKERS="default tansu external")
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 events=${BENCH_EVENTS:-200000}
 concurrency=${BENCH_CONCURRENCY:-4}
-brokers=${BENCH_BROKERS:-embedded kafka}
+brokers=${BENCH_BROKERS:-default tansu external}
 
 cargo build --release --locked --bin mlops --bin readback-load
 target=${CARGO_TARGET_DIR:-$root/target}/release
@@ -35,7 +37,7 @@ trap cleanup EXIT
 
 export MLOPS_INGESTION_PORT=39280 MLOPS_REGISTRY_PORT=39281 MLOPS_SERVING_PORT=39282 \
   MLOPS_FEATURE_PORT=39283 MLOPS_TRAINING_PORT=39284 MLOPS_MONITORING_PORT=39285 \
-  MLOPS_BROKER_PORT=39286
+  MLOPS_BROKER_PORT=39286 MLOPS_BROKER_CONTROLLER_PORT=39287
 
 run() {
   local label=$1 bootstrap=$2 broker_pid=$3
@@ -53,29 +55,40 @@ wait_ready() {
   return 1
 }
 
+# The process doing the broker's work under `mlops up`: the JVM when the launcher runs
+# Apache Kafka, else the `mlops broker` process itself (Tansu in-process).
+local_broker_pid() {
+  local wrapper jvm
+  wrapper=$(pgrep -P "$platform" -f 'mlops broker' | head -n 1)
+  jvm=$(pgrep -f "kafka.Kafka $MLOPS_DATA_DIR/" | head -n 1 || true)
+  echo "${jvm:-$wrapper}"
+}
+
 for broker in $brokers; do
   case "$broker" in
-    embedded)
-      export MLOPS_DATA_DIR="$work/embedded"
+    default|tansu)
+      export MLOPS_DATA_DIR="$work/$broker"
       unset KAFKA_BOOTSTRAP_SERVERS
-      "$target/mlops" up > "$work/up-embedded.log" 2>&1 &
+      if [ "$broker" = tansu ]; then export MLOPS_BROKER=tansu; else unset MLOPS_BROKER; fi
+      "$target/mlops" up > "$work/up-$broker.log" 2>&1 &
       platform=$!
       wait_ready
-      pid=$(pgrep -P "$platform" -f 'mlops broker' | head -n 1)
-      run embedded-tansu 127.0.0.1:39286 "$pid"
+      engine=$(sed -n 's/^mlops: broker engine \([a-z]*\).*/\1/p' "$work/up-$broker.log")
+      run "$broker-$engine" 127.0.0.1:39286 "$(local_broker_pid)"
       stop_platform
+      unset MLOPS_BROKER
       ;;
-    kafka)
+    external)
       tests/kafka/kafka.sh start "$work/kafka" 39292
-      export MLOPS_DATA_DIR="$work/kafka-platform" KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39292
-      "$target/mlops" up > "$work/up-kafka.log" 2>&1 &
+      export MLOPS_DATA_DIR="$work/external" KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39292
+      "$target/mlops" up > "$work/up-external.log" 2>&1 &
       platform=$!
       wait_ready
-      run apache-kafka 127.0.0.1:39292 "$(cat "$work/kafka/kafka.pid")"
+      run external-kafka 127.0.0.1:39292 "$(cat "$work/kafka/kafka.pid")"
       stop_platform
       tests/kafka/kafka.sh stop "$work/kafka"
       unset KAFKA_BOOTSTRAP_SERVERS
       ;;
-    *) echo "embedded.sh: unknown broker $broker (embedded, kafka)" >&2; exit 2 ;;
+    *) echo "embedded.sh: unknown broker $broker (default, tansu, external)" >&2; exit 2 ;;
   esac
 done

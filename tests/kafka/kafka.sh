@@ -4,20 +4,28 @@
 #   tests/kafka/kafka.sh start <work-dir> <port>   provision jars if needed, format, start, wait
 #   tests/kafka/kafka.sh stop <work-dir>           stop the broker started in <work-dir>
 #
-# The jars come from Maven Central through tests/kafka/pom.xml and are kept in
-# $MLOPS_CACHE_DIR (default ~/.cache/mlops) so a second run starts at once.
+# The jars come from Maven Central through infra/kafka/pom.xml and are kept in
+# $MLOPS_CACHE_DIR (default ~/.cache/mlops) so a second run starts at once — the same
+# place `mlops up` keeps them.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
-version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")
+pom=$(cd "$(dirname "$0")/../../infra/kafka" && pwd)/pom.xml
+version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
 cache=${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}
 libs="$cache/kafka-$version/libs"
 
 provision() {
-  if [ ! -f "$libs/kafka_2.13-$version.jar" ]; then
+  # The copy of the pom kept beside the jars says which pom they were resolved from.
+  if [ ! -f "$libs/kafka_2.13-$version.jar" ] || ! cmp -s "$pom" "$libs/../pom.xml"; then
     echo "kafka.sh: fetching Apache Kafka $version from Maven Central into $libs" >&2
-    mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$libs" >&2
+    # Into a fresh directory renamed at the end: an interrupted download is never taken
+    # for a complete one.
+    rm -rf "$libs.partial"
+    mvn -q -B -f "$pom" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs.partial" >&2
+    rm -rf "$libs"
+    mv "$libs.partial" "$libs"
+    cp "$pom" "$libs/../pom.xml"
   fi
 }
 

@@ -13,6 +13,7 @@ use tokio::{process::Command, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    kafka::{self, Engine},
     platform::{Layout, SERVICES},
     status,
 };
@@ -63,10 +64,20 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
         eprintln!("mlops: data directory {}: {e}", layout.data_dir.display());
         return ExitCode::FAILURE;
     }
-    let busy = busy_ports(&layout);
+    let engine = match &layout.external_bootstrap {
+        Some(_) => None,
+        None => match local_engine(&layout.data_dir.join("broker")) {
+            Ok(engine) => Some(engine),
+            Err(e) => {
+                eprintln!("mlops: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let busy = busy_ports(&layout, engine);
     if !busy.is_empty() {
         eprintln!(
-            "mlops: ports already in use: {} (another platform running? override with MLOPS_<NAME>_PORT)",
+            "mlops: ports unavailable: {} (another platform running? override with MLOPS_<NAME>_PORT)",
             busy.join(", ")
         );
         return ExitCode::FAILURE;
@@ -82,23 +93,33 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
     println!("mlops: data directory {}", layout.data_dir.display());
     println!("mlops: logs in {}", logs.display());
 
-    let broker = match &layout.external_bootstrap {
-        Some(bootstrap) => {
-            println!("mlops: using external Kafka at {bootstrap}; no embedded broker");
+    let broker = match (&layout.external_bootstrap, engine) {
+        (Some(bootstrap), _) => {
+            println!("mlops: using external Kafka at {bootstrap}; no local broker");
             None
         }
-        None => {
+        (None, engine) => {
+            let engine = engine.unwrap_or(Engine::Tansu);
             let dir = layout.data_dir.join("broker");
             let mut command = Command::new(&exe);
             command
                 .arg("broker")
                 .current_dir(&dir)
-                .env("MLOPS_BROKER_PORT", layout.broker_port.to_string());
-            let supervised = supervise("broker", command, Some(dir), &logs);
+                .env("MLOPS_BROKER", engine.name())
+                .env("MLOPS_BROKER_PORT", layout.broker_port.to_string())
+                .env(
+                    "MLOPS_BROKER_CONTROLLER_PORT",
+                    layout.controller_port.to_string(),
+                );
+            let supervised = supervise("broker", command, Some(dir.clone()), &logs);
+            let what = match engine {
+                Engine::Kafka => format!("Apache Kafka {}", kafka::version()),
+                Engine::Tansu => "embedded Tansu".to_owned(),
+            };
             println!(
-                "mlops: broker      kafka://{}  (embedded Tansu, durable in {})",
+                "mlops: broker      kafka://{}  ({what}, durable in {})",
                 layout.bootstrap_servers(),
-                layout.data_dir.join("broker").display()
+                dir.display()
             );
             Some(supervised)
         }
@@ -226,20 +247,58 @@ async fn wait_until_ready(layout: &Layout, limit: Duration) -> Result<Duration, 
     }
 }
 
-fn busy_ports(layout: &Layout) -> Vec<String> {
+/// Chooses the local broker's engine and, for Apache Kafka, fetches its jars once.
+fn local_engine(broker_dir: &Path) -> Result<Engine, String> {
+    let choice = kafka::choose(broker_dir)?;
+    if choice.engine == Engine::Kafka && !kafka::provisioned(&kafka::libs_dir()) {
+        println!(
+            "mlops: fetching Apache Kafka {} from Maven Central into {} (once)",
+            kafka::version(),
+            kafka::libs_dir().display()
+        );
+    }
+    let engine = match choice.engine {
+        Engine::Kafka => match kafka::provision() {
+            Ok(_) => Engine::Kafka,
+            Err(e) if std::env::var("MLOPS_BROKER").as_deref() == Ok("kafka") => return Err(e),
+            Err(e) => {
+                println!("mlops: broker engine tansu: {e}");
+                return Ok(Engine::Tansu);
+            }
+        },
+        Engine::Tansu => Engine::Tansu,
+    };
+    println!("mlops: broker engine {} ({})", engine.name(), choice.reason);
+    Ok(engine)
+}
+
+fn busy_ports(layout: &Layout, engine: Option<Engine>) -> Vec<String> {
     let mut wanted: Vec<(String, u16)> = layout
         .ports
         .iter()
         .map(|(s, p)| ((*s).to_owned(), *p))
         .collect();
-    if layout.external_bootstrap.is_none() {
+    if let Some(engine) = engine {
         wanted.push(("broker".to_owned(), layout.broker_port));
+        if engine == Engine::Kafka {
+            wanted.push(("broker controller".to_owned(), layout.controller_port));
+        }
     }
-    wanted
-        .into_iter()
-        .filter(|(_, port)| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
-        .map(|(name, port)| format!("{name} {port}"))
-        .collect()
+    let mut busy: Vec<String> = wanted
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (name, port))| {
+            let other = wanted[..i].iter().find(|(_, p)| p == port)?;
+            Some(format!("{name} {port} (also given to {})", other.0))
+        })
+        .collect();
+    busy.extend(
+        wanted
+            .into_iter()
+            .filter(|(_, port)| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
+            .map(|(name, port)| format!("{name} {port}")),
+    );
+    busy
 }
 
 /// Runs `command` as a child, restarting it with backoff whenever it dies, until stopped.

@@ -2,6 +2,7 @@
 
 mod broker;
 mod demo;
+mod kafka;
 mod launcher;
 mod platform;
 mod status;

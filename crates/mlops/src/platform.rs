@@ -69,6 +69,8 @@ fn env_port(var: &str, default: u16) -> Result<u16, String> {
 pub(crate) struct Layout {
     pub(crate) data_dir: PathBuf,
     pub(crate) broker_port: u16,
+    /// The KRaft controller's port when the local broker is Apache Kafka.
+    pub(crate) controller_port: u16,
     /// Set when `KAFKA_BOOTSTRAP_SERVERS` points at an external cluster: nothing embedded starts.
     pub(crate) external_bootstrap: Option<String>,
     pub(crate) schema_registry_url: Option<String>,
@@ -85,6 +87,7 @@ impl Layout {
             })
         };
         let broker_port = port("MLOPS_BROKER_PORT", ports::BROKER);
+        let controller_port = port("MLOPS_BROKER_CONTROLLER_PORT", broker_port.wrapping_add(1));
         let ports = SERVICES
             .iter()
             .map(|s| {
@@ -105,6 +108,7 @@ impl Layout {
             Ok(Self {
                 data_dir,
                 broker_port,
+                controller_port,
                 external_bootstrap: non_empty("KAFKA_BOOTSTRAP_SERVERS"),
                 schema_registry_url: non_empty("SCHEMA_REGISTRY_URL"),
                 ports,

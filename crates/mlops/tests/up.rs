@@ -30,6 +30,7 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 struct Ports {
     broker: u16,
+    controller: u16,
     services: Vec<(&'static str, u16)>,
 }
 
@@ -37,6 +38,7 @@ impl Ports {
     fn pick() -> Self {
         Self {
             broker: free_port(),
+            controller: free_port(),
             services: SERVICES.iter().map(|s| (*s, free_port())).collect(),
         }
     }
@@ -46,13 +48,15 @@ impl Ports {
     }
 }
 
-/// `mlops <args>` on this platform's data directory and ports.
+/// `mlops <args>` on this platform's data directory and ports, on the default broker engine.
 fn mlops(args: &[&str], data_dir: &Path, ports: &Ports) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mlops"));
     command
         .args(args)
         .env("MLOPS_DATA_DIR", data_dir)
         .env("MLOPS_BROKER_PORT", ports.broker.to_string())
+        .env("MLOPS_BROKER_CONTROLLER_PORT", ports.controller.to_string())
+        .env_remove("MLOPS_BROKER")
         .env_remove("KAFKA_BOOTSTRAP_SERVERS")
         .env_remove("SCHEMA_REGISTRY_URL")
         .stdin(Stdio::null());
@@ -65,9 +69,13 @@ fn mlops(args: &[&str], data_dir: &Path, ports: &Ports) -> Command {
     command
 }
 
-fn launch(data_dir: &Path, ports: &Ports) -> Child {
+fn launch(data_dir: &Path, ports: &Ports, engine: Option<&str>) -> Child {
     let log = std::fs::File::create(data_dir.with_extension("log")).expect("launcher log");
-    mlops(&["up"], data_dir, ports)
+    let mut command = mlops(&["up"], data_dir, ports);
+    if let Some(engine) = engine {
+        command.env("MLOPS_BROKER", engine);
+    }
+    command
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -100,6 +108,18 @@ async fn wait_until_ready(ports: &Ports) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// `parent`'s live descendants, children first.
+fn descendants_of(parent: u32) -> Vec<u32> {
+    let mut all = children_of(parent);
+    let mut i = 0;
+    while i < all.len() {
+        let grandchildren = children_of(all[i]);
+        all.extend(grandchildren);
+        i += 1;
+    }
+    all
 }
 
 /// Live (non-zombie) processes whose parent is `parent`.
@@ -174,8 +194,19 @@ fn client_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// The default engine: Apache Kafka where Java is present (as in CI), Tansu otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
+    up_lifecycle(None).await;
+}
+
+/// The fallback engine where there is no Java.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_on_tansu_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
+    up_lifecycle(Some("tansu")).await;
+}
+
+async fn up_lifecycle(engine: Option<&str>) {
     let dir = mlops_testkit::temp_dir();
     let data_dir = dir.path().join("data");
     let ports = Ports::pick();
@@ -183,13 +214,23 @@ async fn up_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
     let group = unique("group");
 
     // First run: everything becomes ready; write a record and commit an offset.
-    let mut launcher = launch(&data_dir, &ports);
+    let mut launcher = launch(&data_dir, &ports, engine);
     wait_until_ready(&ports).await;
     let children = children_of(launcher.id());
     assert_eq!(
         children.len(),
         7,
         "broker and six services as separate processes: {children:?}"
+    );
+    let kafka_node = descendants_of(launcher.id()).into_iter().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka"))
+    });
+    let java = Command::new("java").arg("-version").output().is_ok();
+    assert_eq!(
+        kafka_node,
+        engine.is_none() && java,
+        "the local broker is Apache Kafka exactly when Java is present and no engine is forced"
     );
 
     let status = mlops(&["status"], &data_dir, &ports)
@@ -253,14 +294,15 @@ async fn up_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
     drop(first);
     drop(consumer);
 
-    // Graceful stop: the launcher exits 0 and every child is gone.
+    // Graceful stop: the launcher exits 0 and every process it started is gone.
+    let processes = descendants_of(launcher.id());
     nix::sys::signal::kill(Pid::from_raw(launcher.id() as i32), Signal::SIGTERM).unwrap();
     let status = wait_for_exit(&mut launcher).await;
     assert!(status.success(), "mlops up exited with {status}");
-    wait_until_gone(&children).await;
+    wait_until_gone(&processes).await;
 
     // Second run on the same data directory: the bus remembers.
-    let mut launcher = launch(&data_dir, &ports);
+    let mut launcher = launch(&data_dir, &ports, engine);
     wait_until_ready(&ports).await;
     let children = children_of(launcher.id());
     assert_eq!(children.len(), 7, "{children:?}");
@@ -292,10 +334,11 @@ async fn up_runs_every_service_keeps_the_bus_durable_and_leaves_no_orphans() {
     drop(next);
     drop(consumer);
 
-    // Killing the launcher outright must not leave its children running either.
+    // Killing the launcher outright must not leave anything it started running either.
+    let processes = descendants_of(launcher.id());
     launcher.kill().unwrap();
     launcher.wait().unwrap();
-    wait_until_gone(&children).await;
+    wait_until_gone(&processes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
