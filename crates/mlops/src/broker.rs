@@ -83,6 +83,7 @@ fn apache_kafka(port: u16, controller_port: u16) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    node.stop_leftover();
     if let Err(e) = node.prepare(port, controller_port) {
         eprintln!("broker: {e}");
         return ExitCode::FAILURE;
@@ -112,10 +113,13 @@ fn apache_kafka(port: u16, controller_port: u16) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let pid = child.id().unwrap_or_default();
+        if let Err(e) = std::fs::write(node.pid_file(), pid.to_string()) {
+            eprintln!("broker: {}: {e}", node.pid_file().display());
+        }
         eprintln!(
-            "broker: Apache Kafka {} (pid {}) on 127.0.0.1:{port}, controller 127.0.0.1:{controller_port}",
+            "broker: Apache Kafka {} (pid {pid}) on 127.0.0.1:{port}, controller 127.0.0.1:{controller_port}",
             kafka::version(),
-            child.id().unwrap_or_default()
         );
         tokio::select! {
             status = child.wait() => {

@@ -259,6 +259,48 @@ group.initial.rebalance.delay.ms=0
         .map(|_| ())
     }
 
+    /// Where the running JVM's pid is kept, so that a restarted `mlops broker` can stop
+    /// one left behind: two Kafka processes on one log directory corrupt it (seen when
+    /// `mlops broker` was killed outright on a machine without `setpriv`).
+    pub(crate) fn pid_file(&self) -> PathBuf {
+        self.dir.join("jvm.pid")
+    }
+
+    /// Stops a JVM still running this node from an earlier `mlops broker`, gracefully
+    /// first. Blocking: called before anything else starts.
+    pub(crate) fn stop_leftover(&self) {
+        use nix::{sys::signal::Signal, unistd::Pid};
+        let Some(pid) = std::fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let config = self.config().display().to_string();
+        let runs_this_node = || {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == config.as_bytes())
+            }) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, r)| r.starts_with('Z'))
+            })
+        };
+        if !runs_this_node() {
+            return;
+        }
+        eprintln!("broker: stopping Apache Kafka left running by an earlier start (pid {pid})");
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while runs_this_node() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if runs_this_node() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
     fn config(&self) -> PathBuf {
         self.dir.join("server.properties")
     }

@@ -110,6 +110,14 @@ async fn wait_until_ready(ports: &Ports) {
     }
 }
 
+/// The Apache Kafka JVM among `launcher`'s descendants, if the local broker is Kafka.
+fn kafka_node_pid(launcher: u32) -> Option<u32> {
+    descendants_of(launcher).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka"))
+    })
+}
+
 /// `parent`'s live descendants, children first.
 fn descendants_of(parent: u32) -> Vec<u32> {
     let mut all = children_of(parent);
@@ -222,16 +230,29 @@ async fn up_lifecycle(engine: Option<&str>) {
         7,
         "broker and six services as separate processes: {children:?}"
     );
-    let kafka_node = descendants_of(launcher.id()).into_iter().any(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka"))
-    });
+    let kafka_node = kafka_node_pid(launcher.id());
     let java = Command::new("java").arg("-version").output().is_ok();
     assert_eq!(
-        kafka_node,
+        kafka_node.is_some(),
         engine.is_none() && java,
         "the local broker is Apache Kafka exactly when Java is present and no engine is forced"
     );
+    if let Some(jvm) = kafka_node {
+        // `mlops broker` killed outright takes its JVM with it (else the restarted broker
+        // would find its port taken), and the launcher brings the broker back.
+        let wrapper = children_of(launcher.id())
+            .into_iter()
+            .find(|pid| children_of(*pid).contains(&jvm))
+            .expect("the JVM's parent is a child of the launcher");
+        nix::sys::signal::kill(Pid::from_raw(wrapper as i32), Signal::SIGKILL).unwrap();
+        wait_until_gone(&[wrapper, jvm]).await;
+        let started = Instant::now();
+        while kafka_node_pid(launcher.id()).is_none() {
+            assert!(started.elapsed() < DEADLINE, "the broker was not restarted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_until_ready(&ports).await;
+    }
 
     let status = mlops(&["status"], &data_dir, &ports)
         .output()
