@@ -365,3 +365,150 @@ async fn a_record_processed_but_not_committed_is_redelivered() {
         third.await.unwrap().expect("clean stop");
     }
 }
+
+/// Reports every offset it is given; holds the record at `gate_offset` (once) until
+/// `gate` is notified: a handler stuck on a dependency.
+struct Gated {
+    seen: mpsc::UnboundedSender<i64>,
+    gate_offset: i64,
+    gate: Arc<tokio::sync::Notify>,
+    held: std::sync::atomic::AtomicBool,
+}
+
+impl Gated {
+    fn new(seen: mpsc::UnboundedSender<i64>, gate_offset: i64) -> (Self, Arc<tokio::sync::Notify>) {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let handler = Self {
+            seen,
+            gate_offset,
+            gate: gate.clone(),
+            held: Default::default(),
+        };
+        (handler, gate)
+    }
+}
+
+impl Handler for Gated {
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        let _ = self.seen.send(record.offset);
+        if record.offset == self.gate_offset
+            && !self.held.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.gate.notified().await;
+        }
+        Ok(())
+    }
+}
+
+fn committed_offset(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    wanted.add_partition(topic, 0);
+    let committed = consumer
+        .committed_offsets(wanted, Duration::from_secs(30))
+        .expect("committed offsets");
+    match committed.find_partition(topic, 0)?.offset() {
+        rdkafka::Offset::Offset(offset) => Some(offset),
+        _ => None,
+    }
+}
+
+/// A member stuck on a record past `max.poll.interval.ms` is expelled; the partition goes
+/// to another member, which carries on. When the stuck record finally finishes, its commit
+/// is refused: the member must count that and keep running (not end the service), and
+/// must never commit the partition it lost over its successor's progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expelled_member_survives_its_refused_commit_and_never_rewinds_its_successor() {
+    init();
+    for broker in brokers().await {
+        // Tansu 0.6 hands the partition to the new member while the stuck one still owns
+        // it and is never told (no revocation, its commits accepted): the guarantee
+        // cannot hold there. Written up in ARCHITECTURE.md.
+        if broker.kind == mlops_testkit::BrokerKind::Tansu {
+            continue;
+        }
+        let s = setup(broker).await;
+        let kind = s.broker.kind;
+        let topic = unique("stuck");
+        let group = unique("group");
+        ensure_topics(&s.kafka, &[TopicSpec::new(&topic, 1)])
+            .await
+            .expect("topic");
+        for n in 0..3 {
+            s.producer
+                .send_event(
+                    &topic,
+                    None,
+                    &drift_event(&format!("f{n}")),
+                    OwnedHeaders::new(),
+                )
+                .await
+                .unwrap();
+        }
+        // The shortest interval a broker allows with a 6 s session.
+        let kafka = KafkaConfig {
+            max_poll_interval_ms: 7_000,
+            ..s.kafka.clone()
+        };
+
+        // A processes offset 0 and is stuck on offset 1.
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = mlops_kafka::ConsumerMetrics::register(&mut registry);
+        let (tx, mut seen_by_a) = mpsc::unbounded_channel();
+        let (stuck, release) = Gated::new(tx, 1);
+        let stop_a = CancellationToken::new();
+        let a = tokio::spawn(
+            ConsumerLoop::new(&kafka, &group, vec![topic.clone()], s.producer.clone())
+                .with_metrics(metrics)
+                .run(stuck, stop_a.clone()),
+        );
+        assert_eq!(next(&mut seen_by_a, "A's first record").await, 0, "{kind}");
+        assert_eq!(next(&mut seen_by_a, "A's second record").await, 1, "{kind}");
+
+        // B joins; once A is expelled, B takes the partition from A's last commit.
+        let (tx, mut seen_by_b) = mpsc::unbounded_channel();
+        let (successor, _) = Gated::new(tx, -1);
+        let stop_b = CancellationToken::new();
+        let b = tokio::spawn(
+            ConsumerLoop::new(&kafka, &group, vec![topic.clone()], s.producer.clone())
+                .run(successor, stop_b.clone()),
+        );
+        assert_eq!(next(&mut seen_by_b, "B's first record").await, 1, "{kind}");
+        assert_eq!(next(&mut seen_by_b, "B's second record").await, 2, "{kind}");
+
+        // A finishes its stuck record: its commit is refused, and A keeps running.
+        release.notify_one();
+        let failures_line = format!(r#"mlops_consumer_commit_failures_total{{group="{group}"}} "#);
+        let refused = mlops_integration_tests::eventually(WAIT, || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            let counted = text.lines().any(|l| l.starts_with(&failures_line));
+            async move { counted }
+        })
+        .await;
+        assert!(
+            refused.is_ok(),
+            "{kind}: the refused commit was not counted"
+        );
+        assert!(
+            !a.is_finished(),
+            "{kind}: a refused commit ended the consumer loop"
+        );
+
+        // B leaves first, having committed everything; A's own leaving must not rewind it.
+        stop_b.cancel();
+        b.await.unwrap().expect("B stops cleanly");
+        stop_a.cancel();
+        a.await.unwrap().expect("A stops cleanly");
+        assert_eq!(
+            committed_offset(&s.broker.bootstrap_servers, &group, &topic),
+            Some(3),
+            "{kind}: the group's committed position is not after the last record"
+        );
+    }
+}

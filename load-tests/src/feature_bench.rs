@@ -252,6 +252,7 @@ async fn lookups(online: Arc<OnlineStore>, entities: u64, count: usize) -> anyho
             max_records: 10_000,
             max_wait: Duration::from_millis(200),
             metrics: Default::default(),
+            consumer_metrics: mlops_kafka::ConsumerMetrics::unregistered(),
         },
         feature_partitions: 3,
         jobs: Default::default(),

@@ -3,17 +3,14 @@
 //! Nothing is committed automatically; [`BatchConsumer::close`] makes the last commit
 //! durable.
 
-use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use rdkafka::{
-    Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
-};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
-    KafkaConfig, Producer, Record, Result,
+    ConsumerMetrics, KafkaConfig, Producer, Record, Result,
     consumer::{DeadLetters, GroupContext, close, group_consumer},
 };
 
@@ -22,25 +19,23 @@ pub struct BatchConsumer {
     consumer: StreamConsumer<GroupContext>,
     group: String,
     dead_letters: DeadLetters,
-    /// Every partition's next position as last committed, for the final commit.
-    committed: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl BatchConsumer {
     /// Joins `group` on `topics` (names, or patterns starting with `^`). `dead_letters`
-    /// produces to `<topic>.dlq`.
+    /// produces to `<topic>.dlq`; commit failures are counted in `metrics`.
     pub fn new(
         config: &KafkaConfig,
         group: impl Into<String>,
         topics: &[String],
         dead_letters: Producer,
+        metrics: ConsumerMetrics,
     ) -> Result<Self> {
         let group = group.into();
         Ok(Self {
-            consumer: group_consumer(config, &group, topics)?,
+            consumer: group_consumer(config, &group, topics, metrics)?,
             dead_letters: DeadLetters::new(config, &group, dead_letters),
             group,
-            committed: Mutex::default(),
         })
     }
 
@@ -90,32 +85,23 @@ impl BatchConsumer {
     }
 
     /// Commits the positions after `records` (the highest offset per partition) without
-    /// waiting for the broker; [`Self::close`] waits for the last one.
-    pub fn commit(&self, records: &[Record]) -> Result<()> {
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    /// waiting for the broker; [`Self::close`] waits for the last one. A failed commit is
+    /// logged, counted and carried by the next one, never an error of the batch.
+    pub fn commit(&self, records: &[Record]) {
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for record in records {
             let position = next
-                .entry((record.topic.as_str(), record.partition))
+                .entry((record.topic.clone(), record.partition))
                 .or_insert(0);
             *position = (*position).max(record.offset + 1);
         }
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut list = TopicPartitionList::new();
-        let mut committed = self.committed.lock().expect("commit positions");
-        for ((topic, partition), offset) in next {
-            list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-            committed.insert((topic.to_owned(), partition), offset);
-        }
-        self.consumer.commit(&list, CommitMode::Async)?;
-        Ok(())
+        self.consumer.context().state.commit(&self.consumer, next);
     }
 
     /// Makes the last commit durable and leaves the group, bounded in time even when the
     /// broker is gone.
     pub async fn close(self) -> Result<()> {
-        let positions = self.committed.into_inner().expect("commit positions");
+        let positions = self.consumer.context().state.positions();
         close(self.consumer, &self.group, positions).await
     }
 }

@@ -50,6 +50,13 @@ pub struct KafkaConfig {
     pub ssl_key_password: Option<Secret>,
     /// Consumer group session timeout. Kept short so that a group joins in seconds.
     pub session_timeout_ms: u32,
+    /// How long a member may spend on records between two polls before it leaves its
+    /// group (`max.poll.interval.ms`). A handler retries a record for as long as its
+    /// dependency is down; past this bound the member gives up its partitions so another
+    /// member can take them, and rejoins at its next poll (a commit refused meanwhile is
+    /// counted and retried). Five minutes: longer than any healthy micro-batch here, short
+    /// enough that a stuck member does not hold its partitions for long.
+    pub max_poll_interval_ms: u32,
     /// Replication factor of topics the platform creates (1 on a single broker).
     pub replication_factor: i32,
     /// How long a produce may take, retries included, before it fails
@@ -74,6 +81,7 @@ impl Default for KafkaConfig {
             ssl_key_location: None,
             ssl_key_password: None,
             session_timeout_ms: 6000,
+            max_poll_interval_ms: 300_000,
             replication_factor: 1,
             delivery_timeout_ms: 30_000,
             linger_ms: 5,

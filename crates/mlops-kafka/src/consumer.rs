@@ -3,12 +3,21 @@
 //! `<topic>.dlq` (Avro `DeadLetter`, reason and source coordinates also in headers) so it
 //! never stalls its partition. Transient failures are retried with backoff, never skipped.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use mlops_events::{Bytes, DeadLetter, now_millis, topics};
 use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaResult,
     message::{Header, Headers, OwnedHeaders, OwnedMessage},
 };
 use tokio_util::sync::CancellationToken;
@@ -113,6 +122,7 @@ pub(crate) fn group_consumer(
     config: &KafkaConfig,
     group: &str,
     topics: &[String],
+    metrics: ConsumerMetrics,
 ) -> Result<StreamConsumer<GroupContext>> {
     let patterns = topics.iter().any(|t| t.starts_with('^'));
     let consumer: StreamConsumer<GroupContext> = config
@@ -130,8 +140,17 @@ pub(crate) fn group_consumer(
             "heartbeat.interval.ms",
             (config.session_timeout_ms / 3).max(100).to_string(),
         )
+        .set(
+            "max.poll.interval.ms",
+            config.max_poll_interval_ms.to_string(),
+        )
         .create_with_context(GroupContext {
-            group: group.to_owned(),
+            state: Arc::new(GroupState {
+                group: group.to_owned(),
+                positions: Mutex::default(),
+                recommit: AtomicBool::new(false),
+                metrics,
+            }),
         })?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
@@ -151,9 +170,17 @@ pub(crate) async fn close(
     group: &str,
     positions: impl IntoIterator<Item = ((String, i32), i64)>,
 ) -> Result<()> {
+    // Only partitions this member still owns: another member may be past these positions.
+    let owned = if consumer.assignment_lost() {
+        TopicPartitionList::new()
+    } else {
+        consumer.assignment().unwrap_or_default()
+    };
     let mut last = TopicPartitionList::new();
     for ((topic, partition), next) in positions {
-        last.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+        if owned.find_partition(&topic, partition).is_some() {
+            last.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+        }
     }
     let (done, closed) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
@@ -186,16 +213,108 @@ pub(crate) async fn close(
     Ok(())
 }
 
-/// Logs partition assignment changes, which explain pauses and redeliveries.
-pub(crate) struct GroupContext {
+/// What one member knows about its own progress, shared between the code that processes
+/// records and the callbacks librdkafka runs on rebalances and commit results.
+pub(crate) struct GroupState {
     group: String,
+    /// The next position of every partition this member owns and has processed.
+    positions: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Set when a commit failed: the next commit carries every owned position again.
+    recommit: AtomicBool,
+    metrics: ConsumerMetrics,
+}
+
+impl GroupState {
+    /// Records `next` positions as processed and commits them without waiting. A commit
+    /// that fails is logged, counted and carried by the next one: the member keeps
+    /// consuming (at-least-once allows the redelivery a lost commit can cause).
+    pub(crate) fn commit<C: Consumer<GroupContext>>(
+        &self,
+        consumer: &C,
+        next: impl IntoIterator<Item = ((String, i32), i64)>,
+    ) {
+        // Expelled (for instance past `max.poll.interval.ms`): the partitions may already
+        // be another member's, and not every broker refuses a stale member's commit.
+        if consumer.assignment_lost() {
+            self.commit_failed("this member lost its partitions; its commit is dropped");
+            return;
+        }
+        let mut positions = self.positions.lock().expect("positions");
+        let mut list = TopicPartitionList::new();
+        let everything = self.recommit.swap(false, Ordering::Relaxed);
+        for ((topic, partition), offset) in next {
+            if !everything {
+                let _ = list.add_partition_offset(&topic, partition, Offset::Offset(offset));
+            }
+            positions.insert((topic, partition), offset);
+        }
+        if everything {
+            for ((topic, partition), offset) in positions.iter() {
+                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            }
+        }
+        drop(positions);
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&list, CommitMode::Async) {
+            self.commit_failed(&e.to_string());
+        }
+    }
+
+    fn commit_failed(&self, error: &str) {
+        self.recommit.store(true, Ordering::Relaxed);
+        self.metrics.commit_failed(&self.group);
+        warn!(group = %self.group, error, "offset commit failed; the next commit retries it");
+    }
+
+    /// Every owned partition's next position, for the final commit.
+    pub(crate) fn positions(&self) -> BTreeMap<(String, i32), i64> {
+        self.positions.lock().expect("positions").clone()
+    }
+}
+
+/// Acts on rebalances and commit results for one member (see [`GroupState`]).
+pub(crate) struct GroupContext {
+    pub(crate) state: Arc<GroupState>,
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        tracing::info!(group = %self.group, ?rebalance, "partitions rebalancing");
+    /// Before partitions go to another member, what was processed on them is committed
+    /// (when they are revoked, not lost: a member that was already expelled can no longer
+    /// commit) and forgotten, so that this member's final commit cannot rewind the next
+    /// owner's progress.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let state = &self.state;
+        tracing::info!(group = %state.group, ?rebalance, "partitions rebalancing");
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let mut last = TopicPartitionList::new();
+        {
+            let mut positions = state.positions.lock().expect("positions");
+            for element in revoked.elements() {
+                let key = (element.topic().to_owned(), element.partition());
+                if let Some(next) = positions.remove(&key) {
+                    let _ = last.add_partition_offset(&key.0, key.1, Offset::Offset(next));
+                }
+            }
+        }
+        if last.count() == 0 || consumer.assignment_lost() {
+            return;
+        }
+        if let Err(e) = consumer.commit(&last, CommitMode::Sync) {
+            state.metrics.commit_failed(&state.group);
+            warn!(group = %state.group, error = %e, "commit of revoked partitions failed; their next owner may see records again");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.state.commit_failed(&e.to_string());
+        }
     }
 }
 
@@ -243,9 +362,14 @@ impl ConsumerLoop {
 
     /// Consumes until `cancel` fires. The record in flight is finished and committed first.
     pub async fn run<H: Handler>(self, handler: H, cancel: CancellationToken) -> Result<()> {
-        let consumer = group_consumer(&self.config, &self.group, &self.topics)?;
+        let consumer = group_consumer(
+            &self.config,
+            &self.group,
+            &self.topics,
+            self.metrics.clone(),
+        )?;
+        let state = consumer.context().state.clone();
         let handler = Arc::new(handler);
-        let mut processed: HashMap<(String, i32), i64> = HashMap::new();
 
         loop {
             let message = tokio::select! {
@@ -281,14 +405,10 @@ impl ConsumerLoop {
                 Outcome::Processed => "processed",
                 Outcome::DeadLettered => "dead_lettered",
             };
-            let mut list = TopicPartitionList::new();
-            list.add_partition_offset(
-                &record.topic,
-                record.partition,
-                Offset::Offset(record.offset + 1),
-            )?;
-            consumer.commit(&list, CommitMode::Async)?;
-            processed.insert((record.topic.clone(), record.partition), record.offset + 1);
+            state.commit(
+                &consumer,
+                [((record.topic.clone(), record.partition), record.offset + 1)],
+            );
             self.metrics.finished(
                 &record.topic,
                 &self.group,
@@ -298,7 +418,8 @@ impl ConsumerLoop {
         }
 
         // Asynchronous commits may still be queued: make the last positions durable.
-        close(consumer, &self.group, processed).await
+        let positions = state.positions();
+        close(consumer, &self.group, positions).await
     }
 
     async fn process<H: Handler>(

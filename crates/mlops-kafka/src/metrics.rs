@@ -13,6 +13,7 @@ pub struct ConsumerMetrics {
     records: Family<Labels, Counter>,
     dead_letters: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
+    commit_failures: Family<Labels, Counter>,
     handler_seconds: Family<Labels, Histogram>,
 }
 
@@ -41,6 +42,11 @@ impl ConsumerMetrics {
             metrics.retries.clone(),
         );
         registry.register(
+            "mlops_consumer_commit_failures",
+            "Offset commits that failed (retried with the next commit), by group",
+            metrics.commit_failures.clone(),
+        );
+        registry.register(
             "mlops_consumer_handler_seconds",
             "Time from a record's arrival to its commit, by topic",
             metrics.handler_seconds.clone(),
@@ -54,6 +60,7 @@ impl ConsumerMetrics {
             records: Family::default(),
             dead_letters: Family::default(),
             retries: Family::default(),
+            commit_failures: Family::default(),
             handler_seconds: Family::new_with_constructor(|| {
                 Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0])
             }),
@@ -88,6 +95,12 @@ impl ConsumerMetrics {
                 ("topic".to_owned(), topic.to_owned()),
                 ("group".to_owned(), group.to_owned()),
             ])
+            .inc();
+    }
+
+    pub(crate) fn commit_failed(&self, group: &str) {
+        self.commit_failures
+            .get_or_create(&vec![("group".to_owned(), group.to_owned())])
             .inc();
     }
 }

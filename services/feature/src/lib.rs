@@ -148,6 +148,7 @@ pub async fn run(
             max_records: settings.batch_max_records,
             max_wait: Duration::from_millis(settings.batch_max_wait_ms),
             metrics: stream_metrics,
+            consumer_metrics: metrics.clone(),
         },
         feature_partitions: settings.feature_partitions,
         jobs: Default::default(),

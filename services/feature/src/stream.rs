@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
-use mlops_kafka::{BatchConsumer, KafkaConfig, Producer, Record};
+use mlops_kafka::{BatchConsumer, ConsumerMetrics, KafkaConfig, Producer, Record};
 use mlops_runtime::JobReporter;
 use polars::prelude::DataFrame;
 use prometheus_client::{
@@ -96,6 +96,8 @@ pub struct StreamSettings {
     pub max_records: usize,
     pub max_wait: Duration,
     pub metrics: StreamMetrics,
+    /// Where the jobs' consumers count failed offset commits.
+    pub consumer_metrics: ConsumerMetrics,
 }
 
 type JobLabel = Vec<(String, String)>;
@@ -173,6 +175,7 @@ pub async fn run<J: BatchJob>(
         &wiring.group,
         &wiring.topics,
         wiring.dead_letters.clone(),
+        wiring.settings.consumer_metrics.clone(),
     )?;
     info!(job = %job.name(), batch = checkpoint.batch, "stream job started");
     reporter.started();
@@ -224,7 +227,7 @@ pub async fn run<J: BatchJob>(
             reporter.progressed();
         }
         // Kafka's committed offsets trail the checkpoint; they only save re-reading.
-        consumer.commit(&records)?;
+        consumer.commit(&records);
     }
     consumer.close().await?;
     Ok(())

@@ -127,6 +127,7 @@ async fn a_failing_stream_job_is_visible_in_metrics_until_it_recovers() {
             max_records: 100,
             max_wait: Duration::from_millis(20),
             metrics,
+            consumer_metrics: mlops_kafka::ConsumerMetrics::unregistered(),
         },
     };
     let (job_name, token) = (name.clone(), cancel.clone());
