@@ -35,6 +35,11 @@ struct Platform {
 
 impl Platform {
     async fn start() -> Self {
+        Self::start_with_feature_workers(None).await
+    }
+
+    /// With `Some(n)`, the feature service runs on a runtime of its own with `n` workers.
+    async fn start_with_feature_workers(feature_workers: Option<usize>) -> Self {
         mlops_testkit::init_logs();
         let broker = mlops_testkit::tansu().await;
         let registry = TestRegistry::start(&broker.bootstrap_servers, None).await;
@@ -65,7 +70,7 @@ impl Platform {
             "{:?}",
             declared.text().await
         );
-        let feature = TestService::feature(feature::Config {
+        let feature_config = feature::Config {
             common: config.common,
             feature: feature::Settings {
                 intake_group: unique("intake"),
@@ -74,8 +79,11 @@ impl Platform {
                 batch_max_wait_ms: 50,
                 ..Default::default()
             },
-        })
-        .await;
+        };
+        let feature = match feature_workers {
+            None => TestService::feature(feature_config).await,
+            Some(workers) => TestService::feature_alone(feature_config, workers).await,
+        };
         Self {
             broker,
             registry,
@@ -590,4 +598,119 @@ async fn a_registry_outage_delays_feature_rows_but_loses_none() {
     p.registry.resume().await;
     let online = p.online_at(&view, 1, "c-outage", T0).await;
     assert_eq!(online["features"]["amount_sum"], 42.0, "{online}");
+}
+
+/// `frame` repeated `copies` times, each copy a different set of entities (and labels):
+/// the same shape as what the platform wrote, at a size a real history reaches.
+fn amplified(frame: DataFrame, copies: usize) -> DataFrame {
+    let height = frame.height();
+    let rows: Vec<IdxSize> = (0..copies).flat_map(|_| 0..height as IdxSize).collect();
+    let mut big = frame.take(&IdxCa::from_vec("rows".into(), rows)).unwrap();
+    let copy = |row: usize| row / height;
+    for name in ["entity_id", "label_id"] {
+        let Ok(column) = big.column(name) else {
+            continue;
+        };
+        let renamed: Vec<String> = column
+            .str()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(row, value)| format!("{}-{}", value.unwrap_or_default(), copy(row)))
+            .collect();
+        big.with_column(Column::new(name.into(), renamed)).unwrap();
+    }
+    if let Ok(column) = big.column("source_offset") {
+        let shifted: Vec<Option<i64>> = column
+            .i64()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(row, offset)| offset.map(|o| o + copy(row) as i64 * 1_000_000))
+            .collect();
+        big.with_column(Column::new("source_offset".into(), shifted))
+            .unwrap();
+    }
+    big
+}
+
+/// Building a training set is CPU work on the CPU pool: the service's async runtime — its
+/// own, with one worker, so that work held on it would stop everything else — keeps
+/// answering `/healthz` while a large set is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_a_large_training_set_is_built() {
+    let p = Platform::start_with_feature_workers(Some(1)).await;
+    let view = unique("spend").replace('-', "_");
+    let (status, declared) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!(status, StatusCode::CREATED, "{declared}");
+    p.events(&[
+        payment("t1", "c1", 0, 10.0, "EUR"),
+        payment("t2", "c2", 5, 7.0, "AED"),
+    ])
+    .await;
+    p.online_at(&view, 1, "c2", T0 + 5 * MINUTE).await;
+    p.labels(&[
+        ("l1", "c1", T0 + MINUTE, 1.0),
+        ("l2", "c2", T0 + 6 * MINUTE, 0.0),
+    ])
+    .await;
+    let request = json!({"view": view});
+    p.training_set(&request, 2).await;
+
+    // The same history, 500,000 times over, written where the service keeps it.
+    const COPIES: usize = 500_000;
+    let store = feature::store::FeatureStore::open(
+        &p._dir.path().join("feature-store").display().to_string(),
+    )
+    .unwrap();
+    let offline = format!("offline/{view}/v1/");
+    for prefix in [offline.as_str(), feature::labels::LABELS_PREFIX] {
+        let frame = store.read_frames(prefix).await.unwrap().expect("rows");
+        let big = amplified(frame, COPIES);
+        store
+            .put_batch_by_date(prefix, &big, 999_999_999)
+            .await
+            .unwrap();
+    }
+
+    let build = {
+        let (http, url) = (
+            p.http.clone(),
+            format!("{}/v1/training-sets", p.feature.url),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = http.post(url).json(&request).send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body, started.elapsed())
+        })
+    };
+    let mut worst = Duration::ZERO;
+    let mut answers = 0;
+    while !build.is_finished() {
+        let started = Instant::now();
+        let health = p
+            .http
+            .get(format!("{}/healthz", p.feature.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        worst = worst.max(started.elapsed());
+        answers += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body, took) = build.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["rows"], 2 + 2 * COPIES, "{body}");
+    assert!(
+        took > Duration::from_secs(1),
+        "the set took {took:?}: too small to show anything"
+    );
+    assert!(answers >= 5, "{answers} health answers in {took:?}");
+    assert!(
+        worst < Duration::from_millis(250),
+        "/healthz took up to {worst:?} while the set was built ({took:?})"
+    );
 }

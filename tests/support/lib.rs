@@ -131,6 +131,8 @@ pub struct TestService {
     pub url: String,
     cancel: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Set when the service runs on a runtime of its own (see [`Self::feature_alone`]).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 /// The ingestion service, the one most tests drive.
@@ -147,6 +149,26 @@ impl TestService {
         Self::run(|listener, cancel| feature::run(config, listener, cancel)).await
     }
 
+    /// The feature service with `config` on a runtime of its own with `workers` async
+    /// threads, as a service process has: work held on them shows, unhidden by the test's.
+    pub async fn feature_alone(config: feature::Config, workers: usize) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("service runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        let task = runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener)?;
+            feature::run(config, listener, token).await
+        });
+        Self::ready(url, cancel, task, Some(runtime)).await
+    }
+
     /// Any service's `run`, started on a free port; ready when `/healthz` answers.
     pub async fn run<F, Fut>(run: F) -> Self
     where
@@ -157,6 +179,15 @@ impl TestService {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(listener, cancel.clone()));
+        Self::ready(url, cancel, task, None).await
+    }
+
+    async fn ready(
+        url: String,
+        cancel: CancellationToken,
+        task: JoinHandle<anyhow::Result<()>>,
+        runtime: Option<tokio::runtime::Runtime>,
+    ) -> Self {
         let client = reqwest::Client::new();
         let healthz = format!("{url}/healthz");
         eventually(Duration::from_secs(30), || {
@@ -169,6 +200,7 @@ impl TestService {
             url,
             cancel,
             task: Some(task),
+            runtime,
         }
     }
 
@@ -186,6 +218,10 @@ impl TestService {
 impl Drop for TestService {
     fn drop(&mut self) {
         self.cancel.cancel();
+        // A runtime may not be dropped (blocking) inside the test's async context.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

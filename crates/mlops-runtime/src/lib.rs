@@ -1,9 +1,10 @@
 //! What every service process shares: layered configuration, secrets that never print,
-//! supervised tasks with graceful shutdown, and the admin router (`/healthz`, `/readyz`,
+//! supervised tasks with graceful shutdown, a bounded pool for CPU-heavy work, and the admin router (`/healthz`, `/readyz`,
 //! `/metrics`).
 
 pub mod admin;
 pub mod config;
+pub mod cpu;
 mod secret;
 pub mod supervisor;
 pub mod tasks;

@@ -99,10 +99,10 @@ pub struct RawEvent<'a> {
 }
 
 /// Column builders for one batch.
-pub struct BatchBuilder<'a> {
-    source: &'a [(String, DataType)],
-    entity_key: &'a str,
-    event_time: &'a str,
+pub struct BatchBuilder {
+    source: Vec<(String, DataType)>,
+    entity_key: String,
+    event_time: String,
     entities: Vec<Option<String>>,
     times: Vec<Option<i64>>,
     partitions: Vec<i32>,
@@ -110,17 +110,22 @@ pub struct BatchBuilder<'a> {
     columns: Vec<Vec<AnyValue<'static>>>,
 }
 
-impl<'a> BatchBuilder<'a> {
-    pub fn new(source: &'a [(String, DataType)], entity_key: &'a str, event_time: &'a str) -> Self {
+impl BatchBuilder {
+    /// Owns its column list, so that a finished batch can move to the CPU pool.
+    pub fn new(
+        source: Vec<(String, DataType)>,
+        entity_key: impl Into<String>,
+        event_time: impl Into<String>,
+    ) -> Self {
         Self {
+            columns: vec![Vec::new(); source.len()],
             source,
-            entity_key,
-            event_time,
+            entity_key: entity_key.into(),
+            event_time: event_time.into(),
             entities: Vec::new(),
             times: Vec::new(),
             partitions: Vec::new(),
             offsets: Vec::new(),
-            columns: vec![Vec::new(); source.len()],
         }
     }
 
@@ -135,14 +140,14 @@ impl<'a> BatchBuilder<'a> {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| unwrap_union(v))
         };
-        let entity = match lookup(self.entity_key) {
+        let entity = match lookup(&self.entity_key) {
             Some(Value::String(s)) | Some(Value::Enum(_, s)) => s.clone(),
             Some(Value::Long(n)) | Some(Value::TimestampMillis(n)) => n.to_string(),
             Some(Value::Int(n)) => n.to_string(),
             Some(Value::Uuid(u)) => u.to_string(),
             _ => return Err(format!("{}: the entity key is missing", self.entity_key)),
         };
-        let time = match lookup(self.event_time) {
+        let time = match lookup(&self.event_time) {
             Some(Value::Long(n)) | Some(Value::TimestampMillis(n)) => *n,
             Some(Value::TimestampMicros(n)) => n.div_euclid(1000),
             Some(Value::Int(n)) => i64::from(*n),

@@ -125,14 +125,18 @@ impl FeatureStore {
     }
 
     pub async fn put_frame(&self, path: &str, frame: &mut DataFrame) -> Result<()> {
-        let bytes = parquet_bytes(frame)?;
+        let mut owned = frame.clone();
+        let bytes = mlops_runtime::cpu::run(move || parquet_bytes(&mut owned)).await?;
         self.put(path, bytes).await
     }
 
     pub async fn get_frame(&self, path: &str) -> Result<Option<DataFrame>> {
         match self.get(path).await? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(ParquetReader::new(Cursor::new(bytes)).finish()?)),
+            Some(bytes) => Ok(Some(
+                mlops_runtime::cpu::run(move || ParquetReader::new(Cursor::new(bytes)).finish())
+                    .await?,
+            )),
         }
     }
 
@@ -153,7 +157,8 @@ impl FeatureStore {
             to_supertypes: true,
             ..UnionArgs::default()
         };
-        Ok(Some(concat(frames, args)?.collect()?))
+        let stacked = mlops_runtime::cpu::run(move || concat(frames, args)?.collect()).await?;
+        Ok(Some(stacked))
     }
 
     /// Writes `rows` as batch `batch` under `prefix`, one file per event date
@@ -164,18 +169,21 @@ impl FeatureStore {
         rows: &DataFrame,
         batch: u64,
     ) -> Result<()> {
-        let dated = rows
-            .clone()
-            .lazy()
-            .with_column(
-                col("event_time")
-                    .cast(DataType::Datetime(TimeUnit::Milliseconds, None))
-                    .dt()
-                    .strftime("%Y-%m-%d")
-                    .alias("__date"),
-            )
-            .collect()?;
-        for part in dated.partition_by_stable(["__date"], true)? {
+        let rows = rows.clone();
+        let parts = mlops_runtime::cpu::run(move || {
+            rows.lazy()
+                .with_column(
+                    col("event_time")
+                        .cast(DataType::Datetime(TimeUnit::Milliseconds, None))
+                        .dt()
+                        .strftime("%Y-%m-%d")
+                        .alias("__date"),
+                )
+                .collect()?
+                .partition_by_stable(["__date"], true)
+        })
+        .await?;
+        for part in parts {
             let date = part
                 .column("__date")?
                 .str()?

@@ -91,13 +91,78 @@ pub async fn build(
         .label_dataset
         .clone()
         .unwrap_or_else(|| version.spec.source.clone());
-    let labels = store.read_frames(LABELS_PREFIX).await?;
-    let Some(labels) = labels else {
+    let Some(labels) = store.read_frames(LABELS_PREFIX).await? else {
         return Err(TrainingSetError::NoLabels(
             "no labels have been received yet".into(),
         ));
     };
-    let mut label_filter = col("dataset").eq(lit(label_dataset.as_str()));
+    let features = store.read_frames(&version.offline_prefix()).await?;
+    let (owned_version, owned_request, dataset) =
+        (version.clone(), request.clone(), label_dataset.clone());
+    let snapshot = mlops_runtime::cpu::run(move || {
+        assemble(labels, features, &owned_version, &owned_request, &dataset)
+    })
+    .await?;
+    let Snapshot {
+        id,
+        data,
+        bytes,
+        inputs,
+        statistics,
+        fitted,
+        label_statistics,
+    } = snapshot;
+    let manifest_path = format!("snapshots/{id}/manifest.json");
+    if let Some(existing) = store.get_json::<Manifest>(&manifest_path).await? {
+        return Ok((existing, false));
+    }
+    let times = data.column("event_time")?.i64()?;
+    let manifest = Manifest {
+        id: id.clone(),
+        view: version.name.clone(),
+        view_version: version.version,
+        label_dataset,
+        rows: data.height(),
+        time_range: TimeRange {
+            start: times.min(),
+            end: times.max(),
+        },
+        features: inputs,
+        statistics,
+        fitted,
+        label: label_statistics,
+        data: format!("snapshots/{id}/data.parquet"),
+        created_at: mlops_events::now_millis(),
+    };
+    // Data first: a manifest never names missing data.
+    store.put(&manifest.data, bytes).await?;
+    store.put_json(&manifest_path, &manifest).await?;
+    Ok((manifest, true))
+}
+
+/// A snapshot computed, not yet stored.
+struct Snapshot {
+    /// Content address: the request and the data's bytes.
+    id: String,
+    data: DataFrame,
+    bytes: Vec<u8>,
+    inputs: Vec<String>,
+    statistics: BTreeMap<String, Json>,
+    fitted: BTreeMap<String, Json>,
+    label_statistics: Json,
+}
+
+/// The CPU part of [`build`]: labels in the range, each joined as of its event time to
+/// the entity's latest feature row, transforms fitted on the result, reference statistics,
+/// Parquet bytes and the snapshot's id.
+fn assemble(
+    labels: DataFrame,
+    features: Option<DataFrame>,
+    version: &ViewVersion,
+    request: &TrainingSetRequest,
+    label_dataset: &str,
+) -> Result<Snapshot, TrainingSetError> {
+    let mut label_filter = col("dataset").eq(lit(label_dataset));
     if let Some(start) = request.start {
         label_filter = label_filter.and(col("event_time").gt_eq(lit(start)));
     }
@@ -132,7 +197,7 @@ pub async fn build(
         col("event_time").alias("feature_time"),
     ];
     feature_columns.extend(names.iter().map(|n| col(n.as_str())));
-    let features = match store.read_frames(&version.offline_prefix()).await? {
+    let features = match features {
         Some(rows) => current_revisions(rows.lazy())
             .sort(
                 ["event_time", "source_partition", "source_offset"],
@@ -251,32 +316,15 @@ pub async fn build(
     );
     hasher.update(&bytes);
     let id = hex::encode(hasher.finalize());
-    let manifest_path = format!("snapshots/{id}/manifest.json");
-    if let Some(existing) = store.get_json::<Manifest>(&manifest_path).await? {
-        return Ok((existing, false));
-    }
-    let times = data.column("event_time")?.i64()?;
-    let manifest = Manifest {
-        id: id.clone(),
-        view: version.name.clone(),
-        view_version: version.version,
-        label_dataset,
-        rows: data.height(),
-        time_range: TimeRange {
-            start: times.min(),
-            end: times.max(),
-        },
-        features: inputs,
+    Ok(Snapshot {
+        id,
+        data,
+        bytes,
+        inputs,
         statistics,
         fitted,
-        label: label_statistics,
-        data: format!("snapshots/{id}/data.parquet"),
-        created_at: mlops_events::now_millis(),
-    };
-    // Data first: a manifest never names missing data.
-    store.put(&manifest.data, bytes).await?;
-    store.put_json(&manifest_path, &manifest).await?;
-    Ok((manifest, true))
+        label_statistics,
+    })
 }
 
 fn empty_feature_schema(version: &ViewVersion) -> Schema {

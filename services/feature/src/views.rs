@@ -176,7 +176,8 @@ pub fn pipeline_of(version: &ViewVersion) -> PolarsResult<ViewPipeline> {
 /// The stream job of one view version.
 pub struct ViewJob {
     version: Arc<ViewVersion>,
-    pipeline: ViewPipeline,
+    /// Shared with the CPU pool, where each batch is computed.
+    pipeline: Arc<std::sync::Mutex<ViewPipeline>>,
     codec: Arc<AvroCodec>,
     producer: Producer,
     writer_schema: Schema,
@@ -192,7 +193,7 @@ impl ViewJob {
         producer: Producer,
         online: Arc<OnlineStore>,
     ) -> anyhow::Result<Self> {
-        let pipeline = pipeline_of(&version)?;
+        let pipeline = Arc::new(std::sync::Mutex::new(pipeline_of(&version)?));
         let writer_schema = Schema::parse(&version.schema)?;
         Ok(Self {
             version,
@@ -203,6 +204,11 @@ impl ViewJob {
             online,
             pending: None,
         })
+    }
+
+    /// The pipeline, between batches (never held across an await).
+    fn pipeline(&self) -> std::sync::MutexGuard<'_, ViewPipeline> {
+        self.pipeline.lock().expect("pipeline")
     }
 
     fn feature_names(&self) -> Vec<String> {
@@ -293,10 +299,10 @@ impl BatchJob for ViewJob {
             Some(path) => store
                 .get_frame(path)
                 .await?
-                .unwrap_or_else(|| self.pipeline.empty_input()),
-            None => self.pipeline.empty_input(),
+                .unwrap_or_else(|| self.pipeline().empty_input()),
+            None => self.pipeline().empty_input(),
         };
-        self.pipeline.restore(PipelineState {
+        self.pipeline().restore(PipelineState {
             buffer,
             watermarks: checkpoint.watermarks.clone(),
         });
@@ -322,8 +328,8 @@ impl BatchJob for ViewJob {
         batch: u64,
     ) -> anyhow::Result<Processed> {
         let spec = &self.version.spec;
-        let source = self.pipeline.source().to_vec();
-        let mut builder = BatchBuilder::new(&source, &spec.entity_key, &spec.event_time);
+        let source = self.pipeline().source().to_vec();
+        let mut builder = BatchBuilder::new(source, &spec.entity_key, &spec.event_time);
         let mut dead_letters = Vec::new();
         let mut index_of = std::collections::HashMap::new();
         for (index, record) in records.iter().enumerate() {
@@ -350,8 +356,13 @@ impl BatchJob for ViewJob {
                 Err(reason) => dead_letters.push((index, "invalid", reason)),
             }
         }
-        let frame = builder.finish()?;
-        let output = self.pipeline.process(frame, batch as i64)?;
+        let pipeline = self.pipeline.clone();
+        let output = mlops_runtime::cpu::run(move || {
+            let frame = builder.finish()?;
+            let mut pipeline = pipeline.lock().expect("pipeline");
+            anyhow::Ok(pipeline.process(frame, batch as i64)?)
+        })
+        .await?;
         let late = format!(
             "late: the event time is more than the allowed lateness ({}) behind the newest event time of view {}",
             spec.allowed_lateness, spec.name
@@ -379,7 +390,8 @@ impl BatchJob for ViewJob {
                 .await?;
             self.pending = Some(latest_per_entity(rows)?);
         }
-        let state = self.pipeline.state();
+        let pipeline = self.pipeline();
+        let state = pipeline.state();
         Ok(Processed {
             dead_letters,
             buffer: Some(state.buffer.clone()),

@@ -5,21 +5,17 @@
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
-use apache_avro::writer::datum::GenericDatumWriter;
 use axum::{
     Router,
     body::{Body, Bytes},
     extract::{DefaultBodyLimit, Path, Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use mlops_events::{
-    AuditOutcome, AuditRecord, Bytes as AvroBytes, DeadLetter, new_id, now_millis, topics,
-};
+use mlops_events::{AuditOutcome, AuditRecord, new_id, now_millis, topics};
 use mlops_kafka::{KafkaConfig, OwnedHeaders, Producer, TopicSpec, ensure_topics};
 use mlops_schema::json::FieldError;
 pub use mlops_service::ApiError;
@@ -35,8 +31,10 @@ use tokio::sync::Semaphore;
 use crate::{
     Settings,
     dataset::{Dataset, DatasetSpec, check_spec},
-    store::{Accepted, Store},
+    store::Store,
 };
+
+mod ingest;
 
 type Labels = Vec<(String, String)>;
 
@@ -403,22 +401,6 @@ struct EventsQuery {
     atomic: Option<bool>,
 }
 
-/// What happened to one record of a request.
-enum Outcome {
-    Accepted(Accepted),
-    Duplicate(Accepted),
-    Rejected(Vec<FieldError>),
-    Skipped(String),
-    Failed(String),
-}
-
-struct Prepared {
-    index: usize,
-    key: Option<String>,
-    event_id: Option<String>,
-    payload: Vec<u8>,
-}
-
 async fn post_events(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -426,383 +408,9 @@ async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let result = ingest(&app, &name, query, &headers, body).await;
+    let result = ingest::ingest(&app, &name, query.atomic, &headers, body).await;
     if let Err(e) = &result {
         app.reject(e.code, 1);
     }
     result
-}
-
-async fn ingest(
-    app: &App,
-    name: &str,
-    query: EventsQuery,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let dataset = app.dataset(name).ok_or_else(|| unknown_dataset(name))?;
-    check_region(app, dataset.spec.region.as_deref())?;
-    let ndjson = match headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(t) if t.starts_with("application/x-ndjson") => true,
-        Some(t) if t.starts_with("application/json") => false,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_content_type",
-                format!(
-                    "content type {:?} is not accepted; send application/json (one object or an array) or application/x-ndjson",
-                    other.unwrap_or("none")
-                ),
-            ));
-        }
-    };
-    let bytes = read_body(body, app.settings.max_body_bytes).await?;
-    let (single, items) = parse_records(&bytes, ndjson)?;
-    let atomic = query.atomic.unwrap_or(app.settings.all_or_nothing);
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| single)
-        .map(str::to_owned);
-
-    let since = now_millis() - (app.settings.idempotency_window_secs as i64) * 1000;
-    let mut outcomes: Vec<Option<Outcome>> = (0..items.len()).map(|_| None).collect();
-    let mut prepared = Vec::new();
-    let mut repeats: Vec<(usize, usize)> = Vec::new();
-    let mut first_seen: HashMap<String, usize> = HashMap::new();
-    let writer = GenericDatumWriter::builder(dataset.converter.schema())
-        .build()
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "schema_error",
-                e.to_string(),
-            )
-        })?;
-    // Each record's event id, taken once; those accepted before are looked up for the
-    // whole request at once.
-    let mut event_ids: Vec<Option<String>> = items
-        .iter()
-        .map(|item| {
-            let record = item.as_ref().ok()?;
-            dataset
-                .event_id_of(record)
-                .or_else(|| idempotency_key.clone())
-        })
-        .collect();
-    let ids: Vec<&str> = event_ids.iter().flatten().map(String::as_str).collect();
-    let known = app.store.accepted(name, &ids, since).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            e.to_string(),
-        )
-    })?;
-    for (index, item) in items.iter().enumerate() {
-        let record = match item {
-            Ok(record) => record,
-            Err(reason) => {
-                outcomes[index] = Some(Outcome::Rejected(vec![FieldError {
-                    field: String::new(),
-                    reason: reason.clone(),
-                }]));
-                continue;
-            }
-        };
-        let event_id = event_ids[index].take();
-        if let Some(id) = &event_id {
-            if let Some(&first) = first_seen.get(id) {
-                repeats.push((index, first));
-                continue;
-            }
-            if let Some(accepted) = known.get(id) {
-                outcomes[index] = Some(Outcome::Duplicate(*accepted));
-                continue;
-            }
-            first_seen.insert(id.clone(), index);
-        }
-        let value = match dataset.converter.convert(record) {
-            Ok(value) => value,
-            Err(errors) => {
-                outcomes[index] = Some(Outcome::Rejected(errors));
-                continue;
-            }
-        };
-        let violations = dataset.check_rules(record);
-        if !violations.is_empty() {
-            outcomes[index] = Some(Outcome::Rejected(violations));
-            continue;
-        }
-        let payload = match writer.write_value_to_vec(value) {
-            Ok(body) => mlops_schema::frame(dataset.schema_id, &body),
-            Err(e) => {
-                outcomes[index] = Some(Outcome::Rejected(vec![FieldError {
-                    field: String::new(),
-                    reason: format!("does not encode: {e}"),
-                }]));
-                continue;
-            }
-        };
-        prepared.push(Prepared {
-            index,
-            key: dataset.key_of(record),
-            event_id,
-            payload,
-        });
-    }
-
-    let rejected: Vec<usize> = outcomes
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| matches!(o, Some(Outcome::Rejected(_))))
-        .map(|(i, _)| i)
-        .collect();
-    if atomic && !rejected.is_empty() {
-        for p in &prepared {
-            outcomes[p.index] = Some(Outcome::Skipped(
-                "batch refused as a whole: another record is invalid".into(),
-            ));
-        }
-        prepared.clear();
-    }
-
-    // Bounded memory: records waiting for broker acknowledgement are capped.
-    let _permits = if prepared.is_empty() {
-        None
-    } else {
-        let wanted = u32::try_from(prepared.len()).unwrap_or(u32::MAX);
-        Some(
-            app.in_flight
-                .clone()
-                .try_acquire_many_owned(wanted)
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "backpressure",
-                        format!(
-                            "more than {} events are waiting for the broker; retry shortly",
-                            app.settings.max_in_flight
-                        ),
-                    )
-                    .retry_after(1)
-                })?,
-        )
-    };
-
-    let topic = dataset.topic();
-    let sends = prepared.iter().map(|p| {
-        app.producer.send_bytes(
-            &topic,
-            p.key.as_deref().map(str::as_bytes),
-            &p.payload,
-            OwnedHeaders::new(),
-        )
-    });
-    let deliveries = futures::future::join_all(sends).await;
-    let mut remembered = Vec::new();
-    let mut queue_full = false;
-    for (p, delivery) in prepared.iter().zip(deliveries) {
-        outcomes[p.index] = Some(match delivery {
-            Ok(d) => {
-                let accepted = Accepted {
-                    partition: d.partition,
-                    offset: d.offset,
-                };
-                if let Some(id) = &p.event_id {
-                    remembered.push((id.clone(), accepted));
-                }
-                Outcome::Accepted(accepted)
-            }
-            Err(mlops_kafka::Error::QueueFull) => {
-                queue_full = true;
-                Outcome::Failed("producer queue full".into())
-            }
-            Err(e) => Outcome::Failed(format!("not acknowledged by the broker: {e}")),
-        });
-    }
-    for (index, first) in repeats {
-        outcomes[index] = Some(match &outcomes[first] {
-            Some(Outcome::Accepted(a)) => Outcome::Duplicate(*a),
-            Some(Outcome::Rejected(e)) => Outcome::Rejected(e.clone()),
-            Some(Outcome::Skipped(r)) => Outcome::Skipped(r.clone()),
-            _ => Outcome::Failed("its first copy in this request was not written".into()),
-        });
-    }
-    if let Err(e) = app.store.remember(name, &remembered, now_millis()).await {
-        tracing::error!(dataset = name, error = %e, "accepted event ids not remembered; a retry may duplicate them");
-    }
-    dead_letter_rejections(app, &dataset, &items, &outcomes, &bytes, ndjson).await;
-
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    let results: Vec<Json> = outcomes
-        .iter()
-        .enumerate()
-        .map(|(index, outcome)| {
-            let (status, body) = match outcome {
-                Some(Outcome::Accepted(a)) => (
-                    "accepted",
-                    json!({"partition": a.partition, "offset": a.offset}),
-                ),
-                Some(Outcome::Duplicate(a)) => (
-                    "duplicate",
-                    json!({"partition": a.partition, "offset": a.offset}),
-                ),
-                Some(Outcome::Rejected(errors)) => ("rejected", json!({"errors": errors})),
-                Some(Outcome::Skipped(reason)) => ("skipped", json!({"reason": reason})),
-                Some(Outcome::Failed(reason)) => ("failed", json!({"reason": reason})),
-                None => ("failed", json!({"reason": "not processed"})),
-            };
-            *counts.entry(status).or_default() += 1;
-            let mut result = json!({"index": index, "status": status});
-            if let (Json::Object(target), Json::Object(extra)) = (&mut result, body) {
-                target.extend(extra);
-            }
-            result
-        })
-        .collect();
-    for (status, n) in &counts {
-        app.count(name, status, *n);
-    }
-    app.reject(
-        "invalid_record",
-        counts.get("rejected").copied().unwrap_or(0),
-    );
-
-    let accepted = counts.get("accepted").copied().unwrap_or(0);
-    let duplicates = counts.get("duplicate").copied().unwrap_or(0);
-    let failed = counts.get("failed").copied().unwrap_or(0);
-    let status = if failed > 0 && queue_full {
-        StatusCode::TOO_MANY_REQUESTS
-    } else if failed > 0 {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if accepted + duplicates == 0 {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    let body = json!({
-        "accepted": accepted,
-        "rejected": counts.get("rejected").copied().unwrap_or(0),
-        "duplicates": duplicates,
-        "results": results,
-    });
-    let mut response = (status, axum::Json(body)).into_response();
-    if failed > 0 {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-    }
-    Ok(response)
-}
-
-/// One JSON object, a JSON array, or NDJSON lines. A body that is not JSON at all is a 400;
-/// one bad NDJSON line is one rejected record.
-fn parse_records(
-    bytes: &[u8],
-    ndjson: bool,
-) -> Result<(bool, Vec<Result<Json, String>>), ApiError> {
-    let bad = |reason: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", reason);
-    if ndjson {
-        let text =
-            std::str::from_utf8(bytes).map_err(|e| bad(format!("body is not UTF-8: {e}")))?;
-        let items: Vec<Result<Json, String>> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| format!("invalid JSON line: {e}")))
-            .collect();
-        if items.is_empty() {
-            return Err(bad("no records in the body".into()));
-        }
-        return Ok((items.len() == 1, items));
-    }
-    match serde_json::from_slice::<Json>(bytes)
-        .map_err(|e| bad(format!("body is not valid JSON: {e}")))?
-    {
-        Json::Array(items) if items.is_empty() => Err(bad("no records in the body".into())),
-        Json::Array(items) => Ok((false, items.into_iter().map(Ok).collect())),
-        object @ Json::Object(_) => Ok((true, vec![Ok(object)])),
-        other => Err(bad(format!(
-            "expected a JSON object or an array of objects, got {other}"
-        ))),
-    }
-}
-
-/// Rejected records go to the dataset's dead-letter topic with their reasons, so producers'
-/// mistakes can be inspected and replayed; a failure here is logged, not silent.
-async fn dead_letter_rejections(
-    app: &App,
-    dataset: &Dataset,
-    items: &[Result<Json, String>],
-    outcomes: &[Option<Outcome>],
-    body: &[u8],
-    ndjson: bool,
-) {
-    let topic = dataset.topic();
-    let dlq = topics::dead_letter(&topic);
-    let lines: Vec<&[u8]> = if ndjson {
-        body.split(|b| *b == b'\n')
-            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    for (index, outcome) in outcomes.iter().enumerate() {
-        let Some(Outcome::Rejected(errors)) = outcome else {
-            continue;
-        };
-        let raw = match (&items[index], lines.get(index)) {
-            (_, Some(line)) => line.to_vec(),
-            (Ok(record), None) => record.to_string().into_bytes(),
-            (Err(_), None) => Vec::new(),
-        };
-        let reason = errors
-            .iter()
-            .map(|e| {
-                if e.field.is_empty() {
-                    e.reason.clone()
-                } else {
-                    format!("{}: {}", e.field, e.reason)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        let letter = DeadLetter {
-            source_topic: topic.clone(),
-            source_partition: -1,
-            source_offset: -1,
-            consumer_group: None,
-            reason: reason.clone(),
-            error_class: "validation".into(),
-            key: None,
-            value: Some(AvroBytes(raw)),
-            headers: HashMap::new(),
-            failed_at: now_millis(),
-        };
-        let headers = OwnedHeaders::new()
-            .insert(mlops_kafka::Header {
-                key: mlops_kafka::consumer::dlq_headers::REASON,
-                value: Some(reason.as_bytes()),
-            })
-            .insert(mlops_kafka::Header {
-                key: mlops_kafka::consumer::dlq_headers::ERROR_CLASS,
-                value: Some(b"validation"),
-            })
-            .insert(mlops_kafka::Header {
-                key: mlops_kafka::consumer::dlq_headers::SOURCE_TOPIC,
-                value: Some(topic.as_bytes()),
-            });
-        if let Err(e) = tokio::time::timeout(
-            Duration::from_secs(30),
-            app.producer.send_event(&dlq, None, &letter, headers),
-        )
-        .await
-        .map_err(|_| "timed out".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            tracing::error!(dataset = %dataset.spec.name, index, error = %e, "rejected record not dead-lettered");
-        }
-    }
 }

@@ -1,0 +1,487 @@
+//! One request of events through ingestion, step by step: the body is read and parsed;
+//! each record's event id is looked up among those accepted before; records are
+//! validated and encoded; the valid ones are produced and acknowledged; accepted ids are
+//! remembered, rejected records dead-lettered, and each record's outcome answered.
+//! Parsing, validation and encoding run on the CPU pool for large bodies, so a 16 MiB
+//! request does not hold an async worker.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use apache_avro::writer::datum::GenericDatumWriter;
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use mlops_events::{Bytes as AvroBytes, DeadLetter, now_millis, topics};
+use mlops_kafka::OwnedHeaders;
+use mlops_schema::json::FieldError;
+use serde_json::{Value as Json, json};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{ApiError, App, check_region, read_body, unknown_dataset};
+use crate::{dataset::Dataset, store::Accepted};
+
+/// Bodies above this size are parsed and encoded on the CPU pool; below it, the hop to
+/// another thread would cost more than the work.
+const CPU_POOL_ABOVE_BYTES: usize = 256 * 1024;
+
+/// What happened to one record of a request.
+enum Outcome {
+    Accepted(Accepted),
+    Duplicate(Accepted),
+    Rejected(Vec<FieldError>),
+    Skipped(String),
+    Failed(String),
+}
+
+/// A valid record, encoded, waiting to be produced.
+struct Prepared {
+    index: usize,
+    key: Option<String>,
+    event_id: Option<String>,
+    payload: Vec<u8>,
+}
+
+/// The records of one request and what has happened to each so far.
+struct Checked {
+    outcomes: Vec<Option<Outcome>>,
+    prepared: Vec<Prepared>,
+    /// `(index, index of its first copy)`: a record repeated within the request.
+    repeats: Vec<(usize, usize)>,
+}
+
+pub(super) async fn ingest(
+    app: &App,
+    name: &str,
+    atomic: Option<bool>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let dataset = app.dataset(name).ok_or_else(|| unknown_dataset(name))?;
+    check_region(app, dataset.spec.region.as_deref())?;
+    let ndjson = is_ndjson(headers)?;
+    let bytes = read_body(body, app.settings.max_body_bytes).await?;
+    let large = bytes.len() > CPU_POOL_ABOVE_BYTES;
+    let (single, items) = if large {
+        let body = bytes.clone();
+        mlops_runtime::cpu::run(move || parse_records(&body, ndjson)).await?
+    } else {
+        parse_records(&bytes, ndjson)?
+    };
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| single)
+        .map(str::to_owned);
+    let event_ids: Vec<Option<String>> = items
+        .iter()
+        .map(|item| {
+            let record = item.as_ref().ok()?;
+            dataset
+                .event_id_of(record)
+                .or_else(|| idempotency_key.clone())
+        })
+        .collect();
+    let known = accepted_before(app, name, &event_ids).await?;
+
+    let items = Arc::new(items);
+    let mut checked = if large {
+        let (dataset, items) = (dataset.clone(), items.clone());
+        mlops_runtime::cpu::run(move || check_and_encode(&dataset, &items, event_ids, &known))
+            .await?
+    } else {
+        check_and_encode(&dataset, &items, event_ids, &known)?
+    };
+    if atomic.unwrap_or(app.settings.all_or_nothing) {
+        refuse_all_if_any_rejected(&mut checked);
+    }
+    let _permits = reserve_in_flight(app, checked.prepared.len())?;
+    let (remembered, queue_full) = produce(app, &dataset, &mut checked).await;
+    resolve_repeats(&mut checked);
+    if let Err(e) = app.store.remember(name, &remembered, now_millis()).await {
+        tracing::error!(dataset = name, error = %e, "accepted event ids not remembered; a retry may duplicate them");
+    }
+    dead_letter_rejections(app, &dataset, &items, &checked.outcomes, &bytes, ndjson).await;
+    Ok(respond(app, name, &checked.outcomes, queue_full))
+}
+
+fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(t) if t.starts_with("application/x-ndjson") => Ok(true),
+        Some(t) if t.starts_with("application/json") => Ok(false),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+            format!(
+                "content type {:?} is not accepted; send application/json (one object or an array) or application/x-ndjson",
+                other.unwrap_or("none")
+            ),
+        )),
+    }
+}
+
+/// Event ids of this request accepted within the idempotency window, in one query.
+async fn accepted_before(
+    app: &App,
+    dataset: &str,
+    event_ids: &[Option<String>],
+) -> Result<HashMap<String, Accepted>, ApiError> {
+    let since = now_millis() - (app.settings.idempotency_window_secs as i64) * 1000;
+    let ids: Vec<&str> = event_ids.iter().flatten().map(String::as_str).collect();
+    app.store.accepted(dataset, &ids, since).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            e.to_string(),
+        )
+    })
+}
+
+/// Each record: a duplicate (of an earlier request or of a record before it in this one),
+/// rejected with every field at fault, or converted to Avro and framed for the wire.
+fn check_and_encode(
+    dataset: &Dataset,
+    items: &[Result<Json, String>],
+    mut event_ids: Vec<Option<String>>,
+    known: &HashMap<String, Accepted>,
+) -> Result<Checked, ApiError> {
+    let writer = GenericDatumWriter::builder(dataset.converter.schema())
+        .build()
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "schema_error",
+                e.to_string(),
+            )
+        })?;
+    let mut checked = Checked {
+        outcomes: (0..items.len()).map(|_| None).collect(),
+        prepared: Vec::new(),
+        repeats: Vec::new(),
+    };
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    for (index, item) in items.iter().enumerate() {
+        let record = match item {
+            Ok(record) => record,
+            Err(reason) => {
+                checked.outcomes[index] = Some(Outcome::Rejected(vec![FieldError {
+                    field: String::new(),
+                    reason: reason.clone(),
+                }]));
+                continue;
+            }
+        };
+        let event_id = event_ids[index].take();
+        if let Some(id) = &event_id {
+            if let Some(&first) = first_seen.get(id) {
+                checked.repeats.push((index, first));
+                continue;
+            }
+            if let Some(accepted) = known.get(id) {
+                checked.outcomes[index] = Some(Outcome::Duplicate(*accepted));
+                continue;
+            }
+            first_seen.insert(id.clone(), index);
+        }
+        let value = match dataset.converter.convert(record) {
+            Ok(value) => value,
+            Err(errors) => {
+                checked.outcomes[index] = Some(Outcome::Rejected(errors));
+                continue;
+            }
+        };
+        let violations = dataset.check_rules(record);
+        if !violations.is_empty() {
+            checked.outcomes[index] = Some(Outcome::Rejected(violations));
+            continue;
+        }
+        let payload = match writer.write_value_to_vec(value) {
+            Ok(body) => mlops_schema::frame(dataset.schema_id, &body),
+            Err(e) => {
+                checked.outcomes[index] = Some(Outcome::Rejected(vec![FieldError {
+                    field: String::new(),
+                    reason: format!("does not encode: {e}"),
+                }]));
+                continue;
+            }
+        };
+        checked.prepared.push(Prepared {
+            index,
+            key: dataset.key_of(record),
+            event_id,
+            payload,
+        });
+    }
+    Ok(checked)
+}
+
+/// All-or-nothing: one rejected record refuses the whole request.
+fn refuse_all_if_any_rejected(checked: &mut Checked) {
+    let any_rejected = checked
+        .outcomes
+        .iter()
+        .any(|o| matches!(o, Some(Outcome::Rejected(_))));
+    if any_rejected {
+        for p in &checked.prepared {
+            checked.outcomes[p.index] = Some(Outcome::Skipped(
+                "batch refused as a whole: another record is invalid".into(),
+            ));
+        }
+        checked.prepared.clear();
+    }
+}
+
+/// Bounded memory: records waiting for broker acknowledgement are capped (429 beyond).
+fn reserve_in_flight(app: &App, records: usize) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    if records == 0 {
+        return Ok(None);
+    }
+    let wanted = u32::try_from(records).unwrap_or(u32::MAX);
+    app.in_flight
+        .clone()
+        .try_acquire_many_owned(wanted)
+        .map(Some)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "backpressure",
+                format!(
+                    "more than {} events are waiting for the broker; retry shortly",
+                    app.settings.max_in_flight
+                ),
+            )
+            .retry_after(1)
+        })
+}
+
+/// Produces the prepared records concurrently and waits for every acknowledgement.
+/// Returns the event ids to remember and whether the producer's queue was full.
+async fn produce(
+    app: &App,
+    dataset: &Dataset,
+    checked: &mut Checked,
+) -> (Vec<(String, Accepted)>, bool) {
+    let topic = dataset.topic();
+    let sends = checked.prepared.iter().map(|p| {
+        app.producer.send_bytes(
+            &topic,
+            p.key.as_deref().map(str::as_bytes),
+            &p.payload,
+            OwnedHeaders::new(),
+        )
+    });
+    let deliveries = futures::future::join_all(sends).await;
+    let mut remembered = Vec::new();
+    let mut queue_full = false;
+    for (p, delivery) in checked.prepared.iter().zip(deliveries) {
+        checked.outcomes[p.index] = Some(match delivery {
+            Ok(d) => {
+                let accepted = Accepted {
+                    partition: d.partition,
+                    offset: d.offset,
+                };
+                if let Some(id) = &p.event_id {
+                    remembered.push((id.clone(), accepted));
+                }
+                Outcome::Accepted(accepted)
+            }
+            Err(mlops_kafka::Error::QueueFull) => {
+                queue_full = true;
+                Outcome::Failed("producer queue full".into())
+            }
+            Err(e) => Outcome::Failed(format!("not acknowledged by the broker: {e}")),
+        });
+    }
+    (remembered, queue_full)
+}
+
+/// A record repeated within the request shares its first copy's outcome.
+fn resolve_repeats(checked: &mut Checked) {
+    for &(index, first) in &checked.repeats {
+        checked.outcomes[index] = Some(match &checked.outcomes[first] {
+            Some(Outcome::Accepted(a)) => Outcome::Duplicate(*a),
+            Some(Outcome::Rejected(e)) => Outcome::Rejected(e.clone()),
+            Some(Outcome::Skipped(r)) => Outcome::Skipped(r.clone()),
+            _ => Outcome::Failed("its first copy in this request was not written".into()),
+        });
+    }
+}
+
+/// Per-record results and the request's status: 200 when anything was accepted (or was
+/// already), 422 when nothing was valid, 503 (or 429 when the queue was full) when the
+/// broker did not acknowledge a valid record.
+fn respond(app: &App, name: &str, outcomes: &[Option<Outcome>], queue_full: bool) -> Response {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let results: Vec<Json> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(index, outcome)| {
+            let (status, body) = match outcome {
+                Some(Outcome::Accepted(a)) => (
+                    "accepted",
+                    json!({"partition": a.partition, "offset": a.offset}),
+                ),
+                Some(Outcome::Duplicate(a)) => (
+                    "duplicate",
+                    json!({"partition": a.partition, "offset": a.offset}),
+                ),
+                Some(Outcome::Rejected(errors)) => ("rejected", json!({"errors": errors})),
+                Some(Outcome::Skipped(reason)) => ("skipped", json!({"reason": reason})),
+                Some(Outcome::Failed(reason)) => ("failed", json!({"reason": reason})),
+                None => ("failed", json!({"reason": "not processed"})),
+            };
+            *counts.entry(status).or_default() += 1;
+            let mut result = json!({"index": index, "status": status});
+            if let (Json::Object(target), Json::Object(extra)) = (&mut result, body) {
+                target.extend(extra);
+            }
+            result
+        })
+        .collect();
+    for (status, n) in &counts {
+        app.count(name, status, *n);
+    }
+    app.reject(
+        "invalid_record",
+        counts.get("rejected").copied().unwrap_or(0),
+    );
+
+    let accepted = counts.get("accepted").copied().unwrap_or(0);
+    let duplicates = counts.get("duplicate").copied().unwrap_or(0);
+    let failed = counts.get("failed").copied().unwrap_or(0);
+    let status = if failed > 0 && queue_full {
+        StatusCode::TOO_MANY_REQUESTS
+    } else if failed > 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if accepted + duplicates == 0 {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "accepted": accepted,
+        "rejected": counts.get("rejected").copied().unwrap_or(0),
+        "duplicates": duplicates,
+        "results": results,
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    if failed > 0 {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+    }
+    response
+}
+
+/// One JSON object, a JSON array, or NDJSON lines. A body that is not JSON at all is a 400;
+/// one bad NDJSON line is one rejected record.
+fn parse_records(
+    bytes: &[u8],
+    ndjson: bool,
+) -> Result<(bool, Vec<Result<Json, String>>), ApiError> {
+    let bad = |reason: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", reason);
+    if ndjson {
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| bad(format!("body is not UTF-8: {e}")))?;
+        let items: Vec<Result<Json, String>> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("invalid JSON line: {e}")))
+            .collect();
+        if items.is_empty() {
+            return Err(bad("no records in the body".into()));
+        }
+        return Ok((items.len() == 1, items));
+    }
+    match serde_json::from_slice::<Json>(bytes)
+        .map_err(|e| bad(format!("body is not valid JSON: {e}")))?
+    {
+        Json::Array(items) if items.is_empty() => Err(bad("no records in the body".into())),
+        Json::Array(items) => Ok((false, items.into_iter().map(Ok).collect())),
+        object @ Json::Object(_) => Ok((true, vec![Ok(object)])),
+        other => Err(bad(format!(
+            "expected a JSON object or an array of objects, got {other}"
+        ))),
+    }
+}
+
+/// Rejected records go to the dataset's dead-letter topic with their reasons, so producers'
+/// mistakes can be inspected and replayed; a failure here is logged, not silent.
+async fn dead_letter_rejections(
+    app: &App,
+    dataset: &Dataset,
+    items: &[Result<Json, String>],
+    outcomes: &[Option<Outcome>],
+    body: &[u8],
+    ndjson: bool,
+) {
+    let topic = dataset.topic();
+    let dlq = topics::dead_letter(&topic);
+    let lines: Vec<&[u8]> = if ndjson {
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let Some(Outcome::Rejected(errors)) = outcome else {
+            continue;
+        };
+        let raw = match (&items[index], lines.get(index)) {
+            (_, Some(line)) => line.to_vec(),
+            (Ok(record), None) => record.to_string().into_bytes(),
+            (Err(_), None) => Vec::new(),
+        };
+        let reason = errors
+            .iter()
+            .map(|e| {
+                if e.field.is_empty() {
+                    e.reason.clone()
+                } else {
+                    format!("{}: {}", e.field, e.reason)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let letter = DeadLetter {
+            source_topic: topic.clone(),
+            source_partition: -1,
+            source_offset: -1,
+            consumer_group: None,
+            reason: reason.clone(),
+            error_class: "validation".into(),
+            key: None,
+            value: Some(AvroBytes(raw)),
+            headers: HashMap::new(),
+            failed_at: now_millis(),
+        };
+        let headers = OwnedHeaders::new()
+            .insert(mlops_kafka::Header {
+                key: mlops_kafka::consumer::dlq_headers::REASON,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(mlops_kafka::Header {
+                key: mlops_kafka::consumer::dlq_headers::ERROR_CLASS,
+                value: Some(b"validation"),
+            })
+            .insert(mlops_kafka::Header {
+                key: mlops_kafka::consumer::dlq_headers::SOURCE_TOPIC,
+                value: Some(topic.as_bytes()),
+            });
+        if let Err(e) = tokio::time::timeout(
+            Duration::from_secs(30),
+            app.producer.send_event(&dlq, None, &letter, headers),
+        )
+        .await
+        .map_err(|_| "timed out".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            tracing::error!(dataset = %dataset.spec.name, index, error = %e, "rejected record not dead-lettered");
+        }
+    }
+}
