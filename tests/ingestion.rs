@@ -629,6 +629,72 @@ async fn a_full_queue_answers_429_and_an_unreachable_broker_503() {
     ingestion.stop().await;
 }
 
+/// Request bodies count against a byte budget from their declared length, before they
+/// are read: a slow 40 KiB upload holds its share, so another 30 KiB request over the
+/// 64 KiB budget gets 429 at once, and the slow one still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_bodies_in_flight_are_bounded_in_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Platform::new(mlops_testkit::tansu().await).await;
+    let mut config = p.config();
+    config.ingestion.max_body_bytes = 64 * 1024;
+    config.ingestion.max_body_bytes_in_flight = 64 * 1024;
+    let ingestion = TestIngestion::start(config).await;
+    let name = unique("payments");
+    p.declare(&ingestion, &payments(&name)).await;
+
+    let line = |i: usize| payment(i).to_string();
+    let mut slow_body = String::new();
+    let mut i = 0;
+    while slow_body.len() < 40 * 1024 {
+        slow_body.push_str(&line(i));
+        slow_body.push('\n');
+        i += 1;
+    }
+    let addr = ingestion.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/datasets/{name}/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        slow_body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&slow_body.as_bytes()[..1024]).await.unwrap();
+
+    let mut other = String::new();
+    let mut j = 100_000;
+    while other.len() < 30 * 1024 {
+        other.push_str(&line(j));
+        other.push('\n');
+        j += 1;
+    }
+    let url = format!("{}/v1/datasets/{name}/events", ingestion.url);
+    let refused = mlops_integration_tests::eventually(Duration::from_secs(30), || {
+        let request = p
+            .http
+            .post(&url)
+            .header("content-type", "application/x-ndjson")
+            .body(other.clone())
+            .send();
+        async move { matches!(request.await, Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS) }
+    })
+    .await;
+    assert!(refused.is_ok(), "the second request was never refused");
+    let (status, body, headers) = p.post(&url, "application/x-ndjson", other.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "backpressure");
+    assert!(headers.contains_key("retry-after"));
+
+    slow.write_all(&slow_body.as_bytes()[1024..]).await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("\"accepted\":{i}")), "{answer}");
+    // The budget is free again.
+    let (status, body, _) = p.post(&url, "application/x-ndjson", other).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ingestion.stop().await;
+}
+
 /// The headline: 10,000 events over HTTP, then Confluent's own Python consumer with its
 /// `SchemaRegistryClient` and `AvroDeserializer` reads exactly those events back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

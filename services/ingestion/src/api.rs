@@ -48,6 +48,8 @@ pub struct App {
     pub(crate) http: reqwest::Client,
     pub(crate) datasets: RwLock<HashMap<String, Arc<Dataset>>>,
     pub(crate) in_flight: Arc<Semaphore>,
+    /// Request bodies being read or worked on, in KiB (`max_body_bytes_in_flight`).
+    body_kib_in_flight: Arc<Semaphore>,
     events: Family<Labels, Counter>,
     rejections: Family<Labels, Counter>,
 }
@@ -75,6 +77,9 @@ impl App {
         );
         Self {
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            body_kib_in_flight: Arc::new(Semaphore::new(
+                settings.max_body_bytes_in_flight.div_ceil(1024),
+            )),
             settings,
             store,
             producer,

@@ -29,6 +29,9 @@ pub struct Settings {
     pub region: Option<String>,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
+    /// Request bodies being read or processed at once, in bytes, at most (by their
+    /// declared length); beyond, 429 with Retry-After.
+    pub max_body_bytes_in_flight: usize,
     /// How long an accepted event id is remembered for idempotent retries.
     pub idempotency_window_secs: u64,
     /// Events waiting for broker acknowledgement, at most; beyond, 429 with Retry-After.
@@ -42,6 +45,7 @@ impl Default for Settings {
         Self {
             region: None,
             max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
             idempotency_window_secs: 24 * 3600,
             max_in_flight: 100_000,
             all_or_nothing: false,
@@ -78,6 +82,14 @@ impl ServiceConfig for Config {
         }
         if self.ingestion.max_body_bytes == 0 {
             errors.push("ingestion.max_body_bytes: must be positive".to_owned());
+        }
+        if self.ingestion.max_body_bytes_in_flight < self.ingestion.max_body_bytes
+            || self.ingestion.max_body_bytes_in_flight / 1024 > u32::MAX as usize
+        {
+            errors.push(
+                "ingestion.max_body_bytes_in_flight: must be at least max_body_bytes (and under 4 TiB)"
+                    .to_owned(),
+            );
         }
         errors
     }

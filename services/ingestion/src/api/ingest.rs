@@ -61,6 +61,7 @@ pub(super) async fn ingest(
     let dataset = app.dataset(name).ok_or_else(|| unknown_dataset(name))?;
     check_region(app, dataset.spec.region.as_deref())?;
     let ndjson = is_ndjson(headers)?;
+    let _body_permit = reserve_body(app, headers)?;
     let bytes = read_body(body, app.settings.max_body_bytes).await?;
     let large = bytes.len() > CPU_POOL_ABOVE_BYTES;
     let (single, items) = if large {
@@ -122,6 +123,32 @@ fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
             ),
         )),
     }
+}
+
+/// Bounded memory before the body is read: a request holds its declared length (the
+/// largest allowed when it declares none) until its answer is sent; 429 beyond.
+fn reserve_body(app: &App, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(app.settings.max_body_bytes)
+        .min(app.settings.max_body_bytes);
+    let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    app.body_kib_in_flight
+        .clone()
+        .try_acquire_many_owned(kib)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "backpressure",
+                format!(
+                    "more than {} bytes of request bodies are being processed; retry shortly",
+                    app.settings.max_body_bytes_in_flight
+                ),
+            )
+            .retry_after(1)
+        })
 }
 
 /// Event ids of this request accepted within the idempotency window, in one query.
