@@ -1,10 +1,10 @@
 //! Conformance of the registry's Confluent-compatible Schema Registry API: every endpoint,
-//! every compatibility level, Confluent's error codes and content type, and
-//! `schema_registry_converter` used as an unmodified client.
+//! every compatibility level, Confluent's error codes and content type, the platform's own
+//! client, and Confluent's Python client used unmodified.
 
 use mlops_events::{Event, TrainingReason, TrainingRequest, new_id, now_millis};
 use mlops_integration_tests::TestRegistry;
-use mlops_schema::AvroCodec;
+use mlops_schema::{AvroCodec, RegistryError, SchemaRegistry};
 use mlops_testkit::unique;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -39,7 +39,7 @@ on_every_database!(
     transitive_levels_check_all_versions_and_plain_ones_only_the_latest,
     config_endpoints_validate_and_fall_back_to_global,
     soft_and_permanent_deletes_follow_confluent_rules,
-    schema_registry_converter_works_against_it_unchanged,
+    the_platform_codec_round_trips_events_through_it,
     confluent_python_client_works_against_it_unchanged,
     concurrent_registrations_all_succeed_with_distinct_ids_and_versions,
 );
@@ -540,7 +540,7 @@ async fn soft_and_permanent_deletes_follow_confluent_rules(database: Database) {
     error(StatusCode::NOT_FOUND, 40401)(api.delete(&format!("/subjects/{subject}")).await);
 }
 
-async fn schema_registry_converter_works_against_it_unchanged(database: Database) {
+async fn the_platform_codec_round_trips_events_through_it(database: Database) {
     let registry = registry(database).await;
     let codec = AvroCodec::new(&registry.url).expect("codec");
     let topic = unique("training.requests");
@@ -709,4 +709,59 @@ async fn concurrent_registrations_all_succeed_with_distinct_ids_and_versions(dat
     let (status, versions) = api.get(&format!("/subjects/{shared}/versions")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(versions, json!((1..=20).collect::<Vec<_>>()));
+}
+
+/// The platform's one client tells "not there", "refused" and "try later" apart, and a
+/// codec that met an outage asks again once the registry is back (no failure is cached).
+#[tokio::test]
+async fn the_client_classifies_answers_and_an_outage_is_never_cached() {
+    let mut registry = registry(Database::Sqlite).await;
+    let client = SchemaRegistry::new(&registry.url, std::time::Duration::from_secs(2), 1).unwrap();
+    let subject = format!("{}-value", unique("classified"));
+    assert!(matches!(
+        client.latest(&subject).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        client.register(&subject, "{").await,
+        Err(RegistryError::Invalid(_))
+    ));
+    let id = client.register(&subject, &record(V1)).await.unwrap();
+    assert_eq!(client.latest(&subject).await.unwrap().id, id);
+    assert_eq!(
+        client.lookup(&subject, &record(V1)).await.unwrap().version,
+        1
+    );
+    assert!(matches!(
+        client.register(&subject, &record(ADD_NO_DEFAULT)).await,
+        Err(RegistryError::Incompatible(_))
+    ));
+    let usages = client.usages(id).await.unwrap();
+    assert_eq!(usages.len(), 1);
+    assert_eq!(usages[0].subject, subject);
+
+    // A record framed with that id, decoded by a fresh codec while the registry is down.
+    let schema = apache_avro::Schema::parse_str(&record(V1)).unwrap();
+    let mut value = apache_avro::types::Record::new(&schema).unwrap();
+    value.put("id", "p-1");
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap();
+    let framed = mlops_schema::frame(id, &body);
+    let codec = AvroCodec::with_registry(client.clone());
+    registry.pause().await;
+    assert!(matches!(
+        client.latest(&subject).await,
+        Err(RegistryError::Unavailable(_))
+    ));
+    let outage = codec.decode_record(&framed).await.unwrap_err();
+    assert!(
+        !outage.is_poison(),
+        "an outage is not the record's fault: {outage}"
+    );
+    registry.resume().await;
+    let decoded = codec.decode_record(&framed).await.expect("asked again");
+    assert_eq!(decoded.name.as_deref(), Some("test.Payment"));
 }

@@ -244,10 +244,9 @@ async fn lookups(online: Arc<OnlineStore>, entities: u64, count: usize) -> anyho
         store,
         online,
         producer: Producer::new(&kafka, codec.clone())?,
+        schema_registry: codec.registry().clone(),
         codec,
         kafka,
-        registry_url: "http://127.0.0.1:9".into(),
-        http: reqwest::Client::new(),
         stream: StreamSettings {
             max_records: 10_000,
             max_wait: Duration::from_millis(200),

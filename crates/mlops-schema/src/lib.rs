@@ -8,19 +8,15 @@
 //! [`Error::Unavailable`] (retry, never drop).
 
 pub mod json;
+pub mod registry;
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use apache_avro::types::Value;
+use apache_avro::{Schema, types::Value};
 use mlops_events::{Event, topics};
-use schema_registry_converter::{
-    async_impl::{
-        avro::{AvroDecoder, AvroEncoder},
-        schema_registry::SrSettings,
-    },
-    error::SRCError,
-    schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema},
-};
+use tokio::sync::RwLock;
+
+pub use registry::{Registered, RegistryError, SchemaRegistry, Usage};
 
 /// Size of the Confluent header: magic byte plus schema id.
 pub const HEADER_LEN: usize = 5;
@@ -48,16 +44,11 @@ impl Error {
     }
 }
 
-impl From<SRCError> for Error {
-    fn from(e: SRCError) -> Self {
-        let reason = match &e.cause {
-            Some(cause) => format!("{}: {cause}", e.error),
-            None => e.error.clone(),
-        };
-        if e.retriable {
-            Error::Unavailable { reason }
-        } else {
-            Error::Poison { reason }
+impl From<RegistryError> for Error {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unavailable(reason) => Error::Unavailable { reason },
+            other => Error::poison(other.to_string()),
         }
     }
 }
@@ -102,66 +93,130 @@ pub struct DecodedRecord {
 }
 
 /// Avro codec bound to one Schema Registry. Cheap to share behind an `Arc`; caches are
-/// internal and concurrent.
+/// internal and concurrent. Only answers are cached: a registry that was unreachable is
+/// asked again next time.
 pub struct AvroCodec {
-    encoder: AvroEncoder,
-    decoder: AvroDecoder,
-    registry_url: String,
+    registry: SchemaRegistry,
+    /// Writer schemas by id, parsed.
+    by_id: RwLock<HashMap<u32, Arc<Schema>>>,
+    /// Ids of our own event schemas, by subject and record name.
+    ids: RwLock<HashMap<(String, &'static str), u32>>,
+    /// Our own event schemas, parsed, by record name.
+    own: RwLock<HashMap<&'static str, Arc<Schema>>>,
 }
 
 impl std::fmt::Debug for AvroCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AvroCodec")
-            .field("registry_url", &self.registry_url)
+            .field("registry_url", &self.registry.url())
             .finish_non_exhaustive()
     }
 }
 
+/// Per-request timeout and attempts of [`AvroCodec::new`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+
 impl AvroCodec {
+    /// A codec on the registry at `registry_url`, with the default timeout and retries.
     pub fn new(registry_url: &str) -> Result<Self> {
-        let settings = || {
-            SrSettings::new_builder(registry_url.trim_end_matches('/').to_owned())
-                .set_timeout(Duration::from_secs(10))
-                .build()
-                .map_err(Error::from)
-        };
-        Ok(Self {
-            encoder: AvroEncoder::new(settings()?),
-            decoder: AvroDecoder::new(settings()?),
-            registry_url: registry_url.to_owned(),
-        })
+        Ok(Self::with_registry(SchemaRegistry::new(
+            registry_url,
+            DEFAULT_TIMEOUT,
+            DEFAULT_ATTEMPTS,
+        )?))
+    }
+
+    pub fn with_registry(registry: SchemaRegistry) -> Self {
+        Self {
+            registry,
+            by_id: RwLock::default(),
+            ids: RwLock::default(),
+            own: RwLock::default(),
+        }
+    }
+
+    pub fn registry(&self) -> &SchemaRegistry {
+        &self.registry
     }
 
     pub fn registry_url(&self) -> &str {
-        &self.registry_url
+        self.registry.url()
     }
 
     /// Encodes `event` for `topic`, registering its schema under `<topic>-value` on first use.
     pub async fn encode<E: Event>(&self, topic: &str, event: &E) -> Result<Vec<u8>> {
-        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
-            topic.to_owned(),
-            false,
-            supplied_schema(E::FULL_NAME, E::SCHEMA),
+        let schema = self.own_schema::<E>().await?;
+        let id = self.own_id::<E>(topic).await?;
+        let value = apache_avro::to_value(event)
+            .and_then(|value| value.resolve(&schema))
+            .map_err(|e| Error::poison(format!("{} does not encode: {e}", E::FULL_NAME)))?;
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .and_then(|writer| writer.write_value_to_vec(value))
+            .map_err(|e| Error::poison(format!("{} does not encode: {e}", E::FULL_NAME)))?;
+        Ok(frame(id, &body))
+    }
+
+    async fn own_schema<E: Event>(&self) -> Result<Arc<Schema>> {
+        if let Some(schema) = self.own.read().await.get(E::FULL_NAME) {
+            return Ok(schema.clone());
+        }
+        let schema = Arc::new(Schema::parse_str(E::SCHEMA).map_err(|e| {
+            Error::poison(format!(
+                "the schema of {} does not parse: {e}",
+                E::FULL_NAME
+            ))
+        })?);
+        self.own.write().await.insert(E::FULL_NAME, schema.clone());
+        Ok(schema)
+    }
+
+    async fn own_id<E: Event>(&self, topic: &str) -> Result<u32> {
+        let key = (topics::value_subject(topic), E::FULL_NAME);
+        if let Some(id) = self.ids.read().await.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.registry.register(&key.0, E::SCHEMA).await?;
+        self.ids.write().await.insert(key, id);
+        Ok(id)
+    }
+
+    /// The writer schema of `id`, fetched once.
+    async fn writer_schema(&self, id: u32) -> Result<Arc<Schema>> {
+        if let Some(schema) = self.by_id.read().await.get(&id) {
+            return Ok(schema.clone());
+        }
+        let text = self.registry.schema(id).await.map_err(|e| match e {
+            RegistryError::NotFound(_) => {
+                Error::poison(format!("schema id {id} is not registered"))
+            }
+            other => other.into(),
+        })?;
+        let schema = Arc::new(
+            Schema::parse_str(&text)
+                .map_err(|e| Error::poison(format!("schema id {id} does not parse: {e}")))?,
         );
-        Ok(self.encoder.encode_struct(event, &strategy).await?)
+        self.by_id.write().await.insert(id, schema.clone());
+        Ok(schema)
     }
 
     /// Decodes a record of any registered schema.
     pub async fn decode_record(&self, bytes: &[u8]) -> Result<DecodedRecord> {
-        let (schema_id, _) = split_frame(bytes)?;
-        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
-            let e = Error::from(e);
-            match e {
-                Error::Poison { reason } => {
-                    Error::poison(format!("schema id {schema_id}: {reason}"))
-                }
-                other => other,
-            }
-        })?;
+        let (schema_id, mut body) = split_frame(bytes)?;
+        let schema = self.writer_schema(schema_id).await?;
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .and_then(|reader| reader.read_value(&mut body))
+            .map_err(|e| Error::poison(format!("schema id {schema_id}: does not decode: {e}")))?;
+        let name = match schema.as_ref() {
+            Schema::Record(record) => Some(record.name.fullname(None)),
+            _ => None,
+        };
         Ok(DecodedRecord {
             schema_id,
-            name: decoded.name.map(|n| n.fullname(None)),
-            value: decoded.value,
+            name,
+            value,
         })
     }
 
@@ -188,10 +243,6 @@ impl AvroCodec {
             ))
         })
     }
-}
-
-fn supplied_schema(name: &str, schema: &str) -> SuppliedSchema {
-    SuppliedSchema::new(Some(name.to_owned()), SchemaType::Avro, schema.to_owned())
 }
 
 /// The subject an event type is registered under for a topic.

@@ -56,13 +56,35 @@ impl HttpConfig {
 pub struct SchemaRegistryConfig {
     /// Base URL of a Confluent-compatible Schema Registry (`SCHEMA_REGISTRY_URL`).
     pub url: String,
+    /// Bound on each request to it.
+    pub timeout_ms: u64,
+    /// Tries of a request that failed transiently (unreachable, timeout, 5xx), in all.
+    pub attempts: u32,
 }
 
 impl Default for SchemaRegistryConfig {
     fn default() -> Self {
         Self {
             url: format!("http://127.0.0.1:{}", ports::REGISTRY),
+            timeout_ms: mlops_schema::DEFAULT_TIMEOUT.as_millis() as u64,
+            attempts: mlops_schema::DEFAULT_ATTEMPTS,
         }
+    }
+}
+
+impl SchemaRegistryConfig {
+    /// The one Schema Registry client of a service, shared by its codec and its API.
+    pub fn client(&self) -> Result<mlops_schema::SchemaRegistry, mlops_schema::RegistryError> {
+        mlops_schema::SchemaRegistry::new(
+            &self.url,
+            Duration::from_millis(self.timeout_ms),
+            self.attempts,
+        )
+    }
+
+    /// An Avro codec on that client.
+    pub fn codec(&self) -> Result<mlops_schema::AvroCodec, mlops_schema::RegistryError> {
+        self.client().map(mlops_schema::AvroCodec::with_registry)
     }
 }
 
@@ -121,6 +143,12 @@ impl CommonConfig {
                 "schema_registry.url: {:?} is not an http(s) URL",
                 self.schema_registry.url
             ));
+        }
+        if self.schema_registry.timeout_ms == 0 {
+            errors.push("schema_registry.timeout_ms: must be positive".to_owned());
+        }
+        if self.schema_registry.attempts == 0 {
+            errors.push("schema_registry.attempts: must be at least 1".to_owned());
         }
         errors
     }

@@ -13,7 +13,7 @@ use axum::{
 };
 use mlops_kafka::{KafkaConfig, Producer, TopicSpec, ensure_topics};
 use mlops_runtime::Supervisor;
-use mlops_schema::{AvroCodec, json::FieldError};
+use mlops_schema::{AvroCodec, RegistryError, SchemaRegistry, json::FieldError};
 use mlops_service::ApiError;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -39,8 +39,7 @@ pub struct App {
     pub codec: Arc<AvroCodec>,
     pub producer: Producer,
     pub kafka: KafkaConfig,
-    pub registry_url: String,
-    pub http: reqwest::Client,
+    pub schema_registry: SchemaRegistry,
     pub stream: StreamSettings,
     pub feature_partitions: i32,
     /// Running view jobs: view → (version, stop token).
@@ -126,55 +125,29 @@ impl App {
 
     async fn source_schema(&self, dataset: &str) -> Result<Schema, DeclareError> {
         let subject = mlops_events::topics::value_subject(&mlops_events::topics::raw(dataset));
-        let response = self
-            .http
-            .get(format!(
-                "{}/subjects/{subject}/versions/latest",
-                self.registry_url
-            ))
-            .send()
+        let latest = self
+            .schema_registry
+            .latest(&subject)
             .await
-            .map_err(|e| DeclareError::Unavailable(format!("schema registry: {e}")))?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Err(DeclareError::UnknownSource(format!(
-                "dataset {dataset:?} has no schema under {subject}; declare the dataset first"
-            )));
-        }
-        let body: Json = response
-            .json()
-            .await
-            .map_err(|e| DeclareError::Unavailable(format!("schema registry: {e}")))?;
-        let text = body["schema"].as_str().unwrap_or_default();
-        Schema::parse_str(text)
+            .map_err(|e| match e {
+                RegistryError::NotFound(_) => DeclareError::UnknownSource(format!(
+                    "dataset {dataset:?} has no schema under {subject}; declare the dataset first"
+                )),
+                other => DeclareError::Unavailable(other.to_string()),
+            })?;
+        Schema::parse_str(&latest.schema)
             .map_err(|e| DeclareError::Unavailable(format!("schema of {subject}: {e}")))
     }
 
     async fn register_schema(&self, version: &ViewVersion) -> Result<u32, DeclareError> {
         let subject = mlops_events::topics::value_subject(&version.topic());
-        let response = self
-            .http
-            .post(format!("{}/subjects/{subject}/versions", self.registry_url))
-            .header("content-type", "application/vnd.schemaregistry.v1+json")
-            .body(json!({"schema": version.schema.to_string()}).to_string())
-            .send()
+        self.schema_registry
+            .register(&subject, &version.schema.to_string())
             .await
-            .map_err(|e| DeclareError::Unavailable(format!("schema registry: {e}")))?;
-        let status = response.status();
-        let body: Json = response
-            .json()
-            .await
-            .map_err(|e| DeclareError::Unavailable(format!("schema registry: {e}")))?;
-        match status.as_u16() {
-            200 => body["id"].as_u64().map(|id| id as u32).ok_or_else(|| {
-                DeclareError::Unavailable(format!("schema registry answered {body}"))
-            }),
-            409 => Err(DeclareError::Incompatible(
-                body["message"].as_str().unwrap_or_default().to_owned(),
-            )),
-            _ => Err(DeclareError::Unavailable(format!(
-                "schema registry answered {status}: {body}"
-            ))),
-        }
+            .map_err(|e| match e {
+                RegistryError::Incompatible(message) => DeclareError::Incompatible(message),
+                other => DeclareError::Unavailable(other.to_string()),
+            })
     }
 }
 

@@ -12,18 +12,14 @@ use mlops_schema::AvroCodec;
 /// subject (`raw.<dataset>-value`): a record of another dataset is as wrong as garbage.
 pub struct RawIntake {
     codec: Arc<AvroCodec>,
-    registry_url: String,
-    http: reqwest::Client,
     /// (subject, schema id) pairs already checked.
     known: Mutex<HashMap<(String, u32), bool>>,
 }
 
 impl RawIntake {
-    pub fn new(codec: Arc<AvroCodec>, registry_url: &str) -> Self {
+    pub fn new(codec: Arc<AvroCodec>) -> Self {
         Self {
             codec,
-            registry_url: registry_url.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
             known: Mutex::new(HashMap::new()),
         }
     }
@@ -33,24 +29,13 @@ impl RawIntake {
         if let Some(known) = self.known.lock().expect("cache lock").get(&key) {
             return Ok(*known);
         }
-        let url = format!("{}/schemas/ids/{id}/versions", self.registry_url);
-        let response = self
-            .http
-            .get(&url)
-            .send()
+        let usages = self
+            .codec
+            .registry()
+            .usages(id)
             .await
-            .map_err(|e| HandlerError::retry(format!("schema registry: {e}")))?;
-        if !response.status().is_success() {
-            return Err(HandlerError::retry(format!(
-                "schema registry answered {}",
-                response.status()
-            )));
-        }
-        let usages: Vec<serde_json::Value> = response
-            .json()
-            .await
-            .map_err(|e| HandlerError::retry(format!("schema registry: {e}")))?;
-        let registered = usages.iter().any(|u| u["subject"] == subject);
+            .map_err(|e| HandlerError::retry(e.to_string()))?;
+        let registered = usages.iter().any(|u| u.subject == subject);
         self.known
             .lock()
             .expect("cache lock")

@@ -28,7 +28,6 @@ use std::{sync::Arc, time::Duration};
 use catalog::Catalog;
 use mlops_kafka::{ConsumerLoop, ConsumerMetrics, Producer, TopicSpec, ensure_topics};
 use mlops_runtime::{AdminState, Supervisor, TaskSet};
-use mlops_schema::AvroCodec;
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use spec::FeatureViewSpec;
@@ -126,7 +125,7 @@ pub async fn run(
         settings.store_url.clone()
     };
     let store = FeatureStore::open(&store_url)?;
-    let codec = Arc::new(AvroCodec::new(&config.schema_registry.url)?);
+    let codec = Arc::new(config.schema_registry.codec()?);
     let producer = Producer::new(&config.kafka, codec.clone())?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ConsumerMetrics::register(&mut registry);
@@ -142,8 +141,7 @@ pub async fn run(
         codec: codec.clone(),
         producer: producer.clone(),
         kafka: config.kafka.clone(),
-        registry_url: config.schema_registry.url.trim_end_matches('/').to_owned(),
-        http: reqwest::Client::new(),
+        schema_registry: codec.registry().clone(),
         stream: StreamSettings {
             max_records: settings.batch_max_records,
             max_wait: Duration::from_millis(settings.batch_max_wait_ms),
@@ -164,7 +162,7 @@ pub async fn run(
         producer.clone(),
     )
     .with_metrics(metrics);
-    let handler = intake::RawIntake::new(codec.clone(), &config.schema_registry.url);
+    let handler = intake::RawIntake::new(codec.clone());
     tasks.spawn("raw-intake", intake.run(handler, tasks.token()));
 
     ensure_topics(

@@ -17,7 +17,7 @@ use axum::{
 };
 use mlops_events::{AuditOutcome, AuditRecord, new_id, now_millis, topics};
 use mlops_kafka::{KafkaConfig, OwnedHeaders, Producer, TopicSpec, ensure_topics};
-use mlops_schema::json::FieldError;
+use mlops_schema::{RegistryError, SchemaRegistry, json::FieldError};
 pub use mlops_service::ApiError;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
@@ -44,8 +44,7 @@ pub struct App {
     pub(crate) store: Store,
     pub(crate) producer: Producer,
     pub(crate) kafka: KafkaConfig,
-    pub(crate) registry_url: String,
-    pub(crate) http: reqwest::Client,
+    pub(crate) schema_registry: SchemaRegistry,
     pub(crate) datasets: RwLock<HashMap<String, Arc<Dataset>>>,
     pub(crate) in_flight: Arc<Semaphore>,
     /// Request bodies being read or worked on, in KiB (`max_body_bytes_in_flight`).
@@ -60,7 +59,7 @@ impl App {
         store: Store,
         producer: Producer,
         kafka: KafkaConfig,
-        registry_url: String,
+        schema_registry: SchemaRegistry,
         registry: &mut Registry,
     ) -> Self {
         let events = Family::<Labels, Counter>::default();
@@ -84,8 +83,7 @@ impl App {
             store,
             producer,
             kafka,
-            registry_url: registry_url.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+            schema_registry,
             datasets: RwLock::new(HashMap::new()),
             events,
             rejections,
@@ -272,68 +270,37 @@ async fn register_dataset(State(app): State<Arc<App>>, body: Body) -> Result<Res
 /// Registers the schema under the dataset's subject; the registry's compatibility check
 /// decides whether a new version is allowed.
 async fn register_schema(app: &App, subject: &str, schema: &Json) -> Result<(u32, i64), ApiError> {
-    let body = json!({"schema": schema.to_string()});
-    let unavailable = |e: String| {
-        ApiError::new(
+    let text = schema.to_string();
+    let refused = |e: RegistryError| match e {
+        RegistryError::Incompatible(message) => {
+            ApiError::new(StatusCode::CONFLICT, "incompatible_schema", message)
+        }
+        RegistryError::Invalid(message) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_schema",
+            message.clone(),
+        )
+        .with_fields(vec![FieldError {
+            field: "schema".into(),
+            reason: message,
+        }]),
+        other => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "schema_registry_unavailable",
-            e,
-        )
+            other.to_string(),
+        ),
     };
-    let response = app
-        .http
-        .post(format!("{}/subjects/{subject}/versions", app.registry_url))
-        .header("content-type", "application/vnd.schemaregistry.v1+json")
-        .body(body.to_string())
-        .send()
+    let id = app
+        .schema_registry
+        .register(subject, &text)
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let status = response.status();
-    let answer: Json = response
-        .json()
+        .map_err(refused)?;
+    let registered = app
+        .schema_registry
+        .lookup(subject, &text)
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let message = answer["message"].as_str().unwrap_or_default().to_owned();
-    match status.as_u16() {
-        200 => {}
-        409 => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "incompatible_schema",
-                message,
-            ));
-        }
-        422 => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_schema",
-                message.clone(),
-            )
-            .with_fields(vec![FieldError {
-                field: "schema".into(),
-                reason: message,
-            }]));
-        }
-        _ => return Err(unavailable(format!("registry answered {status}: {answer}"))),
-    }
-    let id = answer["id"]
-        .as_u64()
-        .ok_or_else(|| unavailable(format!("no id in {answer}")))? as u32;
-    let found: Json = app
-        .http
-        .post(format!("{}/subjects/{subject}", app.registry_url))
-        .header("content-type", "application/vnd.schemaregistry.v1+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .json()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let version = found["version"]
-        .as_i64()
-        .ok_or_else(|| unavailable(format!("no version in {found}")))?;
-    Ok((id, version))
+        .map_err(refused)?;
+    Ok((id, i64::from(registered.version)))
 }
 
 /// Appends an audit record; a failure is logged, never hidden from metrics or logs.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use mlops_events::topics;
 use mlops_kafka::{Producer, TopicSpec, ensure_topics};
 use mlops_runtime::{AdminState, ReadinessCheck};
-use mlops_schema::AvroCodec;
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -112,7 +111,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let common = &config.common;
     let store = store::Store::connect(&common.database_url(SERVICE)).await?;
-    let codec = Arc::new(AvroCodec::new(&common.schema_registry.url)?);
+    let codec = Arc::new(common.schema_registry.codec()?);
+    let schema_registry = codec.registry().clone();
     let producer = Producer::new(&common.kafka, codec)?;
     let mut registry = prometheus_client::registry::Registry::default();
     let app = Arc::new(api::App::new(
@@ -120,7 +120,7 @@ pub async fn run(
         store.clone(),
         producer,
         common.kafka.clone(),
-        common.schema_registry.url.clone(),
+        schema_registry,
         &mut registry,
     ));
     app.load().await?;

@@ -1,5 +1,5 @@
-//! The Confluent-compatible Schema Registry REST API, so that `schema_registry_converter`,
-//! Confluent's clients (Java, Python, Go) and `curl` users work against it unchanged.
+//! The Confluent-compatible Schema Registry REST API, so that Confluent's clients (Java,
+//! Python, Go), the platform's own client and `curl` users work against it unchanged.
 //! Paths, bodies, error codes and the `application/vnd.schemaregistry.v1+json` content
 //! type follow Confluent's API reference.
 
