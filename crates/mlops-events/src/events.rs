@@ -49,29 +49,6 @@ pub struct DeadLetter {
 }
 event!(DeadLetter, "dead_letter.avsc");
 
-/// A scalar feature value; `None` in a row stands for a missing value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum FeatureValue {
-    // Long before Double: untagged decoding would otherwise read every integer as a float.
-    Long(i64),
-    Double(f64),
-    String(String),
-    Boolean(bool),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FeatureRow {
-    pub view: String,
-    pub view_version: i32,
-    pub entity_id: String,
-    pub event_time: i64,
-    pub features: HashMap<String, Option<FeatureValue>>,
-    pub source_offsets: Option<String>,
-    pub trace_id: Option<String>,
-}
-event!(FeatureRow, "feature_row.avsc");
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainingReason {

@@ -76,7 +76,6 @@ fn every_schema_file_has_a_type() {
         DataEvent::SCHEMA,
         DeadLetter::SCHEMA,
         DriftEvent::SCHEMA,
-        FeatureRow::SCHEMA,
         GroundTruthLabel::SCHEMA,
         ModelLifecycleEvent::SCHEMA,
         PredictionLog::SCHEMA,
@@ -125,31 +124,6 @@ fn dead_letter() {
         value: Some(Bytes(b"{\"not\":\"avro\"}".to_vec())),
         headers: HashMap::from([("traceparent".to_owned(), Bytes(b"00-ab".to_vec()))]),
         failed_at: now_millis(),
-    });
-}
-
-#[test]
-fn feature_row() {
-    round_trip(FeatureRow {
-        view: "txn_stats".into(),
-        view_version: 3,
-        entity_id: "c-1".into(),
-        event_time: 1_700_000_000_000,
-        features: HashMap::from([
-            (
-                "amount_mean_1h".to_owned(),
-                Some(FeatureValue::Double(12.5)),
-            ),
-            ("txn_count_1h".to_owned(), Some(FeatureValue::Long(4))),
-            (
-                "country".to_owned(),
-                Some(FeatureValue::String("AE".into())),
-            ),
-            ("is_new".to_owned(), Some(FeatureValue::Boolean(true))),
-            ("age".to_owned(), None),
-        ]),
-        source_offsets: Some("raw.payments/0/10-20".into()),
-        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
     });
 }
 

@@ -409,7 +409,10 @@ fn dtype_of(value: ValueType) -> DataType {
     }
 }
 
-fn json_literal(value: &serde_json::Value) -> Expr {
+/// A JSON value as a polars literal: integers stay integers (a fill keeps an integer column
+/// integral), other numbers are floats. The one conversion of the stream's `fill` and the
+/// snapshots' fitted imputation.
+pub fn json_literal(value: &serde_json::Value) -> Expr {
     match value {
         serde_json::Value::Bool(b) => lit(*b),
         serde_json::Value::Number(n) => match n.as_i64() {

@@ -16,6 +16,7 @@ use crate::{
     catalog::ViewVersion,
     labels::LABELS_PREFIX,
     online::current_revisions,
+    pipeline::json_literal,
     spec::{Encode, FittedTransforms, Impute, Scale},
     store::{FeatureStore, parquet_bytes},
 };
@@ -445,7 +446,7 @@ pub fn fit(column: &Column, spec: &FittedTransforms) -> PolarsResult<FittedState
 pub fn apply(name: &str, state: &FittedState) -> (Vec<Expr>, Vec<String>) {
     let mut x = col(name);
     if let Some(impute) = &state.impute {
-        x = x.fill_null(json_lit(&impute.value));
+        x = x.fill_null(json_literal(&impute.value));
     }
     if let Some(scale) = &state.scale {
         x = ((x.cast(DataType::Float64) - lit(scale.center)) / lit(scale.spread)).alias(name);
@@ -492,15 +493,6 @@ pub fn apply(name: &str, state: &FittedState) -> (Vec<Expr>, Vec<String>) {
     }
 }
 
-fn json_lit(value: &Json) -> Expr {
-    match value {
-        Json::Bool(b) => lit(*b),
-        Json::Number(n) => lit(n.as_f64().unwrap_or(f64::NAN)),
-        Json::String(s) => lit(s.clone()),
-        _ => lit(NULL),
-    }
-}
-
 trait FillJson {
     fn fill_null_with_values_json(&self, value: &Json) -> PolarsResult<Series>;
 }
@@ -511,7 +503,7 @@ impl FillJson for Series {
         let name = self.name().clone();
         let filled = frame
             .lazy()
-            .select([col(name.clone()).fill_null(json_lit(value))])
+            .select([col(name.clone()).fill_null(json_literal(value))])
             .collect()?;
         Ok(filled.column(&name)?.as_materialized_series().clone())
     }
@@ -639,5 +631,37 @@ pub fn reference_statistics(column: &Column) -> PolarsResult<Json> {
             "null_rate": null_rate,
             "frequencies": frequencies,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream's `fill` and the snapshot's fitted imputation turn a JSON value into the
+    /// same literal: an integer column stays an integer column in both.
+    #[test]
+    fn fitted_imputation_fills_like_the_streams_fill() {
+        let frame = df!["x" => [Some(1i64), None, Some(1), Some(3)]].unwrap();
+        let spec = FittedTransforms {
+            impute: Some(Impute::Mode),
+            ..Default::default()
+        };
+        let state = fit(frame.column("x").unwrap(), &spec).unwrap();
+        let value = state.impute.as_ref().unwrap().value.clone();
+        assert_eq!(value, json!(1));
+        let (exprs, _) = apply("x", &state);
+        let snapshot = frame.clone().lazy().select(exprs).collect().unwrap();
+        let stream = frame
+            .lazy()
+            .select([col("x").fill_null(json_literal(&value))])
+            .collect()
+            .unwrap();
+        assert_eq!(snapshot.column("x").unwrap().dtype(), &DataType::Int64);
+        assert_eq!(snapshot, stream);
+        assert_eq!(
+            snapshot.column("x").unwrap().i64().unwrap().to_vec(),
+            [Some(1), Some(1), Some(1), Some(3)]
+        );
     }
 }
