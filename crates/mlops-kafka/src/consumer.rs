@@ -461,10 +461,13 @@ impl ConsumerLoop {
     }
 }
 
-/// Writes records that can never be processed to `<topic>.dlq`.
+/// Writes records that can never be processed to `<topic>.dlq`: the one way dead letters
+/// are made, by consumers (records they read) and by ingestion (requests it refused).
 pub struct DeadLetters {
     config: KafkaConfig,
-    group: String,
+    /// The consumer group named in the letters; `None` for records refused before they
+    /// reached a topic.
+    group: Option<String>,
     producer: Producer,
     topics: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -473,8 +476,16 @@ impl DeadLetters {
     /// `producer`'s codec registers the DeadLetter schema; `group` is named in the letters.
     pub fn new(config: &KafkaConfig, group: impl Into<String>, producer: Producer) -> Self {
         Self {
+            group: Some(group.into()),
+            ..Self::without_group(config, producer)
+        }
+    }
+
+    /// For records refused before they reached their topic (an API's validation).
+    pub fn without_group(config: &KafkaConfig, producer: Producer) -> Self {
+        Self {
             config: config.clone(),
-            group: group.into(),
+            group: None,
             producer,
             topics: Default::default(),
         }
@@ -482,13 +493,6 @@ impl DeadLetters {
 
     /// Sends `record` to `<its topic>.dlq` with the reason, and returns once acknowledged.
     pub async fn send(&self, record: &Record, class: &str, reason: &str) -> Result<()> {
-        let topic = topics::dead_letter(&record.topic);
-        // Created on first use: pattern subscriptions do not know their topics up front.
-        let known = self.topics.lock().expect("dlq set").contains(&topic);
-        if !known {
-            ensure_topics(&self.config, &[TopicSpec::new(&topic, 1)]).await?;
-            self.topics.lock().expect("dlq set").insert(topic.clone());
-        }
         let original_headers = record
             .headers
             .iter()
@@ -500,44 +504,86 @@ impl DeadLetters {
                 )
             })
             .collect();
-        let letter = DeadLetter {
+        self.deliver(DeadLetter {
             source_topic: record.topic.clone(),
             source_partition: record.partition,
             source_offset: record.offset,
-            consumer_group: Some(self.group.clone()),
+            consumer_group: self.group.clone(),
             reason: reason.to_owned(),
             error_class: class.to_owned(),
             key: record.key.clone().map(Bytes),
             value: record.payload.clone().map(Bytes),
             headers: original_headers,
             failed_at: now_millis(),
-        };
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        let headers = [
-            (dlq_headers::REASON, reason),
-            (dlq_headers::ERROR_CLASS, class),
-            (dlq_headers::SOURCE_TOPIC, record.topic.as_str()),
+        })
+        .await
+    }
+
+    /// Sends `value`, refused on its way to `topic` (so it has no partition or offset,
+    /// both -1 in the letter), to `<topic>.dlq` with the reason.
+    pub async fn send_refused(
+        &self,
+        topic: &str,
+        key: Option<Vec<u8>>,
+        value: Vec<u8>,
+        class: &str,
+        reason: &str,
+    ) -> Result<()> {
+        self.deliver(DeadLetter {
+            source_topic: topic.to_owned(),
+            source_partition: -1,
+            source_offset: -1,
+            consumer_group: self.group.clone(),
+            reason: reason.to_owned(),
+            error_class: class.to_owned(),
+            key: key.map(Bytes),
+            value: Some(Bytes(value)),
+            headers: Default::default(),
+            failed_at: now_millis(),
+        })
+        .await
+    }
+
+    /// Produces `letter` to its dead-letter topic (created on first use: pattern
+    /// subscriptions do not know their topics up front), with the reason and source in
+    /// headers too, so tools can filter without decoding.
+    async fn deliver(&self, letter: DeadLetter) -> Result<()> {
+        let topic = topics::dead_letter(&letter.source_topic);
+        let known = self.topics.lock().expect("dlq set").contains(&topic);
+        if !known {
+            ensure_topics(&self.config, &[TopicSpec::new(&topic, 1)]).await?;
+            self.topics.lock().expect("dlq set").insert(topic.clone());
+        }
+        let partition = letter.source_partition.to_string();
+        let offset = letter.source_offset.to_string();
+        let mut fields = vec![
+            (dlq_headers::REASON, letter.reason.as_str()),
+            (dlq_headers::ERROR_CLASS, letter.error_class.as_str()),
+            (dlq_headers::SOURCE_TOPIC, letter.source_topic.as_str()),
             (dlq_headers::SOURCE_PARTITION, partition.as_str()),
             (dlq_headers::SOURCE_OFFSET, offset.as_str()),
-            (dlq_headers::CONSUMER_GROUP, self.group.as_str()),
-        ]
-        .into_iter()
-        .fold(OwnedHeaders::new(), |headers, (key, value)| {
-            headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        });
+        ];
+        if let Some(group) = &letter.consumer_group {
+            fields.push((dlq_headers::CONSUMER_GROUP, group.as_str()));
+        }
+        let headers = fields
+            .into_iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            });
+        let key = letter.key.as_ref().map(|k| k.0.clone());
         self.producer
-            .send_event(&topic, record.key.as_deref(), &letter, headers)
+            .send_event(&topic, key.as_deref(), &letter, headers)
             .await?;
         warn!(
-            topic = %record.topic,
-            partition = record.partition,
-            offset = record.offset,
-            class,
-            reason,
+            topic = %letter.source_topic,
+            partition = letter.source_partition,
+            offset = letter.source_offset,
+            class = %letter.error_class,
+            reason = %letter.reason,
             "dead-lettered record"
         );
         Ok(())

@@ -16,7 +16,7 @@ use axum::{
     routing::{get, post},
 };
 use mlops_events::{AuditOutcome, AuditRecord, new_id, now_millis, topics};
-use mlops_kafka::{KafkaConfig, OwnedHeaders, Producer, TopicSpec, ensure_topics};
+use mlops_kafka::{DeadLetters, KafkaConfig, OwnedHeaders, Producer, TopicSpec, ensure_topics};
 use mlops_schema::{RegistryError, SchemaRegistry, json::FieldError};
 pub use mlops_service::ApiError;
 use prometheus_client::{
@@ -45,6 +45,8 @@ pub struct App {
     pub(crate) producer: Producer,
     pub(crate) kafka: KafkaConfig,
     pub(crate) schema_registry: SchemaRegistry,
+    /// Refused records go to `raw.<dataset>.dlq` through it.
+    pub(crate) dead_letters: DeadLetters,
     pub(crate) datasets: RwLock<HashMap<String, Arc<Dataset>>>,
     pub(crate) in_flight: Arc<Semaphore>,
     /// Request bodies being read or worked on, in KiB (`max_body_bytes_in_flight`).
@@ -75,6 +77,7 @@ impl App {
             rejections.clone(),
         );
         Self {
+            dead_letters: DeadLetters::without_group(&kafka, producer.clone()),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             body_kib_in_flight: Arc::new(Semaphore::new(
                 settings.max_body_bytes_in_flight.div_ceil(1024),

@@ -13,7 +13,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use mlops_events::{Bytes as AvroBytes, DeadLetter, now_millis, topics};
+use mlops_events::now_millis;
 use mlops_kafka::OwnedHeaders;
 use mlops_schema::json::FieldError;
 use serde_json::{Value as Json, json};
@@ -447,7 +447,6 @@ async fn dead_letter_rejections(
     ndjson: bool,
 ) {
     let topic = dataset.topic();
-    let dlq = topics::dead_letter(&topic);
     let lines: Vec<&[u8]> = if ndjson {
         body.split(|b| *b == b'\n')
             .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
@@ -475,34 +474,10 @@ async fn dead_letter_rejections(
             })
             .collect::<Vec<_>>()
             .join("; ");
-        let letter = DeadLetter {
-            source_topic: topic.clone(),
-            source_partition: -1,
-            source_offset: -1,
-            consumer_group: None,
-            reason: reason.clone(),
-            error_class: "validation".into(),
-            key: None,
-            value: Some(AvroBytes(raw)),
-            headers: HashMap::new(),
-            failed_at: now_millis(),
-        };
-        let headers = OwnedHeaders::new()
-            .insert(mlops_kafka::Header {
-                key: mlops_kafka::consumer::dlq_headers::REASON,
-                value: Some(reason.as_bytes()),
-            })
-            .insert(mlops_kafka::Header {
-                key: mlops_kafka::consumer::dlq_headers::ERROR_CLASS,
-                value: Some(b"validation"),
-            })
-            .insert(mlops_kafka::Header {
-                key: mlops_kafka::consumer::dlq_headers::SOURCE_TOPIC,
-                value: Some(topic.as_bytes()),
-            });
         if let Err(e) = tokio::time::timeout(
             Duration::from_secs(30),
-            app.producer.send_event(&dlq, None, &letter, headers),
+            app.dead_letters
+                .send_refused(&topic, None, raw, "validation", &reason),
         )
         .await
         .map_err(|_| "timed out".to_owned())
