@@ -5,6 +5,9 @@
 //! readiness must answer throughout. Before the broker indexed its header table, reading
 //! a partition back was quadratic in its length and this stalled for many minutes.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     collections::{BTreeMap, HashSet},
     sync::{

@@ -2,6 +2,9 @@
 //! the feature service's stream job, online lookups, labels from Kafka, and
 //! point-in-time-correct training snapshots.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     io::Cursor,
     time::{Duration, Instant},

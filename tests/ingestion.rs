@@ -2,6 +2,9 @@
 //! error bodies, Avro on the raw topic that Confluent's own Python consumer reads back,
 //! idempotent retries across a restart, schema evolution, residency and backpressure.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::time::Duration;
 
 use mlops_events::{DeadLetter, topics};

@@ -2,6 +2,9 @@
 //! with real rdkafka clients, Avro through the registry's Schema Registry API, and trace
 //! context in headers.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::{sync::Arc, time::Duration};
 
 use mlops_events::{

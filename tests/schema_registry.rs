@@ -2,6 +2,9 @@
 //! every compatibility level, Confluent's error codes and content type, the platform's own
 //! client, and Confluent's Python client used unmodified.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use mlops_events::{Event, TrainingReason, TrainingRequest, new_id, now_millis};
 use mlops_integration_tests::TestRegistry;
 use mlops_schema::{AvroCodec, RegistryError, SchemaRegistry};

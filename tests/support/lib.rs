@@ -1,6 +1,9 @@
 //! Helpers of the integration tests: the registry service started in-process on a free
 //! port with its own database, and polling with a deadline instead of sleeps.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::{future::Future, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};

@@ -128,6 +128,8 @@ impl KafkaConfig {
 
     /// librdkafka settings common to every client; `role` distinguishes client ids.
     pub(crate) fn client_config(&self, role: &str) -> ClientConfig {
+        // The one place a Kafka client's configuration starts.
+        #[allow(clippy::disallowed_methods)]
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.bootstrap_servers)

@@ -44,6 +44,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests drive the pool from plain tasks
 mod tests {
     use std::time::Duration;
 

@@ -181,6 +181,8 @@ impl Supervisor {
                     progressed: Arc::default(),
                 };
                 let progressed = reporter.progressed.clone();
+                // The supervisor is the wrapper: each attempt is a task so a panic is caught.
+                #[allow(clippy::disallowed_methods)]
                 let outcome = tokio::spawn(attempt(reporter)).await;
                 let (error, panicked) = match outcome {
                     Ok(Ok(())) => break,

@@ -124,6 +124,8 @@ fn outcome(
 /// for the operator who does not want to wait for the drain.
 pub async fn shutdown_signal() {
     wait_for_signal().await;
+    // Not service work: a watcher for a second signal that exits the process at once.
+    #[allow(clippy::disallowed_methods)]
     tokio::spawn(async {
         wait_for_signal().await;
         tracing::warn!("second signal, exiting without draining");

@@ -182,9 +182,12 @@ pub fn broker_check(kafka: &KafkaConfig) -> ReadinessCheck {
 
 pub fn schema_registry_check(url: &str) -> ReadinessCheck {
     let url = format!("{}/subjects", url.trim_end_matches('/'));
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client with a timeout");
     ReadinessCheck::new("schema_registry", move || {
-        let request = client.get(&url).timeout(Duration::from_secs(2));
+        let request = client.get(&url);
         async move {
             let response = request.send().await.map_err(|e| e.to_string())?;
             if response.status().is_success() {

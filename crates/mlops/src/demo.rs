@@ -25,7 +25,7 @@ pub(crate) async fn story(
     first: usize,
     total: usize,
 ) -> Result<(), String> {
-    let http = reqwest::Client::new();
+    let http = crate::status::http();
     let ingestion = layout.url("ingestion");
     let feature = layout.url("feature");
     let step = |n: usize, what: &str| println!("mlops demo: step {}/{total} — {what}", first + n);

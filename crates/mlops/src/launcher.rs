@@ -217,7 +217,7 @@ async fn demo_story(layout: &Layout, deadline: Instant) -> Result<(), String> {
 
 /// Polls every component's readiness until all are ready or `limit` passes.
 async fn wait_until_ready(layout: &Layout, limit: Duration) -> Result<Duration, String> {
-    let client = reqwest::Client::new();
+    let client = crate::status::http();
     let started = Instant::now();
     let mut pending: Vec<&str> = SERVICES.to_vec();
     let mut last_reason = String::new();
@@ -319,6 +319,8 @@ fn supervise(
         .stdin(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // The launcher supervises OS processes, not service work: one plain task per child.
+    #[allow(clippy::disallowed_methods)]
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {

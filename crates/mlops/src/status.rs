@@ -4,6 +4,14 @@ use std::{process::ExitCode, time::Duration};
 
 use crate::platform::{Layout, SERVICES};
 
+/// The launcher's HTTP client: every request it makes is bounded in time.
+pub(crate) fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client with a timeout")
+}
+
 /// Readiness of one component: `Ok` with a short word, or the reason it is not ready.
 pub(crate) async fn readiness(client: &reqwest::Client, url: &str) -> Result<String, String> {
     let response = client
@@ -36,7 +44,7 @@ pub(crate) async fn readiness(client: &reqwest::Client, url: &str) -> Result<Str
 
 /// One line per component; true when all are ready.
 pub(crate) async fn report(layout: &Layout) -> bool {
-    let client = reqwest::Client::new();
+    let client = http();
     let mut all_ready = true;
     let broker = layout.bootstrap_servers();
     let broker_up = tokio::net::TcpStream::connect(broker.split(',').next().unwrap_or_default())

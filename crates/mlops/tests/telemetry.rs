@@ -2,6 +2,9 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set: an unmodified OTLP receiver gets a server span for
 //! an API request, in the caller's trace, from a resource named after the service.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     process::{Command, Stdio},
     sync::{Arc, Mutex},

@@ -2,6 +2,9 @@
 //! processes, all ready; the bus keeps topics, records and committed offsets across a
 //! restart; and stopping — gracefully or by killing the launcher — leaves no process.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     path::Path,
     process::{Child, Command, Stdio},

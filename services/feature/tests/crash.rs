@@ -2,6 +2,9 @@
 //! the offline store holds each event's row exactly once and the online store equals a
 //! fresh computation of the latest vectors.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     path::Path,
     time::{Duration, Instant},

@@ -1,6 +1,9 @@
 //! A stream job that keeps failing, or panics, is restarted from its checkpoint by its
 //! supervisor, and shows as failing in the service's metrics until a batch goes through.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     sync::{
         Arc,

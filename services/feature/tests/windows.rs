@@ -1,6 +1,9 @@
 //! Window aggregations of the streaming pipeline against hand-computed values, across
 //! micro-batches, with out-of-order events inside the allowed lateness and a late one past it.
 
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
 use feature::{
     pipeline::{ENTITY, OFFSET, PARTITION, TIME, ViewPipeline},
     spec::FeatureViewSpec,

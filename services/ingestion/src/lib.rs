@@ -128,11 +128,11 @@ pub async fn run(
     // The audit trail is shared by every service; ingestion writes dataset registrations.
     let audit = [TopicSpec::new(topics::AUDIT_LOG, 1)];
     let kafka = common.kafka.clone();
-    let provisioning = tokio::spawn(async move {
+    let provisioning = async move {
         if let Err(e) = ensure_topics(&kafka, &audit).await {
             tracing::warn!(error = %e, "audit topic not created yet; audit records will fail until it exists");
         }
-    });
+    };
 
     let window_ms = (config.ingestion.idempotency_window_secs as i64) * 1000;
     let pruning = prune_accepted_ids(store.clone(), window_ms, cancel.clone());
@@ -144,8 +144,11 @@ pub async fn run(
     }));
     let admin = AdminState::new(SERVICE, registry, checks);
     let router = admin.with_http_telemetry(api::router(app).merge(admin.router()));
-    let (served, ()) = tokio::join!(mlops_runtime::serve(listener, router, cancel), pruning);
-    provisioning.abort();
+    let (served, (), ()) = tokio::join!(
+        mlops_runtime::serve(listener, router, cancel),
+        pruning,
+        provisioning
+    );
     served?;
     Ok(())
 }
