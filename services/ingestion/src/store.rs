@@ -1,28 +1,19 @@
 //! What ingestion keeps: dataset definitions and the ids of accepted events, so that a
 //! retried event is acknowledged again instead of produced twice — also after a restart.
 
+use mlops_service::database::Migration;
 use std::collections::HashMap;
 
 use sqlx::{AnyPool, Row};
 
 use crate::dataset::DatasetSpec;
 
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS ingestion_datasets (
-        name TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        schema_id BIGINT NOT NULL,
-        version BIGINT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS ingestion_accepted (
-        dataset TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        partition_id BIGINT NOT NULL,
-        record_offset BIGINT NOT NULL,
-        accepted_at BIGINT NOT NULL,
-        PRIMARY KEY (dataset, event_id)
-    )",
-];
+/// This service's schema, version by version (portable between SQLite and PostgreSQL).
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "initial",
+    sql: include_str!("../migrations/0001_initial.sql"),
+}];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -2,6 +2,7 @@
 //! default) and PostgreSQL (production). Ids are assigned inside write transactions, so
 //! no database-specific auto-increment is needed.
 
+use mlops_service::database::Migration;
 use sqlx::{AnyPool, Row};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,27 +15,12 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Tables are created if missing; every statement is portable between SQLite and Postgres.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS sr_schemas (
-        id BIGINT PRIMARY KEY,
-        hash TEXT NOT NULL UNIQUE,
-        schema_type TEXT NOT NULL,
-        schema_text TEXT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS sr_versions (
-        subject TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        schema_id BIGINT NOT NULL REFERENCES sr_schemas (id),
-        deleted BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (subject, version)
-    )",
-    "CREATE INDEX IF NOT EXISTS sr_versions_schema ON sr_versions (schema_id)",
-    "CREATE TABLE IF NOT EXISTS sr_config (
-        subject TEXT PRIMARY KEY,
-        compatibility TEXT NOT NULL
-    )",
-];
+/// This service's schema, version by version (portable between SQLite and PostgreSQL).
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "initial",
+    sql: include_str!("../migrations/0001_initial.sql"),
+}];
 
 /// The key under which the global compatibility level is stored.
 const GLOBAL: &str = "__GLOBAL";
