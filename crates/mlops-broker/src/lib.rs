@@ -112,6 +112,9 @@ impl EmbeddedBroker {
         if let Some(path) = storage.database_path()? {
             indexes::ensure(&path).await?;
         }
+        // The broker is the wrapper here: its server task is owned by `EmbeddedBroker`,
+        // which aborts it on drop.
+        #[allow(clippy::disallowed_methods)]
         let task = tokio::spawn(async move {
             let mut broker = broker;
             if let Err(e) = broker.serve(std::time::Instant::now().into()).await {

@@ -159,6 +159,7 @@ impl SchemaRegistry {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a plain task plays the registry's HTTP endpoint
 mod tests {
     use std::sync::{
         Arc,
