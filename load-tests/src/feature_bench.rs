@@ -252,6 +252,7 @@ async fn lookups(online: Arc<OnlineStore>, entities: u64, count: usize) -> anyho
             max_wait: Duration::from_millis(200),
             metrics: Default::default(),
             consumer_metrics: mlops_kafka::ConsumerMetrics::unregistered(),
+            compaction: Default::default(),
         },
         feature_partitions: 3,
         jobs: Default::default(),

@@ -64,6 +64,10 @@ pub struct Settings {
     pub feature_partitions: i32,
     /// Consumer group that stores ground-truth labels.
     pub labels_group: String,
+    /// A stream job compacts its output every this many batches...
+    pub compact_every_batches: u64,
+    /// ...in each date partition holding at least this many batch files.
+    pub compact_min_files: usize,
 }
 
 impl Default for Settings {
@@ -77,6 +81,8 @@ impl Default for Settings {
             batch_max_wait_ms: 200,
             feature_partitions: 3,
             labels_group: labels::LABELS_GROUP.to_owned(),
+            compact_every_batches: 50,
+            compact_min_files: 16,
         }
     }
 }
@@ -147,6 +153,10 @@ pub async fn run(
             max_wait: Duration::from_millis(settings.batch_max_wait_ms),
             metrics: stream_metrics,
             consumer_metrics: metrics.clone(),
+            compaction: stream::Compaction {
+                every_batches: settings.compact_every_batches,
+                min_files: settings.compact_min_files,
+            },
         },
         feature_partitions: settings.feature_partitions,
         jobs: Default::default(),

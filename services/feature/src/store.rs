@@ -10,6 +10,12 @@
 //! Batch files are named by their batch number, and a batch counts only once its
 //! checkpoint names it: recovery deletes files of later, unfinished batches, so the
 //! offline store holds every row exactly once however a run ends.
+//!
+//! A date partition's durable batch files are compacted into `compact-<n>.parquet`, which
+//! holds every batch up to `n` of that date: reads take a partition's newest compacted
+//! file and the batch files after it, and ignore what it covers (left behind only by a
+//! compaction cut short, and removed by the next). Reads can also be limited to a range of
+//! dates, so their cost follows the window asked for, not the length of history.
 
 use std::{io::Cursor, sync::Arc};
 
@@ -140,16 +146,36 @@ impl FeatureStore {
         }
     }
 
-    /// Every Parquet file under `prefix`, stacked (`None` when there is none).
+    /// Every row under `prefix`, stacked (`None` when there is none).
     pub async fn read_frames(&self, prefix: &str) -> Result<Option<DataFrame>> {
-        let mut frames = Vec::new();
-        for path in self.list(prefix).await? {
-            if path.ends_with(".parquet")
-                && let Some(frame) = self.get_frame(&path).await?
-            {
-                frames.push(frame.lazy());
+        self.read_frames_in(prefix, &DateRange::default()).await
+    }
+
+    /// The rows under `prefix` whose date partition lies in `range`.
+    pub async fn read_frames_in(
+        &self,
+        prefix: &str,
+        range: &DateRange,
+    ) -> Result<Option<DataFrame>> {
+        // A compaction may replace files between the listing and the reads: list again.
+        let mut attempts = 0;
+        let frames = loop {
+            attempts += 1;
+            let mut frames = Vec::new();
+            let mut vanished = false;
+            for path in self.live_files(prefix, range).await? {
+                match self.get_frame(&path).await? {
+                    Some(frame) => frames.push(frame.lazy()),
+                    None => {
+                        vanished = true;
+                        break;
+                    }
+                }
             }
-        }
+            if !vanished || attempts == 3 {
+                break frames;
+            }
+        };
         if frames.is_empty() {
             return Ok(None);
         }
@@ -159,6 +185,74 @@ impl FeatureStore {
         };
         let stacked = mlops_runtime::cpu::run(move || concat(frames, args)?.collect()).await?;
         Ok(Some(stacked))
+    }
+
+    /// The files that hold the rows under `prefix` in `range`: per date partition, its
+    /// newest compacted file and the batch files after it.
+    async fn live_files(&self, prefix: &str, range: &DateRange) -> Result<Vec<String>> {
+        let mut partitions: std::collections::BTreeMap<String, Partition> = Default::default();
+        for path in self.list(prefix).await? {
+            if !path.ends_with(".parquet") {
+                continue;
+            }
+            let (dir, _) = path.rsplit_once('/').unwrap_or(("", &path));
+            if !range.contains(partition_date(dir)) {
+                continue;
+            }
+            partitions.entry(dir.to_owned()).or_default().add(path);
+        }
+        Ok(partitions.into_values().flat_map(Partition::live).collect())
+    }
+
+    /// In each date partition under `prefix` holding at least `min_files` batch files up
+    /// to batch `upto` (the durable ones), merges them and the partition's compacted file
+    /// into one new compacted file, then removes what it replaced. Returns how many
+    /// partitions were compacted. Run by the partition's only writer, between its batches.
+    pub async fn compact(&self, prefix: &str, upto: u64, min_files: usize) -> Result<usize> {
+        let mut partitions: std::collections::BTreeMap<String, Partition> = Default::default();
+        for path in self.list(prefix).await? {
+            if path.ends_with(".parquet") {
+                let (dir, _) = path.rsplit_once('/').unwrap_or(("", &path));
+                partitions.entry(dir.to_owned()).or_default().add(path);
+            }
+        }
+        let mut compacted = 0;
+        for (dir, partition) in partitions {
+            // Leftovers of a compaction cut short first: covered files are garbage.
+            for path in partition.covered() {
+                self.delete(&path).await?;
+            }
+            let batches: Vec<(u64, String)> = partition
+                .batches_after_compaction()
+                .into_iter()
+                .filter(|(n, _)| *n <= upto)
+                .collect();
+            if batches.len() < min_files.max(1) {
+                continue;
+            }
+            let last = batches.iter().map(|(n, _)| *n).max().unwrap_or_default();
+            let mut inputs: Vec<String> = partition.newest_compacted().into_iter().collect();
+            inputs.extend(batches.iter().map(|(_, path)| path.clone()));
+            let mut frames = Vec::new();
+            for path in &inputs {
+                if let Some(frame) = self.get_frame(path).await? {
+                    frames.push(frame.lazy());
+                }
+            }
+            let args = UnionArgs {
+                to_supertypes: true,
+                ..UnionArgs::default()
+            };
+            let merged = mlops_runtime::cpu::run(move || concat(frames, args)?.collect()).await?;
+            let mut merged = merged;
+            self.put_frame(&format!("{dir}/{}", compacted_file(last)), &mut merged)
+                .await?;
+            for path in inputs {
+                self.delete(&path).await?;
+            }
+            compacted += 1;
+        }
+        Ok(compacted)
     }
 
     /// Writes `rows` as batch `batch` under `prefix`, one file per event date
@@ -216,4 +310,227 @@ pub fn batch_number(path: &str) -> Option<u64> {
 
 pub fn batch_file(n: u64) -> String {
     format!("batch-{n:012}.parquet")
+}
+
+/// The file holding every batch up to `last` of one date partition.
+pub fn compacted_file(last: u64) -> String {
+    format!("compact-{last:012}.parquet")
+}
+
+/// `compact-000000000042.parquet` → 42.
+pub fn compacted_number(path: &str) -> Option<u64> {
+    let name = path.rsplit('/').next()?;
+    name.strip_prefix("compact-")?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
+}
+
+/// `…/date=2026-11-26` → `2026-11-26`; `""` for a directory that is not a date partition.
+fn partition_date(dir: &str) -> &str {
+    dir.rsplit('/')
+        .next()
+        .and_then(|name| name.strip_prefix("date="))
+        .unwrap_or_default()
+}
+
+/// The dates (inclusive, `YYYY-MM-DD`) a read is limited to; unbounded by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DateRange {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl DateRange {
+    /// The dates of event times in `[start, end)` (milliseconds), each bound optional.
+    pub fn of_millis(start: Option<i64>, end: Option<i64>) -> Self {
+        let date = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d").to_string())
+        };
+        Self {
+            from: start.and_then(date),
+            to: end.and_then(|end| date(end - 1)),
+        }
+    }
+
+    /// Whether partition `date` may hold rows of the range (files outside any date
+    /// partition always may).
+    fn contains(&self, date: &str) -> bool {
+        if date.is_empty() {
+            return true;
+        }
+        self.from.as_deref().is_none_or(|from| date >= from)
+            && self.to.as_deref().is_none_or(|to| date <= to)
+    }
+}
+
+/// The files of one directory, sorted into batch files, compacted files and others.
+#[derive(Debug, Default)]
+struct Partition {
+    batches: Vec<(u64, String)>,
+    compacted: Vec<(u64, String)>,
+    other: Vec<String>,
+}
+
+impl Partition {
+    fn add(&mut self, path: String) {
+        if let Some(n) = batch_number(&path) {
+            self.batches.push((n, path));
+        } else if let Some(n) = compacted_number(&path) {
+            self.compacted.push((n, path));
+        } else {
+            self.other.push(path);
+        }
+    }
+
+    fn newest(&self) -> Option<&(u64, String)> {
+        self.compacted.iter().max_by_key(|(n, _)| *n)
+    }
+
+    fn newest_compacted(&self) -> Option<String> {
+        self.newest().map(|(_, path)| path.clone())
+    }
+
+    fn covered_up_to(&self) -> Option<u64> {
+        self.newest().map(|(n, _)| *n)
+    }
+
+    fn batches_after_compaction(&self) -> Vec<(u64, String)> {
+        let covered = self.covered_up_to();
+        self.batches
+            .iter()
+            .filter(|(n, _)| covered.is_none_or(|c| *n > c))
+            .cloned()
+            .collect()
+    }
+
+    /// Files the newest compacted file makes redundant.
+    fn covered(&self) -> Vec<String> {
+        let Some(covered) = self.covered_up_to() else {
+            return Vec::new();
+        };
+        let older = self.compacted.iter().filter(|(n, _)| *n < covered);
+        let batches = self.batches.iter().filter(|(n, _)| *n <= covered);
+        older.chain(batches).map(|(_, path)| path.clone()).collect()
+    }
+
+    /// What a read takes: the newest compacted file, the batch files after it, others.
+    fn live(self) -> Vec<String> {
+        let mut live: Vec<String> = self.newest_compacted().into_iter().collect();
+        live.extend(
+            self.batches_after_compaction()
+                .into_iter()
+                .map(|(_, path)| path),
+        );
+        live.extend(self.other);
+        live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+    /// 2026-11-26T00:00:00Z.
+    const D0: i64 = 1_795_651_200_000;
+
+    /// Batch `n`: one row on each of two days.
+    fn batch(n: i64) -> DataFrame {
+        df![
+            "event_time" => [D0 + n, D0 + DAY + n],
+            "value" => [n, 1000 + n],
+        ]
+        .unwrap()
+    }
+
+    async fn values(store: &FeatureStore, prefix: &str, range: &DateRange) -> Vec<i64> {
+        let frame = store.read_frames_in(prefix, range).await.unwrap().unwrap();
+        let mut values: Vec<i64> = frame
+            .column("value")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        values.sort_unstable();
+        values
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_every_row_once_and_reads_skip_what_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FeatureStore::open(&dir.path().display().to_string()).unwrap();
+        let prefix = "offline/spend/v1/";
+        for n in 1..=20 {
+            store
+                .put_batch_by_date(prefix, &batch(n), n as u64)
+                .await
+                .unwrap();
+        }
+        let all: Vec<i64> = (1..=20).chain(1001..=1020).collect();
+        assert_eq!(values(&store, prefix, &DateRange::default()).await, all);
+
+        // Batches up to the checkpoint (15) are merged; later ones stay as they are.
+        assert_eq!(store.compact(prefix, 15, 8).await.unwrap(), 2);
+        let day = dir.path().join("offline/spend/v1/date=2026-11-26");
+        let mut expected: Vec<String> = (16..=20).map(batch_file).collect();
+        expected.push(compacted_file(15));
+        assert_eq!(files(&day), expected);
+        assert_eq!(values(&store, prefix, &DateRange::default()).await, all);
+
+        // A compaction cut short leaves covered files behind: reads ignore them, and the
+        // next compaction removes them.
+        store
+            .put_frame(
+                &format!("{prefix}date=2026-11-26/{}", batch_file(3)),
+                &mut batch(3),
+            )
+            .await
+            .unwrap();
+        assert_eq!(values(&store, prefix, &DateRange::default()).await, all);
+        store.compact(prefix, 20, 8).await.unwrap();
+        assert_eq!(
+            files(&day),
+            expected,
+            "too few new batches to compact again"
+        );
+        assert!(!files(&day).contains(&batch_file(3)));
+
+        // Below the threshold nothing changes; at it, the newest compacted file is merged too.
+        assert_eq!(store.compact(prefix, 20, 5).await.unwrap(), 2);
+        assert_eq!(files(&day), [compacted_file(20)]);
+        assert_eq!(values(&store, prefix, &DateRange::default()).await, all);
+    }
+
+    #[tokio::test]
+    async fn a_read_limited_to_dates_takes_only_their_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FeatureStore::open(&dir.path().display().to_string()).unwrap();
+        let prefix = "labels/";
+        for n in 1..=3 {
+            store
+                .put_batch_by_date(prefix, &batch(n), n as u64)
+                .await
+                .unwrap();
+        }
+        let second_day = DateRange::of_millis(Some(D0 + DAY), Some(D0 + 2 * DAY));
+        assert_eq!(second_day.from.as_deref(), Some("2026-11-27"));
+        assert_eq!(second_day.to.as_deref(), Some("2026-11-27"));
+        assert_eq!(
+            values(&store, prefix, &second_day).await,
+            [1001, 1002, 1003]
+        );
+        let up_to_first = DateRange::of_millis(None, Some(D0 + DAY));
+        assert_eq!(values(&store, prefix, &up_to_first).await, [1, 2, 3]);
+    }
 }

@@ -98,6 +98,42 @@ pub struct StreamSettings {
     pub metrics: StreamMetrics,
     /// Where the jobs' consumers count failed offset commits.
     pub consumer_metrics: ConsumerMetrics,
+    pub compaction: Compaction,
+}
+
+/// How often a job merges its small batch files (see [`FeatureStore::compact`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Compaction {
+    /// Every this many batches (and once at start); 0 turns compaction off.
+    pub every_batches: u64,
+    /// Date partitions with fewer durable batch files are left alone.
+    pub min_files: usize,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Self {
+            every_batches: 50,
+            min_files: 16,
+        }
+    }
+}
+
+/// Compacts `job`'s output up to its checkpoint. A failure costs only read speed: logged.
+async fn compact<J: BatchJob>(job: &J, store: &FeatureStore, settings: &StreamSettings, upto: u64) {
+    if settings.compaction.every_batches == 0 {
+        return;
+    }
+    match store
+        .compact(&job.output_prefix(), upto, settings.compaction.min_files)
+        .await
+    {
+        Ok(0) => {}
+        Ok(partitions) => info!(job = %job.name(), partitions, upto, "compacted batch files"),
+        Err(e) => {
+            tracing::warn!(job = %job.name(), error = %e, "compaction failed; will try again")
+        }
+    }
 }
 
 type JobLabel = Vec<(String, String)>;
@@ -169,6 +205,7 @@ pub async fn run<J: BatchJob>(
             store.delete(&path).await?;
         }
     }
+    compact(&job, store, settings, checkpoint.batch).await;
     job.restore(store, &checkpoint).await?;
     let consumer = BatchConsumer::new(
         &wiring.kafka,
@@ -223,6 +260,13 @@ pub async fn run<J: BatchJob>(
             }
             checkpoint = next;
             job.committed()?;
+            if settings.compaction.every_batches > 0
+                && checkpoint
+                    .batch
+                    .is_multiple_of(settings.compaction.every_batches)
+            {
+                compact(&job, store, settings, checkpoint.batch).await;
+            }
             settings.metrics.batch_done(&job.name());
             reporter.progressed();
         }

@@ -18,7 +18,7 @@ use crate::{
     online::current_revisions,
     pipeline::json_literal,
     spec::{Encode, FittedTransforms, Impute, Scale},
-    store::{FeatureStore, parquet_bytes},
+    store::{DateRange, FeatureStore, parquet_bytes},
 };
 
 /// `POST /v1/training-sets` body.
@@ -92,12 +92,21 @@ pub async fn build(
         .label_dataset
         .clone()
         .unwrap_or_else(|| version.spec.source.clone());
-    let Some(labels) = store.read_frames(LABELS_PREFIX).await? else {
+    // Only the dates the request asks for: labels in its range, features up to its end
+    // (a label joins the latest feature row before it, however old).
+    let labels_range = DateRange::of_millis(request.start, request.end);
+    let features_range = DateRange {
+        from: None,
+        to: labels_range.to.clone(),
+    };
+    let Some(labels) = store.read_frames_in(LABELS_PREFIX, &labels_range).await? else {
         return Err(TrainingSetError::NoLabels(
             "no labels have been received yet".into(),
         ));
     };
-    let features = store.read_frames(&version.offline_prefix()).await?;
+    let features = store
+        .read_frames_in(&version.offline_prefix(), &features_range)
+        .await?;
     let (owned_version, owned_request, dataset) =
         (version.clone(), request.clone(), label_dataset.clone());
     let snapshot = mlops_runtime::cpu::run(move || {

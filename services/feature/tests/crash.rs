@@ -115,20 +115,17 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-/// Every offline row of the view, read back from the Parquet files.
-fn offline_rows(dir: &Path) -> DataFrame {
-    let frames: Vec<LazyFrame> = files_under(dir)
-        .into_iter()
-        .filter(|path| path.extension().is_some_and(|x| x == "parquet"))
-        .map(|path| {
-            let file = std::fs::File::open(&path).unwrap();
-            ParquetReader::new(file).finish().unwrap().lazy()
-        })
-        .collect();
-    concat(frames, UnionArgs::default())
+/// Every offline row of the view, read back as the platform reads it (a partition's
+/// newest compacted file and the batch files after it; compaction may run meanwhile).
+async fn offline_rows(data: &Path, view: &str) -> DataFrame {
+    let store =
+        feature::store::FeatureStore::open(&data.join("feature-store").display().to_string())
+            .unwrap();
+    store
+        .read_frames(&format!("offline/{view}/v1/"))
+        .await
         .unwrap()
-        .collect()
-        .unwrap()
+        .expect("offline rows")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -219,6 +216,9 @@ async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
                 views.display().to_string(),
             ),
             ("MLOPS__FEATURE__BATCH_MAX_RECORDS".into(), "150".into()),
+            // Compaction runs often here, so that kills also land inside it.
+            ("MLOPS__FEATURE__COMPACT_EVERY_BATCHES".into(), "2".into()),
+            ("MLOPS__FEATURE__COMPACT_MIN_FILES".into(), "2".into()),
             (
                 "MLOPS__FEATURE__RAW_TOPICS".into(),
                 format!("^raw\\.{dataset}$"),
@@ -294,7 +294,13 @@ async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
     );
 
     // Each event's row exactly once, none missing.
-    let rows = offline_rows(&offline);
+    let rows = offline_rows(&data, &view).await;
+    assert!(
+        files_under(&offline).iter().any(|p| p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("compact-"))),
+        "the batch files were compacted along the way"
+    );
     assert_eq!(rows.height() as i64, EVENTS, "one offline row per event");
     let distinct = rows
         .clone()

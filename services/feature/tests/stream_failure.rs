@@ -131,6 +131,7 @@ async fn a_failing_stream_job_is_visible_in_metrics_until_it_recovers() {
             max_wait: Duration::from_millis(20),
             metrics,
             consumer_metrics: mlops_kafka::ConsumerMetrics::unregistered(),
+            compaction: Default::default(),
         },
     };
     let (job_name, token) = (name.clone(), cancel.clone());
