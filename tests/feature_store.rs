@@ -717,3 +717,44 @@ async fn health_answers_while_a_large_training_set_is_built() {
         "/healthz took up to {worst:?} while the set was built ({took:?})"
     );
 }
+
+/// Labels posted over HTTP to ingestion reach the feature service and the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_posted_over_http_reach_the_training_snapshot() {
+    let p = Platform::start().await;
+    let view = unique("spend").replace('-', "_");
+    let (status, declared) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!(status, StatusCode::CREATED, "{declared}");
+    p.events(&[
+        payment("t1", "c1", 0, 10.0, "EUR"),
+        payment("t2", "c2", 5, 7.0, "AED"),
+    ])
+    .await;
+    p.online_at(&view, 1, "c2", T0 + 5 * MINUTE).await;
+    let response = p
+        .http
+        .post(format!(
+            "{}/v1/datasets/{}/labels",
+            p.ingestion.url, p.dataset
+        ))
+        .header("content-type", "application/x-ndjson")
+        .body(format!(
+            "{}\n{}\n",
+            json!({"entity_id": "c1", "label": true, "event_time": T0 + MINUTE}),
+            json!({"entity_id": "c2", "label": false, "event_time": T0 + 6 * MINUTE})
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (status, body) = p.training_set(&json!({"view": view}), 2).await;
+    assert!(status.is_success(), "{body}");
+    let data = p.snapshot_data(body["id"].as_str().unwrap()).await;
+    let labels: Vec<Option<f64>> = data
+        .column("label")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .to_vec();
+    assert_eq!(labels, [Some(1.0), Some(0.0)], "booleans train as 1 and 0");
+}

@@ -856,3 +856,135 @@ async fn records_written_straight_to_kafka_are_taken_in_and_garbage_is_dead_lett
         ingestion.stop().await;
     }
 }
+
+/// Ground truth the producers' way: labels over HTTP (validated per record, refused ones
+/// dead-lettered, idempotent on `label_id`) and labels inline in events of a dataset that
+/// declares label fields — each reaches the `labels` topic once, as `GroundTruthLabel`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_arrive_over_http_and_inline_each_once() {
+    use mlops_events::{GroundTruthLabel, LabelValue};
+    let p = Platform::new(mlops_testkit::tansu().await).await;
+    let ingestion = TestIngestion::start(p.config()).await;
+    let name = unique("payments");
+    p.declare(&ingestion, &payments(&name)).await;
+
+    // Inline: two events carry a label (true, false), one does not (null).
+    let mut fraud = payment(0);
+    fraud["is_fraud"] = json!(true);
+    let mut honest = payment(1);
+    honest["is_fraud"] = json!(false);
+    let (status, events) = p
+        .send(&ingestion, &name, &json!([fraud, honest, payment(2)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    let inline_id = |i: usize| {
+        let r = &events["results"][i];
+        format!("raw.{name}/{}/{}/is_fraud", r["partition"], r["offset"])
+    };
+
+    let url = format!("{}/v1/datasets/{name}/labels", ingestion.url);
+    let body = json!([
+        {"entity_id": "c-5", "label": 1, "event_time": "2026-11-26T10:00:00Z", "label_id": "L-1"},
+        {"entity_id": "c-6", "label": "chargeback", "event_time": 1_795_687_260_000_i64, "request_id": "r-1"},
+        {"label": 1, "event_time": 5},
+        {"entity_id": "c-7", "label": [1], "event_time": "soon", "extra": true}
+    ]);
+    let (status, answer, _) = p.post(&url, "application/json", body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (&answer["accepted"], &answer["rejected"]),
+        (&json!(2), &json!(2))
+    );
+    assert_eq!(
+        answer["results"][2]["errors"],
+        json!([{"field": "entity_id", "reason": "is required"}])
+    );
+    let fields: Vec<&str> = answer["results"][3]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["extra", "label", "event_time"], "{answer}");
+    // The same labels again: duplicates, written once.
+    let (status, again, _) = p.post(&url, "application/json", body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (&again["accepted"], &again["duplicates"]),
+        (&json!(0), &json!(2))
+    );
+
+    let bootstrap = &p.broker.bootstrap_servers;
+    assert_eq!(records_on(bootstrap, topics::LABELS, 3).await, 4);
+    let codec = AvroCodec::new(&p.registry.url).unwrap();
+    let mut labels = Vec::new();
+    // Four labels and the three sentinels `records_on` appended.
+    for message in mlops_integration_tests::read_topic(bootstrap, topics::LABELS, 7).await {
+        if message.payload() == Some(SENTINEL) {
+            continue;
+        }
+        let label: GroundTruthLabel = codec.decode(message.payload().unwrap()).await.unwrap();
+        assert_eq!(label.dataset, name);
+        assert_eq!(
+            message.key(),
+            Some(label.entity_id.as_bytes()),
+            "keyed by entity"
+        );
+        labels.push((
+            label.label_id,
+            label.entity_id,
+            label.label,
+            label.request_id,
+        ));
+    }
+    labels.sort_by(|a, b| a.0.cmp(&b.0));
+    let c6 = labels
+        .iter()
+        .find(|l| l.1 == "c-6")
+        .expect("the label without an id")
+        .0
+        .clone();
+    let mut expected = vec![
+        (
+            inline_id(0),
+            "c-0".to_owned(),
+            LabelValue::Number(1.0),
+            None,
+        ),
+        (
+            inline_id(1),
+            "c-1".to_owned(),
+            LabelValue::Number(0.0),
+            None,
+        ),
+        (
+            "L-1".to_owned(),
+            "c-5".to_owned(),
+            LabelValue::Number(1.0),
+            None,
+        ),
+        (
+            c6,
+            "c-6".to_owned(),
+            LabelValue::Class("chargeback".into()),
+            Some("r-1".to_owned()),
+        ),
+    ];
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(labels, expected);
+
+    // The refused ones are on labels.dlq with their reasons.
+    let dead =
+        mlops_integration_tests::read_topic(bootstrap, &topics::dead_letter(topics::LABELS), 2)
+            .await;
+    let mut reasons = Vec::new();
+    for message in &dead {
+        let letter: DeadLetter = codec.decode(message.payload().unwrap()).await.unwrap();
+        reasons.push(letter.reason);
+    }
+    assert!(
+        reasons.contains(&"entity_id: is required".to_owned()),
+        "{reasons:?}"
+    );
+    ingestion.stop().await;
+}

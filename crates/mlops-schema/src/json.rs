@@ -319,6 +319,11 @@ fn date(json: &Json) -> Option<i32> {
     i32::try_from((day - epoch).num_days()).ok()
 }
 
+/// Epoch milliseconds from an integer or an RFC 3339 string, as event times are read.
+pub fn timestamp_millis(json: &Json) -> Option<i64> {
+    timestamp(json, 1000)
+}
+
 /// Epoch units as an integer, or an RFC 3339 string converted to `per_second` units.
 fn timestamp(json: &Json, per_second: i64) -> Option<i64> {
     if let Some(n) = json.as_i64() {

@@ -35,6 +35,7 @@ use crate::{
 };
 
 mod ingest;
+mod labels;
 
 type Labels = Vec<(String, String)>;
 
@@ -138,6 +139,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/datasets", post(register_dataset).get(list_datasets))
         .route("/v1/datasets/{name}", get(get_dataset))
         .route("/v1/datasets/{name}/events", post(post_events))
+        .route("/v1/datasets/{name}/labels", post(labels::post_labels))
         // Bodies are read with our own limit, to answer 413 in the API's error format.
         .layer(DefaultBodyLimit::disable())
         .with_state(app)

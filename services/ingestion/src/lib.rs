@@ -126,11 +126,15 @@ pub async fn run(
     app.load().await?;
 
     // The audit trail is shared by every service; ingestion writes dataset registrations.
-    let audit = [TopicSpec::new(topics::AUDIT_LOG, 1)];
+    // Labels are shared with the feature service, which creates the topic the same way.
+    let audit = [
+        TopicSpec::new(topics::AUDIT_LOG, 1),
+        TopicSpec::new(topics::LABELS, 3),
+    ];
     let kafka = common.kafka.clone();
     let provisioning = async move {
         if let Err(e) = ensure_topics(&kafka, &audit).await {
-            tracing::warn!(error = %e, "audit topic not created yet; audit records will fail until it exists");
+            tracing::warn!(error = %e, "audit or labels topic not created yet; writes to it fail until it exists");
         }
     };
 

@@ -27,7 +27,7 @@ use crate::{dataset::Dataset, store::Accepted};
 const CPU_POOL_ABOVE_BYTES: usize = 256 * 1024;
 
 /// What happened to one record of a request.
-enum Outcome {
+pub(super) enum Outcome {
     Accepted(Accepted),
     Duplicate(Accepted),
     Rejected(Vec<FieldError>),
@@ -44,11 +44,21 @@ struct Prepared {
 }
 
 /// The records of one request and what has happened to each so far.
-struct Checked {
-    outcomes: Vec<Option<Outcome>>,
+pub(super) struct Checked {
+    pub(super) outcomes: Vec<Option<Outcome>>,
     prepared: Vec<Prepared>,
     /// `(index, index of its first copy)`: a record repeated within the request.
-    repeats: Vec<(usize, usize)>,
+    pub(super) repeats: Vec<(usize, usize)>,
+}
+
+impl Checked {
+    pub(super) fn new(records: usize) -> Self {
+        Self {
+            outcomes: (0..records).map(|_| None).collect(),
+            prepared: Vec::new(),
+            repeats: Vec::new(),
+        }
+    }
 }
 
 pub(super) async fn ingest(
@@ -103,11 +113,15 @@ pub(super) async fn ingest(
     if let Err(e) = app.store.remember(name, &remembered, now_millis()).await {
         tracing::error!(dataset = name, error = %e, "accepted event ids not remembered; a retry may duplicate them");
     }
-    dead_letter_rejections(app, &dataset, &items, &checked.outcomes, &bytes, ndjson).await;
+    if !dataset.spec.labels.is_empty() {
+        super::labels::emit_inline(app, &dataset, &items, &mut checked.outcomes).await;
+    }
+    let topic = dataset.topic();
+    dead_letter_rejections(app, &topic, &items, &checked.outcomes, &bytes, ndjson).await;
     Ok(respond(app, name, &checked.outcomes, queue_full))
 }
 
-fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
+pub(super) fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
     match headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -127,7 +141,10 @@ fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
 
 /// Bounded memory before the body is read: a request holds its declared length (the
 /// largest allowed when it declares none) until its answer is sent; 429 beyond.
-fn reserve_body(app: &App, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, ApiError> {
+pub(super) fn reserve_body(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<OwnedSemaphorePermit, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -152,7 +169,7 @@ fn reserve_body(app: &App, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, 
 }
 
 /// Event ids of this request accepted within the idempotency window, in one query.
-async fn accepted_before(
+pub(super) async fn accepted_before(
     app: &App,
     dataset: &str,
     event_ids: &[Option<String>],
@@ -185,11 +202,7 @@ fn check_and_encode(
                 e.to_string(),
             )
         })?;
-    let mut checked = Checked {
-        outcomes: (0..items.len()).map(|_| None).collect(),
-        prepared: Vec::new(),
-        repeats: Vec::new(),
-    };
+    let mut checked = Checked::new(items.len());
     let mut first_seen: HashMap<String, usize> = HashMap::new();
     for (index, item) in items.iter().enumerate() {
         let record = match item {
@@ -263,7 +276,10 @@ fn refuse_all_if_any_rejected(checked: &mut Checked) {
 }
 
 /// Bounded memory: records waiting for broker acknowledgement are capped (429 beyond).
-fn reserve_in_flight(app: &App, records: usize) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+pub(super) fn reserve_in_flight(
+    app: &App,
+    records: usize,
+) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
     if records == 0 {
         return Ok(None);
     }
@@ -327,7 +343,7 @@ async fn produce(
 }
 
 /// A record repeated within the request shares its first copy's outcome.
-fn resolve_repeats(checked: &mut Checked) {
+pub(super) fn resolve_repeats(checked: &mut Checked) {
     for &(index, first) in &checked.repeats {
         checked.outcomes[index] = Some(match &checked.outcomes[first] {
             Some(Outcome::Accepted(a)) => Outcome::Duplicate(*a),
@@ -341,7 +357,12 @@ fn resolve_repeats(checked: &mut Checked) {
 /// Per-record results and the request's status: 200 when anything was accepted (or was
 /// already), 422 when nothing was valid, 503 (or 429 when the queue was full) when the
 /// broker did not acknowledge a valid record.
-fn respond(app: &App, name: &str, outcomes: &[Option<Outcome>], queue_full: bool) -> Response {
+pub(super) fn respond(
+    app: &App,
+    name: &str,
+    outcomes: &[Option<Outcome>],
+    queue_full: bool,
+) -> Response {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     let results: Vec<Json> = outcomes
         .iter()
@@ -406,7 +427,7 @@ fn respond(app: &App, name: &str, outcomes: &[Option<Outcome>], queue_full: bool
 
 /// One JSON object, a JSON array, or NDJSON lines. A body that is not JSON at all is a 400;
 /// one bad NDJSON line is one rejected record.
-fn parse_records(
+pub(super) fn parse_records(
     bytes: &[u8],
     ndjson: bool,
 ) -> Result<(bool, Vec<Result<Json, String>>), ApiError> {
@@ -438,15 +459,14 @@ fn parse_records(
 
 /// Rejected records go to the dataset's dead-letter topic with their reasons, so producers'
 /// mistakes can be inspected and replayed; a failure here is logged, not silent.
-async fn dead_letter_rejections(
+pub(super) async fn dead_letter_rejections(
     app: &App,
-    dataset: &Dataset,
+    topic: &str,
     items: &[Result<Json, String>],
     outcomes: &[Option<Outcome>],
     body: &[u8],
     ndjson: bool,
 ) {
-    let topic = dataset.topic();
     let lines: Vec<&[u8]> = if ndjson {
         body.split(|b| *b == b'\n')
             .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
@@ -477,13 +497,13 @@ async fn dead_letter_rejections(
         if let Err(e) = tokio::time::timeout(
             Duration::from_secs(30),
             app.dead_letters
-                .send_refused(&topic, None, raw, "validation", &reason),
+                .send_refused(topic, None, raw, "validation", &reason),
         )
         .await
         .map_err(|_| "timed out".to_owned())
         .and_then(|r| r.map_err(|e| e.to_string()))
         {
-            tracing::error!(dataset = %dataset.spec.name, index, error = %e, "rejected record not dead-lettered");
+            tracing::error!(topic, index, error = %e, "rejected record not dead-lettered");
         }
     }
 }
