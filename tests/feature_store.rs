@@ -750,11 +750,6 @@ async fn labels_posted_over_http_reach_the_training_snapshot() {
     let (status, body) = p.training_set(&json!({"view": view}), 2).await;
     assert!(status.is_success(), "{body}");
     let data = p.snapshot_data(body["id"].as_str().unwrap()).await;
-    let labels: Vec<Option<f64>> = data
-        .column("label")
-        .unwrap()
-        .f64()
-        .unwrap()
-        .to_vec();
+    let labels: Vec<Option<f64>> = data.column("label").unwrap().f64().unwrap().to_vec();
     assert_eq!(labels, [Some(1.0), Some(0.0)], "booleans train as 1 and 0");
 }

@@ -147,7 +147,7 @@ fn rows_of(frame: &DataFrame, version: i32, features: &[String]) -> PolarsResult
         };
         let mut values = Map::new();
         for (name, column) in &columns {
-            values.insert((*name).clone(), json_of(&column.get(i)?));
+            values.insert((*name).clone(), mlops_ml::json_of(&column.get(i)?));
         }
         rows.push(OnlineRow {
             entity_id: entity.to_owned(),
@@ -157,27 +157,4 @@ fn rows_of(frame: &DataFrame, version: i32, features: &[String]) -> PolarsResult
         });
     }
     Ok(rows)
-}
-
-/// JSON of one polars value (NaN and infinities become null: JSON has no place for them).
-pub fn json_of(value: &AnyValue<'_>) -> Json {
-    match value {
-        AnyValue::Null => Json::Null,
-        AnyValue::Boolean(b) => Json::Bool(*b),
-        AnyValue::Int8(n) => Json::from(*n),
-        AnyValue::Int16(n) => Json::from(*n),
-        AnyValue::Int32(n) => Json::from(*n),
-        AnyValue::Int64(n) => Json::from(*n),
-        AnyValue::UInt8(n) => Json::from(*n),
-        AnyValue::UInt16(n) => Json::from(*n),
-        AnyValue::UInt32(n) => Json::from(*n),
-        AnyValue::UInt64(n) => Json::from(*n),
-        AnyValue::Float32(x) => {
-            serde_json::Number::from_f64(f64::from(*x)).map_or(Json::Null, Json::Number)
-        }
-        AnyValue::Float64(x) => serde_json::Number::from_f64(*x).map_or(Json::Null, Json::Number),
-        AnyValue::String(s) => Json::String((*s).to_owned()),
-        AnyValue::StringOwned(s) => Json::String(s.to_string()),
-        other => Json::String(other.to_string()),
-    }
 }

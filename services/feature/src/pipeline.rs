@@ -90,7 +90,7 @@ impl ViewPipeline {
                 expr = expr.strict_cast(dtype_of(cast));
             }
             if let Some(fill) = &feature.fill {
-                expr = expr.fill_null(json_literal(fill));
+                expr = expr.fill_null(mlops_ml::json_literal(fill));
             }
             row_features.push(expr.alias(feature.name.as_str()));
             feature_names.push(feature.name.clone());
@@ -406,21 +406,6 @@ fn dtype_of(value: ValueType) -> DataType {
         ValueType::Double => DataType::Float64,
         ValueType::String => DataType::String,
         ValueType::Boolean => DataType::Boolean,
-    }
-}
-
-/// A JSON value as a polars literal: integers stay integers (a fill keeps an integer column
-/// integral), other numbers are floats. The one conversion of the stream's `fill` and the
-/// snapshots' fitted imputation.
-pub fn json_literal(value: &serde_json::Value) -> Expr {
-    match value {
-        serde_json::Value::Bool(b) => lit(*b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => lit(i),
-            None => lit(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        serde_json::Value::String(s) => lit(s.clone()),
-        _ => lit(NULL),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Feature view specs: what users write (TOML files or JSON over the API), checked with
 //! every problem reported at once, each naming the field at fault.
 
+pub use mlops_ml::transforms::{Encode, FittedTransforms, Impute, Scale};
 use std::collections::HashSet;
 
 use mlops_schema::json::FieldError;
@@ -61,15 +62,6 @@ pub struct FeatureSpec {
     pub encode: Option<Encode>,
 }
 
-/// Transformations whose statistics are fitted on a training snapshot and versioned with it
-/// (`impute`, `scale`, `encode` of a feature or aggregation).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FittedTransforms {
-    pub impute: Option<Impute>,
-    pub scale: Option<Scale>,
-    pub encode: Option<Encode>,
-}
-
 impl FeatureSpec {
     pub fn fitted(&self) -> FittedTransforms {
         FittedTransforms {
@@ -97,31 +89,6 @@ pub enum ValueType {
     Double,
     String,
     Boolean,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Impute {
-    Mean,
-    Median,
-    /// Most frequent value.
-    Mode,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scale {
-    Zscore,
-    Minmax,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encode {
-    /// One 0/1 column per category seen in the snapshot, plus `<name>__unknown`.
-    Onehot,
-    /// Category index in the snapshot's sorted categories; unseen ones get the next index.
-    Ordinal,
 }
 
 /// One windowed aggregation.

@@ -9,15 +9,16 @@ use std::collections::BTreeMap;
 
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
+
+pub use mlops_ml::{Manifest, TimeRange};
+use mlops_ml::{FittedState, ReferenceStatistics, apply, fit, reference_statistics};
 
 use crate::{
     catalog::ViewVersion,
     labels::LABELS_PREFIX,
     online::current_revisions,
-    pipeline::json_literal,
-    spec::{Encode, FittedTransforms, Impute, Scale},
     store::{DateRange, FeatureStore, parquet_bytes},
 };
 
@@ -39,35 +40,6 @@ pub struct TrainingSetRequest {
     pub end: Option<i64>,
 }
 
-/// The manifest of a snapshot, stored next to its data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// SHA-256 of the request's meaning and the data: same inputs, same id.
-    pub id: String,
-    pub view: String,
-    pub view_version: i32,
-    pub label_dataset: String,
-    pub rows: usize,
-    /// Event-time range of the labels, epoch milliseconds.
-    pub time_range: TimeRange,
-    /// Model inputs, in order (after encoding).
-    pub features: Vec<String>,
-    /// Per raw feature: the reference statistics (drift baseline).
-    pub statistics: BTreeMap<String, Json>,
-    /// Per raw feature: the fitted transforms and their learnt state.
-    pub fitted: BTreeMap<String, Json>,
-    /// Label statistics.
-    pub label: Json,
-    pub data: String,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TimeRange {
-    pub start: Option<i64>,
-    pub end: Option<i64>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingSetError {
     #[error("{0}")]
@@ -78,8 +50,6 @@ pub enum TrainingSetError {
     Polars(#[from] PolarsError),
 }
 
-/// Bins of the numeric reference histograms (deciles).
-const BINS: usize = 10;
 
 /// Builds (or finds) the snapshot of `request` for `version`. Returns the manifest and
 /// whether it was created now.
@@ -157,9 +127,9 @@ struct Snapshot {
     data: DataFrame,
     bytes: Vec<u8>,
     inputs: Vec<String>,
-    statistics: BTreeMap<String, Json>,
-    fitted: BTreeMap<String, Json>,
-    label_statistics: Json,
+    statistics: BTreeMap<String, ReferenceStatistics>,
+    fitted: BTreeMap<String, FittedState>,
+    label_statistics: ReferenceStatistics,
 }
 
 /// The CPU part of [`build`]: labels in the range, each joined as of its event time to
@@ -288,10 +258,7 @@ fn assemble(
         let (exprs, outputs) = apply(name, &state);
         transforms.extend(exprs);
         inputs.extend(outputs);
-        fitted.insert(
-            name.clone(),
-            serde_json::to_value(&state).unwrap_or(Json::Null),
-        );
+        fitted.insert(name.clone(), state);
     }
     let label_statistics = reference_statistics(joined.column("label")?)?;
     let mut data = joined
@@ -367,284 +334,10 @@ pub async fn list(store: &FeatureStore) -> Result<Vec<Manifest>, TrainingSetErro
     Ok(manifests)
 }
 
-/// Learnt state of a feature's fitted transforms.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FittedState {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub impute: Option<ImputeState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale: Option<ScaleState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encode: Option<EncodeState>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ImputeState {
-    pub strategy: Impute,
-    pub value: Json,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScaleState {
-    pub kind: Scale,
-    /// Mean (z-score) or minimum (min-max).
-    pub center: f64,
-    /// Standard deviation (z-score) or range (min-max); 1 when the data has no spread.
-    pub spread: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EncodeState {
-    pub kind: Encode,
-    /// Categories seen in the snapshot, sorted.
-    pub categories: Vec<String>,
-}
-
-/// Learns the transforms' state from `column`.
-pub fn fit(column: &Column, spec: &FittedTransforms) -> PolarsResult<FittedState> {
-    let series = column.as_materialized_series().clone();
-    let mut state = FittedState::default();
-    let mut values = series.clone();
-    if let Some(strategy) = spec.impute {
-        let value = match strategy {
-            Impute::Mean => series.cast(&DataType::Float64)?.mean().map(Json::from),
-            Impute::Median => series.cast(&DataType::Float64)?.median().map(Json::from),
-            Impute::Mode => mode(&series)?,
-        }
-        .unwrap_or(Json::Null);
-        values = values.fill_null_with_values_json(&value)?;
-        state.impute = Some(ImputeState { strategy, value });
-    }
-    if let Some(kind) = spec.scale {
-        let x = values.cast(&DataType::Float64)?;
-        let (center, spread) = match kind {
-            Scale::Zscore => (x.mean().unwrap_or(0.0), x.std(1).unwrap_or(1.0)),
-            Scale::Minmax => {
-                let min = x.min::<f64>()?.unwrap_or(0.0);
-                let max = x.max::<f64>()?.unwrap_or(min);
-                (min, max - min)
-            }
-        };
-        let spread = if spread.is_finite() && spread > 0.0 {
-            spread
-        } else {
-            1.0
-        };
-        state.scale = Some(ScaleState {
-            kind,
-            center,
-            spread,
-        });
-    }
-    if let Some(kind) = spec.encode {
-        let categories = values
-            .cast(&DataType::String)?
-            .drop_nulls()
-            .unique()?
-            .sort(SortOptions::default())?;
-        let categories = categories.str()?;
-        let categories = (0..categories.len())
-            .filter_map(|i| categories.get(i).map(str::to_owned))
-            .collect();
-        state.encode = Some(EncodeState { kind, categories });
-    }
-    Ok(state)
-}
-
-/// Expressions applying `state` to column `name`, and the columns they produce.
-pub fn apply(name: &str, state: &FittedState) -> (Vec<Expr>, Vec<String>) {
-    let mut x = col(name);
-    if let Some(impute) = &state.impute {
-        x = x.fill_null(json_literal(&impute.value));
-    }
-    if let Some(scale) = &state.scale {
-        x = ((x.cast(DataType::Float64) - lit(scale.center)) / lit(scale.spread)).alias(name);
-        return (vec![x.alias(name)], vec![name.to_owned()]);
-    }
-    match &state.encode {
-        None => (vec![x.alias(name)], vec![name.to_owned()]),
-        Some(EncodeState {
-            kind: Encode::Ordinal,
-            categories,
-        }) => {
-            let text = x.cast(DataType::String);
-            let mut code = lit(categories.len() as i64);
-            for (i, category) in categories.iter().enumerate().rev() {
-                code = when(text.clone().eq(lit(category.as_str())))
-                    .then(lit(i as i64))
-                    .otherwise(code);
-            }
-            (vec![code.alias(name)], vec![name.to_owned()])
-        }
-        Some(EncodeState {
-            kind: Encode::Onehot,
-            categories,
-        }) => {
-            let text = x.cast(DataType::String);
-            let mut exprs = Vec::new();
-            let mut outputs = Vec::new();
-            let mut known = lit(false);
-            for category in categories {
-                let is = text
-                    .clone()
-                    .eq(lit(category.as_str()))
-                    .fill_null(lit(false));
-                known = known.or(is.clone());
-                let output = format!("{name}__{category}");
-                exprs.push(is.cast(DataType::Int32).alias(output.as_str()));
-                outputs.push(output);
-            }
-            let unknown = format!("{name}__unknown");
-            exprs.push(known.not().cast(DataType::Int32).alias(unknown.as_str()));
-            outputs.push(unknown);
-            (exprs, outputs)
-        }
-    }
-}
-
-trait FillJson {
-    fn fill_null_with_values_json(&self, value: &Json) -> PolarsResult<Series>;
-}
-
-impl FillJson for Series {
-    fn fill_null_with_values_json(&self, value: &Json) -> PolarsResult<Series> {
-        let frame = DataFrame::new_infer_height(vec![self.clone().into()])?;
-        let name = self.name().clone();
-        let filled = frame
-            .lazy()
-            .select([col(name.clone()).fill_null(json_literal(value))])
-            .collect()?;
-        Ok(filled.column(&name)?.as_materialized_series().clone())
-    }
-}
-
-fn mode(series: &Series) -> PolarsResult<Option<Json>> {
-    let counts = value_counts(series)?;
-    Ok(counts.into_iter().next().map(|(value, _)| value))
-}
-
-/// Non-null values and their counts, most frequent first (ties by value).
-fn value_counts(series: &Series) -> PolarsResult<Vec<(Json, u64)>> {
-    let name = series.name().clone();
-    let frame = DataFrame::new_infer_height(vec![series.clone().into()])?
-        .lazy()
-        .filter(col(name.clone()).is_not_null())
-        .group_by([col(name.clone())])
-        .agg([len().alias("__count")])
-        .sort(
-            ["__count", name.as_str()],
-            SortMultipleOptions::default().with_order_descending_multi([true, false]),
-        )
-        .collect()?;
-    let values = frame.column(&name)?;
-    let counts = frame.column("__count")?.cast(&DataType::UInt64)?;
-    let counts = counts.u64()?;
-    let mut out = Vec::with_capacity(frame.height());
-    for i in 0..frame.height() {
-        out.push((
-            crate::online::json_of(&values.get(i)?),
-            counts.get(i).unwrap_or(0),
-        ));
-    }
-    Ok(out)
-}
-
-/// Reference statistics of one column: null rate always; for numbers, moments and decile
-/// bins with their counts; for categories, their frequencies.
-pub fn reference_statistics(column: &Column) -> PolarsResult<Json> {
-    let series = column.as_materialized_series();
-    let count = series.len();
-    let nulls = series.null_count();
-    let null_rate = if count == 0 {
-        0.0
-    } else {
-        nulls as f64 / count as f64
-    };
-    if series.dtype().is_primitive_numeric() {
-        let x = series.cast(&DataType::Float64)?;
-        let frame = DataFrame::new_infer_height(vec![x.clone().into()])?;
-        let name = x.name().clone();
-        let quantiles: Vec<Expr> = (0..=BINS)
-            .map(|i| {
-                col(name.clone())
-                    .quantile(lit(i as f64 / BINS as f64), QuantileMethod::Linear)
-                    .alias(format!("q{i}"))
-            })
-            .collect();
-        let edges_frame = frame.clone().lazy().select(quantiles).collect()?;
-        let mut edges: Vec<f64> = (0..=BINS)
-            .filter_map(|i| {
-                edges_frame
-                    .column(&format!("q{i}"))
-                    .ok()?
-                    .f64()
-                    .ok()?
-                    .get(0)
-            })
-            .collect();
-        edges.dedup();
-        // Bin i holds (edge[i], edge[i+1]]; the first bin also holds its lower edge.
-        let bins: Vec<Expr> = edges
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| {
-                let inside = col(name.clone()).lt_eq(lit(w[1]));
-                let inside = if i == 0 {
-                    inside.and(col(name.clone()).gt_eq(lit(w[0])))
-                } else {
-                    inside.and(col(name.clone()).gt(lit(w[0])))
-                };
-                inside.cast(DataType::UInt32).sum().alias(format!("b{i}"))
-            })
-            .collect();
-        let counts: Vec<u64> = if bins.is_empty() {
-            Vec::new()
-        } else {
-            let frame = frame.lazy().select(bins).collect()?;
-            frame
-                .columns()
-                .iter()
-                .map(|c| {
-                    c.cast(&DataType::UInt64)
-                        .ok()
-                        .and_then(|c| c.u64().ok()?.get(0))
-                        .unwrap_or(0)
-                })
-                .collect()
-        };
-        Ok(json!({
-            "kind": "numeric",
-            "count": count,
-            "null_rate": null_rate,
-            "mean": x.mean(),
-            "std": x.std(1),
-            "min": x.min::<f64>()?,
-            "max": x.max::<f64>()?,
-            "bin_edges": edges,
-            "bin_counts": counts,
-        }))
-    } else {
-        let frequencies: serde_json::Map<String, Json> = value_counts(series)?
-            .into_iter()
-            .map(|(value, n)| {
-                let key = match value {
-                    Json::String(s) => s,
-                    other => other.to_string(),
-                };
-                (key, Json::from(n))
-            })
-            .collect();
-        Ok(json!({
-            "kind": "categorical",
-            "count": count,
-            "null_rate": null_rate,
-            "frequencies": frequencies,
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use mlops_ml::{FittedTransforms, Impute, json_literal};
+
     use super::*;
 
     /// The stream's `fill` and the snapshot's fitted imputation turn a JSON value into the
