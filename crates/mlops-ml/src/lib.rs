@@ -1,9 +1,10 @@
 //! What the feature store, training and serving share about a model's inputs: the fitted
 //! transforms (impute, scale, encode) with their learnt state, applied as polars
 //! expressions over a frame and row by row over one request, with the same values; the
-//! reference statistics a snapshot records as the drift baseline; and the snapshot
-//! manifest that carries both.
+//! reference statistics a snapshot records as the drift baseline; the snapshot manifest
+//! that carries both; and the signed model artifact.
 
+pub mod artifact;
 pub mod manifest;
 pub mod statistics;
 pub mod transforms;
@@ -11,6 +12,7 @@ pub mod transforms;
 use polars::prelude::*;
 use serde_json::Value as Json;
 
+pub use artifact::{ArtifactError, ModelArtifact, Signer};
 pub use manifest::{Manifest, TimeRange};
 pub use statistics::{ReferenceStatistics, reference_statistics};
 pub use transforms::{

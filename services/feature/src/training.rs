@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-pub use mlops_ml::{Manifest, TimeRange};
 use mlops_ml::{FittedState, ReferenceStatistics, apply, fit, reference_statistics};
+pub use mlops_ml::{Manifest, TimeRange};
 
 use crate::{
     catalog::ViewVersion,
@@ -49,7 +49,6 @@ pub enum TrainingSetError {
     #[error("computing the training set: {0}")]
     Polars(#[from] PolarsError),
 }
-
 
 /// Builds (or finds) the snapshot of `request` for `version`. Returns the manifest and
 /// whether it was created now.
