@@ -1,7 +1,12 @@
 //! The training service: trains, tunes and validates models when asked by events.
 //!
-//! Its business logic arrives with its own issue; until then it answers only the admin
-//! endpoints (`/healthz`, `/readyz`, `/metrics`) and claims nothing else.
+//! What is here so far: the metrics (`metrics`) and the fitting, scoring and grid search of
+//! candidate models (`trainer`), checked against scikit-learn. The service itself (runs
+//! triggered by `training.requests`, specs, the validation gate) is not wired yet: it
+//! answers only the admin endpoints (`/healthz`, `/readyz`, `/metrics`).
+
+pub mod metrics;
+pub mod trainer;
 
 use mlops_service::CommonConfig;
 use tokio::net::TcpListener;

@@ -1,0 +1,274 @@
+//! Fitting and scoring candidate models: binary classifiers from `linfa` (logistic
+//! regression, decision tree), hyperparameters searched over a grid, each candidate fitted
+//! on the older rows and scored on the newest (a time-based holdout: the data is a stream,
+//! and a model is used on what comes next).
+
+use std::collections::BTreeMap;
+
+use linfa::prelude::*;
+use linfa_logistic::LogisticRegression;
+use linfa_trees::DecisionTree;
+use ndarray::{Array1, Array2, ArrayView2};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// L2-regularised; `alpha` (penalty, default 1.0) and `max_iterations` (100).
+    LogisticRegression,
+    /// Gini splits; `max_depth` (unbounded) and `min_weight_split` (2).
+    DecisionTree,
+}
+
+/// One choice of hyperparameters, by name.
+pub type Hyperparameters = BTreeMap<String, f64>;
+
+/// Rows of model inputs (already transformed) and their binary labels, oldest first.
+#[derive(Debug, Clone)]
+pub struct Examples {
+    pub inputs: Array2<f64>,
+    pub labels: Vec<bool>,
+}
+
+impl Examples {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The oldest rows for fitting, the newest `holdout` fraction for scoring.
+    pub fn time_split(&self, holdout: f64) -> (Examples, Examples) {
+        let test = ((self.len() as f64) * holdout).round() as usize;
+        let cut = self.len() - test.clamp(1, self.len().saturating_sub(1).max(1));
+        (self.rows(0..cut), self.rows(cut..self.len()))
+    }
+
+    fn rows(&self, range: std::ops::Range<usize>) -> Examples {
+        Examples {
+            // `select`, not `slice`: ndarray's `s!` expands to code `unsafe_code = "forbid"` refuses.
+            inputs: self
+                .inputs
+                .select(ndarray::Axis(0), &range.clone().collect::<Vec<_>>()),
+            labels: self.labels[range].to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{algorithm:?} with {hyperparameters:?}: {reason}")]
+    Fit {
+        algorithm: Algorithm,
+        hyperparameters: Hyperparameters,
+        reason: String,
+    },
+    #[error("hyperparameter {name} = {value} is not valid for {algorithm:?}: {reason}")]
+    Hyperparameter {
+        algorithm: Algorithm,
+        name: String,
+        value: f64,
+        reason: String,
+    },
+}
+
+/// A fitted model, able to score rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Model {
+    LogisticRegression(linfa_logistic::FittedLogisticRegression<f64, bool>),
+    DecisionTree(linfa_trees::DecisionTree<f64, bool>),
+}
+
+impl Model {
+    /// Probability of the positive class for each row (a tree scores 0 or 1).
+    pub fn scores(&self, inputs: ArrayView2<'_, f64>) -> Vec<f64> {
+        match self {
+            Self::LogisticRegression(model) => model.predict_probabilities(&inputs).to_vec(),
+            Self::DecisionTree(tree) => tree
+                .predict(&inputs)
+                .iter()
+                .map(|&positive| if positive { 1.0 } else { 0.0 })
+                .collect(),
+        }
+    }
+
+    /// The model in its own serde form, for the artifact.
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self).unwrap_or(Json::Null)
+    }
+}
+
+/// Fits `algorithm` with `hyperparameters` on `train`.
+pub fn fit(
+    algorithm: Algorithm,
+    hyperparameters: &Hyperparameters,
+    train: &Examples,
+) -> Result<Model, TrainError> {
+    let get = |name: &str, default: f64| hyperparameters.get(name).copied().unwrap_or(default);
+    let invalid = |name: &str, reason: &str| TrainError::Hyperparameter {
+        algorithm,
+        name: name.to_owned(),
+        value: get(name, f64::NAN),
+        reason: reason.to_owned(),
+    };
+    let failed = |reason: String| TrainError::Fit {
+        algorithm,
+        hyperparameters: hyperparameters.clone(),
+        reason,
+    };
+    let dataset = Dataset::new(train.inputs.clone(), Array1::from(train.labels.clone()));
+    match algorithm {
+        Algorithm::LogisticRegression => {
+            let alpha = get("alpha", 1.0);
+            if !(alpha >= 0.0 && alpha.is_finite()) {
+                return Err(invalid("alpha", "must be a finite number ≥ 0"));
+            }
+            let iterations = get("max_iterations", 100.0);
+            if !(iterations >= 1.0 && iterations.fract() == 0.0) {
+                return Err(invalid("max_iterations", "must be a whole number ≥ 1"));
+            }
+            LogisticRegression::default()
+                .alpha(alpha)
+                .max_iterations(iterations as u64)
+                .fit(&dataset)
+                .map(Model::LogisticRegression)
+                .map_err(|e| failed(e.to_string()))
+        }
+        Algorithm::DecisionTree => {
+            let depth = hyperparameters.get("max_depth").copied();
+            if depth.is_some_and(|d| !(d >= 1.0 && d.fract() == 0.0)) {
+                return Err(invalid("max_depth", "must be a whole number ≥ 1"));
+            }
+            let split = get("min_weight_split", 2.0);
+            if !(split >= 1.0 && split.is_finite()) {
+                return Err(invalid("min_weight_split", "must be a number ≥ 1"));
+            }
+            DecisionTree::params()
+                .max_depth(depth.map(|d| d as usize))
+                .min_weight_split(split as f32)
+                .fit(&dataset)
+                .map(Model::DecisionTree)
+                .map_err(|e| failed(e.to_string()))
+        }
+    }
+}
+
+/// Every combination of the values in `space` (a grid), in a stable order.
+pub fn grid(space: &BTreeMap<String, Vec<f64>>) -> Vec<Hyperparameters> {
+    let mut combinations = vec![Hyperparameters::new()];
+    for (name, values) in space {
+        combinations = combinations
+            .into_iter()
+            .flat_map(|base| {
+                values.iter().map(move |value| {
+                    let mut next = base.clone();
+                    next.insert(name.clone(), *value);
+                    next
+                })
+            })
+            .collect();
+    }
+    combinations
+}
+
+/// One candidate's result.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    pub algorithm: Algorithm,
+    pub hyperparameters: Hyperparameters,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Fits every candidate on `train`, scores it on `test`, and returns the trials and the
+/// best model by `primary` (higher is better, except for `log_loss`).
+pub fn search(
+    candidates: &[(Algorithm, Hyperparameters)],
+    train: &Examples,
+    test: &Examples,
+    primary: &str,
+) -> Result<(Vec<Trial>, Option<(usize, Model)>), TrainError> {
+    let lower_is_better = primary == "log_loss";
+    let mut trials = Vec::new();
+    let mut best: Option<(usize, Model, f64)> = None;
+    for (algorithm, hyperparameters) in candidates {
+        let model = fit(*algorithm, hyperparameters, train)?;
+        let scores = model.scores(test.inputs.view());
+        let metrics = metrics::binary(&test.labels, &scores);
+        let value = metrics.get(primary).copied().unwrap_or(f64::NAN);
+        let better = match &best {
+            None => value.is_finite(),
+            Some((_, _, current)) if lower_is_better => value < *current,
+            Some((_, _, current)) => value > *current,
+        };
+        if better {
+            best = Some((trials.len(), model, value));
+        }
+        trials.push(Trial {
+            algorithm: *algorithm,
+            hyperparameters: hyperparameters.clone(),
+            metrics,
+        });
+    }
+    Ok((trials, best.map(|(index, model, _)| (index, model))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two separable clusters, in time order.
+    fn examples() -> Examples {
+        let rows: Vec<(f64, f64, bool)> = (0..200)
+            .map(|i| {
+                let positive = i % 2 == 0;
+                let noise = ((i * 37) % 11) as f64 / 10.0;
+                let x = if positive { 3.0 + noise } else { -3.0 - noise };
+                (x, noise, positive)
+            })
+            .collect();
+        Examples {
+            inputs: Array2::from_shape_fn((rows.len(), 2), |(r, c)| {
+                if c == 0 { rows[r].0 } else { rows[r].1 }
+            }),
+            labels: rows.iter().map(|r| r.2).collect(),
+        }
+    }
+
+    #[test]
+    fn a_grid_search_fits_every_candidate_and_keeps_the_best() {
+        let data = examples();
+        let (train, test) = data.time_split(0.25);
+        assert_eq!((train.len(), test.len()), (150, 50));
+        let space = BTreeMap::from([("alpha".to_owned(), vec![0.1, 1.0, 10.0])]);
+        let mut candidates: Vec<(Algorithm, Hyperparameters)> = grid(&space)
+            .into_iter()
+            .map(|h| (Algorithm::LogisticRegression, h))
+            .collect();
+        candidates.push((
+            Algorithm::DecisionTree,
+            BTreeMap::from([("max_depth".to_owned(), 3.0)]),
+        ));
+        let (trials, best) = search(&candidates, &train, &test, "accuracy").unwrap();
+        assert_eq!(trials.len(), 4);
+        let (index, model) = best.expect("a best model");
+        assert_eq!(trials[index].metrics["accuracy"], 1.0, "{trials:?}");
+        let round_trip: Model = serde_json::from_value(model.to_json()).unwrap();
+        assert_eq!(
+            round_trip.scores(test.inputs.view()),
+            model.scores(test.inputs.view())
+        );
+    }
+
+    #[test]
+    fn a_bad_hyperparameter_is_named() {
+        let data = examples();
+        let bad = BTreeMap::from([("max_depth".to_owned(), 0.5)]);
+        let error = fit(Algorithm::DecisionTree, &bad, &data).unwrap_err();
+        assert!(error.to_string().contains("max_depth = 0.5"), "{error}");
+    }
+}
