@@ -184,6 +184,13 @@ pub struct Trial {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// What a search found: every trial, and the best one's index and model.
+#[derive(Debug)]
+pub struct Searched {
+    pub trials: Vec<Trial>,
+    pub best: Option<(usize, Model)>,
+}
+
 /// Fits every candidate on `train`, scores it on `test`, and returns the trials and the
 /// best model by `primary` (higher is better, except for `log_loss`).
 pub fn search(
@@ -191,7 +198,7 @@ pub fn search(
     train: &Examples,
     test: &Examples,
     primary: &str,
-) -> Result<(Vec<Trial>, Option<(usize, Model)>), TrainError> {
+) -> Result<Searched, TrainError> {
     let lower_is_better = primary == "log_loss";
     let mut trials = Vec::new();
     let mut best: Option<(usize, Model, f64)> = None;
@@ -214,7 +221,10 @@ pub fn search(
             metrics,
         });
     }
-    Ok((trials, best.map(|(index, model, _)| (index, model))))
+    Ok(Searched {
+        trials,
+        best: best.map(|(index, model, _)| (index, model)),
+    })
 }
 
 #[cfg(test)]
@@ -253,7 +263,7 @@ mod tests {
             Algorithm::DecisionTree,
             BTreeMap::from([("max_depth".to_owned(), 3.0)]),
         ));
-        let (trials, best) = search(&candidates, &train, &test, "accuracy").unwrap();
+        let Searched { trials, best } = search(&candidates, &train, &test, "accuracy").unwrap();
         assert_eq!(trials.len(), 4);
         let (index, model) = best.expect("a best model");
         assert_eq!(trials[index].metrics["accuracy"], 1.0, "{trials:?}");
