@@ -313,3 +313,127 @@ max_loss = 0.01
         assert!(errors[0].reason.contains("trials"), "{errors:?}");
     }
 }
+
+/// The candidates a spec asks for: every combination of each algorithm's space (grid), or
+/// `trials` of them drawn without replacement by a generator seeded with `seed` (random),
+/// the same seed drawing the same candidates.
+pub fn candidates(spec: &ModelSpec) -> Vec<(Algorithm, crate::trainer::Hyperparameters)> {
+    let all: Vec<(Algorithm, crate::trainer::Hyperparameters)> = spec
+        .algorithms
+        .iter()
+        .flat_map(|(algorithm, space)| {
+            crate::trainer::grid(space)
+                .into_iter()
+                .map(move |h| (*algorithm, h))
+        })
+        .collect();
+    match spec.search {
+        Search::Grid {} => all,
+        Search::Random { trials, seed } => {
+            let mut pool = all;
+            let mut state = seed;
+            let mut drawn = Vec::new();
+            while drawn.len() < trials && !pool.is_empty() {
+                let index = (splitmix64(&mut state) % pool.len() as u64) as usize;
+                drawn.push(pool.swap_remove(index));
+            }
+            drawn
+        }
+    }
+}
+
+/// SplitMix64: a small, well-mixed generator, enough to draw trials reproducibly.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The validation gate: `Ok` when the candidate's primary metric reaches the spec's floor
+/// and trails production's (scored on the same holdout) by no more than `max_loss`;
+/// otherwise the reason, in words for the run's result.
+pub fn gate(spec: &ModelSpec, candidate: f64, production: Option<f64>) -> Result<(), String> {
+    let metric = &spec.primary_metric;
+    let higher = spec.higher_is_better();
+    if let Some(min) = spec.gate.min {
+        let fails = if higher {
+            candidate < min
+        } else {
+            candidate > min
+        };
+        if fails {
+            return Err(format!(
+                "{metric} {candidate:.4} does not reach the gate's {} {min}",
+                if higher { "minimum" } else { "maximum" }
+            ));
+        }
+    }
+    if let Some(production) = production {
+        let loss = if higher {
+            production - candidate
+        } else {
+            candidate - production
+        };
+        if loss > spec.gate.max_loss {
+            return Err(format!(
+                "{metric} {candidate:.4} trails production's {production:.4} by {loss:.4}, more than the allowed {}",
+                spec.gate.max_loss
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+
+    fn spec(search: Search) -> ModelSpec {
+        let mut spec = ModelSpec::parse(
+            r#"{"name": "fraud", "view": "spend", "task": "binary_classification",
+                "primary_metric": "roc_auc",
+                "algorithms": {"logistic_regression": {"alpha": [0.01, 0.1, 1, 10]},
+                               "decision_tree": {"max_depth": [2, 4, 8]}},
+                "gate": {"min": 0.7, "max_loss": 0.01}}"#,
+            false,
+        )
+        .unwrap();
+        spec.search = search;
+        spec
+    }
+
+    #[test]
+    fn a_grid_is_every_combination_and_a_seeded_draw_is_reproducible() {
+        assert_eq!(candidates(&spec(Search::Grid {})).len(), 7);
+        let first = candidates(&spec(Search::Random { trials: 3, seed: 7 }));
+        let again = candidates(&spec(Search::Random { trials: 3, seed: 7 }));
+        let other = candidates(&spec(Search::Random { trials: 3, seed: 8 }));
+        assert_eq!(first.len(), 3);
+        assert_eq!(first, again);
+        assert_ne!(first, other);
+        let everything = candidates(&spec(Search::Random {
+            trials: 50,
+            seed: 1,
+        }));
+        assert_eq!(everything.len(), 7, "no candidate drawn twice");
+    }
+
+    #[test]
+    fn the_gate_needs_the_floor_and_at_most_the_allowed_loss() {
+        let spec = spec(Search::Grid {});
+        assert_eq!(gate(&spec, 0.9, None), Ok(()));
+        assert_eq!(gate(&spec, 0.9, Some(0.905)), Ok(()));
+        let floor = gate(&spec, 0.6, None).unwrap_err();
+        assert!(
+            floor.contains("does not reach the gate's minimum 0.7"),
+            "{floor}"
+        );
+        let worse = gate(&spec, 0.85, Some(0.9)).unwrap_err();
+        assert!(
+            worse.contains("trails production's 0.9000 by 0.0500"),
+            "{worse}"
+        );
+    }
+}
