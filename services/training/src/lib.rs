@@ -1,12 +1,13 @@
 //! The training service: trains, tunes and validates models when asked by events.
 //!
-//! What is here so far: model specs (`spec`), snapshots as training rows (`snapshot`), the
+//! What is here so far: a run from snapshot to signed artifact (`run`), model specs (`spec`), snapshots as training rows (`snapshot`), the
 //! metrics (`metrics`) and the fitting, scoring and grid search of
 //! candidate models (`trainer`), checked against scikit-learn. The service itself (runs
 //! triggered by `training.requests`, specs, the validation gate) is not wired yet: it
 //! answers only the admin endpoints (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod metrics;
+pub mod run;
 pub mod snapshot;
 pub mod spec;
 pub mod trainer;
