@@ -753,3 +753,34 @@ async fn labels_posted_over_http_reach_the_training_snapshot() {
     let labels: Vec<Option<f64>> = data.column("label").unwrap().f64().unwrap().to_vec();
     assert_eq!(labels, [Some(1.0), Some(0.0)], "booleans train as 1 and 0");
 }
+
+/// The route tables (one per service, the role each route requires) list exactly routes the
+/// services serve: each answers from its handler, not with the router's bare 404 or 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_route_in_the_role_tables_is_served() {
+    let p = Platform::start().await;
+    for (url, table) in [
+        (&p.ingestion.url, ingestion::api::ROUTES),
+        (&p.feature.url, feature::api::ROUTES),
+    ] {
+        for route in table {
+            let path = route.example_path("nothing_here");
+            let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
+            let response = p
+                .http
+                .request(method, format!("{url}{path}"))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route:?}");
+            assert!(
+                !(status == StatusCode::NOT_FOUND && body.is_empty()),
+                "{route:?} is not routed"
+            );
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 mod api_error;
 pub mod database;
+pub mod routes;
 
 pub use api_error::ApiError;
 

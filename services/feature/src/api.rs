@@ -14,7 +14,10 @@ use axum::{
 use mlops_kafka::{KafkaConfig, Producer, TopicSpec, ensure_topics};
 use mlops_runtime::Supervisor;
 use mlops_schema::{AvroCodec, RegistryError, SchemaRegistry, json::FieldError};
-use mlops_service::ApiError;
+use mlops_service::{
+    ApiError,
+    routes::{Role, Route},
+};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::Mutex;
@@ -190,6 +193,32 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
         e.to_string(),
     )
 }
+
+/// Every route of the feature API and the role it requires.
+pub const ROUTES: &[Route] = &[
+    Route::new("POST", "/v1/feature-views", Role::Operator),
+    Route::new("GET", "/v1/feature-views", Role::Reader),
+    Route::new("GET", "/v1/feature-views/{view}", Role::Reader),
+    Route::new(
+        "GET",
+        "/v1/feature-views/{view}/versions/{version}",
+        Role::Reader,
+    ),
+    Route::new(
+        "GET",
+        "/v1/feature-views/{view}/entities/{id}",
+        Role::Reader,
+    ),
+    Route::new(
+        "POST",
+        "/v1/feature-views/{view}/entities:lookup",
+        Role::Reader,
+    ),
+    Route::new("POST", "/v1/training-sets", Role::Operator),
+    Route::new("GET", "/v1/training-sets", Role::Reader),
+    Route::new("GET", "/v1/training-sets/{id}", Role::Reader),
+    Route::new("GET", "/v1/training-sets/{id}/data", Role::Reader),
+];
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()

@@ -19,6 +19,7 @@ use mlops_events::{AuditOutcome, AuditRecord, new_id, now_millis, topics};
 use mlops_kafka::{DeadLetters, KafkaConfig, OwnedHeaders, Producer, TopicSpec, ensure_topics};
 use mlops_schema::{RegistryError, SchemaRegistry, json::FieldError};
 pub use mlops_service::ApiError;
+use mlops_service::routes::{Role, Route};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
@@ -133,6 +134,15 @@ impl App {
         Ok(())
     }
 }
+
+/// Every route of the ingestion API and the role it requires.
+pub const ROUTES: &[Route] = &[
+    Route::new("POST", "/v1/datasets", Role::Operator),
+    Route::new("GET", "/v1/datasets", Role::Reader),
+    Route::new("GET", "/v1/datasets/{name}", Role::Reader),
+    Route::new("POST", "/v1/datasets/{name}/events", Role::Producer),
+    Route::new("POST", "/v1/datasets/{name}/labels", Role::Producer),
+];
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
