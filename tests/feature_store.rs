@@ -784,3 +784,102 @@ async fn every_route_in_the_role_tables_is_served() {
         }
     }
 }
+
+/// A model spec and a manual run: the training service asks the feature service for the
+/// snapshot, searches the spec's candidates, gates the best and keeps a signed artifact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manual_run_trains_on_the_snapshot_and_seals_a_signed_artifact() {
+    let p = Platform::start().await;
+    let view = unique("spend").replace('-', "_");
+    let (status, declared) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!(status, StatusCode::CREATED, "{declared}");
+    // Forty customers; big spenders are the positive class.
+    let events: Vec<Value> = (0..40)
+        .map(|i| {
+            let amount = if i % 2 == 0 {
+                80.0 + i as f64
+            } else {
+                5.0 + i as f64 / 10.0
+            };
+            payment(&format!("t{i}"), &format!("c{i}"), i, amount, "EUR")
+        })
+        .collect();
+    p.events(&events).await;
+    p.online_at(&view, 1, "c39", T0 + 39 * MINUTE).await;
+    let labels: String = (0..40)
+        .map(|i| {
+            json!({"entity_id": format!("c{i}"), "label": i % 2 == 0, "event_time": T0 + (i + 1) * MINUTE})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let response = p
+        .http
+        .post(format!(
+            "{}/v1/datasets/{}/labels",
+            p.ingestion.url, p.dataset
+        ))
+        .header("content-type", "application/x-ndjson")
+        .body(labels)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    p.training_set(&json!({"view": view}), 40).await;
+
+    let dir = mlops_testkit::temp_dir();
+    let mut config = training::default_config();
+    config.common.data_dir = dir.path().to_path_buf();
+    config.common.kafka.bootstrap_servers = p.broker.bootstrap_servers.clone();
+    config.common.schema_registry.url = p.registry.url.clone();
+    config.training.feature_url = p.feature.url.clone();
+    let service =
+        TestService::run(|listener, cancel| training::run(config, listener, cancel)).await;
+    let spec = format!(
+        "name = \"big_spender\"\nview = \"{view}\"\ntask = \"binary_classification\"\n\
+         primary_metric = \"accuracy\"\n[algorithms.logistic_regression]\nalpha = [0.01, 1.0]\n\
+         [algorithms.decision_tree]\nmax_depth = [2]\n[gate]\nmin = 0.8\n"
+    );
+    let declared = p
+        .http
+        .post(format!("{}/v1/models/specs", service.url))
+        .header("content-type", "application/toml")
+        .body(spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), StatusCode::CREATED);
+    let run = p
+        .http
+        .post(format!("{}/v1/training-runs", service.url))
+        .json(&json!({"model": "big_spender"}))
+        .send()
+        .await
+        .unwrap();
+    let status = run.status();
+    let run: Value = run.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["trials"].as_array().unwrap().len(), 3, "{run}");
+    assert_eq!(run["gate"]["passed"], true, "{run}");
+    let path = run["artifact"]["path"].as_str().unwrap();
+    let signer = mlops_ml::Signer::from_secret_file(&dir.path().join("signing.key")).unwrap();
+    let artifact =
+        mlops_ml::artifact::open(&std::fs::read(path).unwrap(), &signer.verifying_key()).unwrap();
+    assert_eq!(artifact.view, view);
+    assert_eq!(artifact.snapshot_id, run["snapshot_id"].as_str().unwrap());
+    let fetched: Value = p
+        .http
+        .get(format!(
+            "{}/v1/training-runs/{}",
+            service.url,
+            run["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, run);
+    service.stop().await;
+}

@@ -137,6 +137,10 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                 format!("MLOPS_{}_PORT", service.to_ascii_uppercase()),
                 layout.port(service).to_string(),
             );
+        if service == "training" {
+            // Training snapshots come from this platform's feature service.
+            command.env("MLOPS__TRAINING__FEATURE_URL", layout.url("feature"));
+        }
         services.push(supervise(service, command, None, &logs));
         println!("mlops: {service:<11} {}", layout.url(service));
     }
