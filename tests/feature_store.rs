@@ -881,5 +881,27 @@ async fn a_manual_run_trains_on_the_snapshot_and_seals_a_signed_artifact() {
         .await
         .unwrap();
     assert_eq!(fetched, run);
+    // The training service's route table lists routes it serves.
+    for route in training::api::ROUTES {
+        let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
+        let response = p
+            .http
+            .request(
+                method,
+                format!("{}{}", service.url, route.example_path("nothing_here")),
+            )
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route:?}");
+        assert!(
+            !(status == StatusCode::NOT_FOUND && body.is_empty()),
+            "{route:?} is not routed"
+        );
+    }
     service.stop().await;
 }
