@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use apache_avro::writer::datum::GenericDatumWriter;
 use axum::{
-    body::Body,
+    body::{Body, Bytes},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -68,18 +68,15 @@ pub(super) async fn ingest(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dataset = app.dataset(name).ok_or_else(|| unknown_dataset(name))?;
-    check_region(app, dataset.spec.region.as_deref())?;
-    let ndjson = is_ndjson(headers)?;
-    let _body_permit = reserve_body(app, headers)?;
-    let bytes = read_body(body, app.settings.max_body_bytes).await?;
+    let Incoming {
+        dataset,
+        _body_permit,
+        bytes,
+        ndjson,
+        single,
+        items,
+    } = Incoming::read(app, name, headers, body).await?;
     let large = bytes.len() > CPU_POOL_ABOVE_BYTES;
-    let (single, items) = if large {
-        let body = bytes.clone();
-        mlops_runtime::cpu::run(move || parse_records(&body, ndjson)).await?
-    } else {
-        parse_records(&bytes, ndjson)?
-    };
     let idempotency_key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -121,7 +118,67 @@ pub(super) async fn ingest(
     Ok(respond(app, name, &checked.outcomes, queue_full))
 }
 
-pub(super) fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
+/// A request body of a dataset's API (events or labels), read and parsed: the dataset,
+/// its region checked, the body's share of the byte budget held until the answer.
+pub(super) struct Incoming {
+    pub(super) dataset: Arc<Dataset>,
+    pub(super) _body_permit: OwnedSemaphorePermit,
+    pub(super) bytes: Bytes,
+    pub(super) ndjson: bool,
+    /// One object rather than an array or lines.
+    pub(super) single: bool,
+    pub(super) items: Vec<Result<Json, String>>,
+}
+
+impl Incoming {
+    pub(super) async fn read(
+        app: &App,
+        name: &str,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Self, ApiError> {
+        let dataset = app.dataset(name).ok_or_else(|| unknown_dataset(name))?;
+        check_region(app, dataset.spec.region.as_deref())?;
+        let ndjson = is_ndjson(headers)?;
+        let _body_permit = reserve_body(app, headers)?;
+        let bytes = read_body(body, app.settings.max_body_bytes).await?;
+        let (single, items) = if bytes.len() > CPU_POOL_ABOVE_BYTES {
+            let body = bytes.clone();
+            mlops_runtime::cpu::run(move || parse_records(&body, ndjson)).await?
+        } else {
+            parse_records(&bytes, ndjson)?
+        };
+        Ok(Self {
+            dataset,
+            _body_permit,
+            bytes,
+            ndjson,
+            single,
+            items,
+        })
+    }
+}
+
+/// What one broker acknowledgement (or its failure) means for a record; a full producer
+/// queue is noted in `queue_full` (the request then answers 429, not 503).
+pub(super) fn delivered(
+    delivery: mlops_kafka::Result<mlops_kafka::Delivery>,
+    queue_full: &mut bool,
+) -> Outcome {
+    match delivery {
+        Ok(d) => Outcome::Accepted(Accepted {
+            partition: d.partition,
+            offset: d.offset,
+        }),
+        Err(mlops_kafka::Error::QueueFull) => {
+            *queue_full = true;
+            Outcome::Failed("producer queue full".into())
+        }
+        Err(e) => Outcome::Failed(format!("not acknowledged by the broker: {e}")),
+    }
+}
+
+fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
     match headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -141,10 +198,7 @@ pub(super) fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
 
 /// Bounded memory before the body is read: a request holds its declared length (the
 /// largest allowed when it declares none) until its answer is sent; 429 beyond.
-pub(super) fn reserve_body(
-    app: &App,
-    headers: &HeaderMap,
-) -> Result<OwnedSemaphorePermit, ApiError> {
+fn reserve_body(app: &App, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -321,23 +375,11 @@ async fn produce(
     let mut remembered = Vec::new();
     let mut queue_full = false;
     for (p, delivery) in checked.prepared.iter().zip(deliveries) {
-        checked.outcomes[p.index] = Some(match delivery {
-            Ok(d) => {
-                let accepted = Accepted {
-                    partition: d.partition,
-                    offset: d.offset,
-                };
-                if let Some(id) = &p.event_id {
-                    remembered.push((id.clone(), accepted));
-                }
-                Outcome::Accepted(accepted)
-            }
-            Err(mlops_kafka::Error::QueueFull) => {
-                queue_full = true;
-                Outcome::Failed("producer queue full".into())
-            }
-            Err(e) => Outcome::Failed(format!("not acknowledged by the broker: {e}")),
-        });
+        let outcome = delivered(delivery, &mut queue_full);
+        if let (Outcome::Accepted(accepted), Some(id)) = (&outcome, &p.event_id) {
+            remembered.push((id.clone(), *accepted));
+        }
+        checked.outcomes[p.index] = Some(outcome);
     }
     (remembered, queue_full)
 }
@@ -427,7 +469,7 @@ pub(super) fn respond(
 
 /// One JSON object, a JSON array, or NDJSON lines. A body that is not JSON at all is a 400;
 /// one bad NDJSON line is one rejected record.
-pub(super) fn parse_records(
+fn parse_records(
     bytes: &[u8],
     ndjson: bool,
 ) -> Result<(bool, Vec<Result<Json, String>>), ApiError> {

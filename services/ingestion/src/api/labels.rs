@@ -19,14 +19,13 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ApiError, App, check_region,
+    ApiError, App,
     ingest::{
-        Checked, Outcome, accepted_before, dead_letter_rejections, is_ndjson, parse_records,
-        reserve_body, reserve_in_flight, resolve_repeats, respond,
+        Checked, Incoming, Outcome, accepted_before, dead_letter_rejections, delivered,
+        reserve_in_flight, resolve_repeats, respond,
     },
-    read_body, unknown_dataset,
 };
-use crate::{dataset::Dataset, store::Accepted};
+use crate::dataset::Dataset;
 
 /// Fields of one label in a request body.
 const FIELDS: [&str; 5] = ["entity_id", "label", "event_time", "request_id", "label_id"];
@@ -55,12 +54,13 @@ async fn ingest_labels(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dataset = app.dataset(name).ok_or_else(|| unknown_dataset(name))?;
-    check_region(app, dataset.spec.region.as_deref())?;
-    let ndjson = is_ndjson(headers)?;
-    let _body_permit = reserve_body(app, headers)?;
-    let bytes = read_body(body, app.settings.max_body_bytes).await?;
-    let (_, items) = parse_records(&bytes, ndjson)?;
+    let Incoming {
+        _body_permit,
+        bytes,
+        ndjson,
+        items,
+        ..
+    } = Incoming::read(app, name, headers, body).await?;
     let received_at = now_millis();
     let labels: Vec<Result<GroundTruthLabel, Vec<FieldError>>> = items
         .iter()
@@ -109,21 +109,11 @@ async fn ingest_labels(
     let mut remembered = Vec::new();
     let mut queue_full = false;
     for ((index, label), delivery) in to_send.iter().zip(deliveries) {
-        checked.outcomes[*index] = Some(match delivery {
-            Ok(d) => {
-                let accepted = Accepted {
-                    partition: d.partition,
-                    offset: d.offset,
-                };
-                remembered.push((label.label_id.clone(), accepted));
-                Outcome::Accepted(accepted)
-            }
-            Err(mlops_kafka::Error::QueueFull) => {
-                queue_full = true;
-                Outcome::Failed("producer queue full".into())
-            }
-            Err(e) => Outcome::Failed(format!("not acknowledged by the broker: {e}")),
-        });
+        let outcome = delivered(delivery, &mut queue_full);
+        if let Outcome::Accepted(accepted) = &outcome {
+            remembered.push((label.label_id.clone(), *accepted));
+        }
+        checked.outcomes[*index] = Some(outcome);
     }
     resolve_repeats(&mut checked);
     if let Err(e) = app
