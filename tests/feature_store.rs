@@ -754,6 +754,31 @@ async fn labels_posted_over_http_reach_the_training_snapshot() {
     assert_eq!(labels, [Some(1.0), Some(0.0)], "booleans train as 1 and 0");
 }
 
+/// Every route of `table` answers at `url` from its handler, not with the router's bare
+/// 404 or 405.
+async fn assert_routes_served(http: &Client, url: &str, table: &[mlops_service::routes::Route]) {
+    for route in table {
+        let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
+        let response = http
+            .request(
+                method,
+                format!("{url}{}", route.example_path("nothing_here")),
+            )
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route:?}");
+        assert!(
+            !(status == StatusCode::NOT_FOUND && body.is_empty()),
+            "{route:?} is not routed"
+        );
+    }
+}
+
 /// The route tables (one per service, the role each route requires) list exactly routes the
 /// services serve: each answers from its handler, not with the router's bare 404 or 405.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -763,25 +788,7 @@ async fn every_route_in_the_role_tables_is_served() {
         (&p.ingestion.url, ingestion::api::ROUTES),
         (&p.feature.url, feature::api::ROUTES),
     ] {
-        for route in table {
-            let path = route.example_path("nothing_here");
-            let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
-            let response = p
-                .http
-                .request(method, format!("{url}{path}"))
-                .header("content-type", "application/json")
-                .body("{}")
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            let body = response.text().await.unwrap();
-            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route:?}");
-            assert!(
-                !(status == StatusCode::NOT_FOUND && body.is_empty()),
-                "{route:?} is not routed"
-            );
-        }
+        assert_routes_served(&p.http, url, table).await;
     }
 }
 
@@ -882,26 +889,6 @@ async fn a_manual_run_trains_on_the_snapshot_and_seals_a_signed_artifact() {
         .unwrap();
     assert_eq!(fetched, run);
     // The training service's route table lists routes it serves.
-    for route in training::api::ROUTES {
-        let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
-        let response = p
-            .http
-            .request(
-                method,
-                format!("{}{}", service.url, route.example_path("nothing_here")),
-            )
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.text().await.unwrap();
-        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route:?}");
-        assert!(
-            !(status == StatusCode::NOT_FOUND && body.is_empty()),
-            "{route:?} is not routed"
-        );
-    }
+    assert_routes_served(&p.http, &service.url, training::api::ROUTES).await;
     service.stop().await;
 }
