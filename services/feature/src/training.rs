@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use mlops_ml::{FittedState, ReferenceStatistics, apply, fit, reference_statistics};
 pub use mlops_ml::{Manifest, TimeRange};
+use mlops_ml::{apply, fit, reference_statistics};
 
 use crate::{
     catalog::ViewVersion,
@@ -76,59 +76,32 @@ pub async fn build(
     let features = store
         .read_frames_in(&version.offline_prefix(), &features_range)
         .await?;
-    let (owned_version, owned_request, dataset) =
-        (version.clone(), request.clone(), label_dataset.clone());
-    let snapshot = mlops_runtime::cpu::run(move || {
-        assemble(labels, features, &owned_version, &owned_request, &dataset)
+    let (owned_version, owned_request) = (version.clone(), request.clone());
+    let Snapshot { manifest, bytes } = mlops_runtime::cpu::run(move || {
+        assemble(
+            labels,
+            features,
+            &owned_version,
+            &owned_request,
+            &label_dataset,
+        )
     })
     .await?;
-    let Snapshot {
-        id,
-        data,
-        bytes,
-        inputs,
-        statistics,
-        fitted,
-        label_statistics,
-    } = snapshot;
-    let manifest_path = format!("snapshots/{id}/manifest.json");
+    let manifest_path = format!("snapshots/{}/manifest.json", manifest.id);
     if let Some(existing) = store.get_json::<Manifest>(&manifest_path).await? {
         return Ok((existing, false));
     }
-    let times = data.column("event_time")?.i64()?;
-    let manifest = Manifest {
-        id: id.clone(),
-        view: version.name.clone(),
-        view_version: version.version,
-        label_dataset,
-        rows: data.height(),
-        time_range: TimeRange {
-            start: times.min(),
-            end: times.max(),
-        },
-        features: inputs,
-        statistics,
-        fitted,
-        label: label_statistics,
-        data: format!("snapshots/{id}/data.parquet"),
-        created_at: mlops_events::now_millis(),
-    };
     // Data first: a manifest never names missing data.
     store.put(&manifest.data, bytes).await?;
     store.put_json(&manifest_path, &manifest).await?;
     Ok((manifest, true))
 }
 
-/// A snapshot computed, not yet stored.
+/// A snapshot computed, not yet stored: its manifest (id: the request and the data's
+/// bytes) and its Parquet data.
 struct Snapshot {
-    /// Content address: the request and the data's bytes.
-    id: String,
-    data: DataFrame,
+    manifest: Manifest,
     bytes: Vec<u8>,
-    inputs: Vec<String>,
-    statistics: BTreeMap<String, ReferenceStatistics>,
-    fitted: BTreeMap<String, FittedState>,
-    label_statistics: ReferenceStatistics,
 }
 
 /// The CPU part of [`build`]: labels in the range, each joined as of its event time to
@@ -292,15 +265,25 @@ fn assemble(
     );
     hasher.update(&bytes);
     let id = hex::encode(hasher.finalize());
-    Ok(Snapshot {
-        id,
-        data,
-        bytes,
-        inputs,
+    let times = data.column("event_time")?.i64()?;
+    let manifest = Manifest {
+        view: version.name.clone(),
+        view_version: version.version,
+        label_dataset: label_dataset.to_owned(),
+        rows: data.height(),
+        time_range: TimeRange {
+            start: times.min(),
+            end: times.max(),
+        },
+        features: inputs,
         statistics,
         fitted,
-        label_statistics,
-    })
+        label: label_statistics,
+        data: format!("snapshots/{id}/data.parquet"),
+        created_at: mlops_events::now_millis(),
+        id,
+    };
+    Ok(Snapshot { manifest, bytes })
 }
 
 fn empty_feature_schema(version: &ViewVersion) -> Schema {
