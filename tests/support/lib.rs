@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 /// A registry service (with its Schema Registry API) running in this process.
 pub struct TestRegistry {
     pub url: String,
-    config: mlops_service::CommonConfig,
+    config: registry::Config,
     addr: std::net::SocketAddr,
     cancel: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -24,11 +24,13 @@ impl TestRegistry {
     pub async fn start(bootstrap_servers: &str, database_url: Option<String>) -> Self {
         let dir = mlops_testkit::temp_dir();
         let mut config = registry::default_config();
-        config.data_dir = dir.path().to_path_buf();
-        config.database.url = database_url;
-        config.kafka.bootstrap_servers = bootstrap_servers.to_owned();
+        config.common.data_dir = dir.path().to_path_buf();
+        config.common.database.url = database_url;
+        config.common.kafka.bootstrap_servers = bootstrap_servers.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // The registry encodes its own events through its own Schema Registry API.
+        config.common.schema_registry.url = format!("http://{addr}");
         let mut registry = Self {
             url: format!("http://{addr}"),
             config,

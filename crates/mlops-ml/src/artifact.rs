@@ -37,6 +37,33 @@ pub struct ModelArtifact {
     pub created_at: i64,
 }
 
+impl ModelArtifact {
+    /// The model's input vector for one row, from the raw value of each feature (`raw`
+    /// looks one up by name; `None` is a missing value) through this artifact's own fitted
+    /// transforms, in the model's input order. Serving's path, and how training scores a
+    /// production model on a newer snapshot.
+    pub fn inputs(&self, raw: impl Fn(&str) -> Option<Json>) -> Result<Vec<f64>, String> {
+        let mut made: BTreeMap<String, Json> = BTreeMap::new();
+        for (name, state) in &self.transforms {
+            let value = raw(name).unwrap_or(Json::Null);
+            made.extend(crate::apply_row(name, state, &value));
+        }
+        self.features
+            .iter()
+            .map(|feature| match made.get(feature) {
+                Some(Json::Number(n)) => n
+                    .as_f64()
+                    .ok_or_else(|| format!("{feature}: {n} is not a number")),
+                Some(Json::Bool(b)) => Ok(f64::from(u8::from(*b))),
+                Some(Json::Null) | None => Err(format!(
+                    "{feature} has no value: the feature is missing and has no imputation"
+                )),
+                Some(other) => Err(format!("{feature}: {other} is not a number")),
+            })
+            .collect()
+    }
+}
+
 /// The first line of an artifact file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Header {
@@ -135,7 +162,7 @@ impl Signer {
     }
 
     /// The artifact file: header line, then the artifact's JSON.
-    pub fn seal(&self, artifact: &ModelArtifact) -> Vec<u8> {
+    pub fn seal(&self, artifact: &ModelArtifact) -> Sealed {
         let body = serde_json::to_vec(artifact).expect("an artifact serializes");
         let digest = digest(&body);
         let signature = self.key.sign(digest.as_bytes());
@@ -148,8 +175,22 @@ impl Signer {
         let mut file = serde_json::to_vec(&header).expect("a header serializes");
         file.push(b'\n');
         file.extend_from_slice(&body);
-        file
+        Sealed {
+            bytes: file,
+            digest: header.digest,
+            signature: header.signature,
+        }
     }
+}
+
+/// A sealed artifact file and what its header says.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub bytes: Vec<u8>,
+    /// SHA-256 of the artifact's JSON, hex: its address.
+    pub digest: String,
+    /// Ed25519 signature of the digest, hex.
+    pub signature: String,
 }
 
 /// Checks `file`'s digest and signature against `key`, then reads the artifact.
@@ -205,7 +246,7 @@ mod tests {
     #[test]
     fn a_sealed_artifact_opens_with_its_key_and_only_with_it() {
         let signer = Signer::generate().unwrap();
-        let file = signer.seal(&artifact());
+        let file = signer.seal(&artifact()).bytes;
         assert_eq!(open(&file, &signer.verifying_key()).unwrap(), artifact());
         let other = Signer::generate().unwrap();
         assert!(matches!(
@@ -217,7 +258,7 @@ mod tests {
     #[test]
     fn one_flipped_byte_is_refused_naming_the_digests() {
         let signer = Signer::generate().unwrap();
-        let mut file = signer.seal(&artifact());
+        let mut file = signer.seal(&artifact()).bytes;
         let last = file.len() - 3;
         file[last] ^= 0x01;
         let refused = open(&file, &signer.verifying_key()).unwrap_err();
@@ -235,7 +276,7 @@ mod tests {
         let mut edited = artifact();
         edited.metrics.insert("roc_auc".into(), 0.99);
         let body = serde_json::to_vec(&edited).unwrap();
-        let original = signer.seal(&artifact());
+        let original = signer.seal(&artifact()).bytes;
         let newline = original.iter().position(|b| *b == b'\n').unwrap();
         let mut header: Header = serde_json::from_slice(&original[..newline]).unwrap();
         header.digest = digest(&body);

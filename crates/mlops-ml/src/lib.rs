@@ -13,7 +13,7 @@ use polars::prelude::*;
 use serde_json::Value as Json;
 
 pub use artifact::{ArtifactError, ModelArtifact, Signer};
-pub use manifest::{Manifest, TimeRange};
+pub use manifest::{Manifest, RAW_PREFIX, TimeRange};
 pub use statistics::{ReferenceStatistics, reference_statistics};
 pub use transforms::{
     Encode, EncodeState, FittedState, FittedTransforms, Impute, ImputeState, Scale, ScaleState,

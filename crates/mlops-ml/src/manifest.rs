@@ -35,3 +35,8 @@ pub struct TimeRange {
     pub start: Option<i64>,
     pub end: Option<i64>,
 }
+
+/// Prefix of a snapshot's raw (untransformed) feature columns: `raw.<feature>` holds the
+/// value before the snapshot's transforms, so a model trained on another snapshot can be
+/// scored on this one through its own fitted transforms.
+pub const RAW_PREFIX: &str = "raw.";

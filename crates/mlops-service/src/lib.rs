@@ -4,9 +4,12 @@
 
 mod api_error;
 pub mod database;
+mod duration;
+pub mod objects;
 pub mod routes;
 
 pub use api_error::ApiError;
+pub use duration::parse_duration;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 

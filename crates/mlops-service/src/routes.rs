@@ -10,8 +10,10 @@ pub enum Role {
     Reader,
     /// Sends data in (events, labels).
     Producer,
-    /// Declares and changes things (datasets, views, model specs, stage transitions).
+    /// Declares and changes things (datasets, views, model specs, training runs).
     Operator,
+    /// Moves model versions between stages and rolls them back.
+    Approver,
 }
 
 /// One route: method, path as written in the router (`{name}` for a parameter), role.

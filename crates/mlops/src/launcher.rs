@@ -138,8 +138,11 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                 layout.port(service).to_string(),
             );
         if service == "training" {
-            // Training snapshots come from this platform's feature service.
-            command.env("MLOPS__TRAINING__FEATURE_URL", layout.url("feature"));
+            // Training snapshots come from this platform's feature service, and models
+            // that pass the gate go to its registry.
+            command
+                .env("MLOPS__TRAINING__FEATURE_URL", layout.url("feature"))
+                .env("MLOPS__TRAINING__REGISTRY_URL", layout.url("registry"));
         }
         services.push(supervise(service, command, None, &logs));
         println!("mlops: {service:<11} {}", layout.url(service));

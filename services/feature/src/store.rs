@@ -21,7 +21,7 @@ use std::{io::Cursor, sync::Arc};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path, prefix::PrefixStore};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
 use polars::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,22 +54,7 @@ impl FeatureStore {
     /// `url` is `s3://bucket/prefix` (credentials and endpoint from the standard `AWS_*`
     /// variables), `file:///dir`, or a plain directory path.
     pub fn open(url: &str) -> Result<Self> {
-        let objects: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()?;
-            if prefix.is_empty() {
-                Arc::new(s3)
-            } else {
-                Arc::new(PrefixStore::new(s3, prefix))
-            }
-        } else {
-            let dir = url.strip_prefix("file://").unwrap_or(url);
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Invalid(format!("cannot create {dir}: {e}")))?;
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?)
-        };
+        let objects = mlops_service::objects::open(url)?;
         Ok(Self {
             objects,
             location: url.to_owned(),

@@ -13,7 +13,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 pub use mlops_ml::{Manifest, TimeRange};
-use mlops_ml::{apply, fit, reference_statistics};
+use mlops_ml::{RAW_PREFIX, apply, fit, reference_statistics};
 
 use crate::{
     catalog::ViewVersion,
@@ -233,8 +233,15 @@ fn assemble(
         fitted.insert(name.clone(), state);
     }
     let label_statistics = reference_statistics(joined.column("label")?)?;
+    // The raw values ride along (`raw.<feature>`), so that a model trained on another
+    // snapshot can be scored on this one through its own fitted transforms.
+    let raw: Vec<Expr> = names
+        .iter()
+        .map(|n| col(n.as_str()).alias(format!("{RAW_PREFIX}{n}")))
+        .collect();
     let mut data = joined
         .lazy()
+        .with_columns(raw)
         .with_columns(transforms)
         .select(
             [
@@ -245,6 +252,10 @@ fn assemble(
                     col("feature_time"),
                 ],
                 inputs.iter().map(|n| col(n.as_str())).collect(),
+                names
+                    .iter()
+                    .map(|n| col(format!("{RAW_PREFIX}{n}")))
+                    .collect(),
                 vec![col("label")],
             ]
             .concat(),

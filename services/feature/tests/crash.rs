@@ -51,10 +51,11 @@ window = "10m"
 
 async fn start_registry(bootstrap: &str, dir: &Path) -> (String, CancellationToken) {
     let mut config = registry::default_config();
-    config.data_dir = dir.to_path_buf();
-    config.kafka.bootstrap_servers = bootstrap.to_owned();
+    config.common.data_dir = dir.to_path_buf();
+    config.common.kafka.bootstrap_servers = bootstrap.to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    config.common.schema_registry.url = url.clone();
     let cancel = CancellationToken::new();
     tokio::spawn(registry::run(config, listener, cancel.clone()));
     wait_for(&format!("{url}/subjects")).await;

@@ -1,50 +1,184 @@
-//! The registry service. Today it is the platform's Confluent-compatible Schema Registry
-//! (SQLite by default, PostgreSQL by URL, same code); the model registry joins it on the
-//! same port with its own issue.
+//! The registry service: the platform's Confluent-compatible Schema Registry and its model
+//! registry, on one port and one database (SQLite by default, PostgreSQL by URL, same
+//! code). Model artifacts live in an object store (a local directory, or S3 by URL),
+//! signed with the registry's Ed25519 key; every model change is published to
+//! `models.lifecycle` from an outbox.
 
 pub mod compatibility;
+pub mod models;
 pub mod schema_registry;
 pub mod store;
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
+use mlops_events::topics;
+use mlops_kafka::{ConsumerLoop, Producer};
 use mlops_runtime::{AdminState, ReadinessCheck};
-use mlops_service::CommonConfig;
-use tokio::net::TcpListener;
+use mlops_service::{CommonConfig, ServiceConfig};
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 pub use store::Store;
 
 pub const SERVICE: &str = "registry";
 pub const DEFAULT_PORT: u16 = mlops_service::ports::REGISTRY;
 
-/// The service's configuration with its default port.
-pub fn default_config() -> CommonConfig {
-    CommonConfig::with_port(DEFAULT_PORT)
+/// Settings of the model registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Object store of the artifacts: a directory, `file:///dir` or `s3://bucket/prefix`;
+    /// `<data dir>/artifacts` when unset.
+    pub artifacts_url: Option<String>,
+    /// The Ed25519 secret key artifacts are signed with (32 bytes, hex; a secret: mount
+    /// it); generated at `<data dir>/signing.key` (mode 0600) when unset and missing.
+    pub signing_key_file: Option<PathBuf>,
+    /// Share of traffic a new version gets when it enters canary, in percent.
+    pub first_canary_percent: f64,
 }
 
-/// The registry's HTTP API (Schema Registry and admin endpoints) over `store`.
-pub fn router(store: Arc<Store>, admin: &AdminState) -> axum::Router {
-    admin.with_http_telemetry(schema_registry::router(store).merge(admin.router()))
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            artifacts_url: None,
+            signing_key_file: None,
+            first_canary_percent: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    pub registry: Settings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::with_port(DEFAULT_PORT),
+            registry: Settings::default(),
+        }
+    }
+}
+
+impl ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
+/// The service's configuration with its defaults.
+pub fn default_config() -> Config {
+    Config::default()
+}
+
+/// The registry's HTTP API (Schema Registry, model registry and admin endpoints).
+pub fn router(
+    store: Arc<Store>,
+    models: Arc<models::api::Models>,
+    admin: &AdminState,
+) -> axum::Router {
+    admin.with_http_telemetry(
+        schema_registry::router(store)
+            .merge(models::api::router(models))
+            .merge(admin.router()),
+    )
 }
 
 /// Serves until `cancel` fires.
 pub async fn run(
-    config: CommonConfig,
+    config: Config,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let url = config.database_url(SERVICE);
+    let common = &config.common;
+    let url = common.database_url(SERVICE);
     let store = Arc::new(Store::connect(&url).await?);
+    let model_store = models::store::ModelStore::new(store.pool().clone());
+    let artifacts_url = config.registry.artifacts_url.clone().unwrap_or_else(|| {
+        common.data_dir.join("artifacts").display().to_string()
+    });
+    let key_file = config
+        .registry
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| common.data_dir.join("signing.key"));
+    let wake = Arc::new(Notify::new());
+    let models = Arc::new(models::api::Models {
+        store: model_store.clone(),
+        objects: mlops_service::objects::open(&artifacts_url)?,
+        artifacts_url,
+        signer: mlops_ml::Signer::from_secret_file(&key_file)?,
+        wake: wake.clone(),
+        first_canary_percent: config.registry.first_canary_percent,
+    });
+
+    // The registry is its own Schema Registry: its events are encoded through the API it
+    // serves (the configured URL, which points here unless a Confluent registry is used).
+    let codec = Arc::new(common.schema_registry.codec()?);
+    let producer = Producer::new(&common.kafka, codec.clone())?;
+    let publisher = models::outbox::Publisher {
+        store: model_store.clone(),
+        producer: producer.clone(),
+        kafka: common.kafka.clone(),
+        wake: wake.clone(),
+    };
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(publisher.run(cancel.clone()));
+    let decisions = models::decisions::Decisions {
+        store: model_store,
+        codec,
+        wake,
+    };
+    background.spawn(consume_decisions(
+        common.kafka.clone(),
+        producer,
+        decisions,
+        cancel.clone(),
+    ));
+
     let database = store.clone();
     let checks = vec![
         ReadinessCheck::new("database", move || {
             let database = database.clone();
             async move { database.ping().await.map_err(|e| e.to_string()) }
         }),
-        mlops_service::broker_check(&config.kafka),
+        mlops_service::broker_check(&common.kafka),
     ];
     let admin = AdminState::new(SERVICE, Default::default(), checks);
-    mlops_runtime::serve(listener, router(store, &admin), cancel).await?;
+    let served = mlops_runtime::serve(listener, router(store, models, &admin), cancel.clone()).await;
+    cancel.cancel();
+    while background.join_next().await.is_some() {}
+    served?;
     Ok(())
+}
+
+/// Acts on canary decisions until `cancel` fires; a consumer that fails (broker gone) is
+/// started again, so the registry's API never goes down with its broker.
+async fn consume_decisions(
+    kafka: mlops_kafka::KafkaConfig,
+    producer: Producer,
+    decisions: models::decisions::Decisions,
+    cancel: CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        let consumer = ConsumerLoop::new(
+            &kafka,
+            models::decisions::GROUP,
+            vec![topics::CANARY_DECISIONS.to_owned()],
+            producer.clone(),
+        );
+        if let Err(e) = consumer.run(decisions.clone(), cancel.clone()).await {
+            warn!(error = %e, "canary decisions consumer stopped; starting it again");
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+        }
+    }
 }

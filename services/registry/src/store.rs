@@ -16,11 +16,18 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// This service's schema, version by version (portable between SQLite and PostgreSQL).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "models",
+        sql: include_str!("../migrations/0002_models.sql"),
+    },
+];
 
 /// The key under which the global compatibility level is stored.
 const GLOBAL: &str = "__GLOBAL";
@@ -45,6 +52,11 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = mlops_service::database::connect(url, MIGRATIONS).await?;
         Ok(Self { pool })
+    }
+
+    /// The connection pool, shared with the model registry's store.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub async fn ping(&self) -> Result<()> {

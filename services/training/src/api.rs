@@ -1,32 +1,30 @@
-//! The training service's HTTP API: model specs (`/v1/models/specs`) and manual training
-//! runs (`/v1/training-runs`). A run asks the feature service for the spec's training
-//! snapshot, trains on the CPU pool, and keeps its record and, when the gate passes, the
-//! signed artifact under `<data dir>/artifacts/<sha256>.mlart`.
+//! The training service's HTTP API: model specs (`/v1/models/specs`) and training runs
+//! (`/v1/training-runs`). A manual run is a training request like those on
+//! `training.requests`: recorded, coalesced with the model's pending or running run, and
+//! answered at once (202) with the run it joined; its record fills in as it runs.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    io::Cursor,
-    path::PathBuf,
-    sync::{Arc, RwLock},
-};
+use std::sync::Arc;
 
 use axum::{
     Json as Body, Router,
     body::Bytes,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     routing::{get, post},
 };
-use mlops_ml::{Manifest, Signer};
+use mlops_events::TrainingReason;
 use mlops_service::{
     ApiError,
     routes::{Role, Route},
 };
-use polars::prelude::{ParquetReader, SerReader};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use crate::spec::ModelSpec;
+use crate::{
+    runner::Runner,
+    spec::ModelSpec,
+    store::{RunRow, StoreError, TrainingStore},
+};
 
 /// Every route of the training API and the role it requires.
 pub const ROUTES: &[Route] = &[
@@ -39,12 +37,8 @@ pub const ROUTES: &[Route] = &[
 ];
 
 pub struct App {
-    pub(crate) specs: RwLock<BTreeMap<String, ModelSpec>>,
-    pub(crate) runs: RwLock<HashMap<String, Json>>,
-    pub(crate) feature_url: String,
-    pub(crate) artifacts: PathBuf,
-    pub(crate) signer: Arc<Signer>,
-    pub(crate) http: reqwest::Client,
+    pub store: TrainingStore,
+    pub runner: Arc<Runner>,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -54,6 +48,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/training-runs", post(start_run).get(list_runs))
         .route("/v1/training-runs/{id}", get(get_run))
         .with_state(app)
+}
+
+fn database(e: StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        e.to_string(),
+    )
 }
 
 async fn declare_spec(
@@ -80,32 +82,20 @@ async fn declare_spec(
         )
         .with_fields(fields)
     })?;
-    let body = serde_json::to_value(&spec).unwrap_or(Json::Null);
-    let replaced = app
-        .specs
-        .write()
-        .expect("specs")
-        .insert(spec.name.clone(), spec)
-        .is_some();
+    let replaced = app.store.put_spec(&spec).await.map_err(database)?;
     Ok((
         if replaced {
             StatusCode::OK
         } else {
             StatusCode::CREATED
         },
-        Body(body),
+        Body(serde_json::to_value(&spec).unwrap_or(Json::Null)),
     ))
 }
 
-async fn list_specs(State(app): State<Arc<App>>) -> Body<Json> {
-    let specs: Vec<Json> = app
-        .specs
-        .read()
-        .expect("specs")
-        .values()
-        .map(|s| serde_json::to_value(s).unwrap_or(Json::Null))
-        .collect();
-    Body(json!({ "specs": specs }))
+async fn list_specs(State(app): State<Arc<App>>) -> Result<Body<Json>, ApiError> {
+    let specs = app.store.specs().await.map_err(database)?;
+    Ok(Body(json!({ "specs": specs })))
 }
 
 fn unknown_model(name: &str) -> ApiError {
@@ -120,8 +110,11 @@ async fn get_spec(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Body<Json>, ApiError> {
-    let specs = app.specs.read().expect("specs");
-    let spec = specs.get(&name).ok_or_else(|| unknown_model(&name))?;
+    let specs = app.store.specs().await.map_err(database)?;
+    let spec = specs
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| unknown_model(&name))?;
     Ok(Body(serde_json::to_value(spec).unwrap_or(Json::Null)))
 }
 
@@ -129,163 +122,99 @@ async fn get_spec(
 #[serde(deny_unknown_fields)]
 struct RunRequest {
     model: String,
+    /// Only labels with `window_start <= event_time < window_end` (epoch milliseconds).
+    #[serde(default)]
+    window_start: Option<i64>,
+    #[serde(default)]
+    window_end: Option<i64>,
+    /// Who asks (until authentication names them).
+    #[serde(default)]
+    requested_by: Option<String>,
 }
 
 async fn start_run(
     State(app): State<Arc<App>>,
     body: Bytes,
 ) -> Result<(StatusCode, Body<Json>), ApiError> {
-    let request: RunRequest = serde_json::from_slice(&body).map_err(|e| {
+    let asked: RunRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
-            format!("expected {{\"model\": <name>}}: {e}"),
+            format!("expected {{\"model\", \"window_start\"?, \"window_end\"?}}: {e}"),
         )
     })?;
-    let spec = app
-        .specs
-        .read()
-        .expect("specs")
-        .get(&request.model)
-        .cloned()
-        .ok_or_else(|| unknown_model(&request.model))?;
-    let (manifest, frame) = snapshot(&app, &spec).await?;
-    let signer = app.signer.clone();
-    let (owned_spec, owned_manifest) = (spec.clone(), manifest.clone());
-    let outcome = mlops_runtime::cpu::run(move || {
-        crate::run::train(
-            &owned_spec,
-            &owned_manifest,
-            &frame,
-            None,
-            &signer,
-            mlops_events::now_millis(),
-        )
-    })
-    .await
-    .map_err(|reason| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot_train", reason))?;
-    let id = mlops_events::new_id();
-    let artifact = match &outcome.artifact {
-        None => Json::Null,
-        Some(bytes) => {
-            let digest = mlops_ml::artifact::digest(bytes);
-            let path = app.artifacts.join(format!("{digest}.mlart"));
-            std::fs::create_dir_all(&app.artifacts)
-                .and_then(|()| std::fs::write(&path, bytes))
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "artifact_not_stored",
-                        e.to_string(),
-                    )
-                })?;
-            json!({"sha256": digest, "path": path.display().to_string()})
-        }
+    let specs = app.store.specs().await.map_err(database)?;
+    if !specs.iter().any(|s| s.name == asked.model) {
+        return Err(unknown_model(&asked.model));
+    }
+    let mut request = crate::runner::request(
+        &asked.model,
+        TrainingReason::Manual,
+        asked.requested_by.as_deref().unwrap_or("api"),
+    );
+    request.window_start = asked.window_start;
+    request.window_end = asked.window_end;
+    let run = app.runner.request(&request).await.map_err(database)?;
+    let row = app.store.run(&run).await.map_err(database)?;
+    let mut body = match row {
+        Some(row) => run_json(&app.store, &row).await?,
+        None => json!({"id": run}),
     };
-    let trials: Vec<Json> = outcome
-        .trials
-        .iter()
-        .map(|t| {
-            json!({"algorithm": t.algorithm, "hyperparameters": t.hyperparameters, "metrics": t.metrics})
-        })
-        .collect();
-    let record = json!({
-        "id": id,
-        "model": spec.name,
-        "snapshot_id": manifest.id,
-        "view": manifest.view,
-        "view_version": manifest.view_version,
-        "trials": trials,
-        "best": outcome.best,
-        "gate": match &outcome.gate {
-            Ok(()) => json!({"passed": true}),
-            Err(reason) => json!({"passed": false, "reason": reason}),
-        },
-        "artifact": artifact,
-    });
-    app.runs.write().expect("runs").insert(id, record.clone());
-    Ok((StatusCode::CREATED, Body(record)))
+    body["request_id"] = json!(request.request_id);
+    Ok((StatusCode::ACCEPTED, Body(body)))
 }
 
-/// The spec's training snapshot, from the feature service: built (or found) and read.
-async fn snapshot(
-    app: &App,
-    spec: &ModelSpec,
-) -> Result<(Manifest, polars::prelude::DataFrame), ApiError> {
-    let unavailable = |e: String| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "feature_service_unavailable",
-            e,
-        )
-    };
-    let mut request = json!({"view": spec.view});
-    if let Some(version) = spec.view_version {
-        request["version"] = json!(version);
+/// A run as the API shows it: its full record once finished, its state and requests before.
+async fn run_json(store: &TrainingStore, row: &RunRow) -> Result<Json, ApiError> {
+    if let Some(record) = &row.record {
+        return Ok(record.clone());
     }
-    if let Some(dataset) = &spec.label_dataset {
-        request["label_dataset"] = json!(dataset);
-    }
-    let response = app
-        .http
-        .post(format!("{}/v1/training-sets", app.feature_url))
-        .json(&request)
-        .send()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let status = response.status();
-    let body: Json = response
-        .json()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    if !status.is_success() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_training_set",
-            format!("the feature service answered {status}: {body}"),
-        ));
-    }
-    let manifest: Manifest =
-        serde_json::from_value(body).map_err(|e| unavailable(format!("manifest: {e}")))?;
-    let data = app
-        .http
-        .get(format!(
-            "{}/v1/training-sets/{}/data",
-            app.feature_url, manifest.id
-        ))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| unavailable(e.to_string()))?
-        .bytes()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let frame = mlops_runtime::cpu::run(move || ParquetReader::new(Cursor::new(data)).finish())
-        .await
-        .map_err(|e| unavailable(format!("snapshot data: {e}")))?;
-    Ok((manifest, frame))
+    let requests = store.requests(&row.id).await.map_err(database)?;
+    Ok(json!({
+        "id": row.id,
+        "model": row.model,
+        "status": row.status,
+        "created_at": row.created_at,
+        "not_before": row.not_before,
+        "started_at": row.started_at,
+        "attempts": row.attempts,
+        "request_ids": requests.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>(),
+    }))
 }
 
-async fn list_runs(State(app): State<Arc<App>>) -> Body<Json> {
-    let runs: Vec<Json> = app.runs.read().expect("runs").values().cloned().collect();
-    Body(json!({ "runs": runs }))
+#[derive(Debug, Deserialize)]
+struct RunsQuery {
+    model: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_runs(
+    State(app): State<Arc<App>>,
+    Query(query): Query<RunsQuery>,
+) -> Result<Body<Json>, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = app
+        .store
+        .runs(query.model.as_deref(), limit)
+        .await
+        .map_err(database)?;
+    let mut runs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        runs.push(run_json(&app.store, row).await?);
+    }
+    Ok(Body(json!({ "runs": runs })))
 }
 
 async fn get_run(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Body<Json>, ApiError> {
-    app.runs
-        .read()
-        .expect("runs")
-        .get(&id)
-        .cloned()
-        .map(Body)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_run",
-                format!("no training run {id:?}"),
-            )
-        })
+    let row = app.store.run(&id).await.map_err(database)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_run",
+            format!("no training run {id:?}"),
+        )
+    })?;
+    run_json(&app.store, &row).await.map(Body)
 }

@@ -1,26 +1,33 @@
 //! The training service: trains, tunes and validates models when asked by events.
 //!
-//! What is here so far: model specs and manual runs over HTTP (`api`: a run fetches the
-//! spec's snapshot from the feature service and keeps its record and signed artifact), a
-//! run from snapshot to signed artifact (`run`), model specs (`spec`), snapshots as
-//! training rows (`snapshot`), the metrics (`metrics`) and the fitting, scoring and search
-//! of candidate models (`trainer`), checked against scikit-learn. Not wired yet: runs
-//! triggered by `training.requests`, durable run records, registration.
+//! Requests arrive on `training.requests` (or as manual runs over HTTP, or from a spec's
+//! schedule) and are recorded with their model's run (`store`, `requests`); the `runner`
+//! coalesces them, fetches the spec's snapshot from the feature service (`snapshot`),
+//! searches and validates candidates (`trainer`, `metrics`, `spec`) and gates the best
+//! against the production version on the same holdout (`run`), registers a model that
+//! passes with the registry (`registry`), and publishes each run's result on
+//! `training.runs`.
 
+pub mod api;
 pub mod metrics;
+pub mod registry;
+pub mod requests;
 pub mod run;
+pub mod runner;
 pub mod snapshot;
 pub mod spec;
+pub mod store;
 pub mod trainer;
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
+use mlops_events::topics;
+use mlops_kafka::{ConsumerLoop, Producer, TopicSpec};
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-pub mod api;
+use tracing::{info, warn};
 
 pub const SERVICE: &str = "training";
 pub const DEFAULT_PORT: u16 = mlops_service::ports::TRAINING;
@@ -31,12 +38,28 @@ pub const DEFAULT_PORT: u16 = mlops_service::ports::TRAINING;
 pub struct Settings {
     /// Base URL of the feature service, where training snapshots come from.
     pub feature_url: String,
+    /// Base URL of the model registry, where versions that pass the gate are registered.
+    pub registry_url: String,
+    /// A run starts no sooner than this after its first request (and after the model's
+    /// previous run): requests within it coalesce into one run.
+    pub cooldown_ms: u64,
+    /// Runs at a time, across models.
+    pub max_concurrent_runs: usize,
+    /// Model specs (`*.toml`, `*.json`) declared from this directory at start.
+    pub specs_dir: Option<PathBuf>,
+    /// Consumer group of `training.requests`.
+    pub requests_group: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             feature_url: format!("http://127.0.0.1:{}", mlops_service::ports::FEATURE),
+            registry_url: format!("http://127.0.0.1:{}", mlops_service::ports::REGISTRY),
+            cooldown_ms: 5_000,
+            max_concurrent_runs: 1,
+            specs_dir: None,
+            requests_group: requests::GROUP.to_owned(),
         }
     }
 }
@@ -69,32 +92,124 @@ pub fn default_config() -> Config {
     Config::default()
 }
 
+/// Declares every spec in `dir` (`*.toml`, `*.json`); a spec that does not parse stops
+/// the start, naming the file and every field at fault.
+async fn declare_specs_from(dir: &std::path::Path, store: &store::TrainingStore) -> anyhow::Result<()> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("training.specs_dir {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("toml" | "json")))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)?;
+        let toml = path.extension().is_some_and(|e| e == "toml");
+        let spec = spec::ModelSpec::parse(&text, toml).map_err(|fields| {
+            let problems: Vec<String> = fields
+                .iter()
+                .map(|f| format!("{}: {}", f.field, f.reason))
+                .collect();
+            anyhow::anyhow!("model spec {}: {}", path.display(), problems.join("; "))
+        })?;
+        store.put_spec(&spec).await?;
+        info!(model = %spec.name, file = %path.display(), "model spec declared");
+    }
+    Ok(())
+}
+
 /// Serves until `cancel` fires.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let data = config.common.data_dir.clone();
-    let signer = Arc::new(mlops_ml::Signer::from_secret_file(
-        &data.join("signing.key"),
-    )?);
-    let app = Arc::new(api::App {
-        specs: Default::default(),
-        runs: Default::default(),
-        feature_url: config.training.feature_url.trim_end_matches('/').to_owned(),
-        artifacts: data.join("artifacts"),
-        signer,
-        http: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(300))
-            .build()?,
+    let Config {
+        common,
+        training: settings,
+    } = config;
+    let store = store::TrainingStore::connect(&common.database_url(SERVICE)).await?;
+    if let Some(dir) = &settings.specs_dir {
+        declare_specs_from(dir, &store).await?;
+    }
+    let codec = Arc::new(common.schema_registry.codec()?);
+    let producer = Producer::new(&common.kafka, codec.clone())?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(300))
+        .build()?;
+    let runner = Arc::new(runner::Runner {
+        store: store.clone(),
+        http: http.clone(),
+        feature_url: settings.feature_url.trim_end_matches('/').to_owned(),
+        registry: registry::RegistryClient::new(http, &settings.registry_url),
+        producer: producer.clone(),
+        kafka: common.kafka.clone(),
+        wake: Default::default(),
+        slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_runs.max(1))),
+        cooldown_ms: settings.cooldown_ms as i64,
     });
-    let admin = mlops_runtime::AdminState::new(
-        SERVICE,
-        Default::default(),
-        config.common.readiness_checks(),
-    );
+    let database = store.clone();
+    let mut checks = common.readiness_checks();
+    checks.push(mlops_runtime::ReadinessCheck::new("database", move || {
+        let database = database.clone();
+        async move { database.ping().await.map_err(|e| e.to_string()) }
+    }));
+    let admin = mlops_runtime::AdminState::new(SERVICE, Default::default(), checks);
+    let app = Arc::new(api::App {
+        store,
+        runner: runner.clone(),
+    });
     let router = admin.with_http_telemetry(api::router(app).merge(admin.router()));
-    mlops_runtime::serve(listener, router, cancel).await?;
+
+    let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
+    tasks.spawn("scheduler", runner.clone().schedule(tasks.token()));
+    tasks.spawn(
+        "schedules",
+        runner
+            .clone()
+            .tick_schedules(mlops_events::now_millis(), tasks.token()),
+    );
+    let requests = requests::Requests {
+        runner,
+        codec,
+    };
+    let kafka = common.kafka.clone();
+    let group = settings.requests_group.clone();
+    let token = tasks.token();
+    tasks.spawn("training-requests", async move {
+        // Requests that arrive before the consumer exists wait in the topic.
+        while !token.is_cancelled() {
+            let outcome = async {
+                mlops_kafka::ensure_topics(
+                    &kafka,
+                    &[TopicSpec::new(topics::TRAINING_REQUESTS, 3)],
+                )
+                .await?;
+                ConsumerLoop::new(
+                    &kafka,
+                    group.clone(),
+                    vec![topics::TRAINING_REQUESTS.to_owned()],
+                    producer.clone(),
+                )
+                .run(requests.clone(), token.clone())
+                .await
+            }
+            .await;
+            if let Err(e) = outcome {
+                warn!(error = %e, "training requests consumer stopped; starting it again");
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+    let serve_token = tasks.token();
+    tasks.spawn("http", async move {
+        mlops_runtime::serve(listener, router, serve_token).await
+    });
+    tasks
+        .run(cancel.cancelled(), mlops_service::SHUTDOWN_GRACE)
+        .await?;
     Ok(())
 }

@@ -1,18 +1,37 @@
 //! One training run, start to finish, on a snapshot already fetched: every candidate the
-//! spec asks for is validated, the best by the primary metric faces the gate, and a model
-//! that passes is refitted on all rows and sealed as a signed artifact with its
-//! transforms, lineage and metrics. Pure and blocking: the service runs it on the CPU pool.
+//! spec asks for is validated, the best by the primary metric faces the gate — scored,
+//! like the production version, on the same holdout (the newest rows) — and a model that
+//! passes is refitted on all rows and returned as an artifact (transforms, lineage,
+//! metrics) for the registry to sign. Pure and blocking: the service runs it on the CPU
+//! pool.
 
 use std::collections::BTreeMap;
 
-use mlops_ml::{Manifest, ModelArtifact, Signer};
+use mlops_ml::{Manifest, ModelArtifact, RAW_PREFIX};
 use polars::prelude::DataFrame;
+use serde::Serialize;
 
 use crate::{
-    snapshot,
-    spec::{ModelSpec, candidates, gate},
-    trainer::{Trial, fit, validate},
+    metrics, snapshot,
+    spec::{ModelSpec, Validation, candidates, gate},
+    trainer::{Examples, Model, Trial, fit, validate},
 };
+
+/// The gate's inputs and verdict, for the experiment record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateReport {
+    pub metric: String,
+    /// Rows of the holdout both models were scored on.
+    pub holdout_rows: usize,
+    /// The candidate (fitted on the older rows) on the holdout.
+    pub candidate: f64,
+    /// The production version on the same holdout, when there is one it can score.
+    pub production: Option<f64>,
+    /// Why production was not compared, when it exists but could not be scored.
+    pub production_note: Option<String>,
+    pub passed: bool,
+    pub reason: Option<String>,
+}
 
 /// What a run produced.
 #[derive(Debug)]
@@ -20,20 +39,18 @@ pub struct RunOutcome {
     pub trials: Vec<Trial>,
     /// Index of the best trial, if any candidate could be scored.
     pub best: Option<usize>,
-    /// `Err(reason)` when the best candidate did not pass the gate.
-    pub gate: Result<(), String>,
-    /// The sealed artifact of a candidate that passed.
-    pub artifact: Option<Vec<u8>>,
+    pub gate: GateReport,
+    /// The artifact (unsigned: the registry signs) of a candidate that passed.
+    pub artifact: Option<ModelArtifact>,
 }
 
-/// Runs `spec` on the snapshot (`manifest`, `frame`). `production` is the production
-/// version's primary metric on the same validation, if there is one.
+/// Runs `spec` on the snapshot (`manifest`, `frame`) against `production`, the artifact
+/// of the model's production version, if there is one.
 pub fn train(
     spec: &ModelSpec,
     manifest: &Manifest,
     frame: &DataFrame,
-    production: Option<f64>,
-    signer: &Signer,
+    production: Option<&ModelArtifact>,
     now: i64,
 ) -> Result<RunOutcome, String> {
     let examples = snapshot::examples(frame, &manifest.features)?;
@@ -70,55 +87,124 @@ pub fn train(
             metrics,
         });
     }
-    let Some((index, value)) = best else {
+    let fraction = match spec.validation {
+        Validation::Holdout { fraction } => fraction,
+        Validation::Kfold { .. } => Validation::default_fraction(),
+    };
+    let cut = examples.split_index(fraction);
+    let (older, holdout) = examples.time_split(fraction);
+    let Some((index, _)) = best else {
         return Ok(RunOutcome {
             trials,
             best: None,
-            gate: Err("no candidate could be scored".into()),
+            gate: GateReport {
+                metric: spec.primary_metric.clone(),
+                holdout_rows: holdout.len(),
+                candidate: f64::NAN,
+                production: None,
+                production_note: None,
+                passed: false,
+                reason: Some("no candidate could be scored".into()),
+            },
             artifact: None,
         });
     };
-    let verdict = gate(spec, value, production);
-    let artifact = match &verdict {
-        Err(_) => None,
-        Ok(()) => {
-            let chosen = &trials[index];
-            let model = fit(chosen.algorithm, &chosen.hyperparameters, &examples)
-                .map_err(|e| e.to_string())?;
-            let algorithm = serde_json::to_value(chosen.algorithm)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            Some(
-                signer.seal(&ModelArtifact {
-                    model_name: spec.name.clone(),
-                    algorithm,
-                    model: model.to_json(),
-                    features: manifest.features.clone(),
-                    transforms: manifest
-                        .fitted
-                        .iter()
-                        .map(|(name, state)| (name.clone(), state.clone()))
-                        .collect(),
-                    view: manifest.view.clone(),
-                    view_version: manifest.view_version,
-                    snapshot_id: manifest.id.clone(),
-                    metrics: chosen
-                        .metrics
-                        .clone()
-                        .into_iter()
-                        .collect::<BTreeMap<_, _>>(),
-                    created_at: now,
-                }),
-            )
-        }
+    let chosen = &trials[index];
+    let candidate_model =
+        fit(chosen.algorithm, &chosen.hyperparameters, &older).map_err(|e| e.to_string())?;
+    let candidate = primary(spec, &holdout, &candidate_model.scores(holdout.inputs.view()));
+    let (production_value, production_note) = match production {
+        None => (None, None),
+        Some(artifact) => match score_production(artifact, frame, cut, &holdout) {
+            Ok(scores) => (Some(primary(spec, &holdout, &scores)), None),
+            Err(note) => (None, Some(note)),
+        },
+    };
+    let verdict = gate(spec, candidate, production_value);
+    let report = GateReport {
+        metric: spec.primary_metric.clone(),
+        holdout_rows: holdout.len(),
+        candidate,
+        production: production_value,
+        production_note,
+        passed: verdict.is_ok(),
+        reason: verdict.err(),
+    };
+    let artifact = if report.passed {
+        let model = fit(chosen.algorithm, &chosen.hyperparameters, &examples)
+            .map_err(|e| e.to_string())?;
+        let algorithm = serde_json::to_value(chosen.algorithm)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Some(ModelArtifact {
+            model_name: spec.name.clone(),
+            algorithm,
+            model: model.to_json(),
+            features: manifest.features.clone(),
+            transforms: manifest
+                .fitted
+                .iter()
+                .map(|(name, state)| (name.clone(), state.clone()))
+                .collect(),
+            view: manifest.view.clone(),
+            view_version: manifest.view_version,
+            snapshot_id: manifest.id.clone(),
+            metrics: chosen
+                .metrics
+                .clone()
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+            created_at: now,
+        })
+    } else {
+        None
     };
     Ok(RunOutcome {
         trials,
         best: Some(index),
-        gate: verdict,
+        gate: report,
         artifact,
     })
+}
+
+fn primary(spec: &ModelSpec, holdout: &Examples, scores: &[f64]) -> f64 {
+    metrics::binary(&holdout.labels, scores)
+        .get(&spec.primary_metric)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// The production model's scores on the holdout rows (`cut..`): each row's raw values go
+/// through production's own fitted transforms, as serving would send them.
+fn score_production(
+    artifact: &ModelArtifact,
+    frame: &DataFrame,
+    cut: usize,
+    holdout: &Examples,
+) -> Result<Vec<f64>, String> {
+    let model: Model = serde_json::from_value(artifact.model.clone())
+        .map_err(|e| format!("the production model cannot be read: {e}"))?;
+    let mut columns = BTreeMap::new();
+    for (name, _) in &artifact.transforms {
+        let column = frame.column(&format!("{RAW_PREFIX}{name}")).map_err(|_| {
+            format!("the snapshot has no raw {name:?}, which the production version takes")
+        })?;
+        columns.insert(name.as_str(), column);
+    }
+    let mut inputs = ndarray::Array2::<f64>::zeros((holdout.len(), artifact.features.len()));
+    for (r, row) in (cut..frame.height()).enumerate() {
+        let values = artifact.inputs(|name| {
+            columns
+                .get(name)
+                .and_then(|c| c.get(row).ok())
+                .map(|v| mlops_ml::json_of(&v))
+        })?;
+        for (c, value) in values.into_iter().enumerate() {
+            inputs[[r, c]] = value;
+        }
+    }
+    Ok(model.scores(inputs.view()))
 }
 
 #[cfg(test)]
@@ -129,13 +215,17 @@ mod tests {
     use polars::prelude::*;
 
     use super::*;
-    use crate::trainer::Model;
 
     fn snapshot() -> (Manifest, DataFrame) {
         let n = 120;
         let amount: Vec<f64> = (0..n).map(|i| ((i * 7) % 13) as f64 - 6.0).collect();
         let label: Vec<f64> = amount.iter().map(|a| f64::from(*a > 0.5)).collect();
-        let frame = df!["amount" => amount, "label" => label].unwrap();
+        let frame = df![
+            "amount" => amount.clone(),
+            "raw.amount" => amount,
+            "label" => label
+        ]
+        .unwrap();
         let stats = ReferenceStatistics::Categorical {
             count: 0,
             null_rate: 0.0,
@@ -161,39 +251,31 @@ mod tests {
         (manifest, frame)
     }
 
-    fn spec(gate: &str) -> ModelSpec {
+    fn spec(algorithms: &str, gate: &str) -> ModelSpec {
         ModelSpec::parse(
             &format!(
                 r#"{{"name": "fraud", "view": "spend", "task": "binary_classification",
-                    "primary_metric": "accuracy",
-                    "algorithms": {{"logistic_regression": {{"alpha": [0.01, 1]}},
-                                   "decision_tree": {{"max_depth": [1, 3]}}}},
-                    "gate": {gate}}}"#
+                    "primary_metric": "accuracy", "algorithms": {algorithms}, "gate": {gate}}}"#
             ),
             false,
         )
         .unwrap()
     }
 
+    const GOOD: &str = r#"{"logistic_regression": {"alpha": [0.01, 1]}, "decision_tree": {"max_depth": [1, 3]}}"#;
+    /// A penalty so heavy the model cannot separate the classes.
+    const WEAK: &str = r#"{"logistic_regression": {"alpha": [1000000]}}"#;
+
     #[test]
-    fn a_candidate_that_passes_the_gate_is_sealed_with_its_lineage() {
+    fn a_candidate_that_passes_the_gate_becomes_an_artifact_with_its_lineage() {
         let (manifest, frame) = snapshot();
-        let signer = Signer::generate().unwrap();
-        let outcome = train(
-            &spec(r#"{"min": 0.9}"#),
-            &manifest,
-            &frame,
-            None,
-            &signer,
-            42,
-        )
-        .unwrap();
+        let outcome = train(&spec(GOOD, r#"{"min": 0.9}"#), &manifest, &frame, None, 42).unwrap();
         assert_eq!(outcome.trials.len(), 4);
-        assert_eq!(outcome.gate, Ok(()));
+        assert!(outcome.gate.passed, "{:?}", outcome.gate);
+        assert_eq!(outcome.gate.candidate, 1.0);
         let best = &outcome.trials[outcome.best.unwrap()];
         assert_eq!(best.metrics["accuracy"], 1.0, "{:?}", outcome.trials);
-        let artifact =
-            mlops_ml::artifact::open(&outcome.artifact.unwrap(), &signer.verifying_key()).unwrap();
+        let artifact = outcome.artifact.unwrap();
         assert_eq!(
             (
                 artifact.snapshot_id.as_str(),
@@ -210,37 +292,57 @@ mod tests {
     }
 
     #[test]
-    fn a_candidate_worse_than_production_is_not_sealed_and_says_why() {
+    fn a_candidate_worse_than_production_on_the_same_holdout_is_refused() {
         let (manifest, frame) = snapshot();
-        let signer = Signer::generate().unwrap();
-        // Both reasons: a floor no candidate reaches, and a production version scoring
-        // more than any candidate can, with no loss allowed.
-        let floor = train(
-            &spec(r#"{"min": 1.01}"#),
-            &manifest,
-            &frame,
-            None,
-            &signer,
-            42,
-        )
-        .unwrap();
+        let production = train(&spec(GOOD, "{}"), &manifest, &frame, None, 1)
+            .unwrap()
+            .artifact
+            .unwrap();
+        let floor = train(&spec(GOOD, r#"{"min": 1.01}"#), &manifest, &frame, None, 42).unwrap();
         assert!(floor.artifact.is_none());
         assert!(
             floor
                 .gate
-                .unwrap_err()
+                .reason
+                .unwrap()
                 .contains("does not reach the gate's minimum")
         );
         let worse = train(
-            &spec(r#"{"max_loss": 0.0}"#),
+            &spec(WEAK, r#"{"max_loss": 0.01}"#),
             &manifest,
             &frame,
-            Some(1.5),
-            &signer,
+            Some(&production),
             42,
         )
         .unwrap();
         assert!(worse.artifact.is_none());
-        assert!(worse.gate.unwrap_err().contains("trails production's"));
+        assert_eq!(worse.gate.production, Some(1.0), "{:?}", worse.gate);
+        assert!(worse.gate.candidate < 0.9, "{:?}", worse.gate);
+        assert!(
+            worse.gate.reason.as_deref().unwrap().contains("trails production's"),
+            "{:?}",
+            worse.gate
+        );
+        // The same candidate passes where there is no production version to lose to.
+        let alone = train(&spec(WEAK, r#"{"max_loss": 0.01}"#), &manifest, &frame, None, 42).unwrap();
+        assert!(alone.gate.passed);
+    }
+
+    #[test]
+    fn a_production_version_that_cannot_be_scored_is_noted_not_compared() {
+        let (manifest, frame) = snapshot();
+        let mut production = train(&spec(GOOD, "{}"), &manifest, &frame, None, 1)
+            .unwrap()
+            .artifact
+            .unwrap();
+        production.transforms[0].0 = "balance".into();
+        let outcome = train(&spec(GOOD, "{}"), &manifest, &frame, Some(&production), 2).unwrap();
+        assert!(outcome.gate.passed);
+        assert_eq!(outcome.gate.production, None);
+        assert!(
+            outcome.gate.production_note.as_deref().unwrap().contains("no raw \"balance\""),
+            "{:?}",
+            outcome.gate
+        );
     }
 }

@@ -45,6 +45,64 @@ pub fn examples(frame: &DataFrame, features: &[String]) -> Result<Examples, Stri
     Ok(Examples { inputs, labels })
 }
 
+/// The training snapshot of `spec` (limited to `[start, end)` of label event time when
+/// given), from the feature service: built (or found, snapshots are content-addressed)
+/// and read.
+pub async fn fetch(
+    http: &reqwest::Client,
+    feature_url: &str,
+    spec: &crate::spec::ModelSpec,
+    window: (Option<i64>, Option<i64>),
+) -> Result<(mlops_ml::Manifest, DataFrame), String> {
+    let mut request = serde_json::json!({"view": spec.view});
+    if let Some(version) = spec.view_version {
+        request["view_version"] = version.into();
+    }
+    if let Some(dataset) = &spec.label_dataset {
+        request["label_dataset"] = dataset.as_str().into();
+    }
+    if let Some(start) = window.0 {
+        request["start"] = start.into();
+    }
+    if let Some(end) = window.1 {
+        request["end"] = end.into();
+    }
+    let unreachable = |e: reqwest::Error| format!("the feature service is unreachable: {e}");
+    let response = http
+        .post(format!("{feature_url}/v1/training-sets"))
+        .json(&request)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(format!(
+            "the feature service built no training set ({status}): {body}"
+        ));
+    }
+    let manifest: mlops_ml::Manifest =
+        serde_json::from_value(body).map_err(|e| format!("snapshot manifest: {e}"))?;
+    let data = http
+        .get(format!(
+            "{feature_url}/v1/training-sets/{}/data",
+            manifest.id
+        ))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(unreachable)?
+        .bytes()
+        .await
+        .map_err(unreachable)?;
+    let frame = mlops_runtime::cpu::run(move || {
+        ParquetReader::new(std::io::Cursor::new(data)).finish()
+    })
+    .await
+    .map_err(|e| format!("snapshot data: {e}"))?;
+    Ok((manifest, frame))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,13 @@ pub struct ModelSpec {
     pub primary_metric: String,
     #[serde(default)]
     pub gate: Gate,
+    /// Retrain on a schedule as well as on events: every this long (`"6h"`, `"1d"`).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Share of traffic a new version of this model gets in canary, in percent (the
+    /// registry's default when unset).
+    #[serde(default)]
+    pub canary_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +93,16 @@ impl Default for Search {
 
 impl Default for Validation {
     fn default() -> Self {
-        Self::Holdout { fraction: 0.2 }
+        Self::Holdout {
+            fraction: Self::default_fraction(),
+        }
+    }
+}
+
+impl Validation {
+    /// The newest share of rows held out by default, and for the gate under k-fold.
+    pub fn default_fraction() -> f64 {
+        0.2
     }
 }
 
@@ -223,6 +239,24 @@ impl ModelSpec {
         if self.gate.max_loss < 0.0 || !self.gate.max_loss.is_finite() {
             fail("gate.max_loss".into(), "must be a finite number ≥ 0".into());
         }
+        if let Some(schedule) = &self.schedule {
+            match mlops_service::parse_duration(schedule) {
+                Ok(ms) if ms < 60_000 => {
+                    fail("schedule".into(), "must be at least 1m".into());
+                }
+                Ok(_) => {}
+                Err(reason) => fail("schedule".into(), reason),
+            }
+        }
+        if self
+            .canary_percent
+            .is_some_and(|p| !(p > 0.0 && p < 100.0))
+        {
+            fail(
+                "canary_percent".into(),
+                "must be between 0 and 100 (exclusive)".into(),
+            );
+        }
         if self.gate.min.is_some_and(|m| !m.is_finite()) {
             fail("gate.min".into(), "must be a finite number".into());
         }
@@ -231,6 +265,13 @@ impl ModelSpec {
         } else {
             Err(errors)
         }
+    }
+
+    /// The schedule's period in milliseconds, when the spec has one.
+    pub fn schedule_ms(&self) -> Option<i64> {
+        self.schedule
+            .as_deref()
+            .and_then(|s| mlops_service::parse_duration(s).ok())
     }
 
     /// Whether a higher value of the primary metric is better.

@@ -44,9 +44,14 @@ impl Examples {
 
     /// The oldest rows for fitting, the newest `holdout` fraction for scoring.
     pub fn time_split(&self, holdout: f64) -> (Examples, Examples) {
-        let test = ((self.len() as f64) * holdout).round() as usize;
-        let cut = self.len() - test.clamp(1, self.len().saturating_sub(1).max(1));
+        let cut = self.split_index(holdout);
         (self.rows(0..cut), self.rows(cut..self.len()))
+    }
+
+    /// Where [`Self::time_split`] cuts: the first row of the holdout.
+    pub fn split_index(&self, holdout: f64) -> usize {
+        let test = ((self.len() as f64) * holdout).round() as usize;
+        self.len() - test.clamp(1, self.len().saturating_sub(1).max(1))
     }
 
     fn rows(&self, range: std::ops::Range<usize>) -> Examples {

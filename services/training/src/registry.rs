@@ -1,0 +1,120 @@
+//! What training needs of the model registry, over its REST API: the production version
+//! of a model (its artifact verified against the registry's public key before it is
+//! read), and registering a version that passed the gate.
+
+use ed25519_dalek::VerifyingKey;
+use mlops_ml::ModelArtifact;
+use reqwest::StatusCode;
+use serde_json::{Value as Json, json};
+use tokio::sync::OnceCell;
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    url: String,
+    key: OnceCell<VerifyingKey>,
+}
+
+fn unreachable(e: reqwest::Error) -> String {
+    format!("the model registry is unreachable: {e}")
+}
+
+impl RegistryClient {
+    pub fn new(http: reqwest::Client, url: &str) -> Self {
+        Self {
+            http,
+            url: url.trim_end_matches('/').to_owned(),
+            key: OnceCell::new(),
+        }
+    }
+
+    /// The registry's artifact-signing key (`GET /v1/signing-key`), fetched once.
+    pub async fn signing_key(&self) -> Result<VerifyingKey, String> {
+        self.key
+            .get_or_try_init(|| async {
+                let body: Json = self
+                    .http
+                    .get(format!("{}/v1/signing-key", self.url))
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(unreachable)?
+                    .json()
+                    .await
+                    .map_err(unreachable)?;
+                let bytes = body["public_key"]
+                    .as_str()
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| format!("the registry's signing key is not 32 hex bytes: {body}"))?;
+                VerifyingKey::from_bytes(&bytes).map_err(|e| format!("signing key: {e}"))
+            })
+            .await
+            .copied()
+    }
+
+    /// The production version of `model` and its verified artifact, if it has one.
+    pub async fn production(&self, model: &str) -> Result<Option<(i64, ModelArtifact)>, String> {
+        let response = self
+            .http
+            .get(format!("{}/v1/models/{model}", self.url))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body: Json = response
+            .error_for_status()
+            .map_err(unreachable)?
+            .json()
+            .await
+            .map_err(unreachable)?;
+        let Some(version) = body["production"].as_i64() else {
+            return Ok(None);
+        };
+        let response = self
+            .http
+            .get(format!(
+                "{}/v1/models/{model}/versions/{version}/artifact",
+                self.url
+            ))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Err(format!(
+                "the artifact of production version {version} could not be fetched ({status}): {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        let key = self.signing_key().await?;
+        let artifact = mlops_ml::artifact::open(&bytes, &key)
+            .map_err(|e| format!("production version {version} refused: {e}"))?;
+        Ok(Some((version, artifact)))
+    }
+
+    /// Registers `artifact` with its lineage; returns the version number.
+    pub async fn register(&self, registration: Json) -> Result<i64, String> {
+        let model = registration["artifact"]["model_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let response = self
+            .http
+            .post(format!("{}/v1/models/{model}/versions", self.url))
+            .json(&registration)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let body: Json = response.json().await.unwrap_or_else(|e| json!(e.to_string()));
+        if !status.is_success() {
+            return Err(format!("the registry refused the version ({status}): {body}"));
+        }
+        body["version"]
+            .as_i64()
+            .ok_or_else(|| format!("the registry's answer names no version: {body}"))
+    }
+}

@@ -1,0 +1,384 @@
+//! The training service's records (`sqlx::Any`: SQLite by default, PostgreSQL by URL):
+//! model specs, runs and the requests each run answers. A request is recorded the moment
+//! it arrives and joins the model's pending or running run if there is one, so a burst
+//! becomes one run that lists every request; a run left `running` by a restart is put
+//! back to `pending` and run again (results are deterministic), or failed after
+//! [`MAX_ATTEMPTS`] starts.
+
+use mlops_events::{TrainingReason, TrainingRequest};
+use mlops_service::database::Migration;
+use serde_json::Value as Json;
+use sqlx::{AnyPool, Row, any::AnyRow};
+
+use crate::spec::ModelSpec;
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "initial",
+    sql: include_str!("../migrations/0001_initial.sql"),
+}];
+
+/// Starts of one run before a restart-interrupted run is given up as failed.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Connect(#[from] mlops_service::database::DatabaseError),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: String,
+    pub model: String,
+    pub status: String,
+    pub created_at: i64,
+    pub not_before: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempts: i64,
+    pub record: Option<Json>,
+    pub published: bool,
+    pub trace_id: Option<String>,
+}
+
+/// A request as recorded with its run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRow {
+    pub request_id: String,
+    pub reason: String,
+    pub triggering_event_id: Option<String>,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub window_start: Option<i64>,
+    pub window_end: Option<i64>,
+}
+
+pub fn reason_name(reason: TrainingReason) -> &'static str {
+    match reason {
+        TrainingReason::Manual => "manual",
+        TrainingReason::Schedule => "schedule",
+        TrainingReason::Drift => "drift",
+        TrainingReason::NewData => "new_data",
+    }
+}
+
+const RUN_COLUMNS: &str = "id, model, status, created_at, not_before, started_at, finished_at, \
+     attempts, record, published, trace_id";
+
+fn run_row(row: &AnyRow) -> Result<RunRow> {
+    let record: Option<String> = row.try_get("record")?;
+    let published: i64 = row.try_get("published")?;
+    Ok(RunRow {
+        id: row.try_get("id")?,
+        model: row.try_get("model")?,
+        status: row.try_get("status")?,
+        created_at: row.try_get("created_at")?,
+        not_before: row.try_get("not_before")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        attempts: row.try_get("attempts")?,
+        record: record
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("run record: {e}")))?,
+        published: published != 0,
+        trace_id: row.try_get("trace_id")?,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainingStore {
+    pool: AnyPool,
+}
+
+impl TrainingStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        Ok(Self {
+            pool: mlops_service::database::connect(url, MIGRATIONS).await?,
+        })
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn put_spec(&self, spec: &ModelSpec) -> Result<bool> {
+        let text = serde_json::to_string(spec).unwrap_or_default();
+        let existed = sqlx::query("SELECT 1 FROM specs WHERE name = $1")
+            .bind(&spec.name)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO specs (name, spec, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+        )
+        .bind(&spec.name)
+        .bind(text)
+        .bind(mlops_events::now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(existed)
+    }
+
+    pub async fn specs(&self) -> Result<Vec<ModelSpec>> {
+        let rows = sqlx::query("SELECT spec FROM specs ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get(0)?;
+                let tree = serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
+                ModelSpec::from_json(tree)
+                    .map_err(|e| StoreError::Corrupt(format!("spec: {e:?}")))
+            })
+            .collect()
+    }
+
+    /// Records `request` and attaches it to the model's pending or running run, creating a
+    /// pending one (not starting before `not_before`) when there is none. A request seen
+    /// before (same id) changes nothing. Returns the run's id.
+    pub async fn attach(&self, request: &TrainingRequest, not_before: i64) -> Result<String> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(row) = sqlx::query("SELECT run_id FROM run_requests WHERE request_id = $1")
+            .bind(&request.request_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            return Ok(row.try_get(0)?);
+        }
+        let active: Option<String> = sqlx::query(
+            "SELECT id FROM runs WHERE model = $1 AND status IN ('pending', 'running') \
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(&request.model_name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+        let now = mlops_events::now_millis();
+        let run_id = match active {
+            Some(id) => id,
+            None => {
+                let id = mlops_events::new_id();
+                sqlx::query(
+                    "INSERT INTO runs (id, model, status, created_at, not_before, trace_id) \
+                     VALUES ($1, $2, 'pending', $3, $4, $5)",
+                )
+                .bind(&id)
+                .bind(&request.model_name)
+                .bind(now)
+                .bind(not_before)
+                .bind(&request.trace_id)
+                .execute(&mut *tx)
+                .await?;
+                id
+            }
+        };
+        sqlx::query(
+            "INSERT INTO run_requests (request_id, run_id, model, reason, triggering_event_id, \
+             requested_by, requested_at, received_at, window_start, window_end) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&request.request_id)
+        .bind(&run_id)
+        .bind(&request.model_name)
+        .bind(reason_name(request.reason))
+        .bind(&request.triggering_event_id)
+        .bind(&request.requested_by)
+        .bind(request.requested_at)
+        .bind(now)
+        .bind(request.window_start)
+        .bind(request.window_end)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(run_id)
+    }
+
+    /// When the newest request of `model` for `reason` was made, if any.
+    pub async fn last_request(&self, model: &str, reason: &str) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MAX(requested_at) FROM run_requests WHERE model = $1 AND reason = $2",
+        )
+        .bind(model)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// When the last finished run of `model` ended, if any.
+    pub async fn last_finished(&self, model: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MAX(finished_at) FROM runs WHERE model = $1")
+            .bind(model)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Pending runs whose time has come, oldest first.
+    pub async fn due(&self, now: i64) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'pending' AND not_before <= $1 \
+             ORDER BY not_before, created_at"
+        )))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// The earliest start time of a pending run not yet due.
+    pub async fn next_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(not_before) FROM runs WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Moves a pending run to running; `false` when it was not pending any more.
+    pub async fn start(&self, id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'running', started_at = $1, attempts = attempts + 1 \
+             WHERE id = $2 AND status = 'pending'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn finish(&self, id: &str, status: &str, record: &Json, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = $1, record = $2, finished_at = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(record.to_string())
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_published(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET published = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Finished runs whose result has not reached `training.runs` yet.
+    pub async fn unpublished(&self) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE published = 0 AND finished_at IS NOT NULL \
+             ORDER BY finished_at"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// After a restart: runs left `running` go back to `pending` (due now), or fail once
+    /// they were started [`MAX_ATTEMPTS`] times. Returns (resumed, failed) run ids.
+    pub async fn recover(&self, now: i64) -> Result<(Vec<String>, Vec<String>)> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running'"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut resumed, mut failed) = (Vec::new(), Vec::new());
+        for run in rows.iter().map(run_row) {
+            let run = run?;
+            if run.attempts >= MAX_ATTEMPTS {
+                let record = serde_json::json!({
+                    "id": run.id, "model": run.model, "status": "failed",
+                    "reason": format!("interrupted by a restart {} times; given up", run.attempts),
+                });
+                self.finish(&run.id, "failed", &record, now).await?;
+                failed.push(run.id);
+            } else {
+                sqlx::query("UPDATE runs SET status = 'pending', not_before = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(&run.id)
+                    .execute(&self.pool)
+                    .await?;
+                resumed.push(run.id);
+            }
+        }
+        Ok((resumed, failed))
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<RunRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    /// Runs, newest first, of `model` or of every model.
+    pub async fn runs(&self, model: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
+        let rows = match model {
+            Some(model) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE model = $1 \
+                     ORDER BY created_at DESC LIMIT $2"
+                )))
+                .bind(model)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC LIMIT $1"
+                )))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(run_row).collect()
+    }
+
+    /// The requests `run` answers, in arrival order.
+    pub async fn requests(&self, run: &str) -> Result<Vec<RequestRow>> {
+        let rows = sqlx::query(
+            "SELECT request_id, reason, triggering_event_id, requested_by, requested_at, \
+             window_start, window_end FROM run_requests WHERE run_id = $1 \
+             ORDER BY received_at, request_id",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RequestRow {
+                    request_id: r.try_get(0)?,
+                    reason: r.try_get(1)?,
+                    triggering_event_id: r.try_get(2)?,
+                    requested_by: r.try_get(3)?,
+                    requested_at: r.try_get(4)?,
+                    window_start: r.try_get(5)?,
+                    window_end: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
