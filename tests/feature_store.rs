@@ -5,246 +5,20 @@
 // Tests drive the services from outside, as a user would: plain tasks and clients.
 #![allow(clippy::disallowed_methods)]
 
-use std::{
-    io::Cursor,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use mlops_events::{GroundTruthLabel, LabelValue, topics};
-use mlops_integration_tests::{TestIngestion, TestRegistry, TestService, ingestion_config};
+use mlops_events::topics;
+use mlops_integration_tests::{
+    assert_routes_served,
+    platform::{MINUTE, POLL, Platform, T0, payment},
+};
 use mlops_kafka::{OwnedHeaders, Producer};
 use mlops_schema::AvroCodec;
-use mlops_testkit::{TestBroker, unique};
+use mlops_testkit::unique;
 use polars::prelude::*;
 use rdkafka::Message;
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-const MINUTE: i64 = 60_000;
-/// Interval between polls of an eventually-true condition.
-const POLL: Duration = Duration::from_millis(100);
-/// 2026-11-26T10:00:00Z.
-const T0: i64 = 1_795_687_200_000;
-
-struct Platform {
-    broker: TestBroker,
-    registry: TestRegistry,
-    ingestion: TestIngestion,
-    feature: TestService,
-    dataset: String,
-    _dir: tempfile::TempDir,
-    http: Client,
-}
-
-impl Platform {
-    async fn start() -> Self {
-        Self::start_with_feature_workers(None).await
-    }
-
-    /// With `Some(n)`, the feature service runs on a runtime of its own with `n` workers.
-    async fn start_with_feature_workers(feature_workers: Option<usize>) -> Self {
-        mlops_testkit::init_logs();
-        let broker = mlops_testkit::tansu().await;
-        let registry = TestRegistry::start(&broker.bootstrap_servers, None).await;
-        let dir = mlops_testkit::temp_dir();
-        let config = ingestion_config(dir.path(), &broker.bootstrap_servers, &registry.url);
-        let ingestion = TestIngestion::start(config.clone()).await;
-        let dataset = unique("payments").replace('-', "_");
-        let http = Client::new();
-        let declared = http
-            .post(format!("{}/v1/datasets", ingestion.url))
-            .json(&json!({
-                "name": dataset,
-                "schema": {"type": "record", "name": "Payment", "namespace": "shop", "fields": [
-                    {"name": "txn_id", "type": "string"},
-                    {"name": "customer_id", "type": "string"},
-                    {"name": "amount", "type": "double"},
-                    {"name": "currency", "type": "string"},
-                    {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}
-                ]},
-                "key": "customer_id", "event_time": "ts", "event_id": "txn_id", "partitions": 2
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            declared.status(),
-            StatusCode::CREATED,
-            "{:?}",
-            declared.text().await
-        );
-        let feature_config = feature::Config {
-            common: config.common,
-            feature: feature::Settings {
-                intake_group: unique("intake"),
-                raw_topics: format!("^raw\\.{dataset}$"),
-                labels_group: unique("labels"),
-                batch_max_wait_ms: 50,
-                ..Default::default()
-            },
-        };
-        let feature = match feature_workers {
-            None => TestService::feature(feature_config).await,
-            Some(workers) => TestService::feature_alone(feature_config, workers).await,
-        };
-        Self {
-            broker,
-            registry,
-            ingestion,
-            feature,
-            dataset,
-            _dir: dir,
-            http,
-        }
-    }
-
-    fn view_spec(&self, name: &str, window: &str) -> Value {
-        json!({
-            "name": name,
-            "source": self.dataset,
-            "entity_key": "customer_id",
-            "event_time": "ts",
-            "allowed_lateness": "10m",
-            "features": [
-                {"name": "amount", "impute": "mean", "scale": "zscore"},
-                {"name": "currency", "encode": "onehot"}
-            ],
-            "aggregations": [
-                {"name": "amount_sum", "column": "amount", "function": "sum", "window": window},
-                {"name": "payments", "function": "count", "window": window},
-                {"name": "amount_max", "column": "amount", "function": "max", "window": window}
-            ]
-        })
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.feature.url))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.feature.url))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn events(&self, events: &[Value]) {
-        let response = self
-            .http
-            .post(format!(
-                "{}/v1/datasets/{}/events",
-                self.ingestion.url, self.dataset
-            ))
-            .json(&json!(events))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "{:?}",
-            response.text().await
-        );
-    }
-
-    async fn labels(&self, labels: &[(&str, &str, i64, f64)]) {
-        let codec = std::sync::Arc::new(AvroCodec::new(&self.registry.url).unwrap());
-        let kafka = mlops_kafka::KafkaConfig {
-            bootstrap_servers: self.broker.bootstrap_servers.clone(),
-            ..Default::default()
-        };
-        let producer = Producer::new(&kafka, codec).unwrap();
-        for (id, entity, time, value) in labels {
-            let label = GroundTruthLabel {
-                label_id: (*id).to_owned(),
-                dataset: self.dataset.clone(),
-                entity_id: (*entity).to_owned(),
-                request_id: None,
-                label: LabelValue::Number(*value),
-                event_time: *time,
-                received_at: mlops_events::now_millis(),
-                trace_id: None,
-            };
-            producer
-                .send_event(
-                    topics::LABELS,
-                    Some(entity.as_bytes()),
-                    &label,
-                    OwnedHeaders::new(),
-                )
-                .await
-                .unwrap();
-        }
-    }
-
-    /// Waits until the online vector of `entity` is `version`'s at `event_time`; returns it.
-    async fn online_at(&self, view: &str, version: i32, entity: &str, event_time: i64) -> Value {
-        let path = format!("/v1/feature-views/{view}/entities/{entity}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (status, body) = self.get(&path).await;
-            if status == StatusCode::OK
-                && body["event_time"] == event_time
-                && body["view_version"] == version
-            {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "online vector of {entity} at {event_time}, version {version}: last {body}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Builds a training set once `rows` labels are in.
-    async fn training_set(&self, request: &Value, rows: usize) -> (StatusCode, Value) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (status, body) = self.post("/v1/training-sets", request).await;
-            if body["rows"] == rows {
-                return (status, body);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "training set of {rows} rows: last {status} {body}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn snapshot_data(&self, id: &str) -> DataFrame {
-        let bytes = self
-            .http
-            .get(format!("{}/v1/training-sets/{id}/data", self.feature.url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        ParquetReader::new(Cursor::new(bytes.to_vec()))
-            .finish()
-            .unwrap()
-    }
-}
-
-fn payment(txn: &str, customer: &str, minute: i64, amount: f64, currency: &str) -> Value {
-    json!({"txn_id": txn, "customer_id": customer, "amount": amount, "currency": currency,
-           "ts": T0 + minute * MINUTE})
-}
 
 fn cell(frame: &DataFrame, label_id: &str, column: &str) -> AnyValue<'static> {
     let row = frame
@@ -663,7 +437,7 @@ async fn health_answers_while_a_large_training_set_is_built() {
     // The same history, 500,000 times over, written where the service keeps it.
     const COPIES: usize = 500_000;
     let store = feature::store::FeatureStore::open(
-        &p._dir.path().join("feature-store").display().to_string(),
+        &p.dir.path().join("feature-store").display().to_string(),
     )
     .unwrap();
     let offline = format!("offline/{view}/v1/");
@@ -754,31 +528,6 @@ async fn labels_posted_over_http_reach_the_training_snapshot() {
     assert_eq!(labels, [Some(1.0), Some(0.0)], "booleans train as 1 and 0");
 }
 
-/// Every route of `table` answers at `url` from its handler, not with the router's bare
-/// 404 or 405.
-async fn assert_routes_served(http: &Client, url: &str, table: &[mlops_service::routes::Route]) {
-    for route in table {
-        let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
-        let response = http
-            .request(
-                method,
-                format!("{url}{}", route.example_path("nothing_here")),
-            )
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.text().await.unwrap();
-        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{route:?}");
-        assert!(
-            !(status == StatusCode::NOT_FOUND && body.is_empty()),
-            "{route:?} is not routed"
-        );
-    }
-}
-
 /// The route tables (one per service, the role each route requires) list exactly routes the
 /// services serve: each answers from its handler, not with the router's bare 404 or 405.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -787,108 +536,8 @@ async fn every_route_in_the_role_tables_is_served() {
     for (url, table) in [
         (&p.ingestion.url, ingestion::api::ROUTES),
         (&p.feature.url, feature::api::ROUTES),
+        (&p.registry.url, registry::models::api::ROUTES),
     ] {
         assert_routes_served(&p.http, url, table).await;
     }
-}
-
-/// A model spec and a manual run: the training service asks the feature service for the
-/// snapshot, searches the spec's candidates, gates the best and keeps a signed artifact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_manual_run_trains_on_the_snapshot_and_seals_a_signed_artifact() {
-    let p = Platform::start().await;
-    let view = unique("spend").replace('-', "_");
-    let (status, declared) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
-    assert_eq!(status, StatusCode::CREATED, "{declared}");
-    // Forty customers; big spenders are the positive class.
-    let events: Vec<Value> = (0..40)
-        .map(|i| {
-            let amount = if i % 2 == 0 {
-                80.0 + i as f64
-            } else {
-                5.0 + i as f64 / 10.0
-            };
-            payment(&format!("t{i}"), &format!("c{i}"), i, amount, "EUR")
-        })
-        .collect();
-    p.events(&events).await;
-    p.online_at(&view, 1, "c39", T0 + 39 * MINUTE).await;
-    let labels: String = (0..40)
-        .map(|i| {
-            json!({"entity_id": format!("c{i}"), "label": i % 2 == 0, "event_time": T0 + (i + 1) * MINUTE})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    let response = p
-        .http
-        .post(format!(
-            "{}/v1/datasets/{}/labels",
-            p.ingestion.url, p.dataset
-        ))
-        .header("content-type", "application/x-ndjson")
-        .body(labels)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    p.training_set(&json!({"view": view}), 40).await;
-
-    let dir = mlops_testkit::temp_dir();
-    let mut config = training::default_config();
-    config.common.data_dir = dir.path().to_path_buf();
-    config.common.kafka.bootstrap_servers = p.broker.bootstrap_servers.clone();
-    config.common.schema_registry.url = p.registry.url.clone();
-    config.training.feature_url = p.feature.url.clone();
-    let service =
-        TestService::run(|listener, cancel| training::run(config, listener, cancel)).await;
-    let spec = format!(
-        "name = \"big_spender\"\nview = \"{view}\"\ntask = \"binary_classification\"\n\
-         primary_metric = \"accuracy\"\n[algorithms.logistic_regression]\nalpha = [0.01, 1.0]\n\
-         [algorithms.decision_tree]\nmax_depth = [2]\n[gate]\nmin = 0.8\n"
-    );
-    let declared = p
-        .http
-        .post(format!("{}/v1/models/specs", service.url))
-        .header("content-type", "application/toml")
-        .body(spec)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(declared.status(), StatusCode::CREATED);
-    let run = p
-        .http
-        .post(format!("{}/v1/training-runs", service.url))
-        .json(&json!({"model": "big_spender"}))
-        .send()
-        .await
-        .unwrap();
-    let status = run.status();
-    let run: Value = run.json().await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{run}");
-    assert_eq!(run["trials"].as_array().unwrap().len(), 3, "{run}");
-    assert_eq!(run["gate"]["passed"], true, "{run}");
-    let path = run["artifact"]["path"].as_str().unwrap();
-    let signer = mlops_ml::Signer::from_secret_file(&dir.path().join("signing.key")).unwrap();
-    let artifact =
-        mlops_ml::artifact::open(&std::fs::read(path).unwrap(), &signer.verifying_key()).unwrap();
-    assert_eq!(artifact.view, view);
-    assert_eq!(artifact.snapshot_id, run["snapshot_id"].as_str().unwrap());
-    let fetched: Value = p
-        .http
-        .get(format!(
-            "{}/v1/training-runs/{}",
-            service.url,
-            run["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(fetched, run);
-    // The training service's route table lists routes it serves.
-    assert_routes_served(&p.http, &service.url, training::api::ROUTES).await;
-    service.stop().await;
 }

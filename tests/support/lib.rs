@@ -4,6 +4,8 @@
 // Tests drive the services from outside, as a user would: plain tasks and clients.
 #![allow(clippy::disallowed_methods)]
 
+pub mod platform;
+
 use std::{future::Future, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -250,6 +252,16 @@ pub async fn read_topic(
     topic: &str,
     count: usize,
 ) -> Vec<rdkafka::message::OwnedMessage> {
+    read_topic_until(bootstrap, topic, |messages| messages.len() >= count).await
+}
+
+/// Records of `topic` from the beginning, by one consumer of a fresh group, until `done`
+/// says the ones read so far suffice (panics after a minute without a new record).
+pub async fn read_topic_until(
+    bootstrap: &str,
+    topic: &str,
+    mut done: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
+) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -257,15 +269,21 @@ pub async fn read_topic(
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "6000")
+        .set("topic.metadata.refresh.interval.ms", "500")
         .create()
         .expect("reader");
     consumer.subscribe(&[topic]).expect("subscribe");
     let wait = Duration::from_secs(60);
     let mut messages = Vec::new();
-    while messages.len() < count {
+    while !done(&messages) {
         let message = tokio::time::timeout(wait, consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("only {} of {count} records on {topic}", messages.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} records on {topic}, and not the ones awaited",
+                    messages.len()
+                )
+            })
             .expect("consume");
         messages.push(message.detach());
     }
@@ -281,4 +299,33 @@ pub fn python() -> String {
              tests/python/requirements.txt into a virtualenv, or point it at a Python with them"
         )
     })
+}
+
+/// Every route of `table` answers at `url` from its handler, not with the router's bare
+/// 404 or 405.
+pub async fn assert_routes_served(
+    http: &reqwest::Client,
+    url: &str,
+    table: &[mlops_service::routes::Route],
+) {
+    for route in table {
+        let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
+        let response = http
+            .request(
+                method,
+                format!("{url}{}", route.example_path("nothing_here")),
+            )
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_ne!(status, reqwest::StatusCode::METHOD_NOT_ALLOWED, "{route:?}");
+        assert!(
+            !(status == reqwest::StatusCode::NOT_FOUND && body.is_empty()),
+            "{route:?} is not routed"
+        );
+    }
 }

@@ -100,9 +100,11 @@ pub async fn run(
     let url = common.database_url(SERVICE);
     let store = Arc::new(Store::connect(&url).await?);
     let model_store = models::store::ModelStore::new(store.pool().clone());
-    let artifacts_url = config.registry.artifacts_url.clone().unwrap_or_else(|| {
-        common.data_dir.join("artifacts").display().to_string()
-    });
+    let artifacts_url = config
+        .registry
+        .artifacts_url
+        .clone()
+        .unwrap_or_else(|| common.data_dir.join("artifacts").display().to_string());
     let key_file = config
         .registry
         .signing_key_file
@@ -151,7 +153,8 @@ pub async fn run(
         mlops_service::broker_check(&common.kafka),
     ];
     let admin = AdminState::new(SERVICE, Default::default(), checks);
-    let served = mlops_runtime::serve(listener, router(store, models, &admin), cancel.clone()).await;
+    let served =
+        mlops_runtime::serve(listener, router(store, models, &admin), cancel.clone()).await;
     cancel.cancel();
     while background.join_next().await.is_some() {}
     served?;

@@ -94,11 +94,19 @@ pub fn default_config() -> Config {
 
 /// Declares every spec in `dir` (`*.toml`, `*.json`); a spec that does not parse stops
 /// the start, naming the file and every field at fault.
-async fn declare_specs_from(dir: &std::path::Path, store: &store::TrainingStore) -> anyhow::Result<()> {
+async fn declare_specs_from(
+    dir: &std::path::Path,
+    store: &store::TrainingStore,
+) -> anyhow::Result<()> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("training.specs_dir {}: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("toml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("toml" | "json")
+            )
+        })
         .collect();
     paths.sort();
     for path in paths {
@@ -144,7 +152,9 @@ pub async fn run(
         producer: producer.clone(),
         kafka: common.kafka.clone(),
         wake: Default::default(),
-        slots: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_runs.max(1))),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            settings.max_concurrent_runs.max(1),
+        )),
         cooldown_ms: settings.cooldown_ms as i64,
     });
     let database = store.clone();
@@ -168,10 +178,7 @@ pub async fn run(
             .clone()
             .tick_schedules(mlops_events::now_millis(), tasks.token()),
     );
-    let requests = requests::Requests {
-        runner,
-        codec,
-    };
+    let requests = requests::Requests { runner, codec };
     let kafka = common.kafka.clone();
     let group = settings.requests_group.clone();
     let token = tasks.token();
@@ -179,11 +186,8 @@ pub async fn run(
         // Requests that arrive before the consumer exists wait in the topic.
         while !token.is_cancelled() {
             let outcome = async {
-                mlops_kafka::ensure_topics(
-                    &kafka,
-                    &[TopicSpec::new(topics::TRAINING_REQUESTS, 3)],
-                )
-                .await?;
+                mlops_kafka::ensure_topics(&kafka, &[TopicSpec::new(topics::TRAINING_REQUESTS, 3)])
+                    .await?;
                 ConsumerLoop::new(
                     &kafka,
                     group.clone(),

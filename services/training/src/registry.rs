@@ -45,7 +45,9 @@ impl RegistryClient {
                     .as_str()
                     .and_then(|h| hex::decode(h).ok())
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| format!("the registry's signing key is not 32 hex bytes: {body}"))?;
+                    .ok_or_else(|| {
+                        format!("the registry's signing key is not 32 hex bytes: {body}")
+                    })?;
                 VerifyingKey::from_bytes(&bytes).map_err(|e| format!("signing key: {e}"))
             })
             .await
@@ -109,9 +111,14 @@ impl RegistryClient {
             .await
             .map_err(unreachable)?;
         let status = response.status();
-        let body: Json = response.json().await.unwrap_or_else(|e| json!(e.to_string()));
+        let body: Json = response
+            .json()
+            .await
+            .unwrap_or_else(|e| json!(e.to_string()));
         if !status.is_success() {
-            return Err(format!("the registry refused the version ({status}): {body}"));
+            return Err(format!(
+                "the registry refused the version ({status}): {body}"
+            ));
         }
         body["version"]
             .as_i64()

@@ -112,7 +112,11 @@ pub fn train(
     let chosen = &trials[index];
     let candidate_model =
         fit(chosen.algorithm, &chosen.hyperparameters, &older).map_err(|e| e.to_string())?;
-    let candidate = primary(spec, &holdout, &candidate_model.scores(holdout.inputs.view()));
+    let candidate = primary(
+        spec,
+        &holdout,
+        &candidate_model.scores(holdout.inputs.view()),
+    );
     let (production_value, production_note) = match production {
         None => (None, None),
         Some(artifact) => match score_production(artifact, frame, cut, &holdout) {
@@ -131,8 +135,8 @@ pub fn train(
         reason: verdict.err(),
     };
     let artifact = if report.passed {
-        let model = fit(chosen.algorithm, &chosen.hyperparameters, &examples)
-            .map_err(|e| e.to_string())?;
+        let model =
+            fit(chosen.algorithm, &chosen.hyperparameters, &examples).map_err(|e| e.to_string())?;
         let algorithm = serde_json::to_value(chosen.algorithm)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -262,7 +266,8 @@ mod tests {
         .unwrap()
     }
 
-    const GOOD: &str = r#"{"logistic_regression": {"alpha": [0.01, 1]}, "decision_tree": {"max_depth": [1, 3]}}"#;
+    const GOOD: &str =
+        r#"{"logistic_regression": {"alpha": [0.01, 1]}, "decision_tree": {"max_depth": [1, 3]}}"#;
     /// A penalty so heavy the model cannot separate the classes.
     const WEAK: &str = r#"{"logistic_regression": {"alpha": [1000000]}}"#;
 
@@ -319,12 +324,24 @@ mod tests {
         assert_eq!(worse.gate.production, Some(1.0), "{:?}", worse.gate);
         assert!(worse.gate.candidate < 0.9, "{:?}", worse.gate);
         assert!(
-            worse.gate.reason.as_deref().unwrap().contains("trails production's"),
+            worse
+                .gate
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("trails production's"),
             "{:?}",
             worse.gate
         );
         // The same candidate passes where there is no production version to lose to.
-        let alone = train(&spec(WEAK, r#"{"max_loss": 0.01}"#), &manifest, &frame, None, 42).unwrap();
+        let alone = train(
+            &spec(WEAK, r#"{"max_loss": 0.01}"#),
+            &manifest,
+            &frame,
+            None,
+            42,
+        )
+        .unwrap();
         assert!(alone.gate.passed);
     }
 
@@ -340,7 +357,12 @@ mod tests {
         assert!(outcome.gate.passed);
         assert_eq!(outcome.gate.production, None);
         assert!(
-            outcome.gate.production_note.as_deref().unwrap().contains("no raw \"balance\""),
+            outcome
+                .gate
+                .production_note
+                .as_deref()
+                .unwrap()
+                .contains("no raw \"balance\""),
             "{:?}",
             outcome.gate
         );

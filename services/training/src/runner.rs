@@ -140,7 +140,11 @@ impl Runner {
             .into_iter()
             .find(|s| s.name == run.model)
             .ok_or_else(|| format!("no model spec named {:?}", run.model))?;
-        let requests = self.store.requests(&run.id).await.map_err(|e| e.to_string())?;
+        let requests = self
+            .store
+            .requests(&run.id)
+            .await
+            .map_err(|e| e.to_string())?;
         let window = window_of(&requests);
         let t0 = now_millis();
         let (manifest, frame) =
@@ -153,7 +157,13 @@ impl Runner {
         };
         let owned = (spec.clone(), manifest.clone());
         let outcome = mlops_runtime::cpu::run(move || {
-            train(&owned.0, &owned.1, &frame, production_artifact.as_ref(), started)
+            train(
+                &owned.0,
+                &owned.1,
+                &frame,
+                production_artifact.as_ref(),
+                started,
+            )
         })
         .await?;
         let t2 = now_millis();
@@ -319,7 +329,11 @@ pub fn result_of(run: &RunRow) -> TrainingRunResult {
     };
     let strings = |v: &Json| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     TrainingRunResult {
@@ -389,8 +403,11 @@ impl Runner {
                     .await?
                     .unwrap_or(started);
                 if now - last >= period {
-                    let request =
-                        request(&spec.name, mlops_events::TrainingReason::Schedule, "schedule");
+                    let request = request(
+                        &spec.name,
+                        mlops_events::TrainingReason::Schedule,
+                        "schedule",
+                    );
                     match self
                         .producer
                         .send_event(
@@ -406,7 +423,9 @@ impl Runner {
                         Ok(_) => {
                             self.request(&request).await?;
                         }
-                        Err(e) => warn!(model = %spec.name, error = %e, "scheduled request not sent"),
+                        Err(e) => {
+                            warn!(model = %spec.name, error = %e, "scheduled request not sent")
+                        }
                     }
                 }
             }

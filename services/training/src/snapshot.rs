@@ -95,11 +95,10 @@ pub async fn fetch(
         .bytes()
         .await
         .map_err(unreachable)?;
-    let frame = mlops_runtime::cpu::run(move || {
-        ParquetReader::new(std::io::Cursor::new(data)).finish()
-    })
-    .await
-    .map_err(|e| format!("snapshot data: {e}"))?;
+    let frame =
+        mlops_runtime::cpu::run(move || ParquetReader::new(std::io::Cursor::new(data)).finish())
+            .await
+            .map_err(|e| format!("snapshot data: {e}"))?;
     Ok((manifest, frame))
 }
 

@@ -248,10 +248,7 @@ impl ModelSpec {
                 Err(reason) => fail("schedule".into(), reason),
             }
         }
-        if self
-            .canary_percent
-            .is_some_and(|p| !(p > 0.0 && p < 100.0))
-        {
+        if self.canary_percent.is_some_and(|p| !(p > 0.0 && p < 100.0)) {
             fail(
                 "canary_percent".into(),
                 "must be between 0 and 100 (exclusive)".into(),

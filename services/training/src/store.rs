@@ -139,8 +139,7 @@ impl TrainingStore {
                 let text: String = r.try_get(0)?;
                 let tree = serde_json::from_str(&text)
                     .map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
-                ModelSpec::from_json(tree)
-                    .map_err(|e| StoreError::Corrupt(format!("spec: {e:?}")))
+                ModelSpec::from_json(tree).map_err(|e| StoreError::Corrupt(format!("spec: {e:?}")))
             })
             .collect()
     }
@@ -261,15 +260,13 @@ impl TrainingStore {
     }
 
     pub async fn finish(&self, id: &str, status: &str, record: &Json, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE runs SET status = $1, record = $2, finished_at = $3 WHERE id = $4",
-        )
-        .bind(status)
-        .bind(record.to_string())
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("UPDATE runs SET status = $1, record = $2, finished_at = $3 WHERE id = $4")
+            .bind(status)
+            .bind(record.to_string())
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

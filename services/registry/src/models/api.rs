@@ -42,9 +42,21 @@ pub const ROUTES: &[Route] = &[
     Route::new("GET", "/v1/models/{name}/versions", Role::Reader),
     Route::new("POST", "/v1/models/{name}/versions", Role::Operator),
     Route::new("GET", "/v1/models/{name}/versions/{version}", Role::Reader),
-    Route::new("GET", "/v1/models/{name}/versions/{version}/artifact", Role::Reader),
-    Route::new("GET", "/v1/models/{name}/versions/{version}/lineage", Role::Reader),
-    Route::new("POST", "/v1/models/{name}/versions/{version}/transitions", Role::Approver),
+    Route::new(
+        "GET",
+        "/v1/models/{name}/versions/{version}/artifact",
+        Role::Reader,
+    ),
+    Route::new(
+        "GET",
+        "/v1/models/{name}/versions/{version}/lineage",
+        Role::Reader,
+    ),
+    Route::new(
+        "POST",
+        "/v1/models/{name}/versions/{version}/transitions",
+        Role::Approver,
+    ),
 ];
 
 pub struct Models {
@@ -88,9 +100,11 @@ fn error(e: ModelStoreError) -> ApiError {
             "unknown_model",
             format!("no model named {model:?}"),
         ),
-        ModelStoreError::Refused(refusal @ Refusal::UnknownVersion { .. }) => {
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_version", refusal.to_string())
-        }
+        ModelStoreError::Refused(refusal @ Refusal::UnknownVersion { .. }) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_version",
+            refusal.to_string(),
+        ),
         ModelStoreError::Refused(Refusal::Rule(rule)) => {
             ApiError::new(StatusCode::CONFLICT, "illegal_transition", rule)
         }
@@ -245,7 +259,10 @@ async fn artifact(
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "artifact_integrity",
-            format!("the stored artifact of {name} version {} is refused: {e}", v.version),
+            format!(
+                "the stored artifact of {name} version {} is refused: {e}",
+                v.version
+            ),
         ));
     }
     Ok((
@@ -415,9 +432,11 @@ async fn register(
         metrics: registration.artifact.metrics.clone(),
         lineage: registration.lineage,
     };
-    let deploy = registration
-        .deploy
-        .then(|| registration.canary_percent.unwrap_or(models.first_canary_percent));
+    let deploy = registration.deploy.then(|| {
+        registration
+            .canary_percent
+            .unwrap_or(models.first_canary_percent)
+    });
     let version = models
         .store
         .register(&name, new, deploy, &cause)

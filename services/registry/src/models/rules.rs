@@ -97,7 +97,10 @@ pub fn plan(
     if to != Stage::Canary && canary_percent.is_some() {
         return Err(Refusal::Invalid {
             field: "canary_percent",
-            reason: format!("only a move to canary takes a percentage, not to {}", stage_name(to)),
+            reason: format!(
+                "only a move to canary takes a percentage, not to {}",
+                stage_name(to)
+            ),
         });
     }
     let rule = |text: String| Err(Refusal::Rule(text));
@@ -122,7 +125,9 @@ pub fn plan(
                     ));
                 }
                 Stage::Canary if current.canary_percent == Some(percent) => {
-                    return rule(format!("version {version} is already in canary at {percent}%"));
+                    return rule(format!(
+                        "version {version} is already in canary at {percent}%"
+                    ));
                 }
                 _ => {}
             }
@@ -131,7 +136,8 @@ pub fn plan(
                     "model {model:?} has no production version: a canary needs one to share traffic with"
                 ));
             }
-            if let Some(other) = in_stage(versions, Stage::Canary).filter(|c| c.version != version) {
+            if let Some(other) = in_stage(versions, Stage::Canary).filter(|c| c.version != version)
+            {
                 return rule(format!(
                     "version {} is already in canary: one canary at a time (promote or archive it first)",
                     other.version
@@ -181,7 +187,11 @@ pub fn deploy(versions: &[Current], version: i64, first_percent: f64) -> Vec<Ste
     steps.push(Step {
         version,
         from: Some(Stage::Candidate),
-        to: if production { Stage::Canary } else { Stage::Production },
+        to: if production {
+            Stage::Canary
+        } else {
+            Stage::Production
+        },
         canary_percent: production.then_some(first_percent),
         consequence: None,
     });
@@ -208,12 +218,22 @@ mod tests {
             steps.iter().map(|s| (s.version, s.to)).collect::<Vec<_>>(),
             [(2, Stage::Production), (1, Stage::Archived)]
         );
-        assert!(steps[1].consequence.as_deref().unwrap().contains("version 2"));
+        assert!(
+            steps[1]
+                .consequence
+                .as_deref()
+                .unwrap()
+                .contains("version 2")
+        );
     }
 
     #[test]
     fn illegal_moves_name_their_rule() {
-        let versions = [at(1, Stage::Production), at(2, Stage::Canary), at(3, Stage::Candidate)];
+        let versions = [
+            at(1, Stage::Production),
+            at(2, Stage::Canary),
+            at(3, Stage::Candidate),
+        ];
         let refused = |v, to, p| match plan("m", &versions, v, to, p) {
             Err(Refusal::Rule(text)) => text,
             other => panic!("{other:?}"),
@@ -230,26 +250,44 @@ mod tests {
         ));
         assert!(matches!(
             plan("m", &versions, 2, Stage::Canary, Some(100.0)),
-            Err(Refusal::Invalid { field: "canary_percent", .. })
+            Err(Refusal::Invalid {
+                field: "canary_percent",
+                ..
+            })
         ));
         assert!(matches!(
             plan("m", &versions, 9, Stage::Archived, None),
             Err(Refusal::UnknownVersion { version: 9, .. })
         ));
         // Widening the canary is a move to canary at another percentage.
-        assert_eq!(plan("m", &versions, 2, Stage::Canary, Some(50.0)).unwrap().len(), 1);
+        assert_eq!(
+            plan("m", &versions, 2, Stage::Canary, Some(50.0))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn a_new_version_goes_to_production_first_then_to_canary() {
-        assert_eq!(deploy(&[at(1, Stage::Candidate)], 1, 10.0)[0].to, Stage::Production);
+        assert_eq!(
+            deploy(&[at(1, Stage::Candidate)], 1, 10.0)[0].to,
+            Stage::Production
+        );
         let steps = deploy(
-            &[at(1, Stage::Production), at(2, Stage::Canary), at(3, Stage::Candidate)],
+            &[
+                at(1, Stage::Production),
+                at(2, Stage::Canary),
+                at(3, Stage::Candidate),
+            ],
             3,
             10.0,
         );
         assert_eq!(
-            steps.iter().map(|s| (s.version, s.to, s.canary_percent)).collect::<Vec<_>>(),
+            steps
+                .iter()
+                .map(|s| (s.version, s.to, s.canary_percent))
+                .collect::<Vec<_>>(),
             [(2, Stage::Archived, None), (3, Stage::Canary, Some(10.0))]
         );
     }

@@ -231,11 +231,13 @@ impl ModelStore {
     }
 
     pub async fn mark_published(&self, model: &str, sequence: i64) -> Result<()> {
-        sqlx::query("UPDATE model_transitions SET published = 1 WHERE model = $1 AND sequence = $2")
-            .bind(model)
-            .bind(sequence)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE model_transitions SET published = 1 WHERE model = $1 AND sequence = $2",
+        )
+        .bind(model)
+        .bind(sequence)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -401,13 +403,19 @@ impl ModelStore {
             .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
+            // A percentage is bound as a number and a flag, never as a typed NULL: sqlx's
+            // Any driver sends a NULL double as float4, which PostgreSQL then expects of
+            // every later value of the cached statement.
             sqlx::query(
-                "UPDATE model_versions SET stage = $1, canary_percent = $2 WHERE model = $3 AND version = $4",
+                "UPDATE model_versions SET stage = $1, \
+                 canary_percent = CASE WHEN $5 = 1 THEN $2 ELSE NULL END \
+                 WHERE model = $3 AND version = $4",
             )
             .bind(stage_name(step.to))
-            .bind(step.canary_percent)
+            .bind(step.canary_percent.unwrap_or_default())
             .bind(model)
             .bind(step.version)
+            .bind(i64::from(step.canary_percent.is_some()))
             .execute(&mut **tx)
             .await?;
             let row = TransitionRow {
@@ -430,20 +438,22 @@ impl ModelStore {
             };
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO model_transitions ({TRANSITION_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0)"
+                 VALUES ($1, $2, $3, $4, $5, CASE WHEN $13 = 1 THEN $6 ELSE NULL END, \
+                 $7, $8, $9, $10, $11, $12, 0)"
             )))
             .bind(&row.model)
             .bind(row.sequence)
             .bind(row.version)
             .bind(row.from_stage.map(stage_name))
             .bind(stage_name(row.to_stage))
-            .bind(row.canary_percent)
+            .bind(row.canary_percent.unwrap_or_default())
             .bind(&row.reason)
             .bind(&row.actor)
             .bind(&row.event_id)
             .bind(&row.triggering_event_id)
             .bind(&row.trace_id)
             .bind(row.at)
+            .bind(i64::from(row.canary_percent.is_some()))
             .execute(&mut **tx)
             .await?;
             rows.push(row);

@@ -1,0 +1,376 @@
+//! Training to registration to `models.lifecycle`, end to end: a request on
+//! `training.requests` becomes a snapshot, trials, a gate, a registered and signed version
+//! and lifecycle events an independent subscriber (Confluent's Python client) reads; a
+//! worse candidate is refused by the gate; a burst of requests becomes one run.
+
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
+use std::time::{Duration, Instant};
+
+use mlops_events::{
+    TrainingReason, TrainingRequest, TrainingRunResult, TrainingRunStatus, new_id, now_millis,
+    topics,
+};
+use mlops_integration_tests::{
+    TestService, assert_routes_served, platform::Platform, read_topic_until,
+};
+use mlops_kafka::{OwnedHeaders, Producer};
+use mlops_schema::AvroCodec;
+use mlops_testkit::unique;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A spec that learns the big spenders (logistic regression and a tree), gated at 0.8.
+fn good_spec(model: &str, view: &str) -> String {
+    format!(
+        "name = \"{model}\"\nview = \"{view}\"\ntask = \"binary_classification\"\n\
+         primary_metric = \"log_loss\"\n[algorithms.logistic_regression]\nalpha = [0.01, 1.0]\n\
+         [algorithms.decision_tree]\nmax_depth = [2]\n[gate]\nmax_loss = 0.0\n"
+    )
+}
+
+/// A spec whose only candidate is penalised into uselessness (probabilities near 0.5).
+fn weak_spec(model: &str, view: &str) -> String {
+    format!(
+        "name = \"{model}\"\nview = \"{view}\"\ntask = \"binary_classification\"\n\
+         primary_metric = \"log_loss\"\n[algorithms.logistic_regression]\nalpha = [1000000.0]\n\
+         [gate]\nmax_loss = 0.0\n"
+    )
+}
+
+async fn declare(p: &Platform, training: &TestService, spec: String) {
+    let response = p
+        .http
+        .post(format!("{}/v1/models/specs", training.url))
+        .header("content-type", "application/toml")
+        .body(spec)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+}
+
+/// Sends `count` training requests for `model` to `training.requests`; returns their ids.
+async fn request_training(p: &Platform, model: &str, count: usize) -> Vec<String> {
+    let codec = std::sync::Arc::new(AvroCodec::new(&p.registry.url).unwrap());
+    let kafka = mlops_kafka::KafkaConfig::with_bootstrap(p.broker.bootstrap_servers.clone());
+    mlops_kafka::ensure_topics(
+        &kafka,
+        &[mlops_kafka::TopicSpec::new(topics::TRAINING_REQUESTS, 3)],
+    )
+    .await
+    .unwrap();
+    let producer = Producer::new(&kafka, codec).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let request = TrainingRequest {
+            request_id: new_id(),
+            model_name: model.to_owned(),
+            reason: TrainingReason::Drift,
+            window_start: None,
+            window_end: None,
+            triggering_event_id: Some(format!("drift-{i}")),
+            requested_by: "monitoring".into(),
+            requested_at: now_millis(),
+            trace_id: None,
+        };
+        producer
+            .send_event(
+                topics::TRAINING_REQUESTS,
+                Some(model.as_bytes()),
+                &request,
+                OwnedHeaders::new(),
+            )
+            .await
+            .unwrap();
+        ids.push(request.request_id);
+    }
+    ids
+}
+
+/// The runs of `model`, once none is pending or running and at least `finished` are done.
+async fn finished_runs(
+    p: &Platform,
+    training: &TestService,
+    model: &str,
+    finished: usize,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let body: Value = p
+            .http
+            .get(format!("{}/v1/training-runs?model={model}", training.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let runs = body["runs"].as_array().cloned().unwrap_or_default();
+        let active = runs
+            .iter()
+            .any(|r| matches!(r["status"].as_str(), Some("pending" | "running")));
+        if !active && runs.len() >= finished {
+            return runs;
+        }
+        assert!(Instant::now() < deadline, "runs of {model}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn manual_run(p: &Platform, training: &TestService, model: &str) -> Value {
+    let response = p
+        .http
+        .post(format!("{}/v1/training-runs", training.url))
+        .json(&json!({"model": model}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let run: Value = p
+            .http
+            .get(format!("{}/v1/training-runs/{id}", training.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !matches!(run["status"].as_str(), Some("pending" | "running")) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id}: {run}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `TrainingRunResult` of `run_id` on `training.runs`.
+async fn run_result(p: &Platform, run_id: &str) -> TrainingRunResult {
+    let codec = AvroCodec::new(&p.registry.url).unwrap();
+    let key_of =
+        |m: &rdkafka::message::OwnedMessage| rdkafka::Message::payload(m).map(<[u8]>::to_vec);
+    let mut found = None;
+    let messages = read_topic_until(
+        &p.broker.bootstrap_servers,
+        topics::TRAINING_RUNS,
+        |messages| {
+            // The run id is in the record; decoding happens below, so look for its bytes here.
+            messages.iter().any(|m| {
+                key_of(m).is_some_and(|b| b.windows(run_id.len()).any(|w| w == run_id.as_bytes()))
+            })
+        },
+    )
+    .await;
+    for message in &messages {
+        let payload = rdkafka::Message::payload(message).unwrap();
+        let result: TrainingRunResult = codec.decode(payload).await.unwrap();
+        if result.run_id == run_id {
+            found = Some(result);
+        }
+    }
+    found.unwrap()
+}
+
+/// A drift request on `training.requests`, trained, gated, registered and announced.
+async fn a_drift_request_becomes_a_registered_version_on(broker: mlops_testkit::TestBroker) {
+    let kind = broker.kind;
+    let p = Platform::start_on(broker).await;
+    let view = p.labelled_spend().await;
+    let training = p.training(200).await;
+    let model = unique("big-spender");
+    declare(&p, &training, good_spec(&model, &view)).await;
+    let requests = request_training(&p, &model, 1).await;
+
+    let runs = finished_runs(&p, &training, &model, 1).await;
+    assert_eq!(runs.len(), 1, "{kind}: {runs:?}");
+    let run = &runs[0];
+    assert_eq!(run["status"], "succeeded", "{kind}: {run}");
+    assert_eq!(run["request_ids"], json!(requests), "{run}");
+    assert_eq!(run["registered_version"], 1, "{run}");
+    assert_eq!(run["gate"]["passed"], true, "{run}");
+    assert_eq!(run["trials"].as_array().unwrap().len(), 3, "{run}");
+    assert!(!run["code_version"].as_str().unwrap().is_empty(), "{run}");
+    for timing in ["snapshot", "search", "register", "total"] {
+        assert!(run["timings_ms"][timing].is_i64(), "{timing}: {run}");
+    }
+    assert_eq!(run["spec"]["name"], model.as_str(), "{run}");
+
+    // The registry holds it in production, with its lineage back to the drift event.
+    let registry = &p.registry.url;
+    let summary: Value = p
+        .http
+        .get(format!("{registry}/v1/models/{model}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["production"], 1, "{summary}");
+    let lineage: Value = p
+        .http
+        .get(format!("{registry}/v1/models/{model}/versions/1/lineage"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(lineage["training_run_id"], run["id"], "{lineage}");
+    assert_eq!(lineage["snapshot_id"], run["snapshot_id"], "{lineage}");
+    assert_eq!(lineage["feature_view"], view.as_str(), "{lineage}");
+    assert_eq!(
+        lineage["trigger"]["event_ids"],
+        json!(["drift-0"]),
+        "{lineage}"
+    );
+    assert_eq!(
+        lineage["trigger"]["request_ids"],
+        json!(requests),
+        "{lineage}"
+    );
+    assert_eq!(lineage["code_version"], run["code_version"], "{lineage}");
+    assert!(
+        !lineage["schema_ids"].as_array().unwrap().is_empty(),
+        "{lineage}"
+    );
+
+    // An independent subscriber (Confluent's Python client, the README's example) sees the
+    // registration and the move to production.
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(mlops_integration_tests::python())
+            .arg(format!("{dir}/python/lifecycle_subscriber.py"))
+            .args([
+                &p.broker.bootstrap_servers,
+                registry,
+                &unique("subscriber"),
+                &model,
+                "2",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the subscriber saw both events within two minutes")
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        (&seen[0]["stage"], &seen[0]["sequence"]),
+        (&json!("candidate"), &json!(1))
+    );
+    assert_eq!(
+        (&seen[1]["stage"], &seen[1]["sequence"]),
+        (&json!("production"), &json!(2))
+    );
+    assert_eq!(seen[1]["version"], 1);
+
+    // The run's result is on training.runs.
+    let result = run_result(&p, run["id"].as_str().unwrap()).await;
+    assert_eq!(result.status, TrainingRunStatus::Succeeded);
+    assert_eq!(result.registered_version, Some(1));
+    assert_eq!(result.request_ids, requests);
+    assert!(result.metrics.contains_key("log_loss"), "{result:?}");
+
+    // The training service's route table lists routes it serves.
+    assert_routes_served(&p.http, &training.url, training::api::ROUTES).await;
+    assert_routes_served(&p.http, registry, registry::models::api::ROUTES).await;
+    training.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drift_request_becomes_a_registered_version_on_the_embedded_broker() {
+    a_drift_request_becomes_a_registered_version_on(mlops_testkit::tansu().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drift_request_becomes_a_registered_version_on_apache_kafka() {
+    a_drift_request_becomes_a_registered_version_on(mlops_testkit::apache_kafka()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_candidate_worse_than_production_is_refused_and_nothing_is_registered() {
+    let p = Platform::start().await;
+    let view = p.labelled_spend().await;
+    let training = p.training(0).await;
+    let model = unique("big-spender");
+    declare(&p, &training, good_spec(&model, &view)).await;
+    let first = manual_run(&p, &training, &model).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(first["registered_version"], 1, "{first}");
+
+    declare(&p, &training, weak_spec(&model, &view)).await;
+    let second = manual_run(&p, &training, &model).await;
+    assert_eq!(second["status"], "rejected_by_gate", "{second}");
+    assert_eq!(second["registered_version"], Value::Null, "{second}");
+    assert_eq!(second["gate"]["production_version"], 1, "{second}");
+    let (candidate, production) = (
+        second["gate"]["candidate"].as_f64().unwrap(),
+        second["gate"]["production"].as_f64().unwrap(),
+    );
+    assert!(
+        candidate > production,
+        "log loss {candidate} vs {production}: {second}"
+    );
+    let reason = second["reason"].as_str().unwrap();
+    assert!(reason.contains("trails production's"), "{reason}");
+
+    let versions: Value = p
+        .http
+        .get(format!("{}/v1/models/{model}/versions", p.registry.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        versions["versions"].as_array().unwrap().len(),
+        1,
+        "{versions}"
+    );
+    let result = run_result(&p, second["id"].as_str().unwrap()).await;
+    assert_eq!(result.status, TrainingRunStatus::RejectedByGate);
+    assert!(result.reason.unwrap().contains("trails production's"));
+    assert_eq!(result.registered_version, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_fifty_drift_requests_is_one_run_listing_them_all() {
+    let p = Platform::start().await;
+    let view = p.labelled_spend().await;
+    let training = p.training(3_000).await;
+    let model = unique("big-spender");
+    declare(&p, &training, good_spec(&model, &view)).await;
+    let requests = request_training(&p, &model, 50).await;
+    let runs = finished_runs(&p, &training, &model, 1).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let mut listed: Vec<String> = serde_json::from_value(runs[0]["request_ids"].clone()).unwrap();
+    let mut sent = requests.clone();
+    listed.sort();
+    sent.sort();
+    assert_eq!(listed, sent);
+    assert_eq!(runs[0]["status"], "succeeded", "{}", runs[0]);
+    let result = run_result(&p, runs[0]["id"].as_str().unwrap()).await;
+    assert_eq!(result.request_ids.len(), 50);
+}
