@@ -153,31 +153,26 @@ async fn manual_run(p: &Platform, training: &TestService, model: &str) -> Value 
     }
 }
 
-/// The `TrainingRunResult` of `run_id` on `training.runs`.
+/// The `TrainingRunResult` of `run_id` on `training.runs` (on a shared broker the topic
+/// also holds other tests' results, framed with other registries' schema ids: only the
+/// records that carry this run's id are decoded).
 async fn run_result(p: &Platform, run_id: &str) -> TrainingRunResult {
     let codec = AvroCodec::new(&p.registry.url).unwrap();
-    let key_of =
-        |m: &rdkafka::message::OwnedMessage| rdkafka::Message::payload(m).map(<[u8]>::to_vec);
-    let mut found = None;
+    let ours = |m: &rdkafka::message::OwnedMessage| {
+        rdkafka::Message::payload(m)
+            .is_some_and(|b| b.windows(run_id.len()).any(|w| w == run_id.as_bytes()))
+    };
     let messages = read_topic_until(
         &p.broker.bootstrap_servers,
         topics::TRAINING_RUNS,
-        |messages| {
-            // The run id is in the record; decoding happens below, so look for its bytes here.
-            messages.iter().any(|m| {
-                key_of(m).is_some_and(|b| b.windows(run_id.len()).any(|w| w == run_id.as_bytes()))
-            })
-        },
+        |messages| messages.iter().any(ours),
     )
     .await;
-    for message in &messages {
-        let payload = rdkafka::Message::payload(message).unwrap();
-        let result: TrainingRunResult = codec.decode(payload).await.unwrap();
-        if result.run_id == run_id {
-            found = Some(result);
-        }
-    }
-    found.unwrap()
+    let message = messages.iter().find(|m| ours(m)).unwrap();
+    codec
+        .decode(rdkafka::Message::payload(message).unwrap())
+        .await
+        .unwrap()
 }
 
 /// A drift request on `training.requests`, trained, gated, registered and announced.
@@ -353,6 +348,7 @@ async fn a_candidate_worse_than_production_is_refused_and_nothing_is_registered(
     assert_eq!(result.status, TrainingRunStatus::RejectedByGate);
     assert!(result.reason.unwrap().contains("trails production's"));
     assert_eq!(result.registered_version, None);
+    training.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,22 +1,22 @@
 # A service following one model's updates on models.lifecycle: the README's example.
 # Usage: lifecycle_subscriber.py BOOTSTRAP SCHEMA_REGISTRY_URL GROUP MODEL LAST_SEQUENCE
 import json, sys
-from confluent_kafka import DeserializingConsumer
+from confluent_kafka import Consumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 bootstrap, registry, group, model, last = *sys.argv[1:5], int(sys.argv[5])
-consumer = DeserializingConsumer({
-    "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-    "value.deserializer": AvroDeserializer(SchemaRegistryClient({"url": registry})),
-})
+decode = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                     "auto.offset.reset": "earliest"})
 consumer.subscribe(["models.lifecycle"])
 applied = 0  # highest sequence applied: an event delivered twice changes nothing
 while applied < last:
     message = consumer.poll(1.0)
-    if message is None or message.error() or message.value()["model_name"] != model:
-        continue
-    event = message.value()
+    if message is None or message.error() or message.key() != model.encode():
+        continue  # keyed by model name: other models' events are not decoded
+    event = decode(message.value(), SerializationContext("models.lifecycle", MessageField.VALUE))
     if event["sequence"] <= applied:
         continue
     applied = event["sequence"]

@@ -171,15 +171,19 @@ pub(crate) async fn close(
     positions: impl IntoIterator<Item = ((String, i32), i64)>,
 ) -> Result<()> {
     // Only partitions this member still owns: another member may be past these positions.
-    let owned = if consumer.assignment_lost() {
-        TopicPartitionList::new()
-    } else {
-        consumer.assignment().unwrap_or_default()
-    };
     let mut last = TopicPartitionList::new();
-    for ((topic, partition), next) in positions {
-        if owned.find_partition(&topic, partition).is_some() {
-            last.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+    {
+        // The assignment list holds references to the client's partitions: it must be
+        // gone before the client is destroyed, which otherwise waits for it.
+        let owned = if consumer.assignment_lost() {
+            TopicPartitionList::new()
+        } else {
+            consumer.assignment().unwrap_or_default()
+        };
+        for ((topic, partition), next) in positions {
+            if owned.find_partition(&topic, partition).is_some() {
+                last.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+            }
         }
     }
     let (done, closed) = tokio::sync::oneshot::channel();
@@ -191,6 +195,15 @@ pub(crate) async fn close(
             } else {
                 consumer.commit(&last, CommitMode::Sync)
             };
+            // Leaving revokes every partition: with nothing left to commit, the revoke
+            // handler does not commit them a second time.
+            consumer
+                .context()
+                .state
+                .positions
+                .lock()
+                .expect("positions")
+                .clear();
             drop(consumer);
             let _ = done.send(committed);
         });
