@@ -178,12 +178,15 @@ async fn list_models(State(models): State<Arc<Models>>) -> Result<Body<Json>, Ap
 async fn model_summary(models: &Models, name: &str) -> Result<Json, ApiError> {
     let versions = models.store.versions(name).await.map_err(error)?;
     let in_stage = |stage: Stage| versions.iter().find(|v| v.stage == stage);
+    let (last, published) = models.store.outbox(name).await.map_err(error)?;
     Ok(json!({
         "name": name,
         "latest_version": versions.last().map(|v| v.version),
         "production": in_stage(Stage::Production).map(|v| v.version),
         "canary": in_stage(Stage::Canary).map(|v| json!({"version": v.version, "percent": v.canary_percent})),
         "versions": versions.len(),
+        // How far models.lifecycle has caught up with this model's changes.
+        "lifecycle": {"last_sequence": last, "published_sequence": published},
     }))
 }
 

@@ -218,6 +218,20 @@ impl ModelStore {
         rows.iter().map(transition_row).collect()
     }
 
+    /// The outbox of `model`: the last sequence number committed and the last one the
+    /// broker acknowledged (events are published in order, so every one before it was).
+    pub async fn outbox(&self, model: &str) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(sequence), 0), \
+             COALESCE(MAX(CASE WHEN published = 1 THEN sequence ELSE 0 END), 0) \
+             FROM model_transitions WHERE model = $1",
+        )
+        .bind(model)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
     /// Transitions committed but not yet acknowledged by the broker, oldest first per model.
     pub async fn unpublished(&self, limit: i64) -> Result<Vec<TransitionRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
