@@ -1,5 +1,5 @@
 //! One training run, start to finish, on a snapshot already fetched: every candidate the
-//! spec asks for is validated, the best by the primary metric faces the gate — scored,
+//! spec asks for is validated (in parallel, one thread per core), the best by the primary metric faces the gate — scored,
 //! like the production version, on the same holdout (the newest rows) — and a model that
 //! passes is refitted on all rows and returned as an artifact (transforms, lineage,
 //! metrics) for the registry to sign. Pure and blocking: the service runs it on the CPU
@@ -63,9 +63,12 @@ pub fn train(
     let higher = spec.higher_is_better();
     let mut trials = Vec::new();
     let mut best: Option<(usize, f64)> = None;
-    for (algorithm, hyperparameters) in candidates(spec) {
-        let metrics = validate(algorithm, &hyperparameters, &examples, &spec.validation)
-            .map_err(|e| e.to_string())?;
+    let candidates = candidates(spec);
+    let scored = in_parallel(&candidates, |(algorithm, hyperparameters)| {
+        validate(*algorithm, hyperparameters, &examples, &spec.validation)
+    });
+    for ((algorithm, hyperparameters), metrics) in candidates.into_iter().zip(scored) {
+        let metrics = metrics.map_err(|e| e.to_string())?;
         let value = metrics
             .get(&spec.primary_metric)
             .copied()
@@ -170,6 +173,40 @@ pub fn train(
         gate: report,
         artifact,
     })
+}
+
+/// `work` on every item, on as many threads as there are cores (each thread takes every
+/// n-th item), results in the items' order: the same results whatever the core count.
+fn in_parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, items.len().max(1));
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let work = &work;
+                scope.spawn(move || {
+                    items
+                        .iter()
+                        .enumerate()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|(i, item)| (i, work(item)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for handle in handles {
+            for (i, result) in handle.join().expect("a trial thread panicked") {
+                slots[i] = Some(result);
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.expect("every item is scored"))
+        .collect()
 }
 
 fn primary(spec: &ModelSpec, holdout: &Examples, scores: &[f64]) -> f64 {

@@ -379,3 +379,91 @@ impl TrainingStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: &str, model: &str) -> TrainingRequest {
+        TrainingRequest {
+            request_id: id.to_owned(),
+            model_name: model.to_owned(),
+            reason: TrainingReason::Drift,
+            window_start: None,
+            window_end: None,
+            triggering_event_id: Some(format!("drift-{id}")),
+            requested_by: "monitoring".into(),
+            requested_at: 0,
+            trace_id: None,
+        }
+    }
+
+    async fn store() -> (TrainingStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("training.db").display());
+        (TrainingStore::connect(&url).await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn requests_join_the_pending_or_running_run_of_their_model_once() {
+        let (store, _dir) = store().await;
+        let run = store.attach(&request("a", "fraud"), 10).await.unwrap();
+        assert_eq!(store.attach(&request("b", "fraud"), 99).await.unwrap(), run);
+        // The same request again (a redelivery) changes nothing.
+        assert_eq!(store.attach(&request("a", "fraud"), 99).await.unwrap(), run);
+        let other = store.attach(&request("c", "churn"), 10).await.unwrap();
+        assert_ne!(other, run);
+        let ids: Vec<String> = store
+            .requests(&run)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        // Not due before its cooldown; due after.
+        assert!(store.due(9).await.unwrap().is_empty());
+        assert_eq!(store.due(10).await.unwrap().len(), 2);
+        // A running run still collects requests; a finished one does not.
+        assert!(store.start(&run, 11).await.unwrap());
+        assert!(!store.start(&run, 11).await.unwrap(), "started once");
+        assert_eq!(store.attach(&request("d", "fraud"), 99).await.unwrap(), run);
+        store
+            .finish(&run, "succeeded", &serde_json::json!({}), 12)
+            .await
+            .unwrap();
+        let next = store.attach(&request("e", "fraud"), 99).await.unwrap();
+        assert_ne!(next, run);
+        assert_eq!(store.last_finished("fraud").await.unwrap(), Some(12));
+    }
+
+    #[tokio::test]
+    async fn a_run_cut_short_by_a_restart_is_resumed_then_failed_after_three_starts() {
+        let (store, _dir) = store().await;
+        let run = store.attach(&request("a", "fraud"), 0).await.unwrap();
+        for attempt in 1..=MAX_ATTEMPTS {
+            assert!(store.start(&run, attempt).await.unwrap());
+            let (resumed, failed) = store.recover(100 + attempt).await.unwrap();
+            if attempt < MAX_ATTEMPTS {
+                assert_eq!((resumed, failed), (vec![run.clone()], vec![]));
+                let row = store.run(&run).await.unwrap().unwrap();
+                assert_eq!(
+                    (row.status.as_str(), row.not_before),
+                    ("pending", 100 + attempt)
+                );
+            } else {
+                assert_eq!((resumed, failed), (vec![], vec![run.clone()]));
+            }
+        }
+        let row = store.run(&run).await.unwrap().unwrap();
+        assert_eq!(row.status, "failed");
+        assert_eq!(row.attempts, MAX_ATTEMPTS);
+        let reason = row.record.unwrap()["reason"].as_str().unwrap().to_owned();
+        assert!(
+            reason.contains("interrupted by a restart 3 times"),
+            "{reason}"
+        );
+        // Its result still goes out: the run is finished and unpublished.
+        assert_eq!(store.unpublished().await.unwrap().len(), 1);
+    }
+}
