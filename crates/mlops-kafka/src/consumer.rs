@@ -158,7 +158,9 @@ pub(crate) fn group_consumer(
 }
 
 /// How long a leaving member waits for its final commit and its goodbye to the group.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Half a service's shutdown grace, so that a service whose broker is gone still stops
+/// within it.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Commits `positions` (the next offset per topic and partition) synchronously and leaves
 /// the group, on a thread of its own and for at most [`CLOSE_TIMEOUT`]: librdkafka waits

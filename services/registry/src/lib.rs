@@ -170,13 +170,27 @@ async fn consume_decisions(
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
-        let consumer = ConsumerLoop::new(
-            &kafka,
-            models::decisions::GROUP,
-            vec![topics::CANARY_DECISIONS.to_owned()],
-            producer.clone(),
-        );
-        if let Err(e) = consumer.run(decisions.clone(), cancel.clone()).await {
+        // Subscribed by name, a consumer learns of a topic created later only at its next
+        // metadata refresh: the topic exists before it subscribes.
+        let topic = [mlops_kafka::TopicSpec::new(topics::CANARY_DECISIONS, 3)];
+        let ensured = tokio::select! {
+            () = cancel.cancelled() => return,
+            ensured = mlops_kafka::ensure_topics(&kafka, &topic) => ensured,
+        };
+        let outcome = match ensured {
+            Ok(()) => {
+                ConsumerLoop::new(
+                    &kafka,
+                    models::decisions::GROUP,
+                    vec![topics::CANARY_DECISIONS.to_owned()],
+                    producer.clone(),
+                )
+                .run(decisions.clone(), cancel.clone())
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
             warn!(error = %e, "canary decisions consumer stopped; starting it again");
             tokio::select! {
                 () = cancel.cancelled() => return,

@@ -212,8 +212,12 @@ pub async fn run(
     tasks.spawn("http", async move {
         mlops_runtime::serve(listener, router, serve_token).await
     });
+    // Time for the consumer's bounded leave of its group, within the process's grace.
     tasks
-        .run(cancel.cancelled(), mlops_service::SHUTDOWN_GRACE)
+        .run(
+            cancel.cancelled(),
+            mlops_kafka::CLOSE_TIMEOUT + std::time::Duration::from_secs(2),
+        )
         .await?;
     Ok(())
 }

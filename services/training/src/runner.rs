@@ -66,8 +66,14 @@ impl Runner {
         let mut topic_ready = false;
         loop {
             while running.try_join_next().is_some() {}
-            if let Err(e) = self.publish_results(&mut topic_ready).await {
-                warn!(error = %e, "training results not published yet");
+            // A broker that does not answer must not hold the shutdown.
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                published = self.publish_results(&mut topic_ready) => {
+                    if let Err(e) = published {
+                        warn!(error = %e, "training results not published yet");
+                    }
+                }
             }
             let now = now_millis();
             for run in self.store.due(now).await? {
@@ -392,6 +398,20 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Result<(), StoreError> {
         loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                ticked = self.tick(started) => ticked?,
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(15)) => {}
+            }
+        }
+    }
+
+    /// Requests a run of every model whose schedule is due.
+    async fn tick(&self, started: i64) -> Result<(), StoreError> {
+        {
             let now = now_millis();
             for spec in self.store.specs().await? {
                 let Some(period) = spec.schedule_ms() else {
@@ -429,10 +449,7 @@ impl Runner {
                     }
                 }
             }
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                () = tokio::time::sleep(Duration::from_secs(15)) => {}
-            }
         }
+        Ok(())
     }
 }

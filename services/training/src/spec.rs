@@ -137,6 +137,13 @@ fn hyperparameters_of(algorithm: Algorithm) -> &'static [&'static str] {
     match algorithm {
         Algorithm::LogisticRegression => &["alpha", "max_iterations"],
         Algorithm::DecisionTree => &["max_depth", "min_weight_split"],
+        Algorithm::RandomForest => &[
+            "n_trees",
+            "max_depth",
+            "feature_fraction",
+            "bootstrap_fraction",
+            "seed",
+        ],
     }
 }
 

@@ -21,6 +21,11 @@ pub enum Algorithm {
     LogisticRegression,
     /// Gini splits; `max_depth` (unbounded) and `min_weight_split` (2).
     DecisionTree,
+    /// Bagged decision trees (`linfa-trees`), each on a bootstrap sample of the rows and
+    /// a random subset of the inputs: `n_trees` (100), `max_depth` (unbounded),
+    /// `feature_fraction` (0.7), `bootstrap_fraction` (1.0), `seed` (42). Scores are the
+    /// share of trees voting positive.
+    RandomForest,
 }
 
 /// One choice of hyperparameters, by name.
@@ -87,6 +92,15 @@ pub enum TrainError {
 pub enum Model {
     LogisticRegression(linfa_logistic::FittedLogisticRegression<f64, bool>),
     DecisionTree(linfa_trees::DecisionTree<f64, bool>),
+    RandomForest(Forest),
+}
+
+/// A fitted random forest: its trees and the inputs each one was grown on (kept here
+/// because `linfa-ensemble`'s learner has no serde form of its own).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forest {
+    pub trees: Vec<linfa_trees::DecisionTree<f64, bool>>,
+    pub features: Vec<Vec<usize>>,
 }
 
 impl Model {
@@ -99,6 +113,19 @@ impl Model {
                 .iter()
                 .map(|&positive| if positive { 1.0 } else { 0.0 })
                 .collect(),
+            Self::RandomForest(forest) => {
+                let mut votes = vec![0.0; inputs.nrows()];
+                for (tree, columns) in forest.trees.iter().zip(&forest.features) {
+                    let subset = inputs.select(ndarray::Axis(1), columns);
+                    for (vote, positive) in votes.iter_mut().zip(tree.predict(&subset)) {
+                        if positive {
+                            *vote += 1.0;
+                        }
+                    }
+                }
+                let trees = forest.trees.len().max(1) as f64;
+                votes.into_iter().map(|v| v / trees).collect()
+            }
         }
     }
 
@@ -160,7 +187,84 @@ pub fn fit(
                 .map(Model::DecisionTree)
                 .map_err(|e| failed(e.to_string()))
         }
+        Algorithm::RandomForest => {
+            let whole = |name: &str, default: f64, min: f64| {
+                let value = get(name, default);
+                if value >= min && value.fract() == 0.0 && value.is_finite() {
+                    Ok(value)
+                } else {
+                    Err(invalid(name, &format!("must be a whole number ≥ {min}")))
+                }
+            };
+            let fraction = |name: &str, default: f64| {
+                let value = get(name, default);
+                if value > 0.0 && value <= 1.0 {
+                    Ok(value)
+                } else {
+                    Err(invalid(name, "must be in (0, 1]"))
+                }
+            };
+            let trees = whole("n_trees", 100.0, 1.0)?;
+            let depth = match hyperparameters.get("max_depth") {
+                None => None,
+                Some(_) => Some(whole("max_depth", 0.0, 1.0)? as usize),
+            };
+            let features = fraction("feature_fraction", 0.7)?;
+            let rows = fraction("bootstrap_fraction", 1.0)?;
+            let seed = whole("seed", 42.0, 0.0)?;
+            if train.labels.iter().all(|&l| l) || train.labels.iter().all(|&l| !l) {
+                return Err(failed("the training rows hold one class only".into()));
+            }
+            let grown = grow_forest(train, trees as usize, depth, (rows, features), seed as u64)
+                .map_err(failed)?;
+            Ok(Model::RandomForest(grown))
+        }
     }
+}
+
+/// Bagging, by our own seeded draws so that a seed always grows the same forest: each
+/// tree sees `fractions.0` of the rows drawn with replacement and `fractions.1` of the
+/// inputs drawn without.
+fn grow_forest(
+    train: &Examples,
+    trees: usize,
+    depth: Option<usize>,
+    fractions: (f64, f64),
+    seed: u64,
+) -> Result<Forest, String> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (rows, columns) = (train.inputs.nrows(), train.inputs.ncols());
+    let sample = ((rows as f64) * fractions.0).ceil().max(1.0) as usize;
+    let chosen = ((columns as f64) * fractions.1)
+        .ceil()
+        .clamp(1.0, columns as f64) as usize;
+    let mut forest = Forest {
+        trees: Vec::with_capacity(trees),
+        features: Vec::with_capacity(trees),
+    };
+    for _ in 0..trees {
+        let picked: Vec<usize> = (0..sample).map(|_| rng.gen_range(0..rows)).collect();
+        let mut all: Vec<usize> = (0..columns).collect();
+        for i in 0..chosen {
+            let j = rng.gen_range(i..columns);
+            all.swap(i, j);
+        }
+        let mut inputs = all[..chosen].to_vec();
+        inputs.sort_unstable();
+        let records = train
+            .inputs
+            .select(ndarray::Axis(0), &picked)
+            .select(ndarray::Axis(1), &inputs);
+        let targets: Array1<bool> = picked.iter().map(|&r| train.labels[r]).collect();
+        let tree = DecisionTree::params()
+            .max_depth(depth)
+            .fit(&Dataset::new(records, targets))
+            .map_err(|e| e.to_string())?;
+        forest.trees.push(tree);
+        forest.features.push(inputs);
+    }
+    Ok(forest)
 }
 
 /// Every combination of the values in `space` (a grid), in a stable order.
@@ -277,6 +381,33 @@ mod tests {
             round_trip.scores(test.inputs.view()),
             model.scores(test.inputs.view())
         );
+    }
+
+    #[test]
+    fn a_random_forest_votes_and_the_same_seed_grows_the_same_forest() {
+        let data = examples();
+        let (train, test) = data.time_split(0.25);
+        let params = BTreeMap::from([
+            ("n_trees".to_owned(), 25.0),
+            ("max_depth".to_owned(), 3.0),
+            ("seed".to_owned(), 7.0),
+        ]);
+        let forest = fit(Algorithm::RandomForest, &params, &train).unwrap();
+        let scores = forest.scores(test.inputs.view());
+        assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "{scores:?}");
+        let metrics = crate::metrics::binary(&test.labels, &scores);
+        assert!(metrics["roc_auc"] > 0.95, "{metrics:?}");
+        let again = fit(Algorithm::RandomForest, &params, &train).unwrap();
+        assert_eq!(again.scores(test.inputs.view()), scores);
+        let round_trip: Model = serde_json::from_value(forest.to_json()).unwrap();
+        assert_eq!(round_trip.scores(test.inputs.view()), scores);
+        let Model::RandomForest(grown) = &forest else {
+            panic!("a forest");
+        };
+        assert_eq!(grown.trees.len(), 25);
+        let bad = BTreeMap::from([("feature_fraction".to_owned(), 1.5)]);
+        let error = fit(Algorithm::RandomForest, &bad, &train).unwrap_err();
+        assert!(error.to_string().contains("feature_fraction"), "{error}");
     }
 
     #[test]

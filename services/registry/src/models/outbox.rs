@@ -65,7 +65,7 @@ impl Publisher {
         let mut topic_ready = false;
         let mut backoff = Duration::from_millis(200);
         loop {
-            let outcome = async {
+            let work = async {
                 if !topic_ready {
                     mlops_kafka::ensure_topics(
                         &self.kafka,
@@ -76,8 +76,12 @@ impl Publisher {
                     topic_ready = true;
                 }
                 self.drain().await
-            }
-            .await;
+            };
+            // A broker that does not answer must not hold the registry's shutdown.
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => return,
+                outcome = work => outcome,
+            };
             let wait = match outcome {
                 Ok(published) => {
                     if published > 0 {
