@@ -402,9 +402,18 @@ async fn a_candidate_worse_than_production_is_refused_and_nothing_is_registered(
 async fn a_burst_of_fifty_drift_requests_is_one_run_listing_them_all() {
     let p = Platform::start().await;
     let view = p.labelled_spend().await;
-    let training = p.training(3_000).await;
     let model = unique("big-spender");
-    declare(&p, &training, good_spec(&model, &view)).await;
+    // This model's spec comes from the directory the service reads at start.
+    let specs = mlops_testkit::temp_dir();
+    std::fs::write(
+        specs.path().join(format!("{model}.toml")),
+        good_spec(&model, &view),
+    )
+    .unwrap();
+    let mut config = p.training_config(3_000);
+    config.training.specs_dir = Some(specs.path().to_path_buf());
+    let training =
+        TestService::run(|listener, cancel| training::run(config, listener, cancel)).await;
     let requests = request_training(&p, &model, 50).await;
     let runs = finished_runs(&p, &training, &model, 1).await;
     assert_eq!(runs.len(), 1, "{runs:?}");
@@ -416,4 +425,8 @@ async fn a_burst_of_fifty_drift_requests_is_one_run_listing_them_all() {
     assert_eq!(runs[0]["status"], "succeeded", "{}", runs[0]);
     let result = run_result(&p, runs[0]["id"].as_str().unwrap()).await;
     assert_eq!(result.request_ids.len(), 50);
+    // Every trial records its folds (the holdout is one).
+    let trial = &runs[0]["trials"][0];
+    assert_eq!(trial["folds"].as_array().unwrap().len(), 1, "{trial}");
+    assert_eq!(trial["folds"][0], trial["metrics"], "{trial}");
 }

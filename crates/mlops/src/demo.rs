@@ -1,7 +1,10 @@
 //! The story `mlops demo` tells once the platform is ready, through the public APIs only:
 //! a dataset is declared, events are published (one of them invalid), a feature view
 //! computes windows over them in streaming, and the online store serves each customer's
-//! latest vector. Fixed event times make a second run recompute the same features.
+//! latest vector; then ground truth arrives through the labels API, a model is declared
+//! and trained on the point-in-time snapshot, passes its gate and is registered — signed,
+//! in production (in canary on a second run) — and announced on `models.lifecycle`.
+//! Fixed event times make a second run recompute the same features.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,9 @@ use crate::platform::Layout;
 
 const DATASET: &str = "demo_payments";
 const VIEW: &str = "demo_spend";
+const MODEL: &str = "demo_big_spender";
+/// Payments of at least this much are the positive class of the demo's model.
+const BIG: f64 = 30.0;
 const CUSTOMERS: [&str; 3] = ["c-1", "c-2", "c-3"];
 const EVENTS_PER_CUSTOMER: i64 = 20;
 /// 2026-11-26T00:00:00Z.
@@ -28,6 +34,8 @@ pub(crate) async fn story(
     let http = crate::status::http();
     let ingestion = layout.url("ingestion");
     let feature = layout.url("feature");
+    let training = layout.url("training");
+    let registry = layout.url("registry");
     let step = |n: usize, what: &str| println!("mlops demo: step {}/{total} — {what}", first + n);
 
     step(
@@ -139,7 +147,154 @@ pub(crate) async fn story(
             result["features"]
         );
     }
+
+    step(
+        4,
+        "ground truth through the labels API: was each payment a big one?",
+    );
+    let labels: Vec<Value> = (0..EVENTS_PER_CUSTOMER)
+        .flat_map(|i| {
+            CUSTOMERS.iter().enumerate().map(move |(c, customer)| {
+                let amount = (10 * (c as i64 + 1) + i) as f64;
+                json!({"entity_id": customer, "label": amount >= BIG,
+                       "event_time": T0 + i * 5 * MINUTE + MINUTE,
+                       "label_id": format!("demo-label-{customer}-{i}")})
+            })
+        })
+        .collect();
+    let labelled = call(
+        &http,
+        &format!("{ingestion}/v1/datasets/{DATASET}/labels"),
+        &Value::Array(labels.clone()),
+    )
+    .await
+    .map_err(|e| format!("step 'labels' failed: {e}"))?;
+    println!(
+        "mlops demo:   accepted {} (duplicates of an earlier run: {})",
+        labelled["accepted"], labelled["duplicates"]
+    );
+    // Training reads the offline store: wait until every label has reached it.
+    let rows = loop {
+        let set = call(
+            &http,
+            &format!("{feature}/v1/training-sets"),
+            &json!({"view": VIEW}),
+        )
+        .await;
+        if let Ok(body) = &set
+            && body["rows"].as_u64() == Some(labels.len() as u64)
+        {
+            break body["rows"].clone();
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "step 'labels' failed: the labels did not reach the training set in time; last answer: {set:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("mlops demo:   training set of {rows} labelled rows, point-in-time correct");
+
+    step(
+        5,
+        "declare the model `demo_big_spender` and train it (search, validation, gate)",
+    );
+    call(
+        &http,
+        &format!("{training}/v1/models/specs"),
+        &json!({
+            "name": MODEL, "view": VIEW, "task": "binary_classification",
+            "primary_metric": "accuracy",
+            "algorithms": {"logistic_regression": {"alpha": [0.01, 1.0]},
+                           "decision_tree": {"max_depth": [2, 4]}},
+            "gate": {"min": 0.8, "max_loss": 0.05}
+        }),
+    )
+    .await
+    .map_err(|e| format!("step 'train' failed: {e}"))?;
+    let accepted = call(
+        &http,
+        &format!("{training}/v1/training-runs"),
+        &json!({"model": MODEL, "requested_by": "mlops demo"}),
+    )
+    .await
+    .map_err(|e| format!("step 'train' failed: {e}"))?;
+    let id = accepted["id"].as_str().unwrap_or_default().to_owned();
+    let run = loop {
+        let run = get(&http, &format!("{training}/v1/training-runs/{id}")).await;
+        if let Ok(body) = &run
+            && !matches!(body["status"].as_str(), Some("pending" | "running"))
+        {
+            break body.clone();
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "step 'train' failed: run {id} did not finish in time; last answer: {run:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "mlops demo:   run {id}: {} after {} trials; gate {}",
+        run["status"],
+        run["trials"].as_array().map_or(0, Vec::len),
+        run["gate"]
+    );
+    if run["status"] != "succeeded" {
+        return Err(format!("step 'train' failed: {run}"));
+    }
+
+    step(
+        6,
+        "the registry: a signed version, its stage, and its event on models.lifecycle",
+    );
+    let version = &run["registered_version"];
+    let model = loop {
+        let model = get(&http, &format!("{registry}/v1/models/{MODEL}")).await;
+        if let Ok(body) = &model
+            && body["lifecycle"]["published_sequence"] == body["lifecycle"]["last_sequence"]
+        {
+            break body.clone();
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "step 'registry' failed: models.lifecycle did not catch up in time; last answer: {model:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let details = get(
+        &http,
+        &format!("{registry}/v1/models/{MODEL}/versions/{version}"),
+    )
+    .await
+    .map_err(|e| format!("step 'registry' failed: {e}"))?;
+    println!(
+        "mlops demo:   version {version} is {} (production: version {}), artifact sha256 {}",
+        details["stage"], model["production"], details["sha256"]
+    );
+    println!(
+        "mlops demo:   models.lifecycle: {} events published for {MODEL}",
+        model["lifecycle"]["published_sequence"]
+    );
     Ok(())
+}
+
+/// GETs `url`; the answer's JSON when the status is a success.
+async fn get(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let response = http
+        .get(url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(answer)
+    } else {
+        Err(format!("{url}: {status} {answer}"))
+    }
 }
 
 /// POSTs `body` as JSON; the answer's JSON when the status is a success.

@@ -398,6 +398,13 @@ async fn demo_exit_succeeds_when_the_story_is_told_and_names_the_failed_step_oth
         ),
         "{stdout}"
     );
+    // The model trained on the labelled snapshot passes its gate and reaches production,
+    // announced on models.lifecycle.
+    assert!(stdout.contains(r#"version 1 is "production""#), "{stdout}");
+    assert!(
+        stdout.contains("models.lifecycle: 2 events published for demo_big_spender"),
+        "{stdout}"
+    );
     assert!(stdout.contains("mlops: stopped"), "{stdout}");
 
     // With a broker that does not exist, no service can become ready: the demo fails

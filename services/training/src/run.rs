@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{
     metrics, snapshot,
     spec::{ModelSpec, Validation, candidates, gate},
-    trainer::{Examples, Model, Trial, fit, validate},
+    trainer::{Examples, Model, Trial, fit, validate_folds},
 };
 
 /// The gate's inputs and verdict, for the experiment record.
@@ -65,10 +65,10 @@ pub fn train(
     let mut best: Option<(usize, f64)> = None;
     let candidates = candidates(spec);
     let scored = in_parallel(&candidates, |(algorithm, hyperparameters)| {
-        validate(*algorithm, hyperparameters, &examples, &spec.validation)
+        validate_folds(*algorithm, hyperparameters, &examples, &spec.validation)
     });
     for ((algorithm, hyperparameters), metrics) in candidates.into_iter().zip(scored) {
-        let metrics = metrics.map_err(|e| e.to_string())?;
+        let (metrics, folds) = metrics.map_err(|e| e.to_string())?;
         let value = metrics
             .get(&spec.primary_metric)
             .copied()
@@ -88,6 +88,7 @@ pub fn train(
             algorithm,
             hyperparameters,
             metrics,
+            folds,
         });
     }
     let fraction = match spec.validation {

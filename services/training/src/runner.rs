@@ -186,6 +186,7 @@ impl Runner {
                 "algorithm": t.algorithm,
                 "hyperparameters": t.hyperparameters,
                 "metrics": t.metrics,
+                "folds": t.folds,
             })).collect::<Vec<_>>(),
             "best": outcome.best,
             "gate": gate_json(&outcome.gate, production_version),

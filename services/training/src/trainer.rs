@@ -28,6 +28,9 @@ pub enum Algorithm {
     RandomForest,
 }
 
+/// Metric values by name.
+pub type Metrics = BTreeMap<String, f64>;
+
 /// One choice of hyperparameters, by name.
 pub type Hyperparameters = BTreeMap<String, f64>;
 
@@ -290,7 +293,10 @@ pub fn grid(space: &BTreeMap<String, Vec<f64>>) -> Vec<Hyperparameters> {
 pub struct Trial {
     pub algorithm: Algorithm,
     pub hyperparameters: Hyperparameters,
+    /// Aggregate metrics (the mean over folds).
     pub metrics: BTreeMap<String, f64>,
+    /// Each fold's metrics (one fold for a holdout).
+    pub folds: Vec<BTreeMap<String, f64>>,
 }
 
 /// What a search found: every trial, and the best one's index and model.
@@ -327,6 +333,7 @@ pub fn search(
         trials.push(Trial {
             algorithm: *algorithm,
             hyperparameters: hyperparameters.clone(),
+            folds: vec![metrics.clone()],
             metrics,
         });
     }
@@ -428,34 +435,44 @@ pub fn validate(
     examples: &Examples,
     validation: &crate::spec::Validation,
 ) -> Result<BTreeMap<String, f64>, TrainError> {
-    match *validation {
+    validate_folds(algorithm, hyperparameters, examples, validation).map(|(mean, _)| mean)
+}
+
+/// [`validate`], with each fold's metrics besides their mean.
+pub fn validate_folds(
+    algorithm: Algorithm,
+    hyperparameters: &Hyperparameters,
+    examples: &Examples,
+    validation: &crate::spec::Validation,
+) -> Result<(Metrics, Vec<Metrics>), TrainError> {
+    let splits: Vec<(Vec<usize>, Vec<usize>)> = match *validation {
         crate::spec::Validation::Holdout { fraction } => {
-            let (train, test) = examples.time_split(fraction);
-            let model = fit(algorithm, hyperparameters, &train)?;
-            Ok(metrics::binary(
-                &test.labels,
-                &model.scores(test.inputs.view()),
-            ))
+            let cut = examples.split_index(fraction);
+            vec![((0..cut).collect(), (cut..examples.len()).collect())]
         }
         crate::spec::Validation::Kfold { folds } => {
             let n = examples.len();
             let folds = folds.clamp(2, n.max(2));
-            let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-            for fold in 0..folds {
-                let (start, end) = (fold * n / folds, (fold + 1) * n / folds);
-                let test: Vec<usize> = (start..end).collect();
-                let train: Vec<usize> = (0..start).chain(end..n).collect();
-                let model = fit(algorithm, hyperparameters, &examples.pick(&train))?;
-                let test = examples.pick(&test);
-                for (name, value) in
-                    metrics::binary(&test.labels, &model.scores(test.inputs.view()))
-                {
-                    *sums.entry(name).or_default() += value / folds as f64;
-                }
-            }
-            Ok(sums)
+            (0..folds)
+                .map(|fold| {
+                    let (start, end) = (fold * n / folds, (fold + 1) * n / folds);
+                    ((0..start).chain(end..n).collect(), (start..end).collect())
+                })
+                .collect()
         }
+    };
+    let mut folds = Vec::with_capacity(splits.len());
+    let mut mean: BTreeMap<String, f64> = BTreeMap::new();
+    for (train, test) in &splits {
+        let model = fit(algorithm, hyperparameters, &examples.pick(train))?;
+        let test = examples.pick(test);
+        let scored = metrics::binary(&test.labels, &model.scores(test.inputs.view()));
+        for (name, value) in &scored {
+            *mean.entry(name.clone()).or_default() += value / splits.len() as f64;
+        }
+        folds.push(scored);
     }
+    Ok((mean, folds))
 }
 
 impl Examples {
@@ -490,6 +507,15 @@ mod validation_tests {
         )
         .unwrap();
         assert_eq!(folded["accuracy"], 1.0);
+        let (mean, folds) = validate_folds(
+            Algorithm::DecisionTree,
+            &params,
+            &examples,
+            &Validation::Kfold { folds: 5 },
+        )
+        .unwrap();
+        assert_eq!(folds.len(), 5);
+        assert_eq!(mean, folded);
         let held = validate(
             Algorithm::DecisionTree,
             &params,
