@@ -26,6 +26,12 @@ pub struct ModelArtifact {
     pub algorithm: String,
     /// The trained model, in its own serde form.
     pub model: Json,
+    /// `binary_classification`, `multiclass_classification` or `regression`.
+    #[serde(default)]
+    pub task: String,
+    /// A classifier's class names; its outputs follow their order.
+    #[serde(default)]
+    pub classes: Vec<String>,
     /// Model inputs in order, after the transforms.
     pub features: Vec<String>,
     /// Each raw feature and its fitted transforms, in the order the inputs are built.
@@ -233,6 +239,8 @@ mod tests {
             model_name: "fraud".into(),
             algorithm: "logistic_regression".into(),
             model: serde_json::json!({"weights": [0.25, -1.5], "intercept": 0.125}),
+            task: "binary_classification".into(),
+            classes: Vec::new(),
             features: vec!["amount".into(), "currency__EUR".into()],
             transforms: vec![("amount".into(), FittedState::default())],
             view: "spend".into(),

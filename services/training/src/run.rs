@@ -12,7 +12,7 @@ use polars::prelude::DataFrame;
 use serde::Serialize;
 
 use crate::{
-    metrics, snapshot,
+    snapshot,
     spec::{ModelSpec, Validation, candidates, gate},
     trainer::{Examples, Model, Trial, fit, validate_folds},
 };
@@ -53,7 +53,7 @@ pub fn train(
     production: Option<&ModelArtifact>,
     now: i64,
 ) -> Result<RunOutcome, String> {
-    let examples = snapshot::examples(frame, &manifest.features)?;
+    let (examples, classes) = snapshot::examples(frame, &manifest.features, spec.task)?;
     if examples.len() < 4 {
         return Err(format!(
             "the snapshot has {} rows; at least 4 are needed to fit and validate",
@@ -116,15 +116,11 @@ pub fn train(
     let chosen = &trials[index];
     let candidate_model =
         fit(chosen.algorithm, &chosen.hyperparameters, &older).map_err(|e| e.to_string())?;
-    let candidate = primary(
-        spec,
-        &holdout,
-        &candidate_model.scores(holdout.inputs.view()),
-    );
+    let candidate = primary(spec, &candidate_model.evaluate(&holdout));
     let (production_value, production_note) = match production {
         None => (None, None),
-        Some(artifact) => match score_production(artifact, frame, cut, &holdout) {
-            Ok(scores) => (Some(primary(spec, &holdout, &scores)), None),
+        Some(artifact) => match score_production(artifact, &classes, frame, cut, &holdout) {
+            Ok(metrics) => (Some(primary(spec, &metrics)), None),
             Err(note) => (None, Some(note)),
         },
     };
@@ -149,6 +145,11 @@ pub fn train(
             model_name: spec.name.clone(),
             algorithm,
             model: model.to_json(),
+            task: serde_json::to_value(spec.task)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            classes,
             features: manifest.features.clone(),
             transforms: manifest
                 .fitted
@@ -210,21 +211,28 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> 
         .collect()
 }
 
-fn primary(spec: &ModelSpec, holdout: &Examples, scores: &[f64]) -> f64 {
-    metrics::binary(&holdout.labels, scores)
+fn primary(spec: &ModelSpec, metrics: &crate::trainer::Metrics) -> f64 {
+    metrics
         .get(&spec.primary_metric)
         .copied()
         .unwrap_or(f64::NAN)
 }
 
-/// The production model's scores on the holdout rows (`cut..`): each row's raw values go
+/// The production model's metrics on the holdout rows (`cut..`): each row's raw values go
 /// through production's own fitted transforms, as serving would send them.
 fn score_production(
     artifact: &ModelArtifact,
+    classes: &[String],
     frame: &DataFrame,
     cut: usize,
     holdout: &Examples,
-) -> Result<Vec<f64>, String> {
+) -> Result<crate::trainer::Metrics, String> {
+    if artifact.classes != classes {
+        return Err(format!(
+            "the production version knows the classes {:?}, this snapshot {classes:?}",
+            artifact.classes
+        ));
+    }
     let model: Model = serde_json::from_value(artifact.model.clone())
         .map_err(|e| format!("the production model cannot be read: {e}"))?;
     let mut columns = BTreeMap::new();
@@ -246,7 +254,10 @@ fn score_production(
             inputs[[r, c]] = value;
         }
     }
-    Ok(model.scores(inputs.view()))
+    Ok(model.evaluate(&Examples {
+        inputs,
+        ..holdout.clone()
+    }))
 }
 
 #[cfg(test)]
@@ -404,5 +415,76 @@ mod tests {
             "{:?}",
             outcome.gate
         );
+    }
+
+    #[test]
+    fn a_multiclass_model_is_gated_against_production_through_its_own_classes() {
+        let n = 150;
+        let amount: Vec<f64> = (0..n).map(|i| ((i * 7) % 30) as f64).collect();
+        let label: Vec<&str> = amount
+            .iter()
+            .map(|a| match *a as i64 / 10 {
+                0 => "low",
+                1 => "mid",
+                _ => "high",
+            })
+            .collect();
+        let frame = df![
+            "amount" => amount.clone(),
+            "raw.amount" => amount,
+            "label" => label
+        ]
+        .unwrap();
+        let (manifest, _) = snapshot();
+        let spec = ModelSpec::parse(
+            r#"{"name": "tier", "view": "spend", "task": "multiclass_classification",
+                "primary_metric": "accuracy",
+                "algorithms": {"decision_tree": {"max_depth": [3]}},
+                "gate": {"min": 0.9, "max_loss": 0.0}}"#,
+            false,
+        )
+        .unwrap();
+        let first = train(&spec, &manifest, &frame, None, 1).unwrap();
+        assert!(first.gate.passed, "{:?}", first.gate);
+        let artifact = first.artifact.unwrap();
+        assert_eq!(artifact.task, "multiclass_classification");
+        assert_eq!(artifact.classes, ["high", "low", "mid"]);
+        // Against itself in production: compared on the same rows, equal, so it passes.
+        let second = train(&spec, &manifest, &frame, Some(&artifact), 2).unwrap();
+        assert_eq!(
+            second.gate.production,
+            Some(second.gate.candidate),
+            "{:?}",
+            second.gate
+        );
+        assert!(second.gate.passed);
+        // A production version that knew other classes is not compared.
+        let mut other = artifact.clone();
+        other.classes = vec!["a".into(), "b".into()];
+        let third = train(&spec, &manifest, &frame, Some(&other), 3).unwrap();
+        assert!(third.gate.production_note.unwrap().contains("classes"));
+    }
+
+    #[test]
+    fn a_regression_model_is_gated_on_rmse() {
+        let n = 100;
+        let amount: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let label: Vec<f64> = amount.iter().map(|a| 2.0 * a + 1.0).collect();
+        let frame =
+            df!["amount" => amount.clone(), "raw.amount" => amount, "label" => label].unwrap();
+        let (manifest, _) = snapshot();
+        let spec = ModelSpec::parse(
+            r#"{"name": "spend", "view": "spend", "task": "regression",
+                "primary_metric": "rmse", "algorithms": {"ridge": {"alpha": [0, 10]}},
+                "gate": {"min": 0.5}}"#,
+            false,
+        )
+        .unwrap();
+        let outcome = train(&spec, &manifest, &frame, None, 1).unwrap();
+        assert!(outcome.gate.passed, "{:?}", outcome.gate);
+        assert!(outcome.gate.candidate < 1e-6, "{:?}", outcome.gate);
+        let best = &outcome.trials[outcome.best.unwrap()];
+        assert_eq!(best.hyperparameters["alpha"], 0.0);
+        assert_eq!(outcome.artifact.unwrap().task, "regression");
     }
 }

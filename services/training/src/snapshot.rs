@@ -4,12 +4,18 @@
 use ndarray::Array2;
 use polars::prelude::*;
 
-use crate::trainer::Examples;
+use crate::{spec::Task, trainer::Examples};
 
-/// The model inputs `features` (the manifest's order) and the binary label of every row,
-/// in the snapshot's order (event time). A missing input or label names its column: a
-/// feature without imputation must not be null.
-pub fn examples(frame: &DataFrame, features: &[String]) -> Result<Examples, String> {
+/// The model inputs `features` (the manifest's order) and the target of every row, in
+/// the snapshot's order (event time), for `task`: a binary label (0/1, or booleans), a
+/// class (the names, sorted, give the indices; returned as the second value), or a
+/// number. A missing input or label names its column: a feature without imputation must
+/// not be null.
+pub fn examples(
+    frame: &DataFrame,
+    features: &[String],
+    task: Task,
+) -> Result<(Examples, Vec<String>), String> {
     let rows = frame.height();
     let mut inputs = Array2::<f64>::zeros((rows, features.len()));
     for (c, name) in features.iter().enumerate() {
@@ -27,22 +33,62 @@ pub fn examples(frame: &DataFrame, features: &[String]) -> Result<Examples, Stri
     }
     let label = frame
         .column("label")
-        .map_err(|_| "the snapshot has no label column".to_owned())?
-        .cast(&DataType::Float64)
-        .map_err(|e| format!("label: a binary label must be numeric (0/1, or booleans): {e}"))?;
-    let labels = label
-        .f64()
-        .map_err(|e| format!("label: {e}"))?
-        .to_vec()
-        .into_iter()
-        .enumerate()
-        .map(|(r, value)| match value {
-            Some(v) if v == 0.0 || v == 1.0 => Ok(v == 1.0),
-            Some(v) => Err(format!("label {v} in row {r} is not 0 or 1")),
-            None => Err(format!("label is null in row {r}")),
-        })
-        .collect::<Result<Vec<bool>, String>>()?;
-    Ok(Examples { inputs, labels })
+        .map_err(|_| "the snapshot has no label column".to_owned())?;
+    match task {
+        Task::MulticlassClassification => {
+            // Numeric classes are named as integers (`2`, not `2.0`).
+            let names = if label.dtype().is_primitive_numeric() {
+                label
+                    .cast(&DataType::Int64)
+                    .and_then(|c| c.cast(&DataType::String))
+            } else {
+                label.cast(&DataType::String)
+            }
+            .map_err(|e| format!("label: {e}"))?;
+            let names = names.str().map_err(|e| format!("label: {e}"))?;
+            let names: Vec<String> = (0..names.len())
+                .map(|r| {
+                    names
+                        .get(r)
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("label is null in row {r}"))
+                })
+                .collect::<Result<_, String>>()?;
+            let mut classes: Vec<String> = names.clone();
+            classes.sort();
+            classes.dedup();
+            let indices = names
+                .iter()
+                .map(|n| classes.binary_search(n).unwrap_or_default())
+                .collect();
+            let count = classes.len();
+            Ok((Examples::multiclass(inputs, indices, count), classes))
+        }
+        Task::BinaryClassification | Task::Regression => {
+            let values: Vec<f64> = label
+                .cast(&DataType::Float64)
+                .map_err(|e| format!("label: must be numeric: {e}"))?
+                .f64()
+                .map_err(|e| format!("label: {e}"))?
+                .to_vec()
+                .into_iter()
+                .enumerate()
+                .map(|(r, v)| v.ok_or_else(|| format!("label is null in row {r}")))
+                .collect::<Result<_, String>>()?;
+            if task == Task::Regression {
+                return Ok((Examples::regression(inputs, values), Vec::new()));
+            }
+            let labels = values
+                .iter()
+                .enumerate()
+                .map(|(r, &v)| match v {
+                    v if v == 0.0 || v == 1.0 => Ok(v == 1.0),
+                    v => Err(format!("label {v} in row {r} is not 0 or 1")),
+                })
+                .collect::<Result<Vec<bool>, String>>()?;
+            Ok((Examples::binary(inputs, labels), Vec::new()))
+        }
+    }
 }
 
 /// The training snapshot of `spec` (limited to `[start, end)` of label event time when
@@ -116,9 +162,13 @@ mod tests {
         ]
         .unwrap();
         let features = vec!["currency__EUR".to_owned(), "amount".to_owned()];
-        let examples = examples(&frame, &features).unwrap();
+        let (examples, _) = examples(&frame, &features, Task::BinaryClassification).unwrap();
         assert_eq!(examples.inputs.row(0).to_vec(), [1.0, 1.5]);
         assert_eq!(examples.labels, [true, false]);
+        let (classes, names) =
+            super::examples(&frame, &features, Task::MulticlassClassification).unwrap();
+        assert_eq!(names, ["0", "1"]);
+        assert_eq!(classes.targets, [1.0, 0.0]);
     }
 
     #[test]
@@ -128,10 +178,11 @@ mod tests {
             "label" => [1.0, 2.0],
         ]
         .unwrap();
-        let error = examples(&frame, &["amount".to_owned()]).unwrap_err();
+        let binary = Task::BinaryClassification;
+        let error = examples(&frame, &["amount".to_owned()], binary).unwrap_err();
         assert!(error.contains("amount is null in row 1"), "{error}");
         let frame = df!["amount" => [1.0, 2.0], "label" => [1.0, 2.0]].unwrap();
-        let error = examples(&frame, &["amount".to_owned()]).unwrap_err();
+        let error = examples(&frame, &["amount".to_owned()], binary).unwrap_err();
         assert!(error.contains("label 2 in row 1 is not 0 or 1"), "{error}");
     }
 }

@@ -137,6 +137,7 @@ fn hyperparameters_of(algorithm: Algorithm) -> &'static [&'static str] {
     match algorithm {
         Algorithm::LogisticRegression => &["alpha", "max_iterations"],
         Algorithm::DecisionTree => &["max_depth", "min_weight_split"],
+        Algorithm::Ridge => &["alpha"],
         Algorithm::RandomForest => &[
             "n_trees",
             "max_depth",
@@ -190,11 +191,22 @@ impl ModelSpec {
         if self.view.trim().is_empty() {
             fail("view".into(), "must name a feature view".into());
         }
-        if self.task != Task::BinaryClassification {
-            fail(
-                "task".into(),
-                "only binary_classification is trained so far".into(),
-            );
+        for algorithm in self.algorithms.keys() {
+            let key = serde_json::to_value(algorithm)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let regressor = *algorithm == Algorithm::Ridge;
+            if regressor != (self.task == Task::Regression) {
+                fail(
+                    format!("algorithms.{key}"),
+                    if regressor {
+                        "ridge is a regression algorithm; classifiers are logistic_regression, decision_tree, random_forest".into()
+                    } else {
+                        format!("{key} classifies; the regression algorithm is ridge")
+                    },
+                );
+            }
         }
         let metrics = metrics_of(self.task);
         if !metrics.iter().any(|(m, _)| *m == self.primary_metric) {
@@ -335,7 +347,7 @@ max_loss = 0.01
             [
                 "name",
                 "view",
-                "task",
+                "algorithms.decision_tree",
                 "primary_metric",
                 "algorithms.decision_tree.depth",
                 "algorithms.decision_tree.max_depth",

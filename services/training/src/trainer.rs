@@ -1,7 +1,7 @@
-//! Fitting and scoring candidate models: binary classifiers from `linfa` (logistic
-//! regression, decision tree), hyperparameters searched over a grid, each candidate fitted
-//! on the older rows and scored on the newest (a time-based holdout: the data is a stream,
-//! and a model is used on what comes next).
+//! Fitting and scoring candidate models: binary and multiclass classifiers from `linfa`
+//! (logistic regression, decision tree, random forest), ridge regression, hyperparameters
+//! searched over a grid, each candidate fitted on the older rows and scored on the newest
+//! (a time-based holdout: the data is a stream, and a model is used on what comes next).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,7 @@ use ndarray::{Array1, Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::metrics;
+use crate::{metrics, spec::Task};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,6 +26,9 @@ pub enum Algorithm {
     /// `feature_fraction` (0.7), `bootstrap_fraction` (1.0), `seed` (42). Scores are the
     /// share of trees voting positive.
     RandomForest,
+    /// Least squares with an L2 penalty `alpha` (default 1.0; 0 is ordinary least
+    /// squares), intercept unpenalised: the regression algorithm.
+    Ridge,
 }
 
 /// Metric values by name.
@@ -34,20 +37,57 @@ pub type Metrics = BTreeMap<String, f64>;
 /// One choice of hyperparameters, by name.
 pub type Hyperparameters = BTreeMap<String, f64>;
 
-/// Rows of model inputs (already transformed) and their binary labels, oldest first.
+/// Rows of model inputs (already transformed) and their targets, oldest first.
 #[derive(Debug, Clone)]
 pub struct Examples {
     pub inputs: Array2<f64>,
+    /// The binary label of every row (binary classification; empty otherwise).
     pub labels: Vec<bool>,
+    /// The target of every row: 0 or 1, the class's index, or the value.
+    pub targets: Vec<f64>,
+    pub task: Task,
+    /// How many classes there are (classification).
+    pub classes: usize,
 }
 
 impl Examples {
+    pub fn binary(inputs: Array2<f64>, labels: Vec<bool>) -> Self {
+        Self {
+            inputs,
+            targets: labels.iter().map(|&l| f64::from(u8::from(l))).collect(),
+            labels,
+            task: Task::BinaryClassification,
+            classes: 2,
+        }
+    }
+
+    /// `classes[r]` is row r's class, an index below `count`.
+    pub fn multiclass(inputs: Array2<f64>, classes: Vec<usize>, count: usize) -> Self {
+        Self {
+            inputs,
+            labels: Vec::new(),
+            targets: classes.iter().map(|&c| c as f64).collect(),
+            task: Task::MulticlassClassification,
+            classes: count,
+        }
+    }
+
+    pub fn regression(inputs: Array2<f64>, values: Vec<f64>) -> Self {
+        Self {
+            inputs,
+            labels: Vec::new(),
+            targets: values,
+            task: Task::Regression,
+            classes: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.targets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.targets.is_empty()
     }
 
     /// The oldest rows for fitting, the newest `holdout` fraction for scoring.
@@ -63,13 +103,27 @@ impl Examples {
     }
 
     fn rows(&self, range: std::ops::Range<usize>) -> Examples {
+        self.pick(&range.collect::<Vec<_>>())
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn pick(&self, indices: &[usize]) -> Examples {
         Examples {
             // `select`, not `slice`: ndarray's `s!` expands to code `unsafe_code = "forbid"` refuses.
-            inputs: self
-                .inputs
-                .select(ndarray::Axis(0), &range.clone().collect::<Vec<_>>()),
-            labels: self.labels[range].to_vec(),
+            inputs: self.inputs.select(ndarray::Axis(0), indices),
+            labels: if self.labels.is_empty() {
+                Vec::new()
+            } else {
+                indices.iter().map(|&i| self.labels[i]).collect()
+            },
+            targets: indices.iter().map(|&i| self.targets[i]).collect(),
+            task: self.task,
+            classes: self.classes,
         }
+    }
+
+    fn class_indices(&self) -> Vec<usize> {
+        self.targets.iter().map(|&t| t as usize).collect()
     }
 }
 
@@ -95,19 +149,31 @@ pub enum TrainError {
 pub enum Model {
     LogisticRegression(linfa_logistic::FittedLogisticRegression<f64, bool>),
     DecisionTree(linfa_trees::DecisionTree<f64, bool>),
-    RandomForest(Forest),
+    RandomForest(Forest<bool>),
+    MulticlassLogisticRegression(linfa_logistic::MultiFittedLogisticRegression<f64, usize>),
+    MulticlassDecisionTree(linfa_trees::DecisionTree<f64, usize>),
+    MulticlassRandomForest(Forest<usize>),
+    Ridge(Linear),
 }
 
-/// A fitted random forest: its trees and the inputs each one was grown on (kept here
-/// because `linfa-ensemble`'s learner has no serde form of its own).
+/// A fitted random forest: its trees and the inputs each one was grown on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Forest {
-    pub trees: Vec<linfa_trees::DecisionTree<f64, bool>>,
+pub struct Forest<L: linfa::Label> {
+    pub trees: Vec<linfa_trees::DecisionTree<f64, L>>,
     pub features: Vec<Vec<usize>>,
 }
 
+/// A fitted linear model: `inputs · weights + intercept`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Linear {
+    pub weights: Vec<f64>,
+    pub intercept: f64,
+}
+
 impl Model {
-    /// Probability of the positive class for each row (a tree scores 0 or 1).
+    /// For a binary classifier, the probability of the positive class for each row (a
+    /// tree scores 0 or 1, a forest the share of its trees voting positive); for a
+    /// multiclass one, the most likely class's index; for a regressor, the value.
     pub fn scores(&self, inputs: ArrayView2<'_, f64>) -> Vec<f64> {
         match self {
             Self::LogisticRegression(model) => model.predict_probabilities(&inputs).to_vec(),
@@ -116,19 +182,70 @@ impl Model {
                 .iter()
                 .map(|&positive| if positive { 1.0 } else { 0.0 })
                 .collect(),
-            Self::RandomForest(forest) => {
-                let mut votes = vec![0.0; inputs.nrows()];
-                for (tree, columns) in forest.trees.iter().zip(&forest.features) {
-                    let subset = inputs.select(ndarray::Axis(1), columns);
-                    for (vote, positive) in votes.iter_mut().zip(tree.predict(&subset)) {
-                        if positive {
-                            *vote += 1.0;
-                        }
-                    }
-                }
-                let trees = forest.trees.len().max(1) as f64;
-                votes.into_iter().map(|v| v / trees).collect()
+            Self::RandomForest(forest) => forest
+                .votes(inputs, 2, usize::from)
+                .column(1)
+                .to_vec(),
+            Self::Ridge(linear) => linear.predict(inputs),
+            Self::MulticlassLogisticRegression(_)
+            | Self::MulticlassDecisionTree(_)
+            | Self::MulticlassRandomForest(_) => {
+                let probabilities = self.probabilities(inputs, 0);
+                probabilities
+                    .rows()
+                    .into_iter()
+                    .map(|row| {
+                        row.iter()
+                            .enumerate()
+                            .fold(
+                                (0, f64::MIN),
+                                |best, (c, &p)| if p > best.1 { (c, p) } else { best },
+                            )
+                            .0 as f64
+                    })
+                    .collect()
             }
+        }
+    }
+
+    /// A multiclass model's probability of each of `classes` classes (at least the ones
+    /// it saw) for each row.
+    pub fn probabilities(&self, inputs: ArrayView2<'_, f64>, classes: usize) -> Array2<f64> {
+        match self {
+            Self::MulticlassLogisticRegression(model) => {
+                let seen = model.classes();
+                let columns = classes.max(seen.iter().max().map_or(0, |m| m + 1));
+                let mut out = Array2::zeros((inputs.nrows(), columns));
+                let probabilities = model.predict_probabilities(&inputs);
+                for (c, &class) in seen.iter().enumerate() {
+                    out.column_mut(class).assign(&probabilities.column(c));
+                }
+                out
+            }
+            Self::MulticlassDecisionTree(tree) => {
+                let predicted = tree.predict(&inputs);
+                let columns = classes.max(predicted.iter().max().map_or(0, |m| m + 1));
+                let mut out = Array2::zeros((inputs.nrows(), columns));
+                for (r, &class) in predicted.iter().enumerate() {
+                    out[[r, class]] = 1.0;
+                }
+                out
+            }
+            Self::MulticlassRandomForest(forest) => forest.votes(inputs, classes, |c| c),
+            _ => Array2::zeros((inputs.nrows(), classes)),
+        }
+    }
+
+    /// The model's metrics on `examples`, by its task's definitions.
+    pub fn evaluate(&self, examples: &Examples) -> Metrics {
+        let inputs = examples.inputs.view();
+        match examples.task {
+            Task::BinaryClassification => metrics::binary(&examples.labels, &self.scores(inputs)),
+            Task::MulticlassClassification => metrics::multiclass(
+                &examples.class_indices(),
+                &self.probabilities(inputs, examples.classes),
+            ),
+            Task::Regression => metrics::regression(&examples.targets, &self.scores(inputs)),
         }
     }
 
@@ -138,7 +255,109 @@ impl Model {
     }
 }
 
-/// Fits `algorithm` with `hyperparameters` on `train`.
+impl<L: linfa::Label + Copy> Forest<L> {
+    /// Each row's share of trees voting for each of `classes` classes (`index` maps a
+    /// tree's label to its class).
+    fn votes(
+        &self,
+        inputs: ArrayView2<'_, f64>,
+        classes: usize,
+        index: impl Fn(L) -> usize,
+    ) -> Array2<f64> {
+        let mut votes = Array2::<f64>::zeros((inputs.nrows(), classes.max(1)));
+        for (tree, columns) in self.trees.iter().zip(&self.features) {
+            let subset = inputs.select(ndarray::Axis(1), columns);
+            for (r, label) in tree.predict(&subset).iter().enumerate() {
+                let class = index(*label);
+                if class >= votes.ncols() {
+                    let mut wider = Array2::zeros((votes.nrows(), class + 1));
+                    wider
+                        .slice_each_axis_mut(|axis| {
+                            ndarray::Slice::from(0..votes.len_of(axis.axis))
+                        })
+                        .assign(&votes);
+                    votes = wider;
+                }
+                votes[[r, class]] += 1.0;
+            }
+        }
+        votes / self.trees.len().max(1) as f64
+    }
+}
+
+impl Linear {
+    pub fn predict(&self, inputs: ArrayView2<'_, f64>) -> Vec<f64> {
+        inputs
+            .rows()
+            .into_iter()
+            .map(|row| {
+                row.iter()
+                    .zip(&self.weights)
+                    .map(|(x, w)| x * w)
+                    .sum::<f64>()
+                    + self.intercept
+            })
+            .collect()
+    }
+
+    /// Ridge regression: centre inputs and targets (so the intercept is not penalised),
+    /// then solve `(XᵀX + αI) w = Xᵀy` by Cholesky.
+    fn fit(inputs: ArrayView2<'_, f64>, targets: &[f64], alpha: f64) -> Result<Self, String> {
+        let (rows, columns) = inputs.dim();
+        if rows == 0 {
+            return Err("no rows to fit".into());
+        }
+        let means: Vec<f64> = (0..columns)
+            .map(|c| inputs.column(c).sum() / rows as f64)
+            .collect();
+        let target_mean = targets.iter().sum::<f64>() / rows as f64;
+        let mut gram = vec![vec![0.0; columns]; columns];
+        let mut moment = vec![0.0; columns];
+        for (row, &y) in inputs.rows().into_iter().zip(targets) {
+            let centred: Vec<f64> = row.iter().zip(&means).map(|(x, m)| x - m).collect();
+            for a in 0..columns {
+                moment[a] += centred[a] * (y - target_mean);
+                for b in 0..=a {
+                    gram[a][b] += centred[a] * centred[b];
+                }
+            }
+        }
+        for (a, row) in gram.iter_mut().enumerate() {
+            // A tiny ridge keeps ordinary least squares solvable on collinear inputs.
+            row[a] += alpha.max(1e-9);
+        }
+        // Cholesky: gram = L Lᵀ (lower triangle only was filled).
+        let mut lower = vec![vec![0.0; columns]; columns];
+        for a in 0..columns {
+            for b in 0..=a {
+                let sum: f64 = (0..b).map(|k| lower[a][k] * lower[b][k]).sum();
+                if a == b {
+                    let d = gram[a][a] - sum;
+                    if d <= 0.0 {
+                        return Err("the inputs are degenerate; raise alpha".into());
+                    }
+                    lower[a][a] = d.sqrt();
+                } else {
+                    lower[a][b] = (gram[a][b] - sum) / lower[b][b];
+                }
+            }
+        }
+        let mut z = vec![0.0; columns];
+        for a in 0..columns {
+            let sum: f64 = (0..a).map(|k| lower[a][k] * z[k]).sum();
+            z[a] = (moment[a] - sum) / lower[a][a];
+        }
+        let mut weights = vec![0.0; columns];
+        for a in (0..columns).rev() {
+            let sum: f64 = (a + 1..columns).map(|k| lower[k][a] * weights[k]).sum();
+            weights[a] = (z[a] - sum) / lower[a][a];
+        }
+        let intercept = target_mean - weights.iter().zip(&means).map(|(w, m)| w * m).sum::<f64>();
+        Ok(Self { weights, intercept })
+    }
+}
+
+/// Fits `algorithm` with `hyperparameters` on `train`, for `train`'s task.
 pub fn fit(
     algorithm: Algorithm,
     hyperparameters: &Hyperparameters,
@@ -156,116 +375,164 @@ pub fn fit(
         hyperparameters: hyperparameters.clone(),
         reason,
     };
-    let dataset = Dataset::new(train.inputs.clone(), Array1::from(train.labels.clone()));
-    match algorithm {
-        Algorithm::LogisticRegression => {
-            let alpha = get("alpha", 1.0);
-            if !(alpha >= 0.0 && alpha.is_finite()) {
-                return Err(invalid("alpha", "must be a finite number ≥ 0"));
-            }
-            let iterations = get("max_iterations", 100.0);
-            if !(iterations >= 1.0 && iterations.fract() == 0.0) {
-                return Err(invalid("max_iterations", "must be a whole number ≥ 1"));
-            }
-            LogisticRegression::default()
-                .alpha(alpha)
-                .max_iterations(iterations as u64)
-                .fit(&dataset)
-                .map(Model::LogisticRegression)
-                .map_err(|e| failed(e.to_string()))
+    let whole = |name: &str, default: f64, min: f64| {
+        let value = get(name, default);
+        if value >= min && value.fract() == 0.0 && value.is_finite() {
+            Ok(value)
+        } else {
+            Err(invalid(name, &format!("must be a whole number ≥ {min}")))
         }
-        Algorithm::DecisionTree => {
-            let depth = hyperparameters.get("max_depth").copied();
-            if depth.is_some_and(|d| !(d >= 1.0 && d.fract() == 0.0)) {
-                return Err(invalid("max_depth", "must be a whole number ≥ 1"));
+    };
+    let fraction = |name: &str, default: f64| {
+        let value = get(name, default);
+        if value > 0.0 && value <= 1.0 {
+            Ok(value)
+        } else {
+            Err(invalid(name, "must be in (0, 1]"))
+        }
+    };
+    let alpha = || {
+        let alpha = get("alpha", 1.0);
+        if alpha >= 0.0 && alpha.is_finite() {
+            Ok(alpha)
+        } else {
+            Err(invalid("alpha", "must be a finite number ≥ 0"))
+        }
+    };
+    let depth = || match hyperparameters.get("max_depth") {
+        None => Ok(None),
+        Some(_) => whole("max_depth", 0.0, 1.0).map(|d| Some(d as usize)),
+    };
+    let classes = train.class_indices();
+    match (train.task, algorithm) {
+        (Task::Regression, Algorithm::Ridge) => {
+            Linear::fit(train.inputs.view(), &train.targets, alpha()?)
+                .map(Model::Ridge)
+                .map_err(failed)
+        }
+        (Task::Regression, _) | (_, Algorithm::Ridge) => Err(failed(format!(
+            "{algorithm:?} is not an algorithm for {:?}",
+            train.task
+        ))),
+        (task, Algorithm::LogisticRegression) => {
+            let alpha = alpha()?;
+            let iterations = whole("max_iterations", 100.0, 1.0)? as u64;
+            if task == Task::BinaryClassification {
+                let dataset =
+                    Dataset::new(train.inputs.clone(), Array1::from(train.labels.clone()));
+                LogisticRegression::default()
+                    .alpha(alpha)
+                    .max_iterations(iterations)
+                    .fit(&dataset)
+                    .map(Model::LogisticRegression)
+                    .map_err(|e| failed(e.to_string()))
+            } else {
+                let dataset = Dataset::new(train.inputs.clone(), Array1::from(classes));
+                linfa_logistic::MultiLogisticRegression::default()
+                    .alpha(alpha)
+                    .max_iterations(iterations)
+                    .fit(&dataset)
+                    .map(Model::MulticlassLogisticRegression)
+                    .map_err(|e| failed(e.to_string()))
             }
+        }
+        (task, Algorithm::DecisionTree) => {
             let split = get("min_weight_split", 2.0);
             if !(split >= 1.0 && split.is_finite()) {
                 return Err(invalid("min_weight_split", "must be a number ≥ 1"));
             }
-            DecisionTree::params()
-                .max_depth(depth.map(|d| d as usize))
-                .min_weight_split(split as f32)
-                .fit(&dataset)
-                .map(Model::DecisionTree)
-                .map_err(|e| failed(e.to_string()))
-        }
-        Algorithm::RandomForest => {
-            let whole = |name: &str, default: f64, min: f64| {
-                let value = get(name, default);
-                if value >= min && value.fract() == 0.0 && value.is_finite() {
-                    Ok(value)
-                } else {
-                    Err(invalid(name, &format!("must be a whole number ≥ {min}")))
-                }
-            };
-            let fraction = |name: &str, default: f64| {
-                let value = get(name, default);
-                if value > 0.0 && value <= 1.0 {
-                    Ok(value)
-                } else {
-                    Err(invalid(name, "must be in (0, 1]"))
-                }
-            };
-            let trees = whole("n_trees", 100.0, 1.0)?;
-            let depth = match hyperparameters.get("max_depth") {
-                None => None,
-                Some(_) => Some(whole("max_depth", 0.0, 1.0)? as usize),
-            };
-            let features = fraction("feature_fraction", 0.7)?;
-            let rows = fraction("bootstrap_fraction", 1.0)?;
-            let seed = whole("seed", 42.0, 0.0)?;
-            if train.labels.iter().all(|&l| l) || train.labels.iter().all(|&l| !l) {
-                return Err(failed("the training rows hold one class only".into()));
+            let depth = depth()?;
+            if task == Task::BinaryClassification {
+                let dataset =
+                    Dataset::new(train.inputs.clone(), Array1::from(train.labels.clone()));
+                DecisionTree::params()
+                    .max_depth(depth)
+                    .min_weight_split(split as f32)
+                    .fit(&dataset)
+                    .map(Model::DecisionTree)
+                    .map_err(|e| failed(e.to_string()))
+            } else {
+                let dataset = Dataset::new(train.inputs.clone(), Array1::from(classes));
+                DecisionTree::params()
+                    .max_depth(depth)
+                    .min_weight_split(split as f32)
+                    .fit(&dataset)
+                    .map(Model::MulticlassDecisionTree)
+                    .map_err(|e| failed(e.to_string()))
             }
-            let grown = grow_forest(train, trees as usize, depth, (rows, features), seed as u64)
-                .map_err(failed)?;
-            Ok(Model::RandomForest(grown))
+        }
+        (task, Algorithm::RandomForest) => {
+            let settings = ForestSettings {
+                trees: whole("n_trees", 100.0, 1.0)? as usize,
+                depth: depth()?,
+                rows: fraction("bootstrap_fraction", 1.0)?,
+                features: fraction("feature_fraction", 0.7)?,
+                seed: whole("seed", 42.0, 0.0)? as u64,
+            };
+            if task == Task::BinaryClassification {
+                if train.labels.iter().all(|&l| l) || train.labels.iter().all(|&l| !l) {
+                    return Err(failed("the training rows hold one class only".into()));
+                }
+                grow_forest(&train.inputs, &train.labels, &settings)
+                    .map(Model::RandomForest)
+                    .map_err(failed)
+            } else {
+                grow_forest(&train.inputs, &classes, &settings)
+                    .map(Model::MulticlassRandomForest)
+                    .map_err(failed)
+            }
         }
     }
 }
 
-/// Bagging, by our own seeded draws so that a seed always grows the same forest: each
-/// tree sees `fractions.0` of the rows drawn with replacement and `fractions.1` of the
-/// inputs drawn without.
-fn grow_forest(
-    train: &Examples,
+struct ForestSettings {
     trees: usize,
     depth: Option<usize>,
-    fractions: (f64, f64),
+    /// Shares of the rows (drawn with replacement) and of the inputs (without) per tree.
+    rows: f64,
+    features: f64,
     seed: u64,
-) -> Result<Forest, String> {
+}
+
+/// Bagging, by our own seeded draws so that a seed always grows the same forest.
+fn grow_forest<L>(
+    inputs: &Array2<f64>,
+    labels: &[L],
+    settings: &ForestSettings,
+) -> Result<Forest<L>, String>
+where
+    L: linfa::Label + Copy + std::fmt::Debug,
+{
     use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (rows, columns) = (train.inputs.nrows(), train.inputs.ncols());
-    let sample = ((rows as f64) * fractions.0).ceil().max(1.0) as usize;
-    let chosen = ((columns as f64) * fractions.1)
+    let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed);
+    let (rows, columns) = inputs.dim();
+    let sample = ((rows as f64) * settings.rows).ceil().max(1.0) as usize;
+    let chosen = ((columns as f64) * settings.features)
         .ceil()
-        .clamp(1.0, columns as f64) as usize;
+        .clamp(1.0, columns.max(1) as f64) as usize;
     let mut forest = Forest {
-        trees: Vec::with_capacity(trees),
-        features: Vec::with_capacity(trees),
+        trees: Vec::with_capacity(settings.trees),
+        features: Vec::with_capacity(settings.trees),
     };
-    for _ in 0..trees {
+    for _ in 0..settings.trees {
         let picked: Vec<usize> = (0..sample).map(|_| rng.gen_range(0..rows)).collect();
         let mut all: Vec<usize> = (0..columns).collect();
         for i in 0..chosen {
             let j = rng.gen_range(i..columns);
             all.swap(i, j);
         }
-        let mut inputs = all[..chosen].to_vec();
-        inputs.sort_unstable();
-        let records = train
-            .inputs
+        let mut kept = all[..chosen].to_vec();
+        kept.sort_unstable();
+        let records = inputs
             .select(ndarray::Axis(0), &picked)
-            .select(ndarray::Axis(1), &inputs);
-        let targets: Array1<bool> = picked.iter().map(|&r| train.labels[r]).collect();
+            .select(ndarray::Axis(1), &kept);
+        let targets: Array1<L> = picked.iter().map(|&r| labels[r]).collect();
         let tree = DecisionTree::params()
-            .max_depth(depth)
+            .max_depth(settings.depth)
             .fit(&Dataset::new(records, targets))
             .map_err(|e| e.to_string())?;
         forest.trees.push(tree);
-        forest.features.push(inputs);
+        forest.features.push(kept);
     }
     Ok(forest)
 }
@@ -314,13 +581,12 @@ pub fn search(
     test: &Examples,
     primary: &str,
 ) -> Result<Searched, TrainError> {
-    let lower_is_better = primary == "log_loss";
+    let lower_is_better = matches!(primary, "log_loss" | "rmse" | "mae");
     let mut trials = Vec::new();
     let mut best: Option<(usize, Model, f64)> = None;
     for (algorithm, hyperparameters) in candidates {
         let model = fit(*algorithm, hyperparameters, train)?;
-        let scores = model.scores(test.inputs.view());
-        let metrics = metrics::binary(&test.labels, &scores);
+        let metrics = model.evaluate(test);
         let value = metrics.get(primary).copied().unwrap_or(f64::NAN);
         let better = match &best {
             None => value.is_finite(),
@@ -357,12 +623,15 @@ mod tests {
                 (x, noise, positive)
             })
             .collect();
-        Examples {
-            inputs: Array2::from_shape_fn((rows.len(), 2), |(r, c)| {
-                if c == 0 { rows[r].0 } else { rows[r].1 }
-            }),
-            labels: rows.iter().map(|r| r.2).collect(),
-        }
+        Examples::binary(
+            Array2::from_shape_fn(
+                (rows.len(), 2),
+                |(r, c)| {
+                    if c == 0 { rows[r].0 } else { rows[r].1 }
+                },
+            ),
+            rows.iter().map(|r| r.2).collect(),
+        )
     }
 
     #[test]
@@ -418,6 +687,87 @@ mod tests {
     }
 
     #[test]
+    fn three_classes_are_told_apart_by_every_classifier() {
+        // Class = which third of the line x falls in; a second input is noise.
+        let n = 240;
+        let inputs = Array2::from_shape_fn((n, 2), |(r, c)| {
+            if c == 0 {
+                ((r * 7) % 30) as f64
+            } else {
+                ((r * 13) % 7) as f64
+            }
+        });
+        let classes: Vec<usize> = (0..n).map(|r| ((r * 7) % 30) / 10).collect();
+        let data = Examples::multiclass(inputs, classes, 3);
+        let (train, test) = data.time_split(0.25);
+        for (algorithm, params) in [
+            (Algorithm::DecisionTree, vec![("max_depth", 3.0)]),
+            (
+                Algorithm::RandomForest,
+                vec![("n_trees", 15.0), ("feature_fraction", 1.0)],
+            ),
+            (
+                Algorithm::LogisticRegression,
+                vec![("alpha", 0.01), ("max_iterations", 500.0)],
+            ),
+        ] {
+            let params: Hyperparameters =
+                params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            let model = fit(algorithm, &params, &train).unwrap();
+            let metrics = model.evaluate(&test);
+            assert!(metrics["accuracy"] >= 0.9, "{algorithm:?}: {metrics:?}");
+            let round_trip: Model = serde_json::from_value(model.to_json()).unwrap();
+            assert_eq!(round_trip.evaluate(&test), metrics, "{algorithm:?}");
+        }
+        let ridge = fit(Algorithm::Ridge, &BTreeMap::new(), &train).unwrap_err();
+        assert!(
+            ridge.to_string().contains("not an algorithm for"),
+            "{ridge}"
+        );
+    }
+
+    #[test]
+    fn ridge_regression_recovers_a_linear_relation() {
+        // y = 3·x0 − 2·x1 + 5, exactly: ordinary least squares (alpha 0) finds it.
+        let n = 100;
+        let inputs = Array2::from_shape_fn((n, 2), |(r, c)| {
+            if c == 0 {
+                r as f64 / 10.0
+            } else {
+                ((r * 7) % 11) as f64
+            }
+        });
+        let values: Vec<f64> = inputs
+            .rows()
+            .into_iter()
+            .map(|row| 3.0 * row[0] - 2.0 * row[1] + 5.0)
+            .collect();
+        let data = Examples::regression(inputs, values);
+        let (train, test) = data.time_split(0.2);
+        let ols = BTreeMap::from([("alpha".to_owned(), 0.0)]);
+        let model = fit(Algorithm::Ridge, &ols, &train).unwrap();
+        let Model::Ridge(linear) = &model else {
+            panic!("a linear model");
+        };
+        assert!((linear.weights[0] - 3.0).abs() < 1e-6, "{linear:?}");
+        assert!((linear.weights[1] + 2.0).abs() < 1e-6, "{linear:?}");
+        assert!((linear.intercept - 5.0).abs() < 1e-5, "{linear:?}");
+        let metrics = model.evaluate(&test);
+        assert!(
+            metrics["rmse"] < 1e-5 && metrics["r2"] > 0.999_999,
+            "{metrics:?}"
+        );
+        // A penalty shrinks the weights.
+        let heavy = BTreeMap::from([("alpha".to_owned(), 1e6)]);
+        let Model::Ridge(shrunk) = fit(Algorithm::Ridge, &heavy, &train).unwrap() else {
+            panic!("a linear model");
+        };
+        assert!(shrunk.weights[0].abs() < 0.5, "{shrunk:?}");
+        let tree = fit(Algorithm::DecisionTree, &BTreeMap::new(), &train).unwrap_err();
+        assert!(tree.to_string().contains("not an algorithm for"), "{tree}");
+    }
+
+    #[test]
     fn a_bad_hyperparameter_is_named() {
         let data = examples();
         let bad = BTreeMap::from([("max_depth".to_owned(), 0.5)]);
@@ -466,23 +816,13 @@ pub fn validate_folds(
     for (train, test) in &splits {
         let model = fit(algorithm, hyperparameters, &examples.pick(train))?;
         let test = examples.pick(test);
-        let scored = metrics::binary(&test.labels, &model.scores(test.inputs.view()));
+        let scored = model.evaluate(&test);
         for (name, value) in &scored {
             *mean.entry(name.clone()).or_default() += value / splits.len() as f64;
         }
         folds.push(scored);
     }
     Ok((mean, folds))
-}
-
-impl Examples {
-    /// The rows at `indices`, in that order.
-    pub fn pick(&self, indices: &[usize]) -> Examples {
-        Examples {
-            inputs: self.inputs.select(ndarray::Axis(0), indices),
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -494,10 +834,10 @@ mod validation_tests {
     fn k_fold_scores_every_row_once_and_averages() {
         // A label that flips with the first input: every fold can learn it.
         let n = 60;
-        let examples = Examples {
-            inputs: Array2::from_shape_fn((n, 1), |(r, _)| if r % 3 == 0 { 2.0 } else { -2.0 }),
-            labels: (0..n).map(|r| r % 3 == 0).collect(),
-        };
+        let examples = Examples::binary(
+            Array2::from_shape_fn((n, 1), |(r, _)| if r % 3 == 0 { 2.0 } else { -2.0 }),
+            (0..n).map(|r| r % 3 == 0).collect(),
+        );
         let params = BTreeMap::from([("max_depth".to_owned(), 2.0)]);
         let folded = validate(
             Algorithm::DecisionTree,

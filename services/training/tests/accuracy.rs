@@ -44,9 +44,11 @@ fn accuracy_matches_scikit_learn_on_breast_cancer() {
         .collect();
     let columns = rows[0].len() - 1;
     let cut = reference["train_rows"].as_u64().unwrap() as usize;
-    let examples = |range: std::ops::Range<usize>| Examples {
-        inputs: Array2::from_shape_fn((range.len(), columns), |(r, c)| rows[range.start + r][c]),
-        labels: rows[range].iter().map(|r| r[columns] == 1.0).collect(),
+    let examples = |range: std::ops::Range<usize>| {
+        Examples::binary(
+            Array2::from_shape_fn((range.len(), columns), |(r, c)| rows[range.start + r][c]),
+            rows[range].iter().map(|r| r[columns] == 1.0).collect(),
+        )
     };
     let (train, test) = (examples(0..cut), examples(cut..rows.len()));
 
