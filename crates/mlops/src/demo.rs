@@ -280,28 +280,18 @@ pub(crate) async fn story(
     Ok(())
 }
 
-/// GETs `url`; the answer's JSON when the status is a success.
-async fn get(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let response = http
-        .get(url)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
-    if status.is_success() {
-        Ok(answer)
-    } else {
-        Err(format!("{url}: {status} {answer}"))
-    }
-}
-
 /// POSTs `body` as JSON; the answer's JSON when the status is a success.
 async fn call(http: &reqwest::Client, url: &str, body: &Value) -> Result<Value, String> {
-    let response = http
-        .post(url)
-        .json(body)
+    answer(http.post(url).json(body), url).await
+}
+
+/// GETs `url`; the answer's JSON when the status is a success.
+async fn get(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    answer(http.get(url), url).await
+}
+
+async fn answer(request: reqwest::RequestBuilder, url: &str) -> Result<Value, String> {
+    let response = request
         .timeout(Duration::from_secs(30))
         .send()
         .await

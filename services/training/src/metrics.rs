@@ -35,6 +35,23 @@ pub fn binary(truth: &[bool], scores: &[f64]) -> BTreeMap<String, f64> {
     ])
 }
 
+/// The most probable class of each row (the first of equals).
+pub fn most_likely(probabilities: &ndarray::Array2<f64>) -> Vec<usize> {
+    probabilities
+        .rows()
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(
+                    (0, f64::MIN),
+                    |best, (c, &p)| if p > best.1 { (c, p) } else { best },
+                )
+                .0
+        })
+        .collect()
+}
+
 /// Scores of a multiclass classifier: `probabilities` has a row per example and a column
 /// per class. The predicted class is the most probable; precision, recall and F1 are
 /// macro averages over the classes that occur in the truth or the predictions (a class
@@ -45,20 +62,7 @@ pub fn multiclass(truth: &[usize], probabilities: &ndarray::Array2<f64>) -> BTre
     let classes = probabilities
         .ncols()
         .max(truth.iter().max().map_or(0, |m| m + 1));
-    let predicted: Vec<usize> = probabilities
-        .rows()
-        .into_iter()
-        .take(n)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold(
-                    (0, f64::MIN),
-                    |best, (c, &p)| if p > best.1 { (c, p) } else { best },
-                )
-                .0
-        })
-        .collect();
+    let predicted: Vec<usize> = most_likely(probabilities).into_iter().take(n).collect();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let correct = truth.iter().zip(&predicted).filter(|(t, p)| t == p).count();
     let (mut precision, mut recall, mut f1, mut counted) = (0.0, 0.0, 0.0, 0.0);

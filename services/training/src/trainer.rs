@@ -182,27 +182,14 @@ impl Model {
                 .iter()
                 .map(|&positive| if positive { 1.0 } else { 0.0 })
                 .collect(),
-            Self::RandomForest(forest) => forest
-                .votes(inputs, 2, usize::from)
-                .column(1)
-                .to_vec(),
+            Self::RandomForest(forest) => forest.votes(inputs, 2, usize::from).column(1).to_vec(),
             Self::Ridge(linear) => linear.predict(inputs),
             Self::MulticlassLogisticRegression(_)
             | Self::MulticlassDecisionTree(_)
             | Self::MulticlassRandomForest(_) => {
-                let probabilities = self.probabilities(inputs, 0);
-                probabilities
-                    .rows()
+                metrics::most_likely(&self.probabilities(inputs, 0))
                     .into_iter()
-                    .map(|row| {
-                        row.iter()
-                            .enumerate()
-                            .fold(
-                                (0, f64::MIN),
-                                |best, (c, &p)| if p > best.1 { (c, p) } else { best },
-                            )
-                            .0 as f64
-                    })
+                    .map(|c| c as f64)
                     .collect()
             }
         }
