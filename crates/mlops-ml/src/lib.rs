@@ -6,6 +6,7 @@
 
 pub mod artifact;
 pub mod manifest;
+pub mod model;
 pub mod statistics;
 pub mod transforms;
 

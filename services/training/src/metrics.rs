@@ -35,22 +35,7 @@ pub fn binary(truth: &[bool], scores: &[f64]) -> BTreeMap<String, f64> {
     ])
 }
 
-/// The most probable class of each row (the first of equals).
-pub fn most_likely(probabilities: &ndarray::Array2<f64>) -> Vec<usize> {
-    probabilities
-        .rows()
-        .into_iter()
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold(
-                    (0, f64::MIN),
-                    |best, (c, &p)| if p > best.1 { (c, p) } else { best },
-                )
-                .0
-        })
-        .collect()
-}
+pub use mlops_ml::model::most_likely;
 
 /// Scores of a multiclass classifier: `probabilities` has a row per example and a column
 /// per class. The predicted class is the most probable; precision, recall and F1 are

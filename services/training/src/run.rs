@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{
     snapshot,
     spec::{ModelSpec, Validation, candidates, gate},
-    trainer::{Examples, Model, Trial, fit, validate_folds},
+    trainer::{Examples, Model, Trial, evaluate, fit, validate_folds},
 };
 
 /// The gate's inputs and verdict, for the experiment record.
@@ -116,7 +116,7 @@ pub fn train(
     let chosen = &trials[index];
     let candidate_model =
         fit(chosen.algorithm, &chosen.hyperparameters, &older).map_err(|e| e.to_string())?;
-    let candidate = primary(spec, &candidate_model.evaluate(&holdout));
+    let candidate = primary(spec, &evaluate(&candidate_model, &holdout));
     let (production_value, production_note) = match production {
         None => (None, None),
         Some(artifact) => match score_production(artifact, &classes, frame, cut, &holdout) {
@@ -254,10 +254,13 @@ fn score_production(
             inputs[[r, c]] = value;
         }
     }
-    Ok(model.evaluate(&Examples {
-        inputs,
-        ..holdout.clone()
-    }))
+    Ok(evaluate(
+        &model,
+        &Examples {
+            inputs,
+            ..holdout.clone()
+        },
+    ))
 }
 
 #[cfg(test)]

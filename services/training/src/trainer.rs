@@ -10,9 +10,9 @@ use linfa_logistic::LogisticRegression;
 use linfa_trees::DecisionTree;
 use ndarray::{Array1, Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
 
 use crate::{metrics, spec::Task};
+pub use mlops_ml::model::{Forest, Linear, Model};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,204 +144,73 @@ pub enum TrainError {
     },
 }
 
-/// A fitted model, able to score rows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Model {
-    LogisticRegression(linfa_logistic::FittedLogisticRegression<f64, bool>),
-    DecisionTree(linfa_trees::DecisionTree<f64, bool>),
-    RandomForest(Forest<bool>),
-    MulticlassLogisticRegression(linfa_logistic::MultiFittedLogisticRegression<f64, usize>),
-    MulticlassDecisionTree(linfa_trees::DecisionTree<f64, usize>),
-    MulticlassRandomForest(Forest<usize>),
-    Ridge(Linear),
-}
-
-/// A fitted random forest: its trees and the inputs each one was grown on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Forest<L: linfa::Label> {
-    pub trees: Vec<linfa_trees::DecisionTree<f64, L>>,
-    pub features: Vec<Vec<usize>>,
-}
-
-/// A fitted linear model: `inputs · weights + intercept`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Linear {
-    pub weights: Vec<f64>,
-    pub intercept: f64,
-}
-
-impl Model {
-    /// For a binary classifier, the probability of the positive class for each row (a
-    /// tree scores 0 or 1, a forest the share of its trees voting positive); for a
-    /// multiclass one, the most likely class's index; for a regressor, the value.
-    pub fn scores(&self, inputs: ArrayView2<'_, f64>) -> Vec<f64> {
-        match self {
-            Self::LogisticRegression(model) => model.predict_probabilities(&inputs).to_vec(),
-            Self::DecisionTree(tree) => tree
-                .predict(&inputs)
-                .iter()
-                .map(|&positive| if positive { 1.0 } else { 0.0 })
-                .collect(),
-            Self::RandomForest(forest) => forest.votes(inputs, 2, usize::from).column(1).to_vec(),
-            Self::Ridge(linear) => linear.predict(inputs),
-            Self::MulticlassLogisticRegression(_)
-            | Self::MulticlassDecisionTree(_)
-            | Self::MulticlassRandomForest(_) => {
-                metrics::most_likely(&self.probabilities(inputs, 0))
-                    .into_iter()
-                    .map(|c| c as f64)
-                    .collect()
-            }
-        }
-    }
-
-    /// A multiclass model's probability of each of `classes` classes (at least the ones
-    /// it saw) for each row.
-    pub fn probabilities(&self, inputs: ArrayView2<'_, f64>, classes: usize) -> Array2<f64> {
-        match self {
-            Self::MulticlassLogisticRegression(model) => {
-                let seen = model.classes();
-                let columns = classes.max(seen.iter().max().map_or(0, |m| m + 1));
-                let mut out = Array2::zeros((inputs.nrows(), columns));
-                let probabilities = model.predict_probabilities(&inputs);
-                for (c, &class) in seen.iter().enumerate() {
-                    out.column_mut(class).assign(&probabilities.column(c));
-                }
-                out
-            }
-            Self::MulticlassDecisionTree(tree) => {
-                let predicted = tree.predict(&inputs);
-                let columns = classes.max(predicted.iter().max().map_or(0, |m| m + 1));
-                let mut out = Array2::zeros((inputs.nrows(), columns));
-                for (r, &class) in predicted.iter().enumerate() {
-                    out[[r, class]] = 1.0;
-                }
-                out
-            }
-            Self::MulticlassRandomForest(forest) => forest.votes(inputs, classes, |c| c),
-            _ => Array2::zeros((inputs.nrows(), classes)),
-        }
-    }
-
-    /// The model's metrics on `examples`, by its task's definitions.
-    pub fn evaluate(&self, examples: &Examples) -> Metrics {
-        let inputs = examples.inputs.view();
-        match examples.task {
-            Task::BinaryClassification => metrics::binary(&examples.labels, &self.scores(inputs)),
-            Task::MulticlassClassification => metrics::multiclass(
-                &examples.class_indices(),
-                &self.probabilities(inputs, examples.classes),
-            ),
-            Task::Regression => metrics::regression(&examples.targets, &self.scores(inputs)),
-        }
-    }
-
-    /// The model in its own serde form, for the artifact.
-    pub fn to_json(&self) -> Json {
-        serde_json::to_value(self).unwrap_or(Json::Null)
+/// A model's metrics on `examples`, by the task's definitions.
+pub fn evaluate(model: &Model, examples: &Examples) -> Metrics {
+    let inputs = examples.inputs.view();
+    match examples.task {
+        Task::BinaryClassification => metrics::binary(&examples.labels, &model.scores(inputs)),
+        Task::MulticlassClassification => metrics::multiclass(
+            &examples.class_indices(),
+            &model.probabilities(inputs, examples.classes),
+        ),
+        Task::Regression => metrics::regression(&examples.targets, &model.scores(inputs)),
     }
 }
 
-impl<L: linfa::Label + Copy> Forest<L> {
-    /// Each row's share of trees voting for each of `classes` classes (`index` maps a
-    /// tree's label to its class).
-    fn votes(
-        &self,
-        inputs: ArrayView2<'_, f64>,
-        classes: usize,
-        index: impl Fn(L) -> usize,
-    ) -> Array2<f64> {
-        let mut votes = Array2::<f64>::zeros((inputs.nrows(), classes.max(1)));
-        for (tree, columns) in self.trees.iter().zip(&self.features) {
-            let subset = inputs.select(ndarray::Axis(1), columns);
-            for (r, label) in tree.predict(&subset).iter().enumerate() {
-                let class = index(*label);
-                if class >= votes.ncols() {
-                    let mut wider = Array2::zeros((votes.nrows(), class + 1));
-                    wider
-                        .slice_each_axis_mut(|axis| {
-                            ndarray::Slice::from(0..votes.len_of(axis.axis))
-                        })
-                        .assign(&votes);
-                    votes = wider;
-                }
-                votes[[r, class]] += 1.0;
-            }
-        }
-        votes / self.trees.len().max(1) as f64
+/// Ridge regression: centre inputs and targets (so the intercept is not penalised),
+/// then solve `(XᵀX + αI) w = Xᵀy` by Cholesky.
+fn fit_ridge(inputs: ArrayView2<'_, f64>, targets: &[f64], alpha: f64) -> Result<Linear, String> {
+    let (rows, columns) = inputs.dim();
+    if rows == 0 {
+        return Err("no rows to fit".into());
     }
-}
-
-impl Linear {
-    pub fn predict(&self, inputs: ArrayView2<'_, f64>) -> Vec<f64> {
-        inputs
-            .rows()
-            .into_iter()
-            .map(|row| {
-                row.iter()
-                    .zip(&self.weights)
-                    .map(|(x, w)| x * w)
-                    .sum::<f64>()
-                    + self.intercept
-            })
-            .collect()
-    }
-
-    /// Ridge regression: centre inputs and targets (so the intercept is not penalised),
-    /// then solve `(XᵀX + αI) w = Xᵀy` by Cholesky.
-    fn fit(inputs: ArrayView2<'_, f64>, targets: &[f64], alpha: f64) -> Result<Self, String> {
-        let (rows, columns) = inputs.dim();
-        if rows == 0 {
-            return Err("no rows to fit".into());
-        }
-        let means: Vec<f64> = (0..columns)
-            .map(|c| inputs.column(c).sum() / rows as f64)
-            .collect();
-        let target_mean = targets.iter().sum::<f64>() / rows as f64;
-        let mut gram = vec![vec![0.0; columns]; columns];
-        let mut moment = vec![0.0; columns];
-        for (row, &y) in inputs.rows().into_iter().zip(targets) {
-            let centred: Vec<f64> = row.iter().zip(&means).map(|(x, m)| x - m).collect();
-            for a in 0..columns {
-                moment[a] += centred[a] * (y - target_mean);
-                for b in 0..=a {
-                    gram[a][b] += centred[a] * centred[b];
-                }
-            }
-        }
-        for (a, row) in gram.iter_mut().enumerate() {
-            // A tiny ridge keeps ordinary least squares solvable on collinear inputs.
-            row[a] += alpha.max(1e-9);
-        }
-        // Cholesky: gram = L Lᵀ (lower triangle only was filled).
-        let mut lower = vec![vec![0.0; columns]; columns];
+    let means: Vec<f64> = (0..columns)
+        .map(|c| inputs.column(c).sum() / rows as f64)
+        .collect();
+    let target_mean = targets.iter().sum::<f64>() / rows as f64;
+    let mut gram = vec![vec![0.0; columns]; columns];
+    let mut moment = vec![0.0; columns];
+    for (row, &y) in inputs.rows().into_iter().zip(targets) {
+        let centred: Vec<f64> = row.iter().zip(&means).map(|(x, m)| x - m).collect();
         for a in 0..columns {
+            moment[a] += centred[a] * (y - target_mean);
             for b in 0..=a {
-                let sum: f64 = (0..b).map(|k| lower[a][k] * lower[b][k]).sum();
-                if a == b {
-                    let d = gram[a][a] - sum;
-                    if d <= 0.0 {
-                        return Err("the inputs are degenerate; raise alpha".into());
-                    }
-                    lower[a][a] = d.sqrt();
-                } else {
-                    lower[a][b] = (gram[a][b] - sum) / lower[b][b];
-                }
+                gram[a][b] += centred[a] * centred[b];
             }
         }
-        let mut z = vec![0.0; columns];
-        for a in 0..columns {
-            let sum: f64 = (0..a).map(|k| lower[a][k] * z[k]).sum();
-            z[a] = (moment[a] - sum) / lower[a][a];
-        }
-        let mut weights = vec![0.0; columns];
-        for a in (0..columns).rev() {
-            let sum: f64 = (a + 1..columns).map(|k| lower[k][a] * weights[k]).sum();
-            weights[a] = (z[a] - sum) / lower[a][a];
-        }
-        let intercept = target_mean - weights.iter().zip(&means).map(|(w, m)| w * m).sum::<f64>();
-        Ok(Self { weights, intercept })
     }
+    for (a, row) in gram.iter_mut().enumerate() {
+        // A tiny ridge keeps ordinary least squares solvable on collinear inputs.
+        row[a] += alpha.max(1e-9);
+    }
+    // Cholesky: gram = L Lᵀ (lower triangle only was filled).
+    let mut lower = vec![vec![0.0; columns]; columns];
+    for a in 0..columns {
+        for b in 0..=a {
+            let sum: f64 = (0..b).map(|k| lower[a][k] * lower[b][k]).sum();
+            if a == b {
+                let d = gram[a][a] - sum;
+                if d <= 0.0 {
+                    return Err("the inputs are degenerate; raise alpha".into());
+                }
+                lower[a][a] = d.sqrt();
+            } else {
+                lower[a][b] = (gram[a][b] - sum) / lower[b][b];
+            }
+        }
+    }
+    let mut z = vec![0.0; columns];
+    for a in 0..columns {
+        let sum: f64 = (0..a).map(|k| lower[a][k] * z[k]).sum();
+        z[a] = (moment[a] - sum) / lower[a][a];
+    }
+    let mut weights = vec![0.0; columns];
+    for a in (0..columns).rev() {
+        let sum: f64 = (a + 1..columns).map(|k| lower[k][a] * weights[k]).sum();
+        weights[a] = (z[a] - sum) / lower[a][a];
+    }
+    let intercept = target_mean - weights.iter().zip(&means).map(|(w, m)| w * m).sum::<f64>();
+    Ok(Linear { weights, intercept })
 }
 
 /// Fits `algorithm` with `hyperparameters` on `train`, for `train`'s task.
@@ -393,7 +262,7 @@ pub fn fit(
     let classes = train.class_indices();
     match (train.task, algorithm) {
         (Task::Regression, Algorithm::Ridge) => {
-            Linear::fit(train.inputs.view(), &train.targets, alpha()?)
+            fit_ridge(train.inputs.view(), &train.targets, alpha()?)
                 .map(Model::Ridge)
                 .map_err(failed)
         }
@@ -573,7 +442,7 @@ pub fn search(
     let mut best: Option<(usize, Model, f64)> = None;
     for (algorithm, hyperparameters) in candidates {
         let model = fit(*algorithm, hyperparameters, train)?;
-        let metrics = model.evaluate(test);
+        let metrics = evaluate(&model, test);
         let value = metrics.get(primary).copied().unwrap_or(f64::NAN);
         let better = match &best {
             None => value.is_finite(),
@@ -701,10 +570,10 @@ mod tests {
             let params: Hyperparameters =
                 params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
             let model = fit(algorithm, &params, &train).unwrap();
-            let metrics = model.evaluate(&test);
+            let metrics = evaluate(&model, &test);
             assert!(metrics["accuracy"] >= 0.9, "{algorithm:?}: {metrics:?}");
             let round_trip: Model = serde_json::from_value(model.to_json()).unwrap();
-            assert_eq!(round_trip.evaluate(&test), metrics, "{algorithm:?}");
+            assert_eq!(evaluate(&round_trip, &test), metrics, "{algorithm:?}");
         }
         let ridge = fit(Algorithm::Ridge, &BTreeMap::new(), &train).unwrap_err();
         assert!(
@@ -739,7 +608,7 @@ mod tests {
         assert!((linear.weights[0] - 3.0).abs() < 1e-6, "{linear:?}");
         assert!((linear.weights[1] + 2.0).abs() < 1e-6, "{linear:?}");
         assert!((linear.intercept - 5.0).abs() < 1e-5, "{linear:?}");
-        let metrics = model.evaluate(&test);
+        let metrics = evaluate(&model, &test);
         assert!(
             metrics["rmse"] < 1e-5 && metrics["r2"] > 0.999_999,
             "{metrics:?}"
@@ -803,7 +672,7 @@ pub fn validate_folds(
     for (train, test) in &splits {
         let model = fit(algorithm, hyperparameters, &examples.pick(train))?;
         let test = examples.pick(test);
-        let scored = model.evaluate(&test);
+        let scored = evaluate(&model, &test);
         for (name, value) in &scored {
             *mean.entry(name.clone()).or_default() += value / splits.len() as f64;
         }
