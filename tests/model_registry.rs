@@ -414,7 +414,7 @@ async fn a_stored_artifact_with_one_flipped_byte_is_refused_naming_the_digest() 
         "{error}"
     );
     // Training, which scores the production version, refuses it the same way.
-    let client = training::registry::RegistryClient::new(Client::new(), &r.service.url);
+    let client = mlops_ml::registry::RegistryClient::new(Client::new(), &r.service.url);
     let error = client.production(&model).await.unwrap_err();
     assert!(error.contains("digest mismatch"), "{error}");
 }

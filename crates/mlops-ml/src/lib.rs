@@ -7,6 +7,7 @@
 pub mod artifact;
 pub mod manifest;
 pub mod model;
+pub mod registry;
 pub mod statistics;
 pub mod transforms;
 

@@ -5,12 +5,11 @@
 //! coalesces them, fetches the spec's snapshot from the feature service (`snapshot`),
 //! searches and validates candidates (`trainer`, `metrics`, `spec`) and gates the best
 //! against the production version on the same holdout (`run`), registers a model that
-//! passes with the registry (`registry`), and publishes each run's result on
+//! passes with the registry (`mlops_ml::registry`), and publishes each run's result on
 //! `training.runs`.
 
 pub mod api;
 pub mod metrics;
-pub mod registry;
 pub mod requests;
 pub mod run;
 pub mod runner;
@@ -148,7 +147,7 @@ pub async fn run(
         store: store.clone(),
         http: http.clone(),
         feature_url: settings.feature_url.trim_end_matches('/').to_owned(),
-        registry: registry::RegistryClient::new(http, &settings.registry_url),
+        registry: mlops_ml::registry::RegistryClient::new(http, &settings.registry_url),
         producer: producer.clone(),
         kafka: common.kafka.clone(),
         wake: Default::default(),

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    registry::RegistryClient,
     run::{GateReport, train},
     store::{RequestRow, RunRow, StoreError, TrainingStore},
 };
@@ -30,7 +29,7 @@ pub struct Runner {
     pub store: TrainingStore,
     pub http: reqwest::Client,
     pub feature_url: String,
-    pub registry: RegistryClient,
+    pub registry: mlops_ml::registry::RegistryClient,
     pub producer: Producer,
     pub kafka: KafkaConfig,
     pub wake: Notify,

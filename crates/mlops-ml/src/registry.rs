@@ -1,9 +1,9 @@
-//! What training needs of the model registry, over its REST API: the production version
-//! of a model (its artifact verified against the registry's public key before it is
-//! read), and registering a version that passed the gate.
+//! The model registry's REST API as training and serving use it: models and their
+//! production and canary versions, artifacts verified against the registry's public key
+//! before they are read, and registering a version that passed the gate.
 
+use crate::ModelArtifact;
 use ed25519_dalek::VerifyingKey;
-use mlops_ml::ModelArtifact;
 use reqwest::StatusCode;
 use serde_json::{Value as Json, json};
 use tokio::sync::OnceCell;
@@ -54,8 +54,32 @@ impl RegistryClient {
             .copied()
     }
 
-    /// The production version of `model` and its verified artifact, if it has one.
-    pub async fn production(&self, model: &str) -> Result<Option<(i64, ModelArtifact)>, String> {
+    /// Names of every model.
+    pub async fn models(&self) -> Result<Vec<String>, String> {
+        let body: Json = self
+            .http
+            .get(format!("{}/v1/models", self.url))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(unreachable)?
+            .json()
+            .await
+            .map_err(unreachable)?;
+        Ok(body["models"]
+            .as_array()
+            .map(|models| {
+                models
+                    .iter()
+                    .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The summary of `model` (`production`, `canary` with its `percent`, `lifecycle`
+    /// with its `last_sequence`), or `None` when there is no such model.
+    pub async fn model(&self, model: &str) -> Result<Option<Json>, String> {
         let response = self
             .http
             .get(format!("{}/v1/models/{model}", self.url))
@@ -65,15 +89,31 @@ impl RegistryClient {
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let body: Json = response
+        response
             .error_for_status()
             .map_err(unreachable)?
             .json()
             .await
-            .map_err(unreachable)?;
+            .map(Some)
+            .map_err(unreachable)
+    }
+
+    /// The production version of `model` and its verified artifact, if it has one.
+    pub async fn production(&self, model: &str) -> Result<Option<(i64, ModelArtifact)>, String> {
+        let Some(body) = self.model(model).await? else {
+            return Ok(None);
+        };
         let Some(version) = body["production"].as_i64() else {
             return Ok(None);
         };
+        self.artifact(model, version)
+            .await
+            .map(|artifact| Some((version, artifact)))
+            .map_err(|e| format!("production {e}"))
+    }
+
+    /// Version `version` of `model`'s artifact, verified.
+    pub async fn artifact(&self, model: &str, version: i64) -> Result<ModelArtifact, String> {
         let response = self
             .http
             .get(format!(
@@ -87,14 +127,12 @@ impl RegistryClient {
         let bytes = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             return Err(format!(
-                "the artifact of production version {version} could not be fetched ({status}): {}",
+                "the artifact of version {version} could not be fetched ({status}): {}",
                 String::from_utf8_lossy(&bytes)
             ));
         }
         let key = self.signing_key().await?;
-        let artifact = mlops_ml::artifact::open(&bytes, &key)
-            .map_err(|e| format!("production version {version} refused: {e}"))?;
-        Ok(Some((version, artifact)))
+        crate::artifact::open(&bytes, &key).map_err(|e| format!("version {version} refused: {e}"))
     }
 
     /// Registers `artifact` with its lineage; returns the version number.
