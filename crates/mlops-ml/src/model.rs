@@ -38,7 +38,16 @@ impl Model {
     /// multiclass one, the most likely class's index; for a regressor, the value.
     pub fn scores(&self, inputs: ArrayView2<'_, f64>) -> Vec<f64> {
         match self {
-            Self::LogisticRegression(model) => model.predict_probabilities(&inputs).to_vec(),
+            // linfa's "positive" class is the one that was more frequent in training, which
+            // may be `false`: turn its probability into the probability of `true`.
+            Self::LogisticRegression(model) => {
+                let probabilities = model.predict_probabilities(&inputs);
+                if model.labels().pos.class {
+                    probabilities.to_vec()
+                } else {
+                    probabilities.iter().map(|p| 1.0 - p).collect()
+                }
+            }
             Self::DecisionTree(tree) => tree
                 .predict(&inputs)
                 .iter()

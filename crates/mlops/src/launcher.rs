@@ -144,6 +144,10 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                 .env("MLOPS__TRAINING__FEATURE_URL", layout.url("feature"))
                 .env("MLOPS__TRAINING__REGISTRY_URL", layout.url("registry"));
         }
+        if service == "serving" {
+            // Serving loads what the registry says is in production and canary.
+            command.env("MLOPS__SERVING__REGISTRY_URL", layout.url("registry"));
+        }
         services.push(supervise(service, command, None, &logs));
         println!("mlops: {service:<11} {}", layout.url(service));
     }

@@ -1,25 +1,157 @@
-//! The serving service: answers inference requests with the models in production and canary.
-//!
-//! Its business logic arrives with its own issue; until then it answers only the admin
-//! endpoints (`/healthz`, `/readyz`, `/metrics`) and claims nothing else.
+//! The serving service: answers inference requests with the models in production and
+//! canary, over the Open Inference Protocol v2 (`oip`). It rebuilds what it serves from
+//! the registry at start and follows `models.lifecycle` from then on (`deployments`,
+//! `lifecycle`), verifying every artifact before it loads it and swapping versions without
+//! failing a request.
 
-use mlops_service::CommonConfig;
+pub mod deployments;
+pub mod lifecycle;
+pub mod oip;
+
+use std::{sync::Arc, time::Duration};
+
+use mlops_events::topics;
+use mlops_kafka::{ConsumerLoop, Producer};
+use mlops_service::{CommonConfig, ServiceConfig};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 pub const SERVICE: &str = "serving";
 pub const DEFAULT_PORT: u16 = mlops_service::ports::SERVING;
 
-/// The service's configuration with its default port.
-pub fn default_config() -> CommonConfig {
-    CommonConfig::with_port(DEFAULT_PORT)
+/// Settings of the serving service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Base URL of the model registry, where versions and artifacts come from.
+    pub registry_url: String,
+    /// Consumer group of `models.lifecycle`: every instance needs every event, so each has
+    /// a group of its own (a fresh one per start when empty).
+    pub lifecycle_group: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            registry_url: format!("http://127.0.0.1:{}", mlops_service::ports::REGISTRY),
+            lifecycle_group: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    pub serving: Settings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::with_port(DEFAULT_PORT),
+            serving: Settings::default(),
+        }
+    }
+}
+
+impl ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
+/// The service's configuration with its defaults.
+pub fn default_config() -> Config {
+    Config::default()
 }
 
 /// Serves until `cancel` fires.
 pub async fn run(
-    config: CommonConfig,
+    config: Config,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    mlops_service::serve_admin_only(SERVICE, &config, listener, cancel).await
+    let Config {
+        common,
+        serving: settings,
+    } = config;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let registry = mlops_ml::registry::RegistryClient::new(http, &settings.registry_url);
+    let deployments = Arc::new(deployments::Deployments::new(registry));
+    let codec = Arc::new(common.schema_registry.codec()?);
+    let producer = Producer::new(&common.kafka, codec.clone())?;
+
+    let admin =
+        mlops_runtime::AdminState::new(SERVICE, Default::default(), common.readiness_checks());
+    let router = admin.with_http_telemetry(oip::router(deployments.clone()).merge(admin.router()));
+
+    let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
+    let group = if settings.lifecycle_group.is_empty() {
+        format!("serving-{}", mlops_events::new_id())
+    } else {
+        settings.lifecycle_group.clone()
+    };
+    let token = tasks.token();
+    let kafka = common.kafka.clone();
+    let handler = lifecycle::Lifecycle {
+        deployments: deployments.clone(),
+        codec,
+    };
+    tasks.spawn("models-lifecycle", async move {
+        // What serves comes from the registry first; events then keep it current.
+        let mut backoff = Duration::from_millis(200);
+        while let Err(e) = deployments.rebuild().await {
+            warn!(error = %e, "the registry cannot be read yet; serving nothing until it can");
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        while !token.is_cancelled() {
+            let topic = [mlops_kafka::TopicSpec::new(topics::MODELS_LIFECYCLE, 3)];
+            let ensured = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                ensured = mlops_kafka::ensure_topics(&kafka, &topic) => ensured,
+            };
+            let outcome = match ensured {
+                Ok(()) => {
+                    ConsumerLoop::new(
+                        &kafka,
+                        group.clone(),
+                        vec![topics::MODELS_LIFECYCLE.to_owned()],
+                        producer.clone(),
+                    )
+                    .run(handler.clone(), token.clone())
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                warn!(error = %e, "lifecycle consumer stopped; starting it again");
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+    let serve_token = tasks.token();
+    tasks.spawn("http", async move {
+        mlops_runtime::serve(listener, router, serve_token).await
+    });
+    tasks
+        .run(
+            cancel.cancelled(),
+            mlops_kafka::CLOSE_TIMEOUT + Duration::from_secs(2),
+        )
+        .await?;
+    Ok(())
 }

@@ -624,6 +624,25 @@ mod tests {
     }
 
     #[test]
+    fn a_logistic_regression_scores_the_probability_of_true_whichever_class_is_larger() {
+        // Positives are the smaller class here (linfa then calls `false` its positive).
+        for positives in [30, 170] {
+            let n = 200;
+            let inputs = Array2::from_shape_fn((n, 1), |(r, _)| r as f64 / 20.0 - 5.0);
+            let labels: Vec<bool> = (0..n).map(|r| r >= n - positives).collect();
+            let data = Examples::binary(inputs, labels);
+            let params = BTreeMap::from([("alpha".to_owned(), 0.01)]);
+            let model = fit(Algorithm::LogisticRegression, &params, &data).unwrap();
+            let scores = model.scores(ndarray::array![[5.0], [-5.0]].view());
+            assert!(
+                scores[0] > 0.5 && scores[1] < 0.5,
+                "{positives}: {scores:?}"
+            );
+            assert!(evaluate(&model, &data)["accuracy"] > 0.95);
+        }
+    }
+
+    #[test]
     fn a_bad_hyperparameter_is_named() {
         let data = examples();
         let bad = BTreeMap::from([("max_depth".to_owned(), 0.5)]);

@@ -1,0 +1,454 @@
+//! The Open Inference Protocol v2 REST API (KServe V2, Triton, MLServer), so unmodified OIP
+//! clients work: health, model metadata and readiness, and inference with the protocol's
+//! tensor JSON and its own error shape (`{"error": "..."}`).
+//!
+//! Inputs are raw feature values — the model applies its own fitted transforms, the very
+//! ones that built its training set — either one tensor per feature (named after it, shape
+//! `[rows]` or `[rows, 1]`) or one tensor of shape `[rows, features]` whose columns are the
+//! features in the order the metadata lists. Outputs: `probability` and `label` (binary),
+//! `probabilities` and `label` (multiclass), `prediction` (regression). While a version is
+//! in canary, a request goes to it when the hash of its `id` (or its `entity_id`
+//! parameter) falls within the canary's share: the same id always meets the same version.
+
+use std::sync::Arc;
+
+use axum::{
+    Json as Body, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use mlops_service::routes::{Role, Route};
+use ndarray::Array2;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+
+use crate::deployments::{Deployments, Loaded};
+
+/// Every route of the inference API and the role it requires. The health endpoints
+/// (`/v2/health/live`, `/v2/health/ready`) stay open, like `/healthz`.
+pub const ROUTES: &[Route] = &[
+    Route::new("GET", "/v2/models/{name}", Role::Reader),
+    Route::new("GET", "/v2/models/{name}/ready", Role::Reader),
+    Route::new("GET", "/v2/models/{name}/versions/{version}", Role::Reader),
+    Route::new("POST", "/v2/models/{name}/infer", Role::Reader),
+    Route::new(
+        "POST",
+        "/v2/models/{name}/versions/{version}/infer",
+        Role::Reader,
+    ),
+];
+
+pub fn router(deployments: Arc<Deployments>) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(version_metadata),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_version),
+        )
+        .with_state(deployments)
+}
+
+/// The protocol's error: a status and `{"error": "..."}`.
+pub struct OipError(StatusCode, String);
+
+impl IntoResponse for OipError {
+    fn into_response(self) -> Response {
+        (self.0, Body(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn not_found(name: &str) -> OipError {
+    OipError(
+        StatusCode::NOT_FOUND,
+        format!("model {name:?} is not served: it has no production or canary version"),
+    )
+}
+
+async fn live() -> Body<Json> {
+    Body(json!({"live": true}))
+}
+
+async fn ready(State(deployments): State<Arc<Deployments>>) -> Response {
+    if deployments.is_ready() {
+        Body(json!({"ready": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Body(json!({"ready": false, "error": "the served models are still being loaded from the registry"})),
+        )
+            .into_response()
+    }
+}
+
+/// The raw features a version takes, in order, with the protocol's datatypes.
+fn inputs_of(loaded: &Loaded) -> Vec<Json> {
+    loaded
+        .artifact
+        .transforms
+        .iter()
+        .map(|(name, state)| {
+            let datatype = if state.encode.is_some() {
+                "BYTES"
+            } else {
+                "FP64"
+            };
+            json!({"name": name, "datatype": datatype, "shape": [-1]})
+        })
+        .collect()
+}
+
+fn outputs_of(loaded: &Loaded) -> Vec<Json> {
+    match loaded.artifact.task.as_str() {
+        "multiclass_classification" => vec![
+            json!({"name": "probabilities", "datatype": "FP64", "shape": [-1, loaded.artifact.classes.len()]}),
+            json!({"name": "label", "datatype": "BYTES", "shape": [-1]}),
+        ],
+        "regression" => vec![json!({"name": "prediction", "datatype": "FP64", "shape": [-1]})],
+        _ => vec![
+            json!({"name": "probability", "datatype": "FP64", "shape": [-1]}),
+            json!({"name": "label", "datatype": "INT64", "shape": [-1]}),
+        ],
+    }
+}
+
+fn describe(name: &str, versions: &[String], loaded: &Loaded) -> Json {
+    json!({
+        "name": name,
+        "versions": versions,
+        "platform": format!("mlops-{}", loaded.artifact.algorithm),
+        "inputs": inputs_of(loaded),
+        "outputs": outputs_of(loaded),
+    })
+}
+
+async fn metadata(
+    State(deployments): State<Arc<Deployments>>,
+    Path(name): Path<String>,
+) -> Result<Body<Json>, OipError> {
+    let deployment = deployments.get(&name).ok_or_else(|| not_found(&name))?;
+    let mut versions: Vec<String> = Vec::new();
+    for loaded in deployment
+        .production
+        .iter()
+        .chain(deployment.canary.iter().map(|(c, _)| c))
+    {
+        versions.push(loaded.version.to_string());
+    }
+    let shown = deployment
+        .production
+        .clone()
+        .or(deployment.canary.map(|(c, _)| c))
+        .ok_or_else(|| not_found(&name))?;
+    Ok(Body(describe(&name, &versions, &shown)))
+}
+
+async fn model_ready(
+    State(deployments): State<Arc<Deployments>>,
+    Path(name): Path<String>,
+) -> Result<Body<Json>, OipError> {
+    let deployment = deployments.get(&name).ok_or_else(|| not_found(&name))?;
+    if deployment.production.is_none() && deployment.canary.is_none() {
+        return Err(not_found(&name));
+    }
+    Ok(Body(json!({"name": name, "ready": true})))
+}
+
+fn version_number(text: &str) -> Result<i64, OipError> {
+    text.parse().map_err(|_| {
+        OipError(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not a version number"),
+        )
+    })
+}
+
+async fn version_metadata(
+    State(deployments): State<Arc<Deployments>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Body<Json>, OipError> {
+    let number = version_number(&version)?;
+    let loaded = deployments
+        .get(&name)
+        .and_then(|d| d.version(number))
+        .ok_or_else(|| {
+            OipError(
+                StatusCode::NOT_FOUND,
+                format!("version {version} of {name:?} is not served"),
+            )
+        })?;
+    Ok(Body(describe(&name, &[version], &loaded)))
+}
+
+#[derive(Debug, Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<Tensor>,
+    #[serde(default)]
+    parameters: Option<Json>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Tensor {
+    name: String,
+    shape: Vec<i64>,
+    #[allow(dead_code)]
+    datatype: String,
+    data: Json,
+}
+
+fn flatten(data: &Json, out: &mut Vec<Json>) {
+    match data {
+        Json::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        other => out.push(other.clone()),
+    }
+}
+
+fn bad(message: impl Into<String>) -> OipError {
+    OipError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// The raw values of every row, by feature name.
+fn rows_of(request: &InferRequest, loaded: &Loaded) -> Result<Vec<Vec<(String, Json)>>, OipError> {
+    let features: Vec<&str> = loaded
+        .artifact
+        .transforms
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let tensors: Vec<(&Tensor, Vec<Json>)> = request
+        .inputs
+        .iter()
+        .map(|t| {
+            let mut values = Vec::new();
+            flatten(&t.data, &mut values);
+            (t, values)
+        })
+        .collect();
+    if tensors.is_empty() {
+        return Err(bad("the request has no inputs"));
+    }
+    // One tensor holding every feature as columns.
+    if let [(tensor, values)] = tensors.as_slice()
+        && !features.contains(&tensor.name.as_str())
+        && tensor.shape.len() == 2
+    {
+        let columns = features.len();
+        if tensor.shape[1] as usize != columns {
+            return Err(bad(format!(
+                "input {:?}: shape {:?} should be [rows, {columns}] (columns: {})",
+                tensor.name,
+                tensor.shape,
+                features.join(", ")
+            )));
+        }
+        if values.len() != tensor.shape[0].max(0) as usize * columns {
+            return Err(bad(format!(
+                "input {:?}: {} values do not fill shape {:?}",
+                tensor.name,
+                values.len(),
+                tensor.shape
+            )));
+        }
+        return Ok(values
+            .chunks(columns.max(1))
+            .map(|row| {
+                features
+                    .iter()
+                    .zip(row)
+                    .map(|(f, v)| ((*f).to_owned(), v.clone()))
+                    .collect()
+            })
+            .collect());
+    }
+    // One tensor per feature.
+    let mut rows: Option<usize> = None;
+    for (tensor, values) in &tensors {
+        if !features.contains(&tensor.name.as_str()) {
+            return Err(bad(format!(
+                "unknown input {:?}: the model takes {} (or one [rows, {}] tensor of them)",
+                tensor.name,
+                features.join(", "),
+                features.len()
+            )));
+        }
+        let declared: i64 = tensor.shape.iter().product();
+        if declared < 0 || declared as usize != values.len() {
+            return Err(bad(format!(
+                "input {:?}: {} values do not fill shape {:?}",
+                tensor.name,
+                values.len(),
+                tensor.shape
+            )));
+        }
+        match rows {
+            Some(n) if n != values.len() => {
+                return Err(bad(format!(
+                    "input {:?} has {} rows, the others {n}",
+                    tensor.name,
+                    values.len()
+                )));
+            }
+            _ => rows = Some(values.len()),
+        }
+    }
+    let rows = rows.unwrap_or(0);
+    Ok((0..rows)
+        .map(|r| {
+            tensors
+                .iter()
+                .map(|(t, values)| (t.name.clone(), values[r].clone()))
+                .collect()
+        })
+        .collect())
+}
+
+/// Which version answers: the canary for the share of ids its percentage covers.
+fn route(
+    deployments: &Deployments,
+    name: &str,
+    request: &InferRequest,
+) -> Result<(Arc<Loaded>, &'static str), OipError> {
+    let deployment = deployments.get(name).ok_or_else(|| not_found(name))?;
+    if let Some((canary, percent)) = &deployment.canary {
+        let key = request
+            .parameters
+            .as_ref()
+            .and_then(|p| p["entity_id"].as_str().map(str::to_owned))
+            .or_else(|| request.id.clone());
+        let in_canary = match key {
+            Some(key) => bucket(&key) < percent * 100.0,
+            None => false,
+        };
+        if in_canary || deployment.production.is_none() {
+            return Ok((canary.clone(), "canary"));
+        }
+    }
+    deployment
+        .production
+        .map(|p| (p, "production"))
+        .ok_or_else(|| not_found(name))
+}
+
+/// A stable bucket in [0, 10000) for `key`.
+fn bucket(key: &str) -> f64 {
+    let digest = Sha256::digest(key.as_bytes());
+    (u64::from_be_bytes(digest[..8].try_into().unwrap_or_default()) % 10_000) as f64
+}
+
+fn score(
+    name: &str,
+    request: &InferRequest,
+    loaded: &Loaded,
+    role: &str,
+) -> Result<Json, OipError> {
+    let rows = rows_of(request, loaded)?;
+    let width = loaded.artifact.features.len();
+    let mut inputs = Array2::<f64>::zeros((rows.len(), width));
+    for (r, row) in rows.iter().enumerate() {
+        let vector = loaded
+            .artifact
+            .inputs(|feature| {
+                row.iter()
+                    .find(|(n, _)| n == feature)
+                    .map(|(_, v)| v.clone())
+            })
+            .map_err(|e| bad(format!("row {r}: {e}")))?;
+        for (c, value) in vector.into_iter().enumerate() {
+            inputs[[r, c]] = value;
+        }
+    }
+    let n = rows.len();
+    let outputs = match loaded.artifact.task.as_str() {
+        "multiclass_classification" => {
+            let classes = &loaded.artifact.classes;
+            let probabilities = loaded.model.probabilities(inputs.view(), classes.len());
+            let labels: Vec<&str> = mlops_ml::model::most_likely(&probabilities)
+                .into_iter()
+                .map(|c| classes.get(c).map_or("", String::as_str))
+                .collect();
+            vec![
+                json!({"name": "probabilities", "datatype": "FP64",
+                       "shape": [n, probabilities.ncols()],
+                       "data": probabilities.iter().copied().collect::<Vec<f64>>()}),
+                json!({"name": "label", "datatype": "BYTES", "shape": [n], "data": labels}),
+            ]
+        }
+        "regression" => {
+            let predictions = loaded.model.scores(inputs.view());
+            vec![
+                json!({"name": "prediction", "datatype": "FP64", "shape": [n], "data": predictions}),
+            ]
+        }
+        _ => {
+            let probabilities = loaded.model.scores(inputs.view());
+            let labels: Vec<i64> = probabilities.iter().map(|p| i64::from(*p >= 0.5)).collect();
+            vec![
+                json!({"name": "probability", "datatype": "FP64", "shape": [n], "data": probabilities}),
+                json!({"name": "label", "datatype": "INT64", "shape": [n], "data": labels}),
+            ]
+        }
+    };
+    let mut response = json!({
+        "model_name": name,
+        "model_version": loaded.version.to_string(),
+        "parameters": {"role": role},
+        "outputs": outputs,
+    });
+    if let Some(id) = &request.id {
+        response["id"] = json!(id);
+    }
+    Ok(response)
+}
+
+fn parse(body: &Bytes) -> Result<InferRequest, OipError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("not an inference request: {e}")))
+}
+
+async fn infer(
+    State(deployments): State<Arc<Deployments>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Body<Json>, OipError> {
+    let request = parse(&body)?;
+    let (loaded, role) = route(&deployments, &name, &request)?;
+    score(&name, &request, &loaded, role).map(Body)
+}
+
+async fn infer_version(
+    State(deployments): State<Arc<Deployments>>,
+    Path((name, version)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Body<Json>, OipError> {
+    let request = parse(&body)?;
+    let number = version_number(&version)?;
+    let deployment = deployments.get(&name).ok_or_else(|| not_found(&name))?;
+    let role = if deployment
+        .production
+        .as_ref()
+        .is_some_and(|p| p.version == number)
+    {
+        "production"
+    } else {
+        "canary"
+    };
+    let loaded = deployment.version(number).ok_or_else(|| {
+        OipError(
+            StatusCode::NOT_FOUND,
+            format!("version {version} of {name:?} is not served"),
+        )
+    })?;
+    score(&name, &request, &loaded, role).map(Body)
+}

@@ -1,0 +1,356 @@
+//! The serving service through the Open Inference Protocol: versions loaded from the
+//! registry (verified), raw features through the artifact's own transforms, the
+//! protocol's tensor and error shapes, sticky canary routing, and versions swapped by
+//! `models.lifecycle` without a failed request.
+
+// Tests drive the services from outside, as a user would: plain tasks and clients.
+#![allow(clippy::disallowed_methods)]
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mlops_integration_tests::{TestRegistry, TestService, eventually};
+use mlops_ml::{
+    EncodeState, FittedState, ModelArtifact, ScaleState,
+    transforms::{Encode, Scale},
+};
+use mlops_testkit::unique;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use training::trainer::{Algorithm, Examples, fit};
+
+/// Amount z-scored around 50 (spread 10) and currency one-hot: big amounts are positive.
+fn transforms() -> Vec<(String, FittedState)> {
+    vec![
+        (
+            "amount".into(),
+            FittedState {
+                scale: Some(ScaleState {
+                    kind: Scale::Zscore,
+                    center: 50.0,
+                    spread: 10.0,
+                }),
+                ..FittedState::default()
+            },
+        ),
+        (
+            "currency".into(),
+            FittedState {
+                encode: Some(EncodeState {
+                    kind: Encode::Onehot,
+                    categories: vec!["EUR".into(), "USD".into()],
+                }),
+                ..FittedState::default()
+            },
+        ),
+    ]
+}
+
+/// A logistic regression fitted on transformed rows; `flip` learns the opposite.
+fn artifact(model: &str, flip: bool) -> ModelArtifact {
+    let n = 200;
+    let inputs = ndarray::Array2::from_shape_fn((n, 3), |(r, c)| match c {
+        0 => (r as f64 / 2.0 - 50.0) / 10.0,
+        1 => f64::from(u8::from(r % 2 == 0)),
+        _ => f64::from(u8::from(r % 2 == 1)),
+    });
+    let labels = (0..n).map(|r| (r as f64 / 2.0 > 50.0) != flip).collect();
+    let params = [("alpha".to_owned(), 0.01)].into_iter().collect();
+    let fitted = fit(
+        Algorithm::LogisticRegression,
+        &params,
+        &Examples::binary(inputs, labels),
+    )
+    .unwrap();
+    ModelArtifact {
+        model_name: model.to_owned(),
+        algorithm: "logistic_regression".into(),
+        model: fitted.to_json(),
+        task: "binary_classification".into(),
+        classes: Vec::new(),
+        features: vec![
+            "amount".into(),
+            "currency__EUR".into(),
+            "currency__USD".into(),
+        ],
+        transforms: transforms(),
+        view: "spend".into(),
+        view_version: 1,
+        snapshot_id: "snap".into(),
+        metrics: Default::default(),
+        created_at: 0,
+    }
+}
+
+struct Setup {
+    _broker: mlops_testkit::TestBroker,
+    registry: TestRegistry,
+    http: Client,
+    model: String,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        mlops_testkit::init_logs();
+        let broker = mlops_testkit::tansu().await;
+        let registry = TestRegistry::start(&broker.bootstrap_servers, None).await;
+        Self {
+            _broker: broker,
+            registry,
+            http: Client::new(),
+            model: unique("fraud"),
+        }
+    }
+
+    async fn register(&self, flip: bool) -> Value {
+        let response = self
+            .http
+            .post(format!(
+                "{}/v1/models/{}/versions",
+                self.registry.url, self.model
+            ))
+            .json(
+                &json!({"artifact": artifact(&self.model, flip), "actor": "test",
+                          "reason": "passed the gate"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    async fn serving(&self) -> TestService {
+        let mut config = serving::default_config();
+        config.common.kafka.bootstrap_servers = self._broker.bootstrap_servers.clone();
+        config.common.schema_registry.url = self.registry.url.clone();
+        config.serving.registry_url = self.registry.url.clone();
+        let service =
+            TestService::run(|listener, cancel| serving::run(config, listener, cancel)).await;
+        let ready = format!("{}/v2/health/ready", service.url);
+        let http = self.http.clone();
+        eventually(Duration::from_secs(30), || {
+            let request = http.get(&ready).send();
+            async move { matches!(request.await, Ok(r) if r.status() == StatusCode::OK) }
+        })
+        .await
+        .expect("serving is ready");
+        service
+    }
+
+    async fn infer(&self, url: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{url}/v2/models/{}/infer", self.model))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn two_rows(id: &str) -> Value {
+    json!({"id": id, "inputs": [
+        {"name": "amount", "shape": [2], "datatype": "FP64", "data": [80.0, 20.0]},
+        {"name": "currency", "shape": [2], "datatype": "BYTES", "data": ["USD", "EUR"]}
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn infer_applies_the_artifacts_own_transforms_in_the_protocols_shapes() {
+    let s = Setup::start().await;
+    assert_eq!(s.register(false).await["stage"], "production");
+    let serving = s.serving().await;
+
+    let metadata: Value = s
+        .http
+        .get(format!("{}/v2/models/{}", serving.url, s.model))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["versions"], json!(["1"]), "{metadata}");
+    let inputs: Vec<&str> = metadata["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(inputs, ["amount", "currency"]);
+
+    let (status, answer) = s.infer(&serving.url, &two_rows("r-1")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (
+            &answer["model_version"],
+            &answer["id"],
+            &answer["parameters"]["role"]
+        ),
+        (&json!("1"), &json!("r-1"), &json!("production"))
+    );
+    // The served vectors are the training rows: z-scored amount, one-hot currency.
+    let fitted: mlops_ml::model::Model =
+        serde_json::from_value(artifact(&s.model, false).model).unwrap();
+    let expected = fitted.scores(ndarray::array![[3.0, 0.0, 1.0], [-3.0, 1.0, 0.0]].view());
+    let probability = &answer["outputs"][0];
+    assert_eq!(probability["name"], "probability");
+    assert_eq!(probability["shape"], json!([2]));
+    let served: Vec<f64> = serde_json::from_value(probability["data"].clone()).unwrap();
+    for (served, expected) in served.iter().zip(&expected) {
+        // The same computation; the JSON round trip of the model may move the last bit.
+        assert!((served - expected).abs() < 1e-12, "{served} vs {expected}");
+    }
+    assert!(served[0] > 0.99 && served[1] < 0.01, "{served:?}");
+    assert_eq!(answer["outputs"][1]["data"], json!([1, 0]));
+
+    // The same rows as one [rows, features] tensor.
+    let (status, matrix) = s
+        .infer(
+            &serving.url,
+            &json!({"inputs": [{"name": "input", "shape": [2, 2], "datatype": "BYTES",
+                                "data": [[80.0, "USD"], [20.0, "EUR"]]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{matrix}");
+    assert_eq!(matrix["outputs"][0]["data"], probability["data"]);
+
+    // The protocol's own error shape.
+    let (status, refused) = s
+        .infer(
+            &serving.url,
+            &json!({"inputs": [{"name": "balance", "shape": [1], "datatype": "FP64", "data": [1]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown input \"balance\""),
+        "{refused}"
+    );
+    let missing = s
+        .http
+        .post(format!("{}/v2/models/nothing/infer", serving.url))
+        .json(&two_rows("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert!(missing.json::<Value>().await.unwrap()["error"].is_string());
+    mlops_integration_tests::assert_routes_served(&s.http, &serving.url, serving::oip::ROUTES)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_is_sticky_and_a_promotion_swaps_versions_without_a_failed_request() {
+    let s = Arc::new(Setup::start().await);
+    s.register(false).await;
+    let serving = s.serving().await;
+
+    // Requests without pause through everything that follows.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (s, stop, failures, url) = (
+            s.clone(),
+            stop.clone(),
+            failures.clone(),
+            serving.url.clone(),
+        );
+        tokio::spawn(async move {
+            let mut versions = BTreeSet::new();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, answer) = s.infer(&url, &two_rows(&format!("load-{sent}"))).await;
+                if status == StatusCode::OK {
+                    versions.insert(answer["model_version"].as_str().unwrap().to_owned());
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                sent += 1;
+            }
+            (versions, sent)
+        })
+    };
+
+    // v2 enters canary at 10 %: ids in its share go to it, always the same ones.
+    assert_eq!(s.register(true).await["stage"], "canary");
+    let version_for = |id: String| {
+        let s = s.clone();
+        let url = serving.url.clone();
+        async move { s.infer(&url, &two_rows(&id)).await.1["model_version"].clone() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let canary_id = loop {
+        let ids: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+        let mut found = None;
+        for id in &ids {
+            if version_for(id.clone()).await == "2" {
+                found = Some(id.clone());
+                break;
+            }
+        }
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no request reached the canary");
+    };
+    for _ in 0..5 {
+        assert_eq!(version_for(canary_id.clone()).await, "2", "sticky");
+    }
+    let mut in_canary = 0;
+    for i in 0..400 {
+        if version_for(format!("share-{i}")).await == "2" {
+            in_canary += 1;
+        }
+    }
+    assert!(
+        (20..=70).contains(&in_canary),
+        "{in_canary} of 400 in a 10% canary"
+    );
+
+    // Promotion: every answer comes from v2, and no request failed on the way.
+    let promoted = s
+        .http
+        .post(format!(
+            "{}/v1/models/{}/versions/2/transitions",
+            s.registry.url, s.model
+        ))
+        .json(&json!({"stage": "production", "reason": "canary won", "actor": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(promoted.status(), StatusCode::OK);
+    eventually(Duration::from_secs(60), || {
+        let probe = version_for("anyone".into());
+        async move { probe.await == "2" }
+    })
+    .await
+    .expect("v2 serves everyone after its promotion");
+    stop.store(true, Ordering::Relaxed);
+    let (versions, sent) = load.await.unwrap();
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {sent} requests");
+    assert!(versions.contains("2"), "{versions:?} over {sent} requests");
+
+    // A restarted instance serves what the registry says at once.
+    serving.stop().await;
+    let again = s.serving().await;
+    assert_eq!(version_for_at(&s, &again.url, "after-restart").await, "2");
+    let (_, answer) = s.infer(&again.url, &two_rows("after-restart")).await;
+    assert_eq!(answer["parameters"]["role"], "production");
+}
+
+async fn version_for_at(s: &Setup, url: &str, id: &str) -> Value {
+    s.infer(url, &two_rows(id)).await.1["model_version"].clone()
+}
