@@ -213,6 +213,36 @@ async fn infer_applies_the_artifacts_own_transforms_in_the_protocols_shapes() {
     assert!(served[0] > 0.99 && served[1] < 0.01, "{served:?}");
     assert_eq!(answer["outputs"][1]["data"], json!([1, 0]));
 
+    // Each row's prediction is logged to predictions.<model>, with its raw numeric values
+    // and its categorical inputs.
+    let codec = mlops_schema::AvroCodec::new(&s.registry.url).unwrap();
+    let records = mlops_integration_tests::read_topic(
+        &s._broker.bootstrap_servers,
+        &mlops_events::topics::predictions(&s.model),
+        2,
+    )
+    .await;
+    let mut logged = Vec::new();
+    for record in &records {
+        let payload = rdkafka::Message::payload(record).unwrap();
+        logged.push(
+            codec
+                .decode::<mlops_events::PredictionLog>(payload)
+                .await
+                .unwrap(),
+        );
+    }
+    logged.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    assert_eq!(logged[0].request_id, "r-1#0");
+    assert_eq!(logged[0].model_version, 1);
+    assert_eq!(logged[0].role, mlops_events::ServingRole::Production);
+    assert_eq!(logged[0].features["amount"], 80.0);
+    assert_eq!(logged[0].features["currency__USD"], 1.0);
+    assert_eq!(logged[0].features["currency__EUR"], 0.0);
+    assert_eq!(logged[0].output, served[0]);
+    assert_eq!(logged[0].predicted_label.as_deref(), Some("1"));
+    assert!(logged[0].latency_us > 0);
+
     // The same rows as one [rows, features] tensor.
     let (status, matrix) = s
         .infer(

@@ -2,11 +2,13 @@
 //! canary, over the Open Inference Protocol v2 (`oip`). It rebuilds what it serves from
 //! the registry at start and follows `models.lifecycle` from then on (`deployments`,
 //! `lifecycle`), verifying every artifact before it loads it and swapping versions without
-//! failing a request.
+//! failing a request. Every answer is logged to `predictions.<model>` off the request path
+//! (`predictions`).
 
 pub mod deployments;
 pub mod lifecycle;
 pub mod oip;
+pub mod predictions;
 
 use std::{sync::Arc, time::Duration};
 
@@ -87,11 +89,22 @@ pub async fn run(
     let codec = Arc::new(common.schema_registry.codec()?);
     let producer = Producer::new(&common.kafka, codec.clone())?;
 
-    let admin =
-        mlops_runtime::AdminState::new(SERVICE, Default::default(), common.readiness_checks());
-    let router = admin.with_http_telemetry(oip::router(deployments.clone()).merge(admin.router()));
-
     let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let (logger, drain) = predictions::PredictionLogger::new(
+        &mut metrics,
+        producer.clone(),
+        common.kafka.clone(),
+        tasks.token(),
+    );
+    tasks.spawn("prediction-log", drain);
+    let admin = mlops_runtime::AdminState::new(SERVICE, metrics, common.readiness_checks());
+    let serving = Arc::new(oip::Serving {
+        deployments: deployments.clone(),
+        logger,
+    });
+    let router = admin.with_http_telemetry(oip::router(serving).merge(admin.router()));
+
     let group = if settings.lifecycle_group.is_empty() {
         format!("serving-{}", mlops_events::new_id())
     } else {

@@ -26,7 +26,16 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
-use crate::deployments::{Deployments, Loaded};
+use crate::{
+    deployments::{Deployments, Loaded},
+    predictions::PredictionLogger,
+};
+
+/// What the handlers share.
+pub struct Serving {
+    pub deployments: Arc<Deployments>,
+    pub logger: PredictionLogger,
+}
 
 /// Every route of the inference API and the role it requires. The health endpoints
 /// (`/v2/health/live`, `/v2/health/ready`) stay open, like `/healthz`.
@@ -42,7 +51,7 @@ pub const ROUTES: &[Route] = &[
     ),
 ];
 
-pub fn router(deployments: Arc<Deployments>) -> Router {
+pub fn router(serving: Arc<Serving>) -> Router {
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -57,7 +66,7 @@ pub fn router(deployments: Arc<Deployments>) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_version),
         )
-        .with_state(deployments)
+        .with_state(serving)
 }
 
 /// The protocol's error: a status and `{"error": "..."}`.
@@ -80,8 +89,8 @@ async fn live() -> Body<Json> {
     Body(json!({"live": true}))
 }
 
-async fn ready(State(deployments): State<Arc<Deployments>>) -> Response {
-    if deployments.is_ready() {
+async fn ready(State(serving): State<Arc<Serving>>) -> Response {
+    if serving.deployments.is_ready() {
         Body(json!({"ready": true})).into_response()
     } else {
         (
@@ -134,10 +143,13 @@ fn describe(name: &str, versions: &[String], loaded: &Loaded) -> Json {
 }
 
 async fn metadata(
-    State(deployments): State<Arc<Deployments>>,
+    State(serving): State<Arc<Serving>>,
     Path(name): Path<String>,
 ) -> Result<Body<Json>, OipError> {
-    let deployment = deployments.get(&name).ok_or_else(|| not_found(&name))?;
+    let deployment = serving
+        .deployments
+        .get(&name)
+        .ok_or_else(|| not_found(&name))?;
     let mut versions: Vec<String> = Vec::new();
     for loaded in deployment
         .production
@@ -155,10 +167,13 @@ async fn metadata(
 }
 
 async fn model_ready(
-    State(deployments): State<Arc<Deployments>>,
+    State(serving): State<Arc<Serving>>,
     Path(name): Path<String>,
 ) -> Result<Body<Json>, OipError> {
-    let deployment = deployments.get(&name).ok_or_else(|| not_found(&name))?;
+    let deployment = serving
+        .deployments
+        .get(&name)
+        .ok_or_else(|| not_found(&name))?;
     if deployment.production.is_none() && deployment.canary.is_none() {
         return Err(not_found(&name));
     }
@@ -175,11 +190,12 @@ fn version_number(text: &str) -> Result<i64, OipError> {
 }
 
 async fn version_metadata(
-    State(deployments): State<Arc<Deployments>>,
+    State(serving): State<Arc<Serving>>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Body<Json>, OipError> {
     let number = version_number(&version)?;
-    let loaded = deployments
+    let loaded = serving
+        .deployments
         .get(&name)
         .and_then(|d| d.version(number))
         .ok_or_else(|| {
@@ -349,10 +365,12 @@ fn bucket(key: &str) -> f64 {
 }
 
 fn score(
+    serving: &Serving,
     name: &str,
     request: &InferRequest,
     loaded: &Loaded,
     role: &str,
+    started: std::time::Instant,
 ) -> Result<Json, OipError> {
     let rows = rows_of(request, loaded)?;
     let width = loaded.artifact.features.len();
@@ -371,14 +389,20 @@ fn score(
         }
     }
     let n = rows.len();
+    // Each row's answer for the log: (score, label).
+    let mut logged: Vec<(f64, Option<String>)> = Vec::with_capacity(n);
     let outputs = match loaded.artifact.task.as_str() {
         "multiclass_classification" => {
             let classes = &loaded.artifact.classes;
             let probabilities = loaded.model.probabilities(inputs.view(), classes.len());
-            let labels: Vec<&str> = mlops_ml::model::most_likely(&probabilities)
-                .into_iter()
-                .map(|c| classes.get(c).map_or("", String::as_str))
+            let likely = mlops_ml::model::most_likely(&probabilities);
+            let labels: Vec<&str> = likely
+                .iter()
+                .map(|&c| classes.get(c).map_or("", String::as_str))
                 .collect();
+            for (r, (&c, label)) in likely.iter().zip(&labels).enumerate() {
+                logged.push((probabilities[[r, c]], Some((*label).to_owned())));
+            }
             vec![
                 json!({"name": "probabilities", "datatype": "FP64",
                        "shape": [n, probabilities.ncols()],
@@ -388,6 +412,7 @@ fn score(
         }
         "regression" => {
             let predictions = loaded.model.scores(inputs.view());
+            logged.extend(predictions.iter().map(|p| (*p, None)));
             vec![
                 json!({"name": "prediction", "datatype": "FP64", "shape": [n], "data": predictions}),
             ]
@@ -395,12 +420,21 @@ fn score(
         _ => {
             let probabilities = loaded.model.scores(inputs.view());
             let labels: Vec<i64> = probabilities.iter().map(|p| i64::from(*p >= 0.5)).collect();
+            logged.extend(
+                probabilities
+                    .iter()
+                    .zip(&labels)
+                    .map(|(p, l)| (*p, Some(l.to_string()))),
+            );
             vec![
                 json!({"name": "probability", "datatype": "FP64", "shape": [n], "data": probabilities}),
                 json!({"name": "label", "datatype": "INT64", "shape": [n], "data": labels}),
             ]
         }
     };
+    log(
+        serving, name, request, loaded, role, &rows, &logged, started,
+    );
     let mut response = json!({
         "model_name": name,
         "model_version": loaded.version.to_string(),
@@ -413,28 +447,94 @@ fn score(
     Ok(response)
 }
 
+/// One `PredictionLog` per row, queued off the request path. Features: numeric raw values
+/// by name, and a categorical feature's encoded inputs (e.g. `currency__EUR`).
+#[allow(clippy::too_many_arguments)]
+fn log(
+    serving: &Serving,
+    name: &str,
+    request: &InferRequest,
+    loaded: &Loaded,
+    role: &str,
+    rows: &[Vec<(String, Json)>],
+    answers: &[(f64, Option<String>)],
+    started: std::time::Instant,
+) {
+    let latency = started.elapsed().as_micros() as i64;
+    let id = request.id.clone().unwrap_or_else(mlops_events::new_id);
+    let entity = request
+        .parameters
+        .as_ref()
+        .and_then(|p| p["entity_id"].as_str().map(str::to_owned));
+    let role = match role {
+        "canary" => mlops_events::ServingRole::Canary,
+        "shadow" => mlops_events::ServingRole::Shadow,
+        _ => mlops_events::ServingRole::Production,
+    };
+    for (r, (row, (output, label))) in rows.iter().zip(answers).enumerate() {
+        let mut features = std::collections::HashMap::new();
+        for (feature, state) in &loaded.artifact.transforms {
+            let raw = row
+                .iter()
+                .find(|(n, _)| n == feature)
+                .map_or(Json::Null, |(_, v)| v.clone());
+            if state.encode.is_some() {
+                for (input, value) in mlops_ml::apply_row(feature, state, &raw) {
+                    if let Some(v) = value.as_f64() {
+                        features.insert(input, v);
+                    }
+                }
+            } else if let Some(v) = raw.as_f64() {
+                features.insert(feature.clone(), v);
+            }
+        }
+        serving.logger.log(mlops_events::PredictionLog {
+            request_id: if rows.len() == 1 {
+                id.clone()
+            } else {
+                format!("{id}#{r}")
+            },
+            entity_id: entity.clone(),
+            model_name: name.to_owned(),
+            model_version: loaded.version as i32,
+            role,
+            features,
+            output: *output,
+            predicted_label: label.clone(),
+            latency_us: latency,
+            predicted_at: mlops_events::now_millis(),
+            trace_id: None,
+        });
+    }
+}
+
 fn parse(body: &Bytes) -> Result<InferRequest, OipError> {
     serde_json::from_slice(body).map_err(|e| bad(format!("not an inference request: {e}")))
 }
 
 async fn infer(
-    State(deployments): State<Arc<Deployments>>,
+    State(serving): State<Arc<Serving>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Body<Json>, OipError> {
+    let started = std::time::Instant::now();
     let request = parse(&body)?;
-    let (loaded, role) = route(&deployments, &name, &request)?;
-    score(&name, &request, &loaded, role).map(Body)
+    let (loaded, role) = route(&serving.deployments, &name, &request)?;
+    score(&serving, &name, &request, &loaded, role, started).map(Body)
 }
 
 async fn infer_version(
-    State(deployments): State<Arc<Deployments>>,
+    State(serving): State<Arc<Serving>>,
     Path((name, version)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Body<Json>, OipError> {
+    let started = std::time::Instant::now();
     let request = parse(&body)?;
     let number = version_number(&version)?;
-    let deployment = deployments.get(&name).ok_or_else(|| not_found(&name))?;
+    let deployment = serving
+        .deployments
+        .get(&name)
+        .ok_or_else(|| not_found(&name))?;
     let role = if deployment
         .production
         .as_ref()
@@ -450,5 +550,5 @@ async fn infer_version(
             format!("version {version} of {name:?} is not served"),
         )
     })?;
-    score(&name, &request, &loaded, role).map(Body)
+    score(&serving, &name, &request, &loaded, role, started).map(Body)
 }
