@@ -18,6 +18,7 @@ use mlops_integration_tests::{
 use mlops_kafka::{OwnedHeaders, Producer};
 use mlops_schema::AvroCodec;
 use mlops_testkit::unique;
+use polars::prelude::IntoLazy;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -429,4 +430,94 @@ async fn a_burst_of_fifty_drift_requests_is_one_run_listing_them_all() {
     let trial = &runs[0]["trials"][0];
     assert_eq!(trial["folds"].as_array().unwrap().len(), 1, "{trial}");
     assert_eq!(trial["folds"][0], trial["metrics"], "{trial}");
+}
+
+/// No training/serving skew: the vector serving feeds the model for an entity is the
+/// training-set row of that entity's event, value for value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_served_input_vector_is_the_training_row_of_the_same_event() {
+    let p = Platform::start().await;
+    let view = p.labelled_spend().await;
+    let training = p.training(0).await;
+    let model = unique("big-spender");
+    declare(&p, &training, good_spec(&model, &view)).await;
+    let run = manual_run(&p, &training, &model).await;
+    assert_eq!(run["registered_version"], 1, "{run}");
+
+    let mut config = serving::default_config();
+    config.common.kafka.bootstrap_servers = p.broker.bootstrap_servers.clone();
+    config.common.schema_registry.url = p.registry.url.clone();
+    config.serving.registry_url = p.registry.url.clone();
+    config.serving.feature_url = p.feature.url.clone();
+    config.serving.feature_timeout_ms = 2_000;
+    let serving = TestService::run(|listener, cancel| serving::run(config, listener, cancel)).await;
+    let predict = |body: Value| {
+        let http = p.http.clone();
+        let url = format!("{}/v1/models/{model}:predict", serving.url);
+        async move {
+            let response = http.post(url).json(&body).send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let served = loop {
+        let (status, body) = predict(json!({"entity_id": "c38"})).await;
+        if status == StatusCode::OK {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (&served["version"], &served["role"]),
+        (&json!(1), &json!("production"))
+    );
+    assert!(
+        served["prediction"]["probability"].as_f64().unwrap() > 0.5,
+        "{served}"
+    );
+
+    let frame = p.snapshot_data(run["snapshot_id"].as_str().unwrap()).await;
+    let rows = frame
+        .clone()
+        .lazy()
+        .filter(polars::prelude::col("entity_id").eq(polars::prelude::lit("c38")))
+        .collect()
+        .unwrap();
+    assert_eq!(rows.height(), 1);
+    let inputs = served["inputs"].as_object().unwrap();
+    assert!(!inputs.is_empty());
+    for (name, value) in inputs {
+        let column = rows
+            .column(name)
+            .unwrap()
+            .cast(&polars::prelude::DataType::Float64)
+            .unwrap();
+        let trained = column.f64().unwrap().get(0).unwrap();
+        let served = value.as_f64().unwrap();
+        assert!(
+            (trained - served).abs() < 1e-9,
+            "{name}: trained on {trained}, served {served}"
+        );
+    }
+    // The same raw values given by name give the same answer.
+    let online: Value = p
+        .http
+        .get(format!(
+            "{}/v1/feature-views/{view}/entities/c38",
+            p.feature.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (status, by_name) = predict(json!({"features": online["features"]})).await;
+    assert_eq!(status, StatusCode::OK, "{by_name}");
+    assert_eq!(by_name["inputs"], served["inputs"]);
+    assert_eq!(by_name["prediction"], served["prediction"]);
+    let (status, unknown) = predict(json!({"entity_id": "nobody"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
 }

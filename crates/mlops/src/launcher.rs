@@ -146,7 +146,9 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
         }
         if service == "serving" {
             // Serving loads what the registry says is in production and canary.
-            command.env("MLOPS__SERVING__REGISTRY_URL", layout.url("registry"));
+            command
+                .env("MLOPS__SERVING__REGISTRY_URL", layout.url("registry"))
+                .env("MLOPS__SERVING__FEATURE_URL", layout.url("feature"));
         }
         services.push(supervise(service, command, None, &logs));
         println!("mlops: {service:<11} {}", layout.url(service));

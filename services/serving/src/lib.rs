@@ -8,6 +8,7 @@
 pub mod deployments;
 pub mod lifecycle;
 pub mod oip;
+pub mod predict;
 pub mod predictions;
 
 use std::{sync::Arc, time::Duration};
@@ -32,6 +33,11 @@ pub struct Settings {
     /// Consumer group of `models.lifecycle`: every instance needs every event, so each has
     /// a group of its own (a fresh one per start when empty).
     pub lifecycle_group: String,
+    /// Base URL of the feature service, whose online store answers predictions asked for
+    /// by entity id.
+    pub feature_url: String,
+    /// Bound on that lookup.
+    pub feature_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -39,6 +45,8 @@ impl Default for Settings {
         Self {
             registry_url: format!("http://127.0.0.1:{}", mlops_service::ports::REGISTRY),
             lifecycle_group: String::new(),
+            feature_url: format!("http://127.0.0.1:{}", mlops_service::ports::FEATURE),
+            feature_timeout_ms: 250,
         }
     }
 }
@@ -84,7 +92,7 @@ pub async fn run(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let registry = mlops_ml::registry::RegistryClient::new(http, &settings.registry_url);
+    let registry = mlops_ml::registry::RegistryClient::new(http.clone(), &settings.registry_url);
     let deployments = Arc::new(deployments::Deployments::new(registry));
     let codec = Arc::new(common.schema_registry.codec()?);
     let producer = Producer::new(&common.kafka, codec.clone())?;
@@ -102,6 +110,11 @@ pub async fn run(
     let serving = Arc::new(oip::Serving {
         deployments: deployments.clone(),
         logger,
+        online: predict::OnlineFeatures {
+            http,
+            feature_url: settings.feature_url.trim_end_matches('/').to_owned(),
+            timeout: Duration::from_millis(settings.feature_timeout_ms),
+        },
     });
     let router = admin.with_http_telemetry(oip::router(serving).merge(admin.router()));
 

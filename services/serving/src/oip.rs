@@ -35,9 +35,10 @@ use crate::{
 pub struct Serving {
     pub deployments: Arc<Deployments>,
     pub logger: PredictionLogger,
+    pub online: crate::predict::OnlineFeatures,
 }
 
-/// Every route of the inference API and the role it requires. The health endpoints
+/// Every route of the serving API (OIP and `:predict`) and the role it requires. The health endpoints
 /// (`/v2/health/live`, `/v2/health/ready`) stay open, like `/healthz`.
 pub const ROUTES: &[Route] = &[
     Route::new("GET", "/v2/models/{name}", Role::Reader),
@@ -49,6 +50,8 @@ pub const ROUTES: &[Route] = &[
         "/v2/models/{name}/versions/{version}/infer",
         Role::Reader,
     ),
+    // Served by the `{name}` route, which reads the verb.
+    Route::new("POST", "/v1/models/{name}:predict", Role::Reader),
 ];
 
 pub fn router(serving: Arc<Serving>) -> Router {
@@ -66,6 +69,7 @@ pub fn router(serving: Arc<Serving>) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_version),
         )
+        .route("/v1/models/{name}", post(crate::predict::model_verb))
         .with_state(serving)
 }
 
@@ -337,25 +341,32 @@ fn route(
     name: &str,
     request: &InferRequest,
 ) -> Result<(Arc<Loaded>, &'static str), OipError> {
-    let deployment = deployments.get(name).ok_or_else(|| not_found(name))?;
+    let key = entity_of(request).or_else(|| request.id.clone());
+    route_by(deployments, name, key.as_deref()).ok_or_else(|| not_found(name))
+}
+
+fn entity_of(request: &InferRequest) -> Option<String> {
+    request
+        .parameters
+        .as_ref()
+        .and_then(|p| p["entity_id"].as_str().map(str::to_owned))
+}
+
+/// The version that answers for `key` (an entity or request id): the canary when the key's
+/// stable bucket falls within its share, production otherwise.
+pub fn route_by(
+    deployments: &Deployments,
+    name: &str,
+    key: Option<&str>,
+) -> Option<(Arc<Loaded>, &'static str)> {
+    let deployment = deployments.get(name)?;
     if let Some((canary, percent)) = &deployment.canary {
-        let key = request
-            .parameters
-            .as_ref()
-            .and_then(|p| p["entity_id"].as_str().map(str::to_owned))
-            .or_else(|| request.id.clone());
-        let in_canary = match key {
-            Some(key) => bucket(&key) < percent * 100.0,
-            None => false,
-        };
+        let in_canary = key.is_some_and(|key| bucket(key) < percent * 100.0);
         if in_canary || deployment.production.is_none() {
-            return Ok((canary.clone(), "canary"));
+            return Some((canary.clone(), "canary"));
         }
     }
-    deployment
-        .production
-        .map(|p| (p, "production"))
-        .ok_or_else(|| not_found(name))
+    deployment.production.map(|p| (p, "production"))
 }
 
 /// A stable bucket in [0, 10000) for `key`.
@@ -373,6 +384,36 @@ fn score(
     started: std::time::Instant,
 ) -> Result<Json, OipError> {
     let rows = rows_of(request, loaded)?;
+    let (outputs, logged, _) = answer(loaded, &rows).map_err(bad)?;
+    log(
+        serving,
+        name,
+        (request.id.clone(), entity_of(request)),
+        loaded,
+        role,
+        &rows,
+        &logged,
+        started,
+    );
+    let mut response = json!({
+        "model_name": name,
+        "model_version": loaded.version.to_string(),
+        "parameters": {"role": role},
+        "outputs": outputs,
+    });
+    if let Some(id) = &request.id {
+        response["id"] = json!(id);
+    }
+    Ok(response)
+}
+
+/// The protocol's output tensors for `rows` of raw values, each row's (score, label) for
+/// the log, and the model inputs the rows became (through the artifact's transforms).
+#[allow(clippy::type_complexity)]
+pub fn answer(
+    loaded: &Loaded,
+    rows: &[Vec<(String, Json)>],
+) -> Result<(Vec<Json>, Vec<(f64, Option<String>)>, Array2<f64>), String> {
     let width = loaded.artifact.features.len();
     let mut inputs = Array2::<f64>::zeros((rows.len(), width));
     for (r, row) in rows.iter().enumerate() {
@@ -383,7 +424,7 @@ fn score(
                     .find(|(n, _)| n == feature)
                     .map(|(_, v)| v.clone())
             })
-            .map_err(|e| bad(format!("row {r}: {e}")))?;
+            .map_err(|e| format!("row {r}: {e}"))?;
         for (c, value) in vector.into_iter().enumerate() {
             inputs[[r, c]] = value;
         }
@@ -432,28 +473,16 @@ fn score(
             ]
         }
     };
-    log(
-        serving, name, request, loaded, role, &rows, &logged, started,
-    );
-    let mut response = json!({
-        "model_name": name,
-        "model_version": loaded.version.to_string(),
-        "parameters": {"role": role},
-        "outputs": outputs,
-    });
-    if let Some(id) = &request.id {
-        response["id"] = json!(id);
-    }
-    Ok(response)
+    Ok((outputs, logged, inputs))
 }
 
 /// One `PredictionLog` per row, queued off the request path. Features: numeric raw values
 /// by name, and a categorical feature's encoded inputs (e.g. `currency__EUR`).
 #[allow(clippy::too_many_arguments)]
-fn log(
+pub fn log(
     serving: &Serving,
     name: &str,
-    request: &InferRequest,
+    (id, entity): (Option<String>, Option<String>),
     loaded: &Loaded,
     role: &str,
     rows: &[Vec<(String, Json)>],
@@ -461,11 +490,7 @@ fn log(
     started: std::time::Instant,
 ) {
     let latency = started.elapsed().as_micros() as i64;
-    let id = request.id.clone().unwrap_or_else(mlops_events::new_id);
-    let entity = request
-        .parameters
-        .as_ref()
-        .and_then(|p| p["entity_id"].as_str().map(str::to_owned));
+    let id = id.unwrap_or_else(mlops_events::new_id);
     let role = match role {
         "canary" => mlops_events::ServingRole::Canary,
         "shadow" => mlops_events::ServingRole::Shadow,

@@ -1,0 +1,186 @@
+//! `POST /v1/models/{name}:predict`: the platform's own prediction call, with named raw
+//! features or just an entity id. For an entity id the features are the entity's latest
+//! row in the online store, fetched from the feature service's lookup API with a tight
+//! timeout — one source of truth for online features, rather than a second copy of the
+//! view's state kept here. Either way the raw values go through the version's own fitted
+//! transforms, and the answer shows the input vector the model saw.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json as Body,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use mlops_service::ApiError;
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+
+use crate::oip::{Serving, answer, log, route_by};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    /// Raw feature values by name.
+    #[serde(default)]
+    features: Option<Map<String, Json>>,
+    /// The entity the prediction is about; its online features are used when `features`
+    /// is absent, and it keys canary routing.
+    #[serde(default)]
+    entity_id: Option<String>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+/// Where online features come from, and how long a lookup may take.
+#[derive(Debug, Clone)]
+pub struct OnlineFeatures {
+    pub http: reqwest::Client,
+    pub feature_url: String,
+    pub timeout: Duration,
+}
+
+impl OnlineFeatures {
+    async fn latest(
+        &self,
+        view: &str,
+        entity: &str,
+    ) -> Result<(Map<String, Json>, Json), ApiError> {
+        let url = format!(
+            "{}/v1/feature-views/{view}/entities/{entity}",
+            self.feature_url
+        );
+        let response = self
+            .http
+            .get(&url)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "features_unavailable",
+                    format!("the online store did not answer in {:?}: {e}", self.timeout),
+                )
+            })?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "entity_not_found",
+                format!("feature view {view:?} has no features for entity {entity:?}"),
+            ));
+        }
+        let body: Json = response
+            .error_for_status()
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "features_unavailable",
+                    e.to_string(),
+                )
+            })?
+            .json()
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "features_unavailable",
+                    e.to_string(),
+                )
+            })?;
+        let features = body["features"].as_object().cloned().unwrap_or_default();
+        Ok((features, body["event_time"].clone()))
+    }
+}
+
+/// `POST /v1/models/{name}:predict` (the only verb on a model here).
+pub async fn model_verb(
+    State(serving): State<Arc<Serving>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Body<Json>, ApiError> {
+    let started = std::time::Instant::now();
+    let Some(model) = name.strip_suffix(":predict") else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_verb",
+            format!("POST /v1/models/{name}: the model verbs are :predict"),
+        ));
+    };
+    let request: PredictRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("expected {{\"features\": {{...}}}} or {{\"entity_id\": ...}}: {e}"),
+        )
+    })?;
+    let key = request
+        .entity_id
+        .as_deref()
+        .or(request.request_id.as_deref());
+    let (loaded, role) = route_by(&serving.deployments, model, key).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_served",
+            format!("model {model:?} has no production or canary version"),
+        )
+    })?;
+    let (features, feature_time) = match (request.features, &request.entity_id) {
+        (Some(features), _) => (features, Json::Null),
+        (None, Some(entity)) => serving.online.latest(&loaded.artifact.view, entity).await?,
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "give `features` (raw values by name) or an `entity_id`",
+            ));
+        }
+    };
+    let row: Vec<(String, Json)> = features.into_iter().collect();
+    let rows = vec![row];
+    let (outputs, logged, inputs) = answer(&loaded, &rows).map_err(|reason| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_features", reason)
+    })?;
+    let request_id = request.request_id.unwrap_or_else(mlops_events::new_id);
+    log(
+        &serving,
+        model,
+        (Some(request_id.clone()), request.entity_id.clone()),
+        &loaded,
+        role,
+        &rows,
+        &logged,
+        started,
+    );
+    let prediction: Map<String, Json> = outputs
+        .iter()
+        .filter_map(|o| {
+            let name = o["name"].as_str()?.to_owned();
+            let value = match o["data"].as_array() {
+                Some(data) if o["shape"].as_array().is_some_and(|s| s.len() == 1) => {
+                    data.first().cloned().unwrap_or(Json::Null)
+                }
+                _ => o["data"].clone(),
+            };
+            Some((name, value))
+        })
+        .collect();
+    let vector: Map<String, Json> = loaded
+        .artifact
+        .features
+        .iter()
+        .zip(inputs.row(0).iter())
+        .map(|(name, value)| (name.clone(), json!(value)))
+        .collect();
+    Ok(Body(json!({
+        "model": model,
+        "version": loaded.version,
+        "role": role,
+        "request_id": request_id,
+        "entity_id": request.entity_id,
+        "prediction": prediction,
+        "inputs": vector,
+        "feature_time": feature_time,
+    })))
+}
