@@ -109,16 +109,23 @@ impl Setup {
     }
 
     async fn register(&self, flip: bool) -> Value {
+        self.register_at(flip, None).await
+    }
+
+    /// With `canary_percent` when it enters canary (0: a shadow).
+    async fn register_at(&self, flip: bool, canary_percent: Option<f64>) -> Value {
+        let mut body = json!({"artifact": artifact(&self.model, flip), "actor": "test",
+                              "reason": "passed the gate"});
+        if let Some(percent) = canary_percent {
+            body["canary_percent"] = json!(percent);
+        }
         let response = self
             .http
             .post(format!(
                 "{}/v1/models/{}/versions",
                 self.registry.url, self.model
             ))
-            .json(
-                &json!({"artifact": artifact(&self.model, flip), "actor": "test",
-                          "reason": "passed the gate"}),
-            )
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -383,4 +390,44 @@ async fn canary_is_sticky_and_a_promotion_swaps_versions_without_a_failed_reques
 
 async fn version_for_at(s: &Setup, url: &str, id: &str) -> Value {
     s.infer(url, &two_rows(id)).await.1["model_version"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shadow_scores_production_traffic_without_answering() {
+    let s = Setup::start().await;
+    s.register(false).await;
+    let shadow = s.register_at(true, Some(0.0)).await;
+    assert_eq!(
+        (&shadow["stage"], &shadow["canary_percent"]),
+        (&json!("canary"), &json!(0.0))
+    );
+    let serving = s.serving().await;
+    for i in 0..5 {
+        let (status, answer) = s.infer(&serving.url, &two_rows(&format!("s-{i}"))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            (&answer["model_version"], &answer["parameters"]["role"]),
+            (&json!("1"), &json!("production"))
+        );
+    }
+    // Ten rows answered by production, the same ten scored by the shadow.
+    let codec = mlops_schema::AvroCodec::new(&s.registry.url).unwrap();
+    let records = mlops_integration_tests::read_topic(
+        &s._broker.bootstrap_servers,
+        &mlops_events::topics::predictions(&s.model),
+        20,
+    )
+    .await;
+    let mut by_role: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for record in &records {
+        let log: mlops_events::PredictionLog = codec
+            .decode(rdkafka::Message::payload(record).unwrap())
+            .await
+            .unwrap();
+        let role = format!("{:?}/{}", log.role, log.model_version);
+        by_role.entry(role).or_default().insert(log.request_id);
+    }
+    assert_eq!(by_role.len(), 2, "{by_role:?}");
+    assert_eq!(by_role["Production/1"], by_role["Shadow/2"]);
+    assert_eq!(by_role["Shadow/2"].len(), 10);
 }

@@ -385,16 +385,24 @@ fn score(
 ) -> Result<Json, OipError> {
     let rows = rows_of(request, loaded)?;
     let (outputs, logged, _) = answer(loaded, &rows).map_err(bad)?;
+    // One id for the answer and its shadow, so the two can be compared.
+    let ids = (
+        Some(request.id.clone().unwrap_or_else(mlops_events::new_id)),
+        entity_of(request),
+    );
     log(
         serving,
         name,
-        (request.id.clone(), entity_of(request)),
+        ids.clone(),
         loaded,
         role,
         &rows,
         &logged,
         started,
     );
+    if role == "production" {
+        shadow(serving, name, ids, &rows, started);
+    }
     let mut response = json!({
         "model_name": name,
         "model_version": loaded.version.to_string(),
@@ -474,6 +482,28 @@ pub fn answer(
         }
     };
     Ok((outputs, logged, inputs))
+}
+
+/// A canary at 0 % is a shadow: it scores what production answered, for the log only.
+pub fn shadow(
+    serving: &Serving,
+    name: &str,
+    ids: (Option<String>, Option<String>),
+    rows: &[Vec<(String, Json)>],
+    started: std::time::Instant,
+) {
+    let Some((candidate, percent)) = serving.deployments.get(name).and_then(|d| d.canary) else {
+        return;
+    };
+    if percent > 0.0 {
+        return;
+    }
+    match answer(&candidate, rows) {
+        Ok((_, logged, _)) => log(
+            serving, name, ids, &candidate, "shadow", rows, &logged, started,
+        ),
+        Err(reason) => tracing::debug!(%name, %reason, "the shadow could not score the request"),
+    }
 }
 
 /// One `PredictionLog` per row, queued off the request path. Features: numeric raw values

@@ -143,16 +143,20 @@ pub async fn model_verb(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_features", reason)
     })?;
     let request_id = request.request_id.unwrap_or_else(mlops_events::new_id);
+    let ids = (Some(request_id.clone()), request.entity_id.clone());
     log(
         &serving,
         model,
-        (Some(request_id.clone()), request.entity_id.clone()),
+        ids.clone(),
         &loaded,
         role,
         &rows,
         &logged,
         started,
     );
+    if role == "production" {
+        crate::oip::shadow(&serving, model, ids, &rows, started);
+    }
     let prediction: Map<String, Json> = outputs
         .iter()
         .filter_map(|o| {

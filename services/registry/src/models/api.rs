@@ -390,11 +390,11 @@ async fn register(
         ));
     }
     if let Some(p) = registration.canary_percent
-        && !(p > 0.0 && p < 100.0)
+        && !(0.0..100.0).contains(&p)
     {
         return Err(invalid(
             "canary_percent",
-            format!("{p} is not between 0 and 100 (exclusive)"),
+            format!("{p} is not in [0, 100): 0 is a shadow, 100 a promotion"),
         ));
     }
     let mlops_ml::artifact::Sealed {

@@ -59,12 +59,14 @@ fn in_stage(versions: &[Current], stage: Stage) -> Option<&Current> {
     versions.iter().find(|v| v.stage == stage)
 }
 
+/// A canary's share of traffic: 0 makes it a shadow (it scores production's traffic
+/// without answering), 100 would be a promotion.
 fn check_percent(percent: Option<f64>) -> Result<f64, Refusal> {
     match percent {
-        Some(p) if p > 0.0 && p < 100.0 => Ok(p),
+        Some(p) if (0.0..100.0).contains(&p) => Ok(p),
         Some(p) => Err(Refusal::Invalid {
             field: "canary_percent",
-            reason: format!("{p} is not between 0 and 100 (exclusive)"),
+            reason: format!("{p} is not in [0, 100): 0 is a shadow, 100 a promotion"),
         }),
         None => Err(Refusal::Invalid {
             field: "canary_percent",
