@@ -431,3 +431,37 @@ async fn a_shadow_scores_production_traffic_without_answering() {
     assert_eq!(by_role["Production/1"], by_role["Shadow/2"]);
     assert_eq!(by_role["Shadow/2"].len(), 10);
 }
+
+/// NVIDIA's Triton HTTP client, unmodified, speaks to the serving service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unmodified_triton_client_reads_metadata_and_infers() {
+    let s = Setup::start().await;
+    s.register(false).await;
+    let serving = s.serving().await;
+    let output = tokio::process::Command::new(mlops_integration_tests::python())
+        .arg(format!(
+            "{}/python/oip_client.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([serving.url.trim_start_matches("http://"), &s.model])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["inputs"], json!(["amount", "currency"]), "{seen}");
+    assert_eq!(seen["versions"], json!(["1"]), "{seen}");
+    let probability: Vec<f64> = serde_json::from_value(seen["probability"].clone()).unwrap();
+    assert!(probability[0] > 0.99 && probability[1] < 0.01, "{seen}");
+    assert_eq!(seen["label"], json!([1, 0]), "{seen}");
+    assert_eq!(seen["response"]["id"], "triton-1", "{seen}");
+    assert!(
+        seen["refused"].as_str().unwrap().contains("not served"),
+        "{seen}"
+    );
+}
