@@ -36,6 +36,7 @@ pub(crate) async fn story(
     let feature = layout.url("feature");
     let training = layout.url("training");
     let registry = layout.url("registry");
+    let serving = layout.url("serving");
     let step = |n: usize, what: &str| println!("mlops demo: step {}/{total} — {what}", first + n);
 
     step(
@@ -276,6 +277,45 @@ pub(crate) async fn story(
     println!(
         "mlops demo:   models.lifecycle: {} events published for {MODEL}",
         model["lifecycle"]["published_sequence"]
+    );
+
+    step(
+        7,
+        "serving answers with it: by entity id (online features) and over the Open Inference Protocol",
+    );
+    let predict_url = format!("{serving}/v1/models/{MODEL}:predict");
+    let predicted = loop {
+        let answer = call(&http, &predict_url, &json!({"entity_id": "c-3"})).await;
+        if let Ok(body) = &answer
+            && body["version"] == *version
+        {
+            break body.clone();
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "step 'serving' failed: version {version} was not served in time; last answer: {answer:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "mlops demo:   c-3 -> version {} ({}): {}",
+        predicted["version"], predicted["role"], predicted["prediction"]
+    );
+    let inferred = call(
+        &http,
+        &format!("{serving}/v2/models/{MODEL}/infer"),
+        &json!({"id": "demo-1", "inputs": [
+            {"name": "amount", "shape": [1], "datatype": "FP64", "data": [45.0]},
+            {"name": "payments_1h", "shape": [1], "datatype": "FP64", "data": [12.0]},
+            {"name": "amount_sum_1h", "shape": [1], "datatype": "FP64", "data": [480.0]},
+            {"name": "amount_mean_1h", "shape": [1], "datatype": "FP64", "data": [40.0]}]}),
+    )
+    .await
+    .map_err(|e| format!("step 'serving' failed: {e}"))?;
+    println!(
+        "mlops demo:   POST /v2/models/{MODEL}/infer -> {}",
+        inferred["outputs"]
     );
     Ok(())
 }

@@ -405,6 +405,12 @@ async fn demo_exit_succeeds_when_the_story_is_told_and_names_the_failed_step_oth
         stdout.contains("models.lifecycle: 2 events published for demo_big_spender"),
         "{stdout}"
     );
+    // Serving answers with it, by entity id and over the Open Inference Protocol.
+    assert!(
+        stdout.contains("c-3 -> version 1 (\"production\")"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""name":"probability""#), "{stdout}");
     assert!(stdout.contains("mlops: stopped"), "{stdout}");
 
     // With a broker that does not exist, no service can become ready: the demo fails
