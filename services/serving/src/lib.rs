@@ -106,7 +106,19 @@ pub async fn run(
         tasks.token(),
     );
     tasks.spawn("prediction-log", drain);
-    let admin = mlops_runtime::AdminState::new(SERVICE, metrics, common.readiness_checks());
+    let mut checks = common.readiness_checks();
+    let loaded = deployments.clone();
+    checks.push(mlops_runtime::ReadinessCheck::new("models", move || {
+        let ready = loaded.is_ready();
+        async move {
+            if ready {
+                Ok(())
+            } else {
+                Err("the served models are still being loaded from the registry".to_owned())
+            }
+        }
+    }));
+    let admin = mlops_runtime::AdminState::new(SERVICE, metrics, checks);
     let serving = Arc::new(oip::Serving {
         deployments: deployments.clone(),
         logger,
