@@ -58,7 +58,12 @@ impl Platform {
         let config = ingestion_config(dir.path(), &broker.bootstrap_servers, &registry.url);
         let ingestion = TestIngestion::start(config.clone()).await;
         let dataset = unique("payments").replace('-', "_");
-        let http = Client::new();
+        // Bounded, so that a request that never gets an answer fails the test where it
+        // was made instead of hanging the suite.
+        let http = Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("http client");
         let declared = http
             .post(format!("{}/v1/datasets", ingestion.url))
             .json(&json!({
