@@ -5,6 +5,7 @@
 //! that carries both; and the signed model artifact.
 
 pub mod artifact;
+pub mod drift;
 pub mod manifest;
 pub mod model;
 pub mod registry;

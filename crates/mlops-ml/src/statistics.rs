@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Bins of the numeric reference histograms (deciles).
 const BINS: usize = 10;
 
+/// Points of a numeric column's quantile sketch.
+pub const SKETCH: usize = 1_000;
+
 /// The statistics of one column (JSON: `{"kind": "numeric", ...}` or `{"kind":
 /// "categorical", ...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +28,11 @@ pub enum ReferenceStatistics {
         /// its lower edge too.
         bin_edges: Vec<f64>,
         bin_counts: Vec<u64>,
+        /// A quantile sketch for the Kolmogorov–Smirnov test: the column's values at
+        /// [`SKETCH`] evenly spaced ranks (all of them when there are fewer), sorted. It
+        /// reproduces the column's distribution function to 1/[`SKETCH`].
+        #[serde(default)]
+        sketch: Vec<f64>,
     },
     Categorical {
         count: usize,
@@ -97,9 +105,23 @@ pub fn reference_statistics(column: &Column) -> PolarsResult<ReferenceStatistics
                 })
                 .collect()
         };
+        let mut sorted: Vec<f64> = x
+            .f64()?
+            .into_no_null_iter()
+            .filter(|v| !v.is_nan())
+            .collect();
+        sorted.sort_by(f64::total_cmp);
+        let sketch = if sorted.len() <= SKETCH {
+            sorted
+        } else {
+            (0..SKETCH)
+                .map(|k| sorted[((k as f64 + 0.5) * sorted.len() as f64 / SKETCH as f64) as usize])
+                .collect()
+        };
         Ok(ReferenceStatistics::Numeric {
             count,
             null_rate,
+            sketch,
             mean: x.mean(),
             std: x.std(1),
             min: x.min::<f64>()?,
