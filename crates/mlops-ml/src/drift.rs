@@ -2,7 +2,8 @@
 //! binned on a reference's edges with **open outer bins** (a value below the reference's
 //! minimum counts in the first bin, one above its maximum in the last, so a shift out of
 //! the reference's range is counted, not lost), the population stability index over those
-//! bins, and the two-sample Kolmogorov–Smirnov statistic with its asymptotic p-value.
+//! bins, the two-sample Kolmogorov–Smirnov statistic with its asymptotic p-value, and for
+//! categories the chi-square test of homogeneity and the Jensen–Shannon distance.
 
 /// The bin of `value` among `edges` (bin i holds (edge[i], edge[i+1]], the first bin its
 /// lower edge too): open at both ends, so every value has a bin.
@@ -82,6 +83,132 @@ pub fn ks_against_reference(
     let (d, _) = ks_two_sample(&mut reference, values);
     let (n, m) = (reference_count.max(1) as f64, values.len().max(1) as f64);
     (d, kolmogorov_sf((n * m / (n + m)).sqrt() * d))
+}
+
+/// Chi-square test of homogeneity of two count vectors over the same categories (no
+/// continuity correction): the statistic and its p-value with (categories − 1) degrees of
+/// freedom, categories empty on both sides left out (scipy's `chi2_contingency`).
+pub fn chi_square(expected: &[u64], actual: &[u64]) -> (f64, f64) {
+    let pairs: Vec<(f64, f64)> = expected
+        .iter()
+        .zip(actual)
+        .filter(|(e, a)| **e + **a > 0)
+        .map(|(e, a)| (*e as f64, *a as f64))
+        .collect();
+    let (te, ta) = pairs
+        .iter()
+        .fold((0.0, 0.0), |(x, y), (e, a)| (x + e, y + a));
+    let total = te + ta;
+    if pairs.len() < 2 || te == 0.0 || ta == 0.0 {
+        return (0.0, 1.0);
+    }
+    let statistic: f64 = pairs
+        .iter()
+        .map(|(e, a)| {
+            let column = e + a;
+            let (ee, ea) = (te * column / total, ta * column / total);
+            (e - ee).powi(2) / ee + (a - ea).powi(2) / ea
+        })
+        .sum();
+    (
+        statistic,
+        chi_square_sf(statistic, (pairs.len() - 1) as f64),
+    )
+}
+
+/// P(χ²ₖ > x): the regularised upper incomplete gamma Q(k/2, x/2).
+pub fn chi_square_sf(x: f64, k: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    upper_gamma_regularised(k / 2.0, x / 2.0)
+}
+
+/// Q(a, x), by its series below a + 1 and its continued fraction above.
+fn upper_gamma_regularised(a: f64, x: f64) -> f64 {
+    let log_prefix = a * x.ln() - x - ln_gamma(a);
+    if x < a + 1.0 {
+        let (mut term, mut sum, mut n) = (1.0 / a, 1.0 / a, a);
+        for _ in 0..500 {
+            n += 1.0;
+            term *= x / n;
+            sum += term;
+            if term.abs() < sum.abs() * 1e-16 {
+                break;
+            }
+        }
+        (1.0 - sum * log_prefix.exp()).clamp(0.0, 1.0)
+    } else {
+        // Lentz's method for the continued fraction of Γ(a, x).
+        let tiny = 1e-300;
+        let mut b = x + 1.0 - a;
+        let mut c = 1.0 / tiny;
+        let mut d = 1.0 / b;
+        let mut h = d;
+        for i in 1..500 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = b + an / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            let delta = d * c;
+            h *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        (log_prefix.exp() * h).clamp(0.0, 1.0)
+    }
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut sum = G[0];
+    for (i, g) in G.iter().enumerate().skip(1) {
+        sum += g / (x + i as f64);
+    }
+    let t = x + 7.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+}
+
+/// Jensen–Shannon distance (natural logarithm; the square root of the divergence) between
+/// two count vectors over the same categories, as scipy's `jensenshannon` computes it.
+pub fn jensen_shannon(expected: &[u64], actual: &[u64]) -> f64 {
+    let total = |c: &[u64]| c.iter().sum::<u64>().max(1) as f64;
+    let (te, ta) = (total(expected), total(actual));
+    let kl = |p: f64, m: f64| if p > 0.0 { p * (p / m).ln() } else { 0.0 };
+    let divergence: f64 = expected
+        .iter()
+        .zip(actual)
+        .map(|(&e, &a)| {
+            let (p, q) = (e as f64 / te, a as f64 / ta);
+            let m = (p + q) / 2.0;
+            (kl(p, m) + kl(q, m)) / 2.0
+        })
+        .sum();
+    divergence.max(0.0).sqrt()
 }
 
 /// Survival function of the Kolmogorov distribution: P(K > x) = 2 Σₖ (−1)^(k−1) e^(−2k²x²).
@@ -189,5 +316,34 @@ mod tests {
             "{full} vs {sketched}"
         );
         assert!(p_full < 1e-6 && p_sketched < 1e-6);
+    }
+
+    #[test]
+    fn categorical_statistics_match_scipy() {
+        // scipy 1.17.1: chi2_contingency([[50, 30, 20], [30, 30, 40]], correction=False)
+        // = (11.666666666666668, p 0.0029282996948181853, dof 2); jensenshannon of the two
+        // rows = 0.17211473103812178.
+        let (statistic, p) = chi_square(&[50, 30, 20], &[30, 30, 40]);
+        assert!(
+            (statistic - 11.666_666_666_666_668).abs() < 1e-9,
+            "{statistic}"
+        );
+        assert!((p - 0.002_928_299_694_818_185_3).abs() < 1e-12, "{p}");
+        let js = jensen_shannon(&[50, 30, 20], &[30, 30, 40]);
+        assert!((js - 0.172_114_731_038_121_78).abs() < 1e-12, "{js}");
+        // chi2.sf at (3, 2), (10, 5), (0.5, 1) (scipy 1.17.1).
+        for (x, k, expected) in [
+            (3.0, 2.0, 0.223_130_160_148_429_82),
+            (10.0, 5.0, 0.075_235_246_146_512_17),
+            (0.5, 1.0, 0.479_500_122_186_953_37),
+        ] {
+            let p = chi_square_sf(x, k);
+            assert!(
+                (p - expected).abs() < 1e-10,
+                "χ²({k}) at {x}: {p} vs {expected}"
+            );
+        }
+        assert_eq!(chi_square(&[10, 20], &[10, 20]).0, 0.0);
+        assert_eq!(jensen_shannon(&[10, 20], &[20, 40]), 0.0);
     }
 }
