@@ -476,6 +476,44 @@ impl ConsumerLoop {
     }
 }
 
+impl ConsumerLoop {
+    /// Consumes `topic` (created first with `partitions`, so a subscription by name sees
+    /// it at once) until `cancel` fires, starting the loop again after a failure (a broker
+    /// that went away): a service's consumer never stops for good while the service runs.
+    pub async fn run_until_cancelled<H: Handler + Clone>(
+        config: &KafkaConfig,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+        dead_letters: Producer,
+        handler: H,
+        cancel: CancellationToken,
+    ) {
+        let spec = [TopicSpec::new(topic, partitions)];
+        while !cancel.is_cancelled() {
+            let ensured = tokio::select! {
+                () = cancel.cancelled() => return,
+                ensured = ensure_topics(config, &spec) => ensured,
+            };
+            let outcome = match ensured {
+                Ok(()) => {
+                    ConsumerLoop::new(config, group, vec![topic.to_owned()], dead_letters.clone())
+                        .run(handler.clone(), cancel.clone())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                warn!(%group, %topic, error = %e, "consumer stopped; starting it again");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(RETRY_MAX) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Writes records that can never be processed to `<topic>.dlq`: the one way dead letters
 /// are made, by consumers (records they read) and by ingestion (requests it refused).
 pub struct DeadLetters {

@@ -156,7 +156,12 @@ pub async fn run(
     let served =
         mlops_runtime::serve(listener, router(store, models, &admin), cancel.clone()).await;
     cancel.cancel();
-    while background.join_next().await.is_some() {}
+    // The consumer leaves its group within CLOSE_TIMEOUT; the publisher stops at once.
+    let drained = async { while background.join_next().await.is_some() {} };
+    let grace = mlops_kafka::CLOSE_TIMEOUT + std::time::Duration::from_secs(2);
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        warn!("background tasks did not stop within {grace:?}");
+    }
     served?;
     Ok(())
 }
@@ -169,33 +174,14 @@ async fn consume_decisions(
     decisions: models::decisions::Decisions,
     cancel: CancellationToken,
 ) {
-    while !cancel.is_cancelled() {
-        // Subscribed by name, a consumer learns of a topic created later only at its next
-        // metadata refresh: the topic exists before it subscribes.
-        let topic = [mlops_kafka::TopicSpec::new(topics::CANARY_DECISIONS, 3)];
-        let ensured = tokio::select! {
-            () = cancel.cancelled() => return,
-            ensured = mlops_kafka::ensure_topics(&kafka, &topic) => ensured,
-        };
-        let outcome = match ensured {
-            Ok(()) => {
-                ConsumerLoop::new(
-                    &kafka,
-                    models::decisions::GROUP,
-                    vec![topics::CANARY_DECISIONS.to_owned()],
-                    producer.clone(),
-                )
-                .run(decisions.clone(), cancel.clone())
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
-            warn!(error = %e, "canary decisions consumer stopped; starting it again");
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-            }
-        }
-    }
+    ConsumerLoop::run_until_cancelled(
+        &kafka,
+        models::decisions::GROUP,
+        topics::CANARY_DECISIONS,
+        3,
+        producer,
+        decisions,
+        cancel,
+    )
+    .await;
 }

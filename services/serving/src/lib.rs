@@ -152,33 +152,16 @@ pub async fn run(
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        while !token.is_cancelled() {
-            let topic = [mlops_kafka::TopicSpec::new(topics::MODELS_LIFECYCLE, 3)];
-            let ensured = tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                ensured = mlops_kafka::ensure_topics(&kafka, &topic) => ensured,
-            };
-            let outcome = match ensured {
-                Ok(()) => {
-                    ConsumerLoop::new(
-                        &kafka,
-                        group.clone(),
-                        vec![topics::MODELS_LIFECYCLE.to_owned()],
-                        producer.clone(),
-                    )
-                    .run(handler.clone(), token.clone())
-                    .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = outcome {
-                warn!(error = %e, "lifecycle consumer stopped; starting it again");
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
+        ConsumerLoop::run_until_cancelled(
+            &kafka,
+            &group,
+            topics::MODELS_LIFECYCLE,
+            3,
+            producer,
+            handler,
+            token,
+        )
+        .await;
         Ok::<(), anyhow::Error>(())
     });
     let serve_token = tasks.token();

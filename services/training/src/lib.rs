@@ -21,12 +21,12 @@ pub mod trainer;
 use std::{path::PathBuf, sync::Arc};
 
 use mlops_events::topics;
-use mlops_kafka::{ConsumerLoop, Producer, TopicSpec};
+use mlops_kafka::{ConsumerLoop, Producer};
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 pub const SERVICE: &str = "training";
 pub const DEFAULT_PORT: u16 = mlops_service::ports::TRAINING;
@@ -183,28 +183,16 @@ pub async fn run(
     let token = tasks.token();
     tasks.spawn("training-requests", async move {
         // Requests that arrive before the consumer exists wait in the topic.
-        while !token.is_cancelled() {
-            let outcome = async {
-                mlops_kafka::ensure_topics(&kafka, &[TopicSpec::new(topics::TRAINING_REQUESTS, 3)])
-                    .await?;
-                ConsumerLoop::new(
-                    &kafka,
-                    group.clone(),
-                    vec![topics::TRAINING_REQUESTS.to_owned()],
-                    producer.clone(),
-                )
-                .run(requests.clone(), token.clone())
-                .await
-            }
-            .await;
-            if let Err(e) = outcome {
-                warn!(error = %e, "training requests consumer stopped; starting it again");
-                tokio::select! {
-                    () = token.cancelled() => {}
-                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                }
-            }
-        }
+        ConsumerLoop::run_until_cancelled(
+            &kafka,
+            &group,
+            topics::TRAINING_REQUESTS,
+            3,
+            producer,
+            requests,
+            token,
+        )
+        .await;
         Ok::<(), anyhow::Error>(())
     });
     let serve_token = tasks.token();
