@@ -1,7 +1,11 @@
 //! The monitoring service: watches predictions for drift and judges canaries.
 //!
-//! Its business logic arrives with its own issue; until then it answers only the admin
-//! endpoints (`/healthz`, `/readyz`, `/metrics`) and claims nothing else.
+//! So far: the drift detector (`detector`: windows, statistics, hysteresis), pure and
+//! tested; the service around it (consuming predictions, publishing `monitoring.drift` and
+//! training requests, reports, canary analysis) is not wired yet, so the service answers
+//! only its admin endpoints.
+
+pub mod detector;
 
 use mlops_service::CommonConfig;
 use tokio::net::TcpListener;
