@@ -27,20 +27,24 @@ impl RegistryClient {
         }
     }
 
+    /// `GET <path>`'s JSON, when the registry answers with a success.
+    async fn get_json(&self, path: &str) -> Result<Json, String> {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(unreachable)?
+            .json()
+            .await
+            .map_err(unreachable)
+    }
+
     /// The registry's artifact-signing key (`GET /v1/signing-key`), fetched once.
     pub async fn signing_key(&self) -> Result<VerifyingKey, String> {
         self.key
             .get_or_try_init(|| async {
-                let body: Json = self
-                    .http
-                    .get(format!("{}/v1/signing-key", self.url))
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(unreachable)?
-                    .json()
-                    .await
-                    .map_err(unreachable)?;
+                let body = self.get_json("/v1/signing-key").await?;
                 let bytes = body["public_key"]
                     .as_str()
                     .and_then(|h| hex::decode(h).ok())
@@ -54,27 +58,10 @@ impl RegistryClient {
             .copied()
     }
 
-    /// Names of every model.
-    pub async fn models(&self) -> Result<Vec<String>, String> {
-        let body: Json = self
-            .http
-            .get(format!("{}/v1/models", self.url))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(unreachable)?
-            .json()
-            .await
-            .map_err(unreachable)?;
-        Ok(body["models"]
-            .as_array()
-            .map(|models| {
-                models
-                    .iter()
-                    .filter_map(|m| m["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default())
+    /// Every model's summary (as [`Self::model`] gives one), in one request.
+    pub async fn models(&self) -> Result<Vec<Json>, String> {
+        let body = self.get_json("/v1/models").await?;
+        Ok(body["models"].as_array().cloned().unwrap_or_default())
     }
 
     /// The summary of `model` (`production`, `canary` with its `percent`, `lifecycle`

@@ -99,8 +99,8 @@ impl Deployments {
 
     /// Every model's production and canary versions, as the registry has them now.
     pub async fn rebuild(&self) -> Result<(), String> {
-        for name in self.registry.models().await? {
-            let Some(summary) = self.registry.model(&name).await? else {
+        for summary in self.registry.models().await? {
+            let Some(name) = summary["name"].as_str().map(str::to_owned) else {
                 continue;
             };
             let mut deployment = Deployment {
