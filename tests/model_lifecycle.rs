@@ -6,7 +6,7 @@
 // Tests drive the services from outside, as a user would: plain tasks and clients.
 #![allow(clippy::disallowed_methods)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mlops_events::{
     TrainingReason, TrainingRequest, TrainingRunResult, TrainingRunStatus, new_id, now_millis,
@@ -94,6 +94,14 @@ async fn request_training(p: &Platform, model: &str, count: usize) -> Vec<String
     ids
 }
 
+async fn get_json(p: &Platform, url: &str) -> Value {
+    p.http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+fn in_progress(run: &Value) -> bool {
+    matches!(run["status"].as_str(), Some("pending" | "running"))
+}
+
 /// The runs of `model`, once none is pending or running and at least `finished` are done.
 async fn finished_runs(
     p: &Platform,
@@ -101,27 +109,21 @@ async fn finished_runs(
     model: &str,
     finished: usize,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let body: Value = p
-            .http
-            .get(format!("{}/v1/training-runs?model={model}", training.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let runs = body["runs"].as_array().cloned().unwrap_or_default();
-        let active = runs
-            .iter()
-            .any(|r| matches!(r["status"].as_str(), Some("pending" | "running")));
-        if !active && runs.len() >= finished {
-            return runs;
-        }
-        assert!(Instant::now() < deadline, "runs of {model}: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = format!("{}/v1/training-runs?model={model}", training.url);
+    mlops_testkit::until(
+        &format!("runs of {model}"),
+        Duration::from_secs(120),
+        async || {
+            let body = get_json(p, &url).await;
+            let runs = body["runs"].as_array().cloned().unwrap_or_default();
+            if !runs.iter().any(in_progress) && runs.len() >= finished {
+                Ok(runs)
+            } else {
+                Err(body.to_string())
+            }
+        },
+    )
+    .await
 }
 
 async fn manual_run(p: &Platform, training: &TestService, model: &str) -> Value {
@@ -135,23 +137,16 @@ async fn manual_run(p: &Platform, training: &TestService, model: &str) -> Value 
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let accepted: Value = response.json().await.unwrap();
     let id = accepted["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let run: Value = p
-            .http
-            .get(format!("{}/v1/training-runs/{id}", training.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !matches!(run["status"].as_str(), Some("pending" | "running")) {
-            return run;
+    let url = format!("{}/v1/training-runs/{id}", training.url);
+    mlops_testkit::until(&format!("run {id}"), Duration::from_secs(120), async || {
+        let run = get_json(p, &url).await;
+        if in_progress(&run) {
+            Err(run.to_string())
+        } else {
+            Ok(run)
         }
-        assert!(Instant::now() < deadline, "run {id}: {run}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// The `TrainingRunResult` of `run_id` on `training.runs` (on a shared broker the topic
@@ -460,15 +455,15 @@ async fn the_served_input_vector_is_the_training_row_of_the_same_event() {
             (status, response.json::<Value>().await.unwrap())
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let served = loop {
-        let (status, body) = predict(json!({"entity_id": "c38"})).await;
-        if status == StatusCode::OK {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "{status} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let served = mlops_testkit::until(
+        "serving answers for c38",
+        Duration::from_secs(30),
+        async || match predict(json!({"entity_id": "c38"})).await {
+            (StatusCode::OK, body) => Ok(body),
+            (status, body) => Err(format!("{status} {body}")),
+        },
+    )
+    .await;
     assert_eq!(
         (&served["version"], &served["role"]),
         (&json!(1), &json!("production"))

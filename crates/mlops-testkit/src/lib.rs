@@ -141,3 +141,24 @@ pub fn temp_dir() -> tempfile::TempDir {
         .tempdir()
         .expect("create temp dir")
 }
+
+/// Asks `probe` every 100 ms until it gives a value (`Ok`), and returns it; after `limit`
+/// panics naming `what` and the probe's last word on why not yet (`Err`). For conditions
+/// that become true later (a run finishes, an event lands).
+pub async fn until<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {limit:?}; last: {last}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -6,10 +6,7 @@
 // The test drives the registry binary from outside, as an operator would.
 #![allow(clippy::disallowed_methods)]
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{process::Stdio, time::Duration};
 
 use mlops_events::{ModelLifecycleEvent, topics};
 use mlops_schema::AvroCodec;
@@ -36,14 +33,10 @@ fn start(dir: &std::path::Path, port: u16, bootstrap: &str) -> Child {
 }
 
 async fn until<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what} within a minute");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    mlops_testkit::until(what, Duration::from_secs(60), async || {
+        probe().await.ok_or_else(|| "not yet".to_owned())
+    })
+    .await
 }
 
 async fn healthy(http: &Client, url: &str) {
