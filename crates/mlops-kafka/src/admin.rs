@@ -36,6 +36,9 @@ impl TopicSpec {
 /// waits until the broker's metadata lists every one of them. Neither Tansu nor our
 /// production brokers auto-create topics, so every topic goes through here.
 pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = config.client_config("admin").create()?;
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()

@@ -478,7 +478,7 @@ impl ConsumerLoop {
 
 impl ConsumerLoop {
     /// Consumes `topic` (created first with `partitions`, so a subscription by name sees
-    /// it at once) until `cancel` fires, starting the loop again after a failure (a broker
+    /// it at once; a `^pattern` subscribes to every matching topic) until `cancel` fires, starting the loop again after a failure (a broker
     /// that went away): a service's consumer never stops for good while the service runs.
     pub async fn run_until_cancelled<H: Handler + Clone>(
         config: &KafkaConfig,
@@ -489,7 +489,12 @@ impl ConsumerLoop {
         handler: H,
         cancel: CancellationToken,
     ) {
-        let spec = [TopicSpec::new(topic, partitions)];
+        // A pattern (`^...`) names no topic to create: it follows those that appear.
+        let spec: Vec<TopicSpec> = if topic.starts_with('^') {
+            Vec::new()
+        } else {
+            vec![TopicSpec::new(topic, partitions)]
+        };
         while !cancel.is_cancelled() {
             let ensured = tokio::select! {
                 () = cancel.cancelled() => return,

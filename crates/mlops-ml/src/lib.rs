@@ -7,6 +7,7 @@
 pub mod artifact;
 pub mod drift;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod statistics;

@@ -150,6 +150,13 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                 .env("MLOPS__SERVING__REGISTRY_URL", layout.url("registry"))
                 .env("MLOPS__SERVING__FEATURE_URL", layout.url("feature"));
         }
+        if service == "monitoring" {
+            // Each version's reference: its artifact in the registry, its snapshot in the
+            // feature service.
+            command
+                .env("MLOPS__MONITORING__REGISTRY_URL", layout.url("registry"))
+                .env("MLOPS__MONITORING__FEATURE_URL", layout.url("feature"));
+        }
         services.push(supervise(service, command, None, &logs));
         println!("mlops: {service:<11} {}", layout.url(service));
     }

@@ -16,7 +16,8 @@ use mlops_events::{DriftSeverity, DriftStatistic, DriftedFeature};
 use mlops_ml::{ReferenceStatistics, drift};
 
 /// When a statistic says "drifted".
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Thresholds {
     /// PSI above this (0.2: the usual "significant shift").
     pub psi: f64,
@@ -45,9 +46,24 @@ impl Default for Thresholds {
     }
 }
 
+/// Data quality of one feature over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Quality {
+    /// Share of the window's predictions without a value for the feature.
+    pub null_rate: f64,
+    /// Share of the values outside the reference's [min, max] (numeric features).
+    pub out_of_range_rate: f64,
+}
+
 /// What a closed window showed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowReport {
+    /// Times (epoch ms) of the window's first and last prediction, and its size.
+    pub start: i64,
+    pub end: i64,
+    pub size: usize,
+    /// Per feature.
+    pub quality: BTreeMap<String, Quality>,
     /// Every feature's statistics, drifted or not.
     pub statistics: Vec<(DriftedFeature, bool)>,
     /// Set when this window opened an incident: the drifted features and the severity.
@@ -64,8 +80,12 @@ enum Current {
 pub struct Detector {
     reference: BTreeMap<String, ReferenceStatistics>,
     thresholds: Thresholds,
+    per_feature: BTreeMap<String, Thresholds>,
     window: usize,
     seen: usize,
+    first_at: i64,
+    last_at: i64,
+    missing: BTreeMap<String, usize>,
     current: BTreeMap<String, Current>,
     open: bool,
     clean_windows: usize,
@@ -97,8 +117,12 @@ impl Detector {
         Self {
             reference,
             thresholds,
+            per_feature: BTreeMap::new(),
             window: window.max(1),
             seen: 0,
+            first_at: 0,
+            last_at: 0,
+            missing: BTreeMap::new(),
             current,
             open: false,
             clean_windows: 0,
@@ -108,45 +132,94 @@ impl Detector {
         }
     }
 
+    /// Thresholds of their own for some features.
+    pub fn with_feature_thresholds(mut self, per_feature: BTreeMap<String, Thresholds>) -> Self {
+        self.per_feature = per_feature;
+        self
+    }
+
+    /// Clean windows that close an incident, and windows after that before a new one.
+    pub fn with_hysteresis(mut self, clear_after: usize, cooldown: usize) -> Self {
+        self.clear_after = clear_after.max(1);
+        self.cooldown = cooldown;
+        self
+    }
+
     pub fn is_open(&self) -> bool {
         self.open
     }
 
-    /// One prediction's logged features; a report when it closed a window.
-    pub fn observe(&mut self, features: &HashMap<String, f64>) -> Option<WindowReport> {
+    /// How many predictions the open window holds, and when its first came (epoch ms).
+    pub fn pending(&self) -> (usize, i64) {
+        (self.seen, self.first_at)
+    }
+
+    /// One prediction's logged features, made at `at` (epoch ms); a report when it closed
+    /// a window.
+    pub fn observe(&mut self, features: &HashMap<String, f64>, at: i64) -> Option<WindowReport> {
         for (name, current) in &mut self.current {
-            match current {
-                Current::Numeric(values) => {
-                    if let Some(v) = features.get(name) {
-                        values.push(*v);
-                    }
-                }
+            let present = match current {
+                Current::Numeric(values) => features
+                    .get(name)
+                    .filter(|v| v.is_finite())
+                    .map(|v| values.push(*v))
+                    .is_some(),
                 Current::Categorical(counts) => {
                     let prefix = format!("{name}__");
-                    if let Some((key, _)) = features
+                    features
                         .iter()
                         .find(|(k, v)| k.starts_with(&prefix) && **v >= 0.5)
-                    {
-                        *counts.entry(key[prefix.len()..].to_owned()).or_default() += 1;
-                    }
+                        .map(|(key, _)| {
+                            *counts.entry(key[prefix.len()..].to_owned()).or_default() += 1;
+                        })
+                        .is_some()
                 }
+            };
+            if !present {
+                *self.missing.entry(name.clone()).or_default() += 1;
             }
         }
+        if self.seen == 0 {
+            self.first_at = at;
+        }
+        self.last_at = self.last_at.max(at);
         self.seen += 1;
         if self.seen < self.window {
             return None;
         }
-        self.seen = 0;
         Some(self.close_window())
+    }
+
+    /// Closes the open window early (a time window that is due), if it holds at least
+    /// `min_size` predictions.
+    pub fn close(&mut self, min_size: usize) -> Option<WindowReport> {
+        (self.seen > 0 && self.seen >= min_size).then(|| self.close_window())
     }
 
     fn close_window(&mut self) -> WindowReport {
         let t = self.thresholds;
+        let size = std::mem::take(&mut self.seen);
+        let mut missing = std::mem::take(&mut self.missing);
         let mut statistics = Vec::new();
+        let mut quality = BTreeMap::new();
         for (name, current) in &mut self.current {
             let Some(reference) = self.reference.get(name) else {
                 continue;
             };
+            let t = self.per_feature.get(name).copied().unwrap_or(t);
+            let mut q = Quality {
+                null_rate: missing.remove(name).unwrap_or(0) as f64 / size as f64,
+                out_of_range_rate: 0.0,
+            };
+            if let (ReferenceStatistics::Numeric { min, max, .. }, Current::Numeric(values)) =
+                (reference, &*current)
+                && let (Some(min), Some(max)) = (min, max)
+                && !values.is_empty()
+            {
+                let outside = values.iter().filter(|v| *v < min || *v > max).count();
+                q.out_of_range_rate = outside as f64 / values.len() as f64;
+            }
+            quality.insert(name.clone(), q);
             match (reference, current) {
                 (
                     ReferenceStatistics::Numeric {
@@ -217,6 +290,10 @@ impl Detector {
             .map(|(f, _)| f.clone())
             .collect();
         let mut report = WindowReport {
+            start: self.first_at,
+            end: self.last_at,
+            size,
+            quality,
             statistics,
             opened: None,
             closed: false,
@@ -306,7 +383,7 @@ mod tests {
         let mut detector = Detector::new(reference(), Thresholds::default(), 1_000);
         let mut windows = 0;
         for (i, amount) in stream(50_000, 20_000, 0.0).enumerate() {
-            if let Some(report) = detector.observe(&row(amount, i % 4 == 0)) {
+            if let Some(report) = detector.observe(&row(amount, i % 4 == 0), 0) {
                 windows += 1;
                 assert!(report.opened.is_none(), "window {windows}: {report:?}");
             }
@@ -325,7 +402,7 @@ mod tests {
         let mut offset = 100_000;
         for (shift, n) in phases {
             for (i, amount) in stream(offset, n, shift).enumerate() {
-                if let Some(report) = detector.observe(&row(amount, i % 4 == 0)) {
+                if let Some(report) = detector.observe(&row(amount, i % 4 == 0), 0) {
                     window += 1;
                     if let Some((features, _)) = report.opened {
                         opened.push((window, features));
@@ -355,7 +432,7 @@ mod tests {
     fn values_out_of_the_references_range_and_a_category_shift_are_both_caught() {
         let mut detector = Detector::new(reference(), Thresholds::default(), 1_000);
         let report = (0..1_000)
-            .find_map(|i| detector.observe(&row(500.0 + i as f64, true)))
+            .find_map(|i| detector.observe(&row(500.0 + i as f64, true), i))
             .unwrap();
         let (features, severity) = report.opened.expect("an incident");
         let psi = features

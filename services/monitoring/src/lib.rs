@@ -1,29 +1,178 @@
-//! The monitoring service: watches predictions for drift and judges canaries.
+//! The monitoring service: watches every model's predictions for drift, data quality and
+//! performance (with delayed labels), asks for a retraining when production drifts, and
+//! judges canaries — publishing `monitoring.drift`, `training.requests` and
+//! `monitoring.canary-decisions`, the events that close the loop.
 //!
-//! So far: the drift detector (`detector`: windows, statistics, hysteresis), pure and
-//! tested; the service around it (consuming predictions, publishing `monitoring.drift` and
-//! training requests, reports, canary analysis) is not wired yet, so the service answers
-//! only its admin endpoints.
+//! `monitor` holds the state and decides (pure); `detector` and `canary` are its
+//! statistics; `intake` consumes predictions (every `predictions.<model>` topic), labels
+//! and `models.lifecycle`, fetching each version's reference (the statistics of the
+//! snapshot it was trained on) from the registry and the feature service; `api` reports.
 
+pub mod api;
+pub mod canary;
 pub mod detector;
+pub mod intake;
+pub mod monitor;
 
-use mlops_service::CommonConfig;
+use std::{sync::Arc, time::Duration};
+
+use mlops_events::topics;
+use mlops_kafka::{ConsumerLoop, Producer};
+use mlops_service::{CommonConfig, ServiceConfig};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use monitor::MonitorSettings;
 
 pub const SERVICE: &str = "monitoring";
 pub const DEFAULT_PORT: u16 = mlops_service::ports::MONITORING;
 
-/// The service's configuration with its default port.
-pub fn default_config() -> CommonConfig {
-    CommonConfig::with_port(DEFAULT_PORT)
+/// Settings of the monitoring service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Base URL of the model registry (each version's artifact: task and snapshot).
+    pub registry_url: String,
+    /// Base URL of the feature service (each snapshot's reference statistics).
+    pub feature_url: String,
+    /// Consumer group of `models.lifecycle`: the monitor replays it from the start on each
+    /// start (a fresh group when empty), as serving does.
+    pub lifecycle_group: String,
+    /// Windows, thresholds, hysteresis, label joins and canary bake criteria.
+    pub policy: MonitorSettings,
 }
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            registry_url: format!("http://127.0.0.1:{}", mlops_service::ports::REGISTRY),
+            feature_url: format!("http://127.0.0.1:{}", mlops_service::ports::FEATURE),
+            lifecycle_group: String::new(),
+            policy: MonitorSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    pub monitoring: Settings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::with_port(DEFAULT_PORT),
+            monitoring: Settings::default(),
+        }
+    }
+}
+
+impl ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
+/// The service's configuration with its defaults.
+pub fn default_config() -> Config {
+    Config::default()
+}
+
+/// Consumer groups: one per input, stable, so a restart goes on where it stopped.
+pub const PREDICTIONS_GROUP: &str = "monitoring.predictions";
+pub const LABELS_GROUP: &str = "monitoring.labels";
+/// Every prediction topic, present and future.
+pub const PREDICTIONS_PATTERN: &str = r"^predictions\..+";
 
 /// Serves until `cancel` fires.
 pub async fn run(
-    config: CommonConfig,
+    config: Config,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    mlops_service::serve_admin_only(SERVICE, &config, listener, cancel).await
+    let Config {
+        common,
+        monitoring: settings,
+    } = config;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let codec = Arc::new(common.schema_registry.codec()?);
+    let producer = Producer::new(&common.kafka, codec.clone())?;
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let shared = Arc::new(intake::Shared::new(
+        settings.policy.clone(),
+        mlops_ml::registry::RegistryClient::new(http.clone(), &settings.registry_url),
+        http,
+        settings.feature_url.trim_end_matches('/').to_owned(),
+        producer.clone(),
+        &mut metrics,
+    ));
+
+    let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
+    let admin = mlops_runtime::AdminState::new(SERVICE, metrics, common.readiness_checks());
+    let router = admin.with_http_telemetry(api::router(shared.clone()).merge(admin.router()));
+
+    let lifecycle_group = if settings.lifecycle_group.is_empty() {
+        format!("monitoring-{}", mlops_events::new_id())
+    } else {
+        settings.lifecycle_group.clone()
+    };
+    let consumers = [
+        (
+            lifecycle_group,
+            topics::MODELS_LIFECYCLE,
+            intake::Input::Lifecycle,
+        ),
+        (
+            PREDICTIONS_GROUP.to_owned(),
+            PREDICTIONS_PATTERN,
+            intake::Input::Predictions,
+        ),
+        (
+            LABELS_GROUP.to_owned(),
+            topics::LABELS,
+            intake::Input::Labels,
+        ),
+    ];
+    for (group, topic, input) in consumers {
+        let handler = intake::Intake {
+            shared: shared.clone(),
+            codec: codec.clone(),
+            input,
+        };
+        let (kafka, producer, token) = (common.kafka.clone(), producer.clone(), tasks.token());
+        tasks.spawn(topic, async move {
+            ConsumerLoop::run_until_cancelled(&kafka, &group, topic, 3, producer, handler, token)
+                .await;
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    let ticker = shared.clone();
+    let token = tasks.token();
+    tasks.spawn("clock", async move {
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return Ok::<(), anyhow::Error>(()),
+                _ = every.tick() => ticker.tick().await,
+            }
+        }
+    });
+    let serve_token = tasks.token();
+    tasks.spawn("http", async move {
+        mlops_runtime::serve(listener, router, serve_token).await
+    });
+    tasks
+        .run(
+            cancel.cancelled(),
+            mlops_kafka::CLOSE_TIMEOUT + Duration::from_secs(2),
+        )
+        .await?;
+    Ok(())
 }

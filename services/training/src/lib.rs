@@ -3,13 +3,13 @@
 //! Requests arrive on `training.requests` (or as manual runs over HTTP, or from a spec's
 //! schedule) and are recorded with their model's run (`store`, `requests`); the `runner`
 //! coalesces them, fetches the spec's snapshot from the feature service (`snapshot`),
-//! searches and validates candidates (`trainer`, `metrics`, `spec`) and gates the best
+//! searches and validates candidates (`trainer`, `spec`; metrics from `mlops_ml::metrics`) and gates the best
 //! against the production version on the same holdout (`run`), registers a model that
 //! passes with the registry (`mlops_ml::registry`), and publishes each run's result on
 //! `training.runs`.
 
 pub mod api;
-pub mod metrics;
+
 pub mod requests;
 pub mod run;
 pub mod runner;

@@ -11,7 +11,9 @@ use linfa_trees::DecisionTree;
 use ndarray::{Array1, Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
-use crate::{metrics, spec::Task};
+use mlops_ml::metrics;
+
+use crate::spec::Task;
 pub use mlops_ml::model::{Forest, Linear, Model};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -527,7 +529,7 @@ mod tests {
         let forest = fit(Algorithm::RandomForest, &params, &train).unwrap();
         let scores = forest.scores(test.inputs.view());
         assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "{scores:?}");
-        let metrics = crate::metrics::binary(&test.labels, &scores);
+        let metrics = mlops_ml::metrics::binary(&test.labels, &scores);
         assert!(metrics["roc_auc"] > 0.95, "{metrics:?}");
         let again = fit(Algorithm::RandomForest, &params, &train).unwrap();
         assert_eq!(again.scores(test.inputs.view()), scores);

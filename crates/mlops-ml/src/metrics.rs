@@ -35,7 +35,7 @@ pub fn binary(truth: &[bool], scores: &[f64]) -> BTreeMap<String, f64> {
     ])
 }
 
-pub use mlops_ml::model::most_likely;
+pub use crate::model::most_likely;
 
 /// Scores of a multiclass classifier: `probabilities` has a row per example and a column
 /// per class. The predicted class is the most probable; precision, recall and F1 are

@@ -1,0 +1,388 @@
+//! Canary analysis: the canary and production compared on the same stretch of time, and
+//! a verdict once the bake criteria are met.
+//!
+//! The primary comparison is a one-sided Welch z-test on the per-prediction loss of the
+//! labelled predictions (0/1 error for classification, squared error for regression): the
+//! canary is rolled back when its loss is higher than production's with p < `alpha`. It is
+//! also rolled back when it answers with non-finite outputs more often than production, or
+//! when its p99 latency is `latency_factor` times production's (and above a floor, so that
+//! microsecond noise does not decide). Otherwise, once it has served `min_requests`, has
+//! `min_labels` labelled predictions and `min_seconds` have passed, it is widened to the
+//! next of `widen_steps` above its share, or promoted. The output distributions (KS) are
+//! part of the evidence, not of the verdict: a retrained model is expected to answer
+//! differently.
+
+use std::collections::{HashMap, VecDeque};
+
+use mlops_events::CanaryVerdict;
+use serde::{Deserialize, Serialize};
+
+/// Bake criteria and decision rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CanarySettings {
+    pub min_requests: u64,
+    pub min_labels: u64,
+    pub min_seconds: u64,
+    /// Shares (percent) the canary is widened to, in order, before it is promoted.
+    pub widen_steps: Vec<f64>,
+    /// Significance of the loss comparison.
+    pub alpha: f64,
+    pub latency_factor: f64,
+    /// Latency below this (ms) never decides a rollback.
+    pub latency_floor_ms: f64,
+}
+
+impl Default for CanarySettings {
+    fn default() -> Self {
+        Self {
+            min_requests: 100,
+            min_labels: 50,
+            min_seconds: 10,
+            widen_steps: Vec::new(),
+            alpha: 0.05,
+            latency_factor: 3.0,
+            latency_floor_ms: 10.0,
+        }
+    }
+}
+
+/// Bound on the samples kept per arm (latencies, outputs).
+const SAMPLES: usize = 10_000;
+
+/// What one side of the comparison has shown since the canary started.
+#[derive(Debug, Clone, Default)]
+pub struct Arm {
+    pub requests: u64,
+    pub non_finite: u64,
+    latencies_ms: VecDeque<f64>,
+    outputs: VecDeque<f64>,
+    /// Labelled predictions: count, sum and sum of squares of the loss.
+    pub labels: u64,
+    loss_sum: f64,
+    loss_squares: f64,
+}
+
+impl Arm {
+    pub fn prediction(&mut self, output: f64, latency_ms: f64) {
+        self.requests += 1;
+        if !output.is_finite() {
+            self.non_finite += 1;
+        }
+        push_bounded(&mut self.outputs, output);
+        push_bounded(&mut self.latencies_ms, latency_ms);
+    }
+
+    pub fn loss(&mut self, loss: f64) {
+        self.labels += 1;
+        self.loss_sum += loss;
+        self.loss_squares += loss * loss;
+    }
+
+    fn mean_loss(&self) -> f64 {
+        if self.labels == 0 {
+            0.0
+        } else {
+            self.loss_sum / self.labels as f64
+        }
+    }
+
+    fn loss_variance(&self) -> f64 {
+        if self.labels < 2 {
+            return 0.0;
+        }
+        let n = self.labels as f64;
+        let mean = self.mean_loss();
+        ((self.loss_squares - n * mean * mean) / (n - 1.0)).max(0.0)
+    }
+
+    fn p99_latency(&self) -> f64 {
+        let mut sorted: Vec<f64> = self.latencies_ms.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        sorted
+            .get(((sorted.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    fn non_finite_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.non_finite as f64 / self.requests as f64
+        }
+    }
+}
+
+fn push_bounded(samples: &mut VecDeque<f64>, value: f64) {
+    if samples.len() == SAMPLES {
+        samples.pop_front();
+    }
+    samples.push_back(value);
+}
+
+/// One-sided Welch z-test that `worse` has a higher mean loss than `better`: (z, p).
+pub fn loss_test(worse: &Arm, better: &Arm) -> (f64, f64) {
+    let difference = worse.mean_loss() - better.mean_loss();
+    let se = (worse.loss_variance() / worse.labels.max(1) as f64
+        + better.loss_variance() / better.labels.max(1) as f64)
+        .sqrt();
+    let z = if se > 0.0 {
+        difference / se
+    } else if difference > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    (z, normal_sf(z))
+}
+
+/// P(Z > z) for a standard normal Z, through the chi-square survival function with one
+/// degree of freedom (P(Z² > z²) = 2 P(Z > |z|)).
+pub fn normal_sf(z: f64) -> f64 {
+    if z.is_infinite() {
+        return if z > 0.0 { 0.0 } else { 1.0 };
+    }
+    let tail = 0.5 * mlops_ml::drift::chi_square_sf(z * z, 1.0);
+    if z >= 0.0 { tail } else { 1.0 - tail }
+}
+
+/// A verdict, its new share for a widening, its evidence and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub decision: CanaryVerdict,
+    pub new_percent: Option<f64>,
+    pub evidence: HashMap<String, f64>,
+    pub reason: String,
+}
+
+/// The verdict on `canary` against `production` after `elapsed_ms` at `percent`, or none
+/// while the evidence is not in.
+pub fn judge(
+    settings: &CanarySettings,
+    canary: &Arm,
+    production: Option<&Arm>,
+    percent: f64,
+    elapsed_ms: i64,
+) -> Option<Verdict> {
+    let empty = Arm::default();
+    let baseline = production.unwrap_or(&empty);
+    let mut evidence = HashMap::from([
+        ("canary_requests".to_owned(), canary.requests as f64),
+        ("production_requests".to_owned(), baseline.requests as f64),
+        ("canary_labels".to_owned(), canary.labels as f64),
+        ("production_labels".to_owned(), baseline.labels as f64),
+        ("canary_loss".to_owned(), canary.mean_loss()),
+        ("production_loss".to_owned(), baseline.mean_loss()),
+        (
+            "canary_non_finite_rate".to_owned(),
+            canary.non_finite_rate(),
+        ),
+        ("canary_p99_latency_ms".to_owned(), canary.p99_latency()),
+        (
+            "production_p99_latency_ms".to_owned(),
+            baseline.p99_latency(),
+        ),
+        ("elapsed_seconds".to_owned(), elapsed_ms as f64 / 1000.0),
+        ("percent".to_owned(), percent),
+    ]);
+    if !canary.outputs.is_empty() && !baseline.outputs.is_empty() {
+        let mut a: Vec<f64> = canary.outputs.iter().copied().collect();
+        let mut b: Vec<f64> = baseline.outputs.iter().copied().collect();
+        let (d, p) = mlops_ml::drift::ks_two_sample(&mut a, &mut b);
+        evidence.insert("output_ks".to_owned(), d);
+        evidence.insert("output_ks_p_value".to_owned(), p);
+    }
+    let compared = production.is_some() && canary.labels >= settings.min_labels.max(1);
+    let compared = compared && baseline.labels >= settings.min_labels.max(1);
+    let mut rollback = None;
+    if compared {
+        let (z, p) = loss_test(canary, baseline);
+        evidence.insert("loss_z".to_owned(), z);
+        evidence.insert("loss_p_value".to_owned(), p);
+        if p < settings.alpha {
+            rollback = Some(format!(
+                "the canary's loss {:.4} is higher than production's {:.4} (one-sided Welch z-test, z = {z:.2}, p = {p:.2e} < {})",
+                canary.mean_loss(),
+                baseline.mean_loss(),
+                settings.alpha
+            ));
+        }
+    }
+    if rollback.is_none()
+        && canary.requests >= settings.min_requests
+        && canary.non_finite_rate() > baseline.non_finite_rate() + 0.01
+    {
+        rollback = Some(format!(
+            "{:.1}% of the canary's answers are not finite numbers",
+            canary.non_finite_rate() * 100.0
+        ));
+    }
+    if rollback.is_none()
+        && production.is_some()
+        && canary.requests >= settings.min_requests
+        && canary.p99_latency() > settings.latency_floor_ms
+        && canary.p99_latency() > settings.latency_factor * baseline.p99_latency()
+    {
+        rollback = Some(format!(
+            "the canary's p99 latency {:.1} ms is more than {} times production's {:.1} ms",
+            canary.p99_latency(),
+            settings.latency_factor,
+            baseline.p99_latency()
+        ));
+    }
+    if let Some(reason) = rollback {
+        return Some(Verdict {
+            decision: CanaryVerdict::Rollback,
+            new_percent: None,
+            evidence,
+            reason,
+        });
+    }
+    let baked = canary.requests >= settings.min_requests
+        && canary.labels >= settings.min_labels
+        && elapsed_ms >= settings.min_seconds as i64 * 1000;
+    if !baked {
+        return None;
+    }
+    let comparison = if compared {
+        format!(
+            "loss {:.4} vs production's {:.4}, not worse (p = {:.3})",
+            canary.mean_loss(),
+            baseline.mean_loss(),
+            evidence["loss_p_value"]
+        )
+    } else {
+        "no production version to compare with".to_owned()
+    };
+    let bake = format!(
+        "{} requests, {} labels, {:.0} s at {percent}%",
+        canary.requests,
+        canary.labels,
+        elapsed_ms as f64 / 1000.0
+    );
+    if let Some(next) = settings.widen_steps.iter().find(|s| **s > percent) {
+        return Some(Verdict {
+            decision: CanaryVerdict::Widen,
+            new_percent: Some(*next),
+            evidence,
+            reason: format!("baked ({bake}); {comparison}: widen to {next}%"),
+        });
+    }
+    Some(Verdict {
+        decision: CanaryVerdict::Promote,
+        new_percent: None,
+        evidence,
+        reason: format!("baked ({bake}); {comparison}: promote"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arm(requests: u64, errors: u64, labels: u64) -> Arm {
+        let mut arm = Arm::default();
+        for i in 0..requests {
+            arm.prediction(0.5, 1.0);
+            if i < labels {
+                arm.loss(if i < errors { 1.0 } else { 0.0 });
+            }
+        }
+        arm
+    }
+
+    fn settings() -> CanarySettings {
+        CanarySettings {
+            min_requests: 100,
+            min_labels: 50,
+            min_seconds: 10,
+            ..CanarySettings::default()
+        }
+    }
+
+    #[test]
+    fn the_normal_tail_matches_known_values() {
+        // scipy.stats.norm.sf(1.6448536269514722) = 0.05, norm.sf(0) = 0.5, norm.sf(-1.96) = 0.9750021048517795
+        assert!((normal_sf(1.644_853_626_951_472_2) - 0.05).abs() < 1e-9);
+        assert!((normal_sf(0.0) - 0.5).abs() < 1e-12);
+        assert!((normal_sf(-1.96) - 0.975_002_104_851_779_5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_worse_canary_is_rolled_back_as_soon_as_its_labels_say_so() {
+        // 30% errors against production's 5%, before the bake time is over.
+        let verdict = judge(
+            &settings(),
+            &arm(100, 30, 100),
+            Some(&arm(900, 45, 900)),
+            10.0,
+            1_000,
+        )
+        .expect("a verdict");
+        assert_eq!(verdict.decision, CanaryVerdict::Rollback, "{verdict:?}");
+        assert!(verdict.evidence["loss_p_value"] < 1e-6, "{verdict:?}");
+        assert!(verdict.reason.contains("Welch"), "{}", verdict.reason);
+    }
+
+    #[test]
+    fn an_equal_canary_waits_for_the_bake_then_is_promoted_or_widened() {
+        let canary = arm(120, 6, 60);
+        let production = arm(1_000, 50, 500);
+        assert_eq!(
+            judge(&settings(), &canary, Some(&production), 10.0, 5_000),
+            None,
+            "the bake time is not over"
+        );
+        assert_eq!(
+            judge(
+                &settings(),
+                &arm(120, 0, 20),
+                Some(&production),
+                10.0,
+                60_000
+            ),
+            None,
+            "too few labels"
+        );
+        let verdict = judge(&settings(), &canary, Some(&production), 10.0, 10_000).unwrap();
+        assert_eq!(verdict.decision, CanaryVerdict::Promote, "{verdict:?}");
+        let widening = CanarySettings {
+            widen_steps: vec![50.0, 100.0],
+            ..settings()
+        };
+        let verdict = judge(&widening, &canary, Some(&production), 10.0, 10_000).unwrap();
+        assert_eq!(
+            (verdict.decision, verdict.new_percent),
+            (CanaryVerdict::Widen, Some(50.0))
+        );
+        let verdict = judge(&widening, &canary, Some(&production), 100.0, 10_000).unwrap();
+        assert_eq!(verdict.decision, CanaryVerdict::Promote);
+    }
+
+    #[test]
+    fn a_slightly_worse_canary_within_noise_is_not_rolled_back() {
+        // 6% vs 5% errors on 60 labels is well within chance.
+        let verdict = judge(
+            &settings(),
+            &arm(120, 4, 60),
+            Some(&arm(1_000, 25, 500)),
+            10.0,
+            10_000,
+        )
+        .unwrap();
+        assert_eq!(verdict.decision, CanaryVerdict::Promote, "{verdict:?}");
+        assert!(verdict.evidence["loss_p_value"] > 0.05);
+    }
+
+    #[test]
+    fn a_slow_canary_is_rolled_back() {
+        let mut canary = Arm::default();
+        for _ in 0..100 {
+            canary.prediction(0.5, 40.0);
+        }
+        let verdict = judge(&settings(), &canary, Some(&arm(500, 0, 0)), 10.0, 1_000).unwrap();
+        assert_eq!(verdict.decision, CanaryVerdict::Rollback);
+        assert!(verdict.reason.contains("latency"), "{}", verdict.reason);
+    }
+}

@@ -1,0 +1,328 @@
+//! The monitor's inputs and outputs: records from its three subscriptions fed to the
+//! `Monitor`, each version's reference fetched the first time it is seen, and what the
+//! monitor decides published (acknowledged by the broker); what could not be published
+//! yet waits in order and goes first on the next tick.
+
+use std::sync::{Arc, Mutex};
+
+use mlops_events::{
+    DriftEvent, GroundTruthLabel, ModelLifecycleEvent, PredictionLog, TrainingRequest, topics,
+};
+use mlops_kafka::{Handler, HandlerError, OwnedHeaders, Producer, Record};
+use mlops_ml::{Manifest, registry::RegistryClient};
+use mlops_schema::AvroCodec;
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tracing::{info, warn};
+
+use crate::monitor::{Action, Monitor, MonitorSettings, VersionInfo};
+
+type Labels = Vec<(&'static str, String)>;
+
+struct Metrics {
+    predictions: Family<Labels, Counter>,
+    labels: Counter,
+    label_lag: Histogram,
+    drift_score: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    performance: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    drift_events: Family<Labels, Counter>,
+    decisions: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            predictions: Family::default(),
+            labels: Counter::default(),
+            label_lag: Histogram::new([
+                1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+            ]),
+            drift_score: Family::default(),
+            performance: Family::default(),
+            drift_events: Family::default(),
+            decisions: Family::default(),
+        };
+        registry.register(
+            "mlops_monitoring_predictions",
+            "Predictions observed, by model and role",
+            metrics.predictions.clone(),
+        );
+        registry.register(
+            "mlops_monitoring_labels",
+            "Labels observed",
+            metrics.labels.clone(),
+        );
+        registry.register(
+            "mlops_monitoring_label_lag_seconds",
+            "Delay from a prediction to its label",
+            metrics.label_lag.clone(),
+        );
+        registry.register(
+            "mlops_monitoring_drift_score",
+            "The latest window's drift statistic, by model, version, feature and statistic",
+            metrics.drift_score.clone(),
+        );
+        registry.register(
+            "mlops_monitoring_performance",
+            "The latest labelled window's metric, by model, version and metric",
+            metrics.performance.clone(),
+        );
+        registry.register(
+            "mlops_monitoring_drift_events",
+            "Drift incidents published, by model and severity",
+            metrics.drift_events.clone(),
+        );
+        registry.register(
+            "mlops_monitoring_canary_decisions",
+            "Canary verdicts published, by model and decision",
+            metrics.decisions.clone(),
+        );
+        metrics
+    }
+}
+
+pub struct Shared {
+    pub monitor: Mutex<Monitor>,
+    registry: RegistryClient,
+    http: reqwest::Client,
+    feature_url: String,
+    producer: Producer,
+    metrics: Metrics,
+    unsent: Mutex<Vec<Action>>,
+}
+
+impl Shared {
+    pub fn new(
+        settings: MonitorSettings,
+        registry: RegistryClient,
+        http: reqwest::Client,
+        feature_url: String,
+        producer: Producer,
+        metrics: &mut Registry,
+    ) -> Self {
+        Self {
+            monitor: Mutex::new(Monitor::new(settings)),
+            registry,
+            http,
+            feature_url,
+            producer,
+            metrics: Metrics::new(metrics),
+            unsent: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn monitor(&self) -> std::sync::MutexGuard<'_, Monitor> {
+        self.monitor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The task and reference statistics of a version: its artifact (verified) names the
+    /// snapshot, whose manifest carries the statistics.
+    async fn version_info(&self, model: &str, version: i32) -> Result<VersionInfo, String> {
+        let artifact = self.registry.artifact(model, i64::from(version)).await?;
+        let url = format!(
+            "{}/v1/training-sets/{}",
+            self.feature_url, artifact.snapshot_id
+        );
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("{url}: {}", response.status()));
+        }
+        let manifest: Manifest = response
+            .json()
+            .await
+            .map_err(|e| format!("{url}: not a snapshot manifest: {e}"))?;
+        Ok(VersionInfo {
+            task: artifact.task,
+            snapshot_id: artifact.snapshot_id,
+            reference: manifest.statistics,
+        })
+    }
+
+    /// Closes due windows, judges canaries, publishes what follows, refreshes the gauges.
+    pub async fn tick(&self) {
+        let mut actions =
+            std::mem::take(&mut *self.unsent.lock().unwrap_or_else(|e| e.into_inner()));
+        actions.extend(self.monitor().tick(mlops_events::now_millis()));
+        self.publish(actions).await;
+        let latest = self.monitor().latest();
+        for (model, version, drift, performance) in latest {
+            for (feature, statistic, value) in drift {
+                self.metrics
+                    .drift_score
+                    .get_or_create(&vec![
+                        ("model", model.clone()),
+                        ("version", version.to_string()),
+                        ("feature", feature),
+                        ("statistic", statistic),
+                    ])
+                    .set(value);
+            }
+            for (metric, value) in performance {
+                self.metrics
+                    .performance
+                    .get_or_create(&vec![
+                        ("model", model.clone()),
+                        ("version", version.to_string()),
+                        ("metric", metric),
+                    ])
+                    .set(value);
+            }
+        }
+    }
+
+    /// Publishes `actions` in order; from the first that fails on, they wait for the next
+    /// tick.
+    async fn publish(&self, actions: Vec<Action>) {
+        let mut actions = actions.into_iter();
+        while let Some(action) = actions.next() {
+            if let Err(e) = self.publish_one(&action).await {
+                warn!(error = %e, "monitoring events could not be published yet; retrying");
+                let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+                unsent.push(action);
+                unsent.extend(actions);
+                return;
+            }
+        }
+    }
+
+    async fn publish_one(&self, action: &Action) -> Result<(), String> {
+        {
+            match action {
+                Action::Drift(event, request) => {
+                    self.publish_drift(event, request.as_ref()).await?
+                }
+                Action::Decide(decision) => {
+                    let sent = self
+                        .producer
+                        .send_event(
+                            topics::CANARY_DECISIONS,
+                            Some(decision.model_name.as_bytes()),
+                            decision,
+                            OwnedHeaders::new(),
+                        )
+                        .await;
+                    sent.map_err(|e| e.to_string())?;
+                    info!(model = %decision.model_name, version = decision.canary_version,
+                          verdict = ?decision.decision, reason = %decision.reason, "canary verdict");
+                    self.metrics
+                        .decisions
+                        .get_or_create(&vec![
+                            ("model", decision.model_name.clone()),
+                            (
+                                "decision",
+                                format!("{:?}", decision.decision).to_lowercase(),
+                            ),
+                        ])
+                        .inc();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_drift(
+        &self,
+        event: &DriftEvent,
+        request: Option<&TrainingRequest>,
+    ) -> Result<(), String> {
+        let key = Some(event.model_name.as_bytes());
+        self.producer
+            .send_event(topics::MONITORING_DRIFT, key, event, OwnedHeaders::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(model = %event.model_name, version = event.model_version, severity = ?event.severity,
+              features = ?event.features.iter().map(|f| &f.feature).collect::<Vec<_>>(), "drift");
+        self.metrics
+            .drift_events
+            .get_or_create(&vec![
+                ("model", event.model_name.clone()),
+                ("severity", format!("{:?}", event.severity).to_lowercase()),
+            ])
+            .inc();
+        if let Some(request) = request {
+            self.producer
+                .send_event(topics::TRAINING_REQUESTS, key, request, OwnedHeaders::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            info!(model = %request.model_name, request = %request.request_id, "retraining asked for");
+        }
+        Ok(())
+    }
+}
+
+/// Which subscription a handler serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Input {
+    Lifecycle,
+    Predictions,
+    Labels,
+}
+
+#[derive(Clone)]
+pub struct Intake {
+    pub shared: Arc<Shared>,
+    pub codec: Arc<AvroCodec>,
+    pub input: Input,
+}
+
+impl Handler for Intake {
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        let Some(payload) = record.payload.as_deref() else {
+            return Ok(());
+        };
+        let shared = &self.shared;
+        match self.input {
+            Input::Lifecycle => {
+                let event: ModelLifecycleEvent = self.codec.decode(payload).await?;
+                shared.monitor().lifecycle(&event);
+            }
+            Input::Labels => {
+                let label: GroundTruthLabel = self.codec.decode(payload).await?;
+                shared.metrics.labels.inc();
+                let lag = (label.received_at - label.event_time).max(0) as f64 / 1000.0;
+                shared.metrics.label_lag.observe(lag);
+                shared.monitor().label(&label);
+            }
+            Input::Predictions => {
+                let log: PredictionLog = self.codec.decode(payload).await?;
+                let needs = shared
+                    .monitor()
+                    .needs_info(&log.model_name, log.model_version);
+                if needs {
+                    // Until its reference is known, a version's traffic waits (retried):
+                    // drift measured against nothing would be no measure.
+                    let info = shared
+                        .version_info(&log.model_name, log.model_version)
+                        .await
+                        .map_err(|e| {
+                            HandlerError::retry(format!(
+                                "the reference of {} version {} cannot be read yet: {e}",
+                                log.model_name, log.model_version
+                            ))
+                        })?;
+                    shared
+                        .monitor()
+                        .set_info(&log.model_name, log.model_version, Arc::new(info));
+                }
+                shared
+                    .metrics
+                    .predictions
+                    .get_or_create(&vec![
+                        ("model", log.model_name.clone()),
+                        ("role", format!("{:?}", log.role).to_lowercase()),
+                    ])
+                    .inc();
+                let actions = shared.monitor().prediction(&log);
+                shared.publish(actions).await;
+            }
+        }
+        Ok(())
+    }
+}

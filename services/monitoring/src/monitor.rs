@@ -1,0 +1,915 @@
+//! What the monitor knows, model by model, and what it decides: fed prediction logs,
+//! labels and lifecycle events, ticked by the clock, it answers with the events to publish
+//! (`Action`). No I/O here: the service around it consumes, fetches references and
+//! publishes.
+//!
+//! - Drift of the production version's inputs, window by window (`detector`), against the
+//!   reference statistics of the snapshot it was trained on; an incident asks for one
+//!   retraining (unless a candidate is already in canary).
+//! - Prediction drift: each window's outputs against the version's first full window (KS).
+//! - Data quality: null and out-of-range rates per feature; volume against recent windows.
+//! - Performance with delayed labels: predictions kept (bounded) until their label arrives,
+//!   joined by request id, else by the entity's latest unlabelled prediction; metrics per
+//!   window of labels, and the label delay.
+//! - Canary analysis (`canary`): canary against production since the canary started.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
+
+use mlops_events::{
+    CanaryDecision, DriftEvent, GroundTruthLabel, LabelValue, ModelLifecycleEvent, ModelStage,
+    PredictionLog, ServingRole, TrainingReason, TrainingRequest,
+};
+use mlops_ml::ReferenceStatistics;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+
+use crate::{
+    canary::{self, Arm, CanarySettings},
+    detector::{Detector, Thresholds, WindowReport},
+};
+
+/// How the monitor watches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorSettings {
+    /// A window closes after this many predictions...
+    pub window_size: usize,
+    /// ...or this long after its first one, if it holds `min_window_size` by then.
+    pub window_seconds: u64,
+    pub min_window_size: usize,
+    pub thresholds: Thresholds,
+    /// Thresholds of their own for some features (by raw feature name).
+    pub feature_thresholds: BTreeMap<String, Thresholds>,
+    /// Clean windows in a row that close an incident.
+    pub clear_after: usize,
+    /// Windows after an incident closed before another may open.
+    pub cooldown_windows: usize,
+    /// Whether an incident asks for a retraining (`training.requests`, reason `drift`).
+    pub retrain_on_drift: bool,
+    /// Labelled predictions per performance window.
+    pub performance_window: usize,
+    /// Predictions kept per model awaiting their label; the oldest go first.
+    pub pending_labels: usize,
+    /// Windows (drift and performance) kept per version for the report.
+    pub history: usize,
+    pub canary: CanarySettings,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        Self {
+            window_size: 500,
+            window_seconds: 60,
+            min_window_size: 50,
+            thresholds: Thresholds::default(),
+            feature_thresholds: BTreeMap::new(),
+            clear_after: 2,
+            cooldown_windows: 1,
+            retrain_on_drift: true,
+            performance_window: 100,
+            pending_labels: 100_000,
+            history: 100,
+            canary: CanarySettings::default(),
+        }
+    }
+}
+
+/// What the monitor needs of a version: its task and its reference.
+#[derive(Debug, Clone)]
+pub struct VersionInfo {
+    pub task: String,
+    pub snapshot_id: String,
+    pub reference: BTreeMap<String, ReferenceStatistics>,
+}
+
+/// What to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Drift(DriftEvent, Option<TrainingRequest>),
+    Decide(CanaryDecision),
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct WindowSummary {
+    start: i64,
+    end: i64,
+    size: usize,
+    statistics: Vec<Json>,
+    quality: BTreeMap<String, crate::detector::Quality>,
+    prediction_drift: Option<Json>,
+    volume: Json,
+    incident: Option<String>,
+    incident_closed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct PerformanceSummary {
+    start: i64,
+    end: i64,
+    labels: usize,
+    metrics: BTreeMap<String, f64>,
+    label_lag_seconds: Json,
+}
+
+#[derive(Default)]
+struct VersionState {
+    info: Option<Arc<VersionInfo>>,
+    detector: Option<Detector>,
+    predictions: u64,
+    labels: u64,
+    outputs: Vec<f64>,
+    output_baseline: Option<Vec<f64>>,
+    rates: VecDeque<f64>,
+    windows: VecDeque<WindowSummary>,
+    /// The open performance window: (truth, score, label lag ms, predicted_at).
+    scored: Vec<(LabelValue, f64, Option<String>, i64, i64)>,
+    performance: VecDeque<PerformanceSummary>,
+    lags_ms: VecDeque<f64>,
+}
+
+#[derive(Clone)]
+struct Pending {
+    request_id: String,
+    entity_id: Option<String>,
+    version: i32,
+    output: f64,
+    predicted_label: Option<String>,
+    predicted_at: i64,
+}
+
+struct CanaryState {
+    version: i32,
+    percent: f64,
+    since: i64,
+    canary: Arm,
+    production: Arm,
+    /// Set once a verdict was published for this stretch; cleared by the lifecycle event
+    /// that follows it (a widening starts a new stretch).
+    decided: Option<String>,
+}
+
+#[derive(Default)]
+struct ModelState {
+    production: Option<i32>,
+    canary: Option<CanaryState>,
+    versions: BTreeMap<i32, VersionState>,
+    pending: VecDeque<Pending>,
+    by_request: HashMap<String, Pending>,
+    drift_events: VecDeque<DriftEvent>,
+    decisions: VecDeque<CanaryDecision>,
+}
+
+#[derive(Default)]
+pub struct Monitor {
+    settings: MonitorSettings,
+    models: BTreeMap<String, ModelState>,
+}
+
+impl Monitor {
+    pub fn new(settings: MonitorSettings) -> Self {
+        Self {
+            settings,
+            models: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the version's reference is still to be fetched.
+    pub fn needs_info(&self, model: &str, version: i32) -> bool {
+        self.models
+            .get(model)
+            .and_then(|m| m.versions.get(&version))
+            .is_none_or(|v| v.info.is_none())
+    }
+
+    pub fn set_info(&mut self, model: &str, version: i32, info: Arc<VersionInfo>) {
+        let settings = &self.settings;
+        let state = self
+            .models
+            .entry(model.to_owned())
+            .or_default()
+            .versions
+            .entry(version)
+            .or_default();
+        state.detector = Some(
+            Detector::new(
+                info.reference.clone(),
+                settings.thresholds,
+                settings.window_size,
+            )
+            .with_feature_thresholds(settings.feature_thresholds.clone())
+            .with_hysteresis(settings.clear_after, settings.cooldown_windows),
+        );
+        state.info = Some(info);
+    }
+
+    /// A lifecycle event: which version is in production, which in canary at what share.
+    pub fn lifecycle(&mut self, event: &ModelLifecycleEvent) {
+        let model = self.models.entry(event.model_name.clone()).or_default();
+        match event.stage {
+            ModelStage::Production => {
+                model.production = Some(event.version);
+                if model
+                    .canary
+                    .as_ref()
+                    .is_some_and(|c| c.version == event.version)
+                {
+                    model.canary = None;
+                }
+            }
+            ModelStage::Canary => {
+                let percent = event.canary_percent.unwrap_or(0.0);
+                let same = model
+                    .canary
+                    .as_ref()
+                    .is_some_and(|c| c.version == event.version && c.percent == percent);
+                if !same {
+                    model.canary = Some(CanaryState {
+                        version: event.version,
+                        percent,
+                        since: event.occurred_at,
+                        canary: Arm::default(),
+                        production: Arm::default(),
+                        decided: None,
+                    });
+                }
+            }
+            ModelStage::Archived | ModelStage::Candidate => {
+                if model
+                    .canary
+                    .as_ref()
+                    .is_some_and(|c| c.version == event.version)
+                {
+                    model.canary = None;
+                }
+                if model.production == Some(event.version) {
+                    model.production = None;
+                }
+            }
+        }
+    }
+
+    /// A logged prediction.
+    pub fn prediction(&mut self, log: &PredictionLog) -> Vec<Action> {
+        let settings = &self.settings;
+        let model = self.models.entry(log.model_name.clone()).or_default();
+        let pending = Pending {
+            request_id: log.request_id.clone(),
+            entity_id: log.entity_id.clone(),
+            version: log.model_version,
+            output: log.output,
+            predicted_label: log.predicted_label.clone(),
+            predicted_at: log.predicted_at,
+        };
+        if model.pending.len() >= settings.pending_labels.max(1)
+            && let Some(oldest) = model.pending.pop_front()
+        {
+            model.by_request.remove(&oldest.request_id);
+        }
+        model
+            .by_request
+            .insert(log.request_id.clone(), pending.clone());
+        model.pending.push_back(pending);
+
+        if let Some(canary) = &mut model.canary
+            && log.predicted_at >= canary.since
+        {
+            let latency_ms = log.latency_us as f64 / 1000.0;
+            if log.model_version == canary.version {
+                canary.canary.prediction(log.output, latency_ms);
+            } else if log.role == ServingRole::Production {
+                canary.production.prediction(log.output, latency_ms);
+            }
+        }
+
+        let version = model.versions.entry(log.model_version).or_default();
+        version.predictions += 1;
+        // Drift is watched on the traffic production answers.
+        if log.role != ServingRole::Production {
+            return Vec::new();
+        }
+        version.outputs.push(log.output);
+        let report = version
+            .detector
+            .as_mut()
+            .and_then(|d| d.observe(&log.features, log.predicted_at));
+        match report {
+            Some(report) => {
+                close_window(settings, &log.model_name, log.model_version, model, report)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// A label: joined to its prediction, scored, and counted for the canary.
+    pub fn label(&mut self, label: &GroundTruthLabel) {
+        let settings = &self.settings;
+        // The model is not named on a label: every model that made the prediction learns.
+        for model in self.models.values_mut() {
+            let joined = label
+                .request_id
+                .as_ref()
+                .and_then(|id| model.by_request.remove(id))
+                .or_else(|| {
+                    let position = model
+                        .pending
+                        .iter()
+                        .rposition(|p| p.entity_id.as_deref() == Some(label.entity_id.as_str()))?;
+                    let p = model.pending.remove(position)?;
+                    model.by_request.remove(&p.request_id);
+                    Some(p)
+                });
+            let Some(prediction) = joined else {
+                continue;
+            };
+            if label.request_id.is_some() {
+                model
+                    .pending
+                    .retain(|p| p.request_id != prediction.request_id);
+            }
+            let lag = (label.received_at - prediction.predicted_at) as f64;
+            let Some(version) = model.versions.get_mut(&prediction.version) else {
+                continue;
+            };
+            let task = version.info.as_ref().map_or("", |i| i.task.as_str());
+            let loss = loss(task, &prediction, &label.label);
+            if let Some(canary) = &mut model.canary
+                && prediction.predicted_at >= canary.since
+                && let Some(loss) = loss
+            {
+                if prediction.version == canary.version {
+                    canary.canary.loss(loss);
+                } else if Some(prediction.version) == model.production {
+                    canary.production.loss(loss);
+                }
+            }
+            version.labels += 1;
+            if version.lags_ms.len() >= 10_000 {
+                version.lags_ms.pop_front();
+            }
+            version.lags_ms.push_back(lag);
+            version.scored.push((
+                label.label.clone(),
+                prediction.output,
+                prediction.predicted_label.clone(),
+                lag as i64,
+                prediction.predicted_at,
+            ));
+            if version.scored.len() >= settings.performance_window.max(1) {
+                let task = task.to_owned();
+                let summary = performance(&task, std::mem::take(&mut version.scored));
+                if version.performance.len() >= settings.history {
+                    version.performance.pop_front();
+                }
+                version.performance.push_back(summary);
+            }
+        }
+    }
+
+    /// The clock: closes time windows that are due, judges canaries.
+    pub fn tick(&mut self, now: i64) -> Vec<Action> {
+        let settings = &self.settings;
+        let mut actions = Vec::new();
+        for (name, model) in &mut self.models {
+            let due: Vec<i32> = model
+                .versions
+                .iter()
+                .filter_map(|(v, state)| {
+                    let (size, first) = state.detector.as_ref()?.pending();
+                    (size >= settings.min_window_size.max(1)
+                        && now - first >= settings.window_seconds as i64 * 1000)
+                        .then_some(*v)
+                })
+                .collect();
+            for v in due {
+                let report = model
+                    .versions
+                    .get_mut(&v)
+                    .and_then(|s| s.detector.as_mut())
+                    .and_then(|d| d.close(settings.min_window_size));
+                if let Some(report) = report {
+                    actions.extend(close_window(settings, name, v, model, report));
+                }
+            }
+            let production = model.production;
+            if let Some(canary) = &mut model.canary
+                && canary.decided.is_none()
+            {
+                let verdict = canary::judge(
+                    &settings.canary,
+                    &canary.canary,
+                    production.map(|_| &canary.production),
+                    canary.percent,
+                    now - canary.since,
+                );
+                if let Some(verdict) = verdict {
+                    let decision = CanaryDecision {
+                        decision_id: mlops_events::new_id(),
+                        model_name: name.clone(),
+                        canary_version: canary.version,
+                        production_version: production,
+                        decision: verdict.decision,
+                        new_percent: verdict.new_percent,
+                        evidence: verdict.evidence,
+                        reason: verdict.reason,
+                        decided_at: now,
+                        trace_id: None,
+                    };
+                    canary.decided = Some(decision.decision_id.clone());
+                    if model.decisions.len() >= 20 {
+                        model.decisions.pop_front();
+                    }
+                    model.decisions.push_back(decision.clone());
+                    actions.push(Action::Decide(decision));
+                }
+            }
+        }
+        actions
+    }
+
+    pub fn model_names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+
+    /// The report of `GET /v1/monitoring/models/{name}`.
+    pub fn report(&self, name: &str) -> Option<Json> {
+        let model = self.models.get(name)?;
+        let versions: Vec<Json> = model
+            .versions
+            .iter()
+            .map(|(v, state)| {
+                let stage = if model.production == Some(*v) {
+                    "production"
+                } else if model.canary.as_ref().is_some_and(|c| c.version == *v) {
+                    "canary"
+                } else {
+                    "other"
+                };
+                let (open, _) = state.detector.as_ref().map_or((0, 0), Detector::pending);
+                json!({
+                    "version": v,
+                    "stage": stage,
+                    "reference_snapshot": state.info.as_ref().map(|i| i.snapshot_id.clone()),
+                    "task": state.info.as_ref().map(|i| i.task.clone()),
+                    "predictions": state.predictions,
+                    "labels": state.labels,
+                    "current_window": {"size": open},
+                    "incident_open": state.detector.as_ref().is_some_and(Detector::is_open),
+                    "windows": state.windows,
+                    "performance": state.performance,
+                    "label_lag_seconds": lag_summary(state.lags_ms.iter().copied()),
+                })
+            })
+            .collect();
+        let canary = model.canary.as_ref().map(|c| {
+            let verdict = canary::judge(
+                &CanarySettings {
+                    min_requests: 0,
+                    min_labels: 0,
+                    min_seconds: 0,
+                    ..self.settings.canary.clone()
+                },
+                &c.canary,
+                model.production.map(|_| &c.production),
+                c.percent,
+                mlops_events::now_millis() - c.since,
+            );
+            json!({
+                "version": c.version, "percent": c.percent, "since": c.since,
+                "decided": c.decided,
+                "evidence": verdict.map(|v| v.evidence),
+            })
+        });
+        Some(json!({
+            "name": name,
+            "production": model.production,
+            "canary": canary,
+            "versions": versions,
+            "drift_events": model.drift_events,
+            "canary_decisions": model.decisions,
+        }))
+    }
+
+    /// Each version's latest window statistics and performance, for the metrics.
+    pub fn latest(
+        &self,
+    ) -> Vec<(
+        String,
+        i32,
+        Vec<(String, String, f64)>,
+        BTreeMap<String, f64>,
+    )> {
+        let mut out = Vec::new();
+        for (name, model) in &self.models {
+            for (v, state) in &model.versions {
+                let drift = state
+                    .windows
+                    .back()
+                    .map(|w| {
+                        w.statistics
+                            .iter()
+                            .filter_map(|s| {
+                                Some((
+                                    s["feature"].as_str()?.to_owned(),
+                                    s["statistic"].as_str()?.to_owned(),
+                                    s["value"].as_f64()?,
+                                ))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let performance = state
+                    .performance
+                    .back()
+                    .map(|p| p.metrics.clone())
+                    .unwrap_or_default();
+                out.push((name.clone(), *v, drift, performance));
+            }
+        }
+        out
+    }
+}
+
+fn close_window(
+    settings: &MonitorSettings,
+    name: &str,
+    version: i32,
+    model: &mut ModelState,
+    report: WindowReport,
+) -> Vec<Action> {
+    let canary_in_flight = model.canary.is_some();
+    let Some(state) = model.versions.get_mut(&version) else {
+        return Vec::new();
+    };
+    let outputs = std::mem::take(&mut state.outputs);
+    let prediction_drift = match &state.output_baseline {
+        None => {
+            state.output_baseline = Some(outputs);
+            None
+        }
+        Some(baseline) if !outputs.is_empty() => {
+            let mut a = baseline.clone();
+            let mut b = outputs;
+            let (d, p) = mlops_ml::drift::ks_two_sample(&mut a, &mut b);
+            Some(json!({"statistic": "ks", "value": d, "p_value": p}))
+        }
+        Some(_) => None,
+    };
+    let seconds = ((report.end - report.start) as f64 / 1000.0).max(1.0);
+    let rate = report.size as f64 / seconds;
+    let recent = if state.rates.is_empty() {
+        None
+    } else {
+        Some(state.rates.iter().sum::<f64>() / state.rates.len() as f64)
+    };
+    if state.rates.len() >= 10 {
+        state.rates.pop_front();
+    }
+    state.rates.push_back(rate);
+    let statistics: Vec<Json> = report
+        .statistics
+        .iter()
+        .map(|(f, drifted)| {
+            json!({"feature": f.feature, "statistic": f.statistic, "value": f.value,
+                   "threshold": f.threshold, "p_value": f.p_value, "drifted": drifted})
+        })
+        .collect();
+    let mut actions = Vec::new();
+    let mut incident = None;
+    if let Some((features, severity)) = report.opened {
+        let event = DriftEvent {
+            event_id: mlops_events::new_id(),
+            model_name: name.to_owned(),
+            model_version: version,
+            window_start: report.start,
+            window_end: report.end,
+            window_size: report.size as i64,
+            features,
+            severity,
+            detected_at: mlops_events::now_millis(),
+            trace_id: None,
+        };
+        incident = Some(event.event_id.clone());
+        // A candidate already in canary is the answer to this drift in the making.
+        let request = (settings.retrain_on_drift && !canary_in_flight).then(|| TrainingRequest {
+            request_id: mlops_events::new_id(),
+            model_name: name.to_owned(),
+            reason: TrainingReason::Drift,
+            window_start: None,
+            window_end: None,
+            triggering_event_id: Some(event.event_id.clone()),
+            requested_by: "monitoring".to_owned(),
+            requested_at: event.detected_at,
+            trace_id: None,
+        });
+        if model.drift_events.len() >= 20 {
+            model.drift_events.pop_front();
+        }
+        model.drift_events.push_back(event.clone());
+        actions.push(Action::Drift(event, request));
+    }
+    if state.windows.len() >= settings.history {
+        state.windows.pop_front();
+    }
+    state.windows.push_back(WindowSummary {
+        start: report.start,
+        end: report.end,
+        size: report.size,
+        statistics,
+        quality: report.quality,
+        prediction_drift,
+        volume: json!({"per_second": rate, "recent_per_second": recent,
+                       "ratio": recent.map(|r| if r > 0.0 { rate / r } else { 0.0 })}),
+        incident,
+        incident_closed: report.closed,
+    });
+    actions
+}
+
+/// The loss of one prediction against its label: 0/1 for classes, squared error for
+/// numbers; none when the two cannot be compared.
+fn loss(task: &str, prediction: &Pending, label: &LabelValue) -> Option<f64> {
+    match (task, label) {
+        ("regression", LabelValue::Number(y)) => Some((prediction.output - y).powi(2)),
+        ("regression", LabelValue::Class(_)) => None,
+        (_, label) => {
+            let predicted = prediction.predicted_label.as_deref()?;
+            Some(if same_class(predicted, label) {
+                0.0
+            } else {
+                1.0
+            })
+        }
+    }
+}
+
+/// Whether a predicted class (`"1"`/`"0"` for binary models, a class name otherwise) is the
+/// labelled one (a number, a boolean's text or a class name).
+fn same_class(predicted: &str, label: &LabelValue) -> bool {
+    let truthy = |s: &str| matches!(s, "1" | "true" | "True");
+    match label {
+        LabelValue::Number(y) => truthy(predicted) == (*y >= 0.5),
+        LabelValue::Class(c) if matches!(c.as_str(), "true" | "false" | "True" | "False") => {
+            truthy(predicted) == truthy(c)
+        }
+        LabelValue::Class(c) => predicted == c,
+    }
+}
+
+fn performance(
+    task: &str,
+    scored: Vec<(LabelValue, f64, Option<String>, i64, i64)>,
+) -> PerformanceSummary {
+    let start = scored.iter().map(|s| s.4).min().unwrap_or(0);
+    let end = scored.iter().map(|s| s.4).max().unwrap_or(0);
+    let lags = lag_summary(scored.iter().map(|s| s.3 as f64));
+    let metrics = match task {
+        "regression" => {
+            let (truth, predicted): (Vec<f64>, Vec<f64>) = scored
+                .iter()
+                .filter_map(|(l, o, ..)| match l {
+                    LabelValue::Number(y) => Some((*y, *o)),
+                    LabelValue::Class(_) => None,
+                })
+                .unzip();
+            mlops_ml::metrics::regression(&truth, &predicted)
+        }
+        "binary_classification" => {
+            let truth: Vec<bool> = scored.iter().map(|(l, ..)| same_class("1", l)).collect();
+            let scores: Vec<f64> = scored.iter().map(|s| s.1).collect();
+            mlops_ml::metrics::binary(&truth, &scores)
+        }
+        _ => {
+            let correct = scored
+                .iter()
+                .filter(|(l, _, p, ..)| p.as_deref().is_some_and(|p| same_class(p, l)))
+                .count();
+            BTreeMap::from([(
+                "accuracy".to_owned(),
+                correct as f64 / scored.len().max(1) as f64,
+            )])
+        }
+    };
+    PerformanceSummary {
+        start,
+        end,
+        labels: scored.len(),
+        metrics,
+        label_lag_seconds: lags,
+    }
+}
+
+/// Count, p50, p90 and max of label delays given in milliseconds, in seconds.
+fn lag_summary(lags_ms: impl Iterator<Item = f64>) -> Json {
+    let mut sorted: Vec<f64> = lags_ms.map(|l| l / 1000.0).collect();
+    if sorted.is_empty() {
+        return json!({"count": 0});
+    }
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    json!({"count": sorted.len(), "p50": at(0.5), "p90": at(0.9), "max": at(1.0)})
+}
+
+#[cfg(test)]
+mod tests {
+    use polars::prelude::*;
+
+    use super::*;
+
+    fn info() -> Arc<VersionInfo> {
+        let amount: Vec<f64> = (0..5_000).map(|i| f64::from(i % 100)).collect();
+        Arc::new(VersionInfo {
+            task: "binary_classification".into(),
+            snapshot_id: "s".into(),
+            reference: BTreeMap::from([(
+                "amount".to_owned(),
+                mlops_ml::reference_statistics(&Column::new("amount".into(), amount)).unwrap(),
+            )]),
+        })
+    }
+
+    fn lifecycle(
+        version: i32,
+        stage: ModelStage,
+        percent: Option<f64>,
+        at: i64,
+    ) -> ModelLifecycleEvent {
+        ModelLifecycleEvent {
+            event_id: mlops_events::new_id(),
+            sequence: 0,
+            model_name: "m".into(),
+            version,
+            stage,
+            previous_stage: None,
+            canary_percent: percent,
+            artifact_uri: String::new(),
+            artifact_sha256: String::new(),
+            signature: None,
+            metrics: HashMap::new(),
+            lineage: Default::default(),
+            reason: String::new(),
+            actor: String::new(),
+            triggering_event_id: None,
+            occurred_at: at,
+            trace_id: None,
+        }
+    }
+
+    fn prediction(
+        i: usize,
+        version: i32,
+        role: ServingRole,
+        amount: f64,
+        at: i64,
+    ) -> PredictionLog {
+        PredictionLog {
+            request_id: format!("r{i}"),
+            entity_id: Some(format!("e{}", i % 50)),
+            model_name: "m".into(),
+            model_version: version,
+            role,
+            features: HashMap::from([("amount".to_owned(), amount)]),
+            output: if amount >= 50.0 { 0.9 } else { 0.1 },
+            predicted_label: Some(if amount >= 50.0 { "1" } else { "0" }.into()),
+            latency_us: 300,
+            predicted_at: at,
+            trace_id: None,
+        }
+    }
+
+    fn label(i: usize, truth: bool, at: i64) -> GroundTruthLabel {
+        GroundTruthLabel {
+            label_id: format!("l{i}"),
+            dataset: "d".into(),
+            entity_id: format!("e{}", i % 50),
+            request_id: Some(format!("r{i}")),
+            label: LabelValue::Number(if truth { 1.0 } else { 0.0 }),
+            event_time: at,
+            received_at: at + 2_000,
+            trace_id: None,
+        }
+    }
+
+    fn monitor() -> Monitor {
+        let mut monitor = Monitor::new(MonitorSettings {
+            window_size: 200,
+            performance_window: 100,
+            canary: CanarySettings {
+                min_requests: 50,
+                min_labels: 30,
+                min_seconds: 5,
+                ..CanarySettings::default()
+            },
+            ..MonitorSettings::default()
+        });
+        monitor.lifecycle(&lifecycle(1, ModelStage::Production, None, 0));
+        monitor.set_info("m", 1, info());
+        monitor
+    }
+
+    #[test]
+    fn a_shift_in_production_traffic_publishes_one_drift_event_and_one_retraining_request() {
+        let mut monitor = monitor();
+        let mut actions = Vec::new();
+        for i in 0..2_000 {
+            let amount = if i < 600 {
+                (i % 100) as f64
+            } else {
+                80.0 + (i % 100) as f64
+            };
+            actions.extend(monitor.prediction(&prediction(
+                i,
+                1,
+                ServingRole::Production,
+                amount,
+                i as i64,
+            )));
+        }
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        let Action::Drift(event, Some(request)) = &actions[0] else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(event.window_start, 600, "the first shifted window");
+        assert_eq!(request.reason, TrainingReason::Drift);
+        assert_eq!(request.triggering_event_id.as_ref(), Some(&event.event_id));
+        let report = monitor.report("m").unwrap();
+        let windows = report["versions"][0]["windows"].as_array().unwrap();
+        assert_eq!(windows.len(), 10);
+        assert!(
+            windows[3]["quality"]["amount"]["out_of_range_rate"]
+                .as_f64()
+                .unwrap()
+                > 0.5
+        );
+        // The model answers 0.9 far more often once amounts grew: prediction drift.
+        assert!(windows[5]["prediction_drift"]["value"].as_f64().unwrap() > 0.3);
+    }
+
+    #[test]
+    fn delayed_labels_are_joined_and_scored_per_window() {
+        let mut monitor = monitor();
+        for i in 0..300 {
+            monitor.prediction(&prediction(
+                i,
+                1,
+                ServingRole::Production,
+                (i % 100) as f64,
+                i as i64,
+            ));
+        }
+        // Labels arrive later, out of order; a quarter of them disagree with the model.
+        for i in (0..200).rev() {
+            let truth = ((i % 100) as f64 >= 50.0) != (i % 4 == 0);
+            monitor.label(&label(i, truth, i as i64));
+        }
+        let report = monitor.report("m").unwrap();
+        let performance = report["versions"][0]["performance"].as_array().unwrap();
+        assert_eq!(performance.len(), 2);
+        for window in performance {
+            assert!((window["metrics"]["accuracy"].as_f64().unwrap() - 0.75).abs() < 1e-9);
+            assert_eq!(window["label_lag_seconds"]["p50"], 2.0);
+        }
+        assert_eq!(report["versions"][0]["labels"], 200);
+    }
+
+    #[test]
+    fn a_canary_worse_on_its_labels_is_rolled_back_and_a_good_one_promoted() {
+        for canary_right in [false, true] {
+            let mut monitor = monitor();
+            monitor.lifecycle(&lifecycle(2, ModelStage::Canary, Some(10.0), 1_000));
+            monitor.set_info("m", 2, info());
+            let mut decisions = Vec::new();
+            for i in 0..1_000 {
+                let at = 1_000 + i as i64 * 10;
+                let (version, role) = if i % 10 == 0 {
+                    (2, ServingRole::Canary)
+                } else {
+                    (1, ServingRole::Production)
+                };
+                let amount = (i % 100) as f64;
+                monitor.prediction(&prediction(i, version, role, amount, at));
+                let right = amount >= 50.0;
+                let truth = if version == 2 && !canary_right {
+                    !right
+                } else {
+                    right
+                };
+                monitor.label(&label(i, truth, at));
+                decisions.extend(monitor.tick(at));
+            }
+            let [Action::Decide(decision)] = decisions.as_slice() else {
+                panic!("one decision: {decisions:?}");
+            };
+            let expected = if canary_right {
+                mlops_events::CanaryVerdict::Promote
+            } else {
+                mlops_events::CanaryVerdict::Rollback
+            };
+            assert_eq!(decision.decision, expected, "{decision:?}");
+            assert_eq!(decision.canary_version, 2);
+            assert_eq!(decision.production_version, Some(1));
+        }
+    }
+}
