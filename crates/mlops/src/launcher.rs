@@ -21,6 +21,19 @@ use crate::{
 /// How long a child gets to drain after SIGTERM before it is killed: longer than a
 /// service's own drain (its tasks, then its stream jobs' last commits).
 const STOP_GRACE: Duration = Duration::from_secs(40);
+/// Settings of the embedded platform where the services' defaults are sized for production
+/// traffic: on one machine traffic is small, so windows and canary bakes are too, and a
+/// retraining waits only a second for other requests to join it. Each applies unless set
+/// otherwise.
+const EMBEDDED_DEFAULTS: [(&str, &str); 6] = [
+    ("MLOPS__TRAINING__COOLDOWN_MS", "1000"),
+    ("MLOPS__MONITORING__POLICY__WINDOW_SIZE", "200"),
+    ("MLOPS__MONITORING__POLICY__MIN_WINDOW_SIZE", "30"),
+    ("MLOPS__MONITORING__POLICY__CANARY__MIN_REQUESTS", "50"),
+    ("MLOPS__MONITORING__POLICY__CANARY__MIN_LABELS", "30"),
+    ("MLOPS__MONITORING__POLICY__CANARY__MIN_SECONDS", "5"),
+];
+
 /// How long everything may take to become ready before `up` reports a failure.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -137,6 +150,23 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                 format!("MLOPS_{}_PORT", service.to_ascii_uppercase()),
                 layout.port(service).to_string(),
             );
+        // A setting for one service (`MLOPS__TRAINING__COOLDOWN_MS`) is an unknown setting
+        // to the others, which would refuse to start: each gets only its own section's.
+        for (name, _) in std::env::vars() {
+            let section = name
+                .strip_prefix("MLOPS__")
+                .and_then(|rest| rest.split("__").next())
+                .map(str::to_ascii_lowercase);
+            if section.is_some_and(|s| s != service && SERVICES.contains(&s.as_str())) {
+                command.env_remove(&name);
+            }
+        }
+        let section = format!("MLOPS__{}__", service.to_ascii_uppercase());
+        for (name, value) in EMBEDDED_DEFAULTS {
+            if name.starts_with(&section) && std::env::var_os(name).is_none() {
+                command.env(name, value);
+            }
+        }
         if service == "training" {
             // Training snapshots come from this platform's feature service, and models
             // that pass the gate go to its registry.

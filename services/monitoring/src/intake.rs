@@ -3,12 +3,17 @@
 //! monitor decides published (acknowledged by the broker); what could not be published
 //! yet waits in order and goes first on the next tick.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use mlops_events::{
     DriftEvent, GroundTruthLabel, ModelLifecycleEvent, PredictionLog, TrainingRequest, topics,
 };
-use mlops_kafka::{Handler, HandlerError, OwnedHeaders, Producer, Record};
+use mlops_kafka::{
+    Handler, HandlerError, KafkaConfig, OwnedHeaders, Producer, Record, TopicSpec, ensure_topics,
+};
 use mlops_ml::{Manifest, registry::RegistryClient};
 use mlops_schema::AvroCodec;
 use prometheus_client::{
@@ -89,6 +94,9 @@ pub struct Shared {
     http: reqwest::Client,
     feature_url: String,
     producer: Producer,
+    kafka: KafkaConfig,
+    /// Whether the topics published to are known to exist.
+    provisioned: AtomicBool,
     metrics: Metrics,
     unsent: Mutex<Vec<Action>>,
 }
@@ -100,6 +108,7 @@ impl Shared {
         http: reqwest::Client,
         feature_url: String,
         producer: Producer,
+        kafka: KafkaConfig,
         metrics: &mut Registry,
     ) -> Self {
         Self {
@@ -108,6 +117,8 @@ impl Shared {
             http,
             feature_url,
             producer,
+            kafka,
+            provisioned: AtomicBool::new(false),
             metrics: Metrics::new(metrics),
             unsent: Mutex::new(Vec::new()),
         }
@@ -193,6 +204,17 @@ impl Shared {
     }
 
     async fn publish_one(&self, action: &Action) -> Result<(), String> {
+        if !self.provisioned.load(Ordering::Acquire) {
+            let outputs = [
+                TopicSpec::new(topics::MONITORING_DRIFT, 3),
+                TopicSpec::new(topics::TRAINING_REQUESTS, 3),
+                TopicSpec::new(topics::CANARY_DECISIONS, 3),
+            ];
+            ensure_topics(&self.kafka, &outputs)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.provisioned.store(true, Ordering::Release);
+        }
         {
             match action {
                 Action::Drift(event, request) => {

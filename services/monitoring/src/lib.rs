@@ -110,6 +110,7 @@ pub async fn run(
         http,
         settings.feature_url.trim_end_matches('/').to_owned(),
         producer.clone(),
+        common.kafka.clone(),
         &mut metrics,
     ));
 

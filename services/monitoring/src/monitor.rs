@@ -49,6 +49,10 @@ pub struct MonitorSettings {
     pub cooldown_windows: usize,
     /// Whether an incident asks for a retraining (`training.requests`, reason `drift`).
     pub retrain_on_drift: bool,
+    /// The labels that retraining learns from: all of them when unset; else those from
+    /// this long (ms) before the drifted window's first prediction on (0: only since the
+    /// change; labels' event times and prediction times must share a clock for this).
+    pub retrain_lookback_ms: Option<i64>,
     /// Labelled predictions per performance window.
     pub performance_window: usize,
     /// Predictions kept per model awaiting their label; the oldest go first.
@@ -69,6 +73,7 @@ impl Default for MonitorSettings {
             clear_after: 2,
             cooldown_windows: 1,
             retrain_on_drift: true,
+            retrain_lookback_ms: None,
             performance_window: 100,
             pending_labels: 100_000,
             history: 100,
@@ -84,6 +89,15 @@ pub struct VersionInfo {
     pub snapshot_id: String,
     pub reference: BTreeMap<String, ReferenceStatistics>,
 }
+
+/// A version's latest figures: (model, version, (feature, statistic, value) of its last
+/// window, metrics of its last labelled window).
+pub type Latest = (
+    String,
+    i32,
+    Vec<(String, String, f64)>,
+    BTreeMap<String, f64>,
+);
 
 /// What to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -493,14 +507,7 @@ impl Monitor {
     }
 
     /// Each version's latest window statistics and performance, for the metrics.
-    pub fn latest(
-        &self,
-    ) -> Vec<(
-        String,
-        i32,
-        Vec<(String, String, f64)>,
-        BTreeMap<String, f64>,
-    )> {
+    pub fn latest(&self) -> Vec<Latest> {
         let mut out = Vec::new();
         for (name, model) in &self.models {
             for (v, state) in &model.versions {
@@ -597,7 +604,9 @@ fn close_window(
             request_id: mlops_events::new_id(),
             model_name: name.to_owned(),
             reason: TrainingReason::Drift,
-            window_start: None,
+            window_start: settings
+                .retrain_lookback_ms
+                .map(|lookback| report.start - lookback),
             window_end: None,
             triggering_event_id: Some(event.event_id.clone()),
             requested_by: "monitoring".to_owned(),

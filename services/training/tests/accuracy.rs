@@ -4,11 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use mlops_ml::metrics;
 use ndarray::Array2;
-use training::{
-    metrics,
-    trainer::{Algorithm, Examples, fit},
-};
+use training::trainer::{Algorithm, Examples, fit};
 
 /// Points of accuracy our models may trail (or lead) scikit-learn's by.
 const TOLERANCE: f64 = 0.02;

@@ -1,0 +1,122 @@
+//! The platform as a user starts it: `mlops` with its own data directory and free ports.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use mlops_testkit::free_port;
+
+pub(crate) const SERVICES: [&str; 6] = [
+    "registry",
+    "ingestion",
+    "feature",
+    "training",
+    "serving",
+    "monitoring",
+];
+pub(crate) const DEADLINE: Duration = Duration::from_secs(120);
+
+pub(crate) struct Ports {
+    pub(crate) broker: u16,
+    pub(crate) controller: u16,
+    pub(crate) services: Vec<(&'static str, u16)>,
+}
+
+impl Ports {
+    pub(crate) fn pick() -> Self {
+        Self {
+            broker: free_port(),
+            controller: free_port(),
+            services: SERVICES.iter().map(|s| (*s, free_port())).collect(),
+        }
+    }
+
+    pub(crate) fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.broker)
+    }
+}
+
+/// `mlops <args>` on this platform's data directory and ports, on the default broker engine.
+pub(crate) fn mlops(args: &[&str], data_dir: &Path, ports: &Ports) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mlops"));
+    command
+        .args(args)
+        .env("MLOPS_DATA_DIR", data_dir)
+        .env("MLOPS_BROKER_PORT", ports.broker.to_string())
+        .env("MLOPS_BROKER_CONTROLLER_PORT", ports.controller.to_string())
+        .env_remove("MLOPS_BROKER")
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env_remove("SCHEMA_REGISTRY_URL")
+        .stdin(Stdio::null());
+    for (service, port) in &ports.services {
+        command.env(
+            format!("MLOPS_{}_PORT", service.to_ascii_uppercase()),
+            port.to_string(),
+        );
+    }
+    command
+}
+
+pub(crate) fn launch(data_dir: &Path, ports: &Ports, engine: Option<&str>) -> Child {
+    let log = std::fs::File::create(data_dir.with_extension("log")).expect("launcher log");
+    let mut command = mlops(&["up"], data_dir, ports);
+    if let Some(engine) = engine {
+        command.env("MLOPS_BROKER", engine);
+    }
+    command
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start mlops up")
+}
+
+/// The child of `parent` running `mlops service <name>`.
+pub(crate) fn service_pid(parent: u32, name: &str) -> Option<u32> {
+    children_of(parent).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.ends_with(format!("service\0{name}\0").as_bytes()))
+    })
+}
+
+pub(crate) async fn wait_until_ready(ports: &Ports) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    for (service, port) in &ports.services {
+        loop {
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{service} not ready within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Live (non-zombie) processes whose parent is `parent`.
+pub(crate) fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command name: state, ppid, ...
+            let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+            state != "Z" && ppid == Some(parent)
+        })
+        .collect()
+}
