@@ -248,17 +248,20 @@ async fn stop_all(children: Vec<Supervised>) {
     }
 }
 
+/// Steps of the demo: readiness, the story's 13, the final status.
+const DEMO_STEPS: usize = 15;
+
 /// The end-to-end story told by `mlops demo`, within `deadline`. Each step names itself
 /// on failure.
 async fn demo_story(layout: &Layout, deadline: Instant) -> Result<(), String> {
-    println!("mlops demo: step 1/10 — waiting for the broker and all six services");
+    println!("mlops demo: step 1/{DEMO_STEPS} — waiting for the broker and all six services");
     let limit = deadline.saturating_duration_since(Instant::now());
     let elapsed = wait_until_ready(layout, limit)
         .await
         .map_err(|e| format!("step 'platform ready' failed: {e}"))?;
     println!("mlops demo:   ready in {:.1}s", elapsed.as_secs_f64());
-    crate::demo::story(layout, deadline, 2, 10).await?;
-    println!("mlops demo: step 10/10 — status");
+    crate::demo::story(layout, deadline, 2, DEMO_STEPS).await?;
+    println!("mlops demo: step {DEMO_STEPS}/{DEMO_STEPS} — status");
     if !status::report(layout).await {
         return Err("step 'status' failed: a component stopped being ready".to_owned());
     }

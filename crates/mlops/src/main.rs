@@ -1,6 +1,7 @@
 //! `mlops`: the whole platform on one machine. See `mlops --help`.
 
 mod broker;
+mod closed_loop;
 mod demo;
 mod kafka;
 mod launcher;

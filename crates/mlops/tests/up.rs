@@ -263,7 +263,7 @@ async fn demo_exit_succeeds_when_the_story_is_told_and_names_the_failed_step_oth
     let dir = mlops_testkit::temp_dir();
     let ports = Ports::pick();
     let output = mlops(
-        &["demo", "--exit", "--timeout", "120"],
+        &["demo", "--exit", "--timeout", "180"],
         &dir.path().join("ok"),
         &ports,
     )
@@ -304,6 +304,16 @@ async fn demo_exit_succeeds_when_the_story_is_told_and_names_the_failed_step_oth
         "{stdout}"
     );
     assert!(stdout.contains(r#""name":"probability""#), "{stdout}");
+    // Then the loop closes by itself: usual traffic raises no alarm, the shift does, the
+    // retraining it asks for registers version 2, which wins its canary and serves.
+    assert!(stdout.contains("— no drift"), "{stdout}");
+    assert!(
+        stdout.contains(r#"on version 1: "critical" severity"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("amount psi = "), "{stdout}");
+    assert!(stdout.contains(r#"verdict "promote": baked"#), "{stdout}");
+    assert!(stdout.contains("version 2 is in production"), "{stdout}");
     assert!(stdout.contains("mlops: stopped"), "{stdout}");
 
     // With a broker that does not exist, no service can become ready: the demo fails
