@@ -520,6 +520,7 @@ pub fn log(
     started: std::time::Instant,
 ) {
     let latency = started.elapsed().as_micros() as i64;
+    let trace_id = mlops_telemetry::current_trace_id();
     let id = id.unwrap_or_else(mlops_events::new_id);
     let role = match role {
         "canary" => mlops_events::ServingRole::Canary,
@@ -558,7 +559,8 @@ pub fn log(
             predicted_label: label.clone(),
             latency_us: latency,
             predicted_at: mlops_events::now_millis(),
-            trace_id: None,
+            // The request's trace: a prediction is found from the trace that asked for it.
+            trace_id: trace_id.clone(),
         });
     }
 }
