@@ -50,8 +50,8 @@ pub fn psi(expected: &[u64], actual: &[u64]) -> f64 {
 /// distribution functions, and its p-value from the asymptotic Kolmogorov distribution at
 /// √(n·m/(n+m))·D (scipy's `kstwobign.sf`). Sorts both samples.
 pub fn ks_two_sample(a: &mut [f64], b: &mut [f64]) -> (f64, f64) {
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
+    a.sort_unstable_by(f64::total_cmp);
+    b.sort_unstable_by(f64::total_cmp);
     let (n, m) = (a.len(), b.len());
     if n == 0 || m == 0 {
         return (0.0, 1.0);

@@ -42,6 +42,16 @@ pub enum ReferenceStatistics {
     },
 }
 
+/// The `q` quantile of sorted, non-empty `values`, interpolated linearly between the two
+/// nearest ranks.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let position = (values.len() - 1) as f64 * q;
+    let below = position.floor() as usize;
+    let above = (below + 1).min(values.len() - 1);
+    let fraction = position - below as f64;
+    values[below] + (values[above] - values[below]) * fraction
+}
+
 /// Reference statistics of one column: null rate always; for numbers, moments and decile
 /// bins with their counts; for categories, their frequencies.
 pub fn reference_statistics(column: &Column) -> PolarsResult<ReferenceStatistics> {
@@ -55,62 +65,29 @@ pub fn reference_statistics(column: &Column) -> PolarsResult<ReferenceStatistics
     };
     if series.dtype().is_primitive_numeric() {
         let x = series.cast(&DataType::Float64)?;
-        let frame = DataFrame::new_infer_height(vec![x.clone().into()])?;
-        let name = x.name().clone();
-        let quantiles: Vec<Expr> = (0..=BINS)
-            .map(|i| {
-                col(name.clone())
-                    .quantile(lit(i as f64 / BINS as f64), QuantileMethod::Linear)
-                    .alias(format!("q{i}"))
-            })
-            .collect();
-        let edges_frame = frame.clone().lazy().select(quantiles).collect()?;
-        let mut edges: Vec<f64> = (0..=BINS)
-            .filter_map(|i| {
-                edges_frame
-                    .column(&format!("q{i}"))
-                    .ok()?
-                    .f64()
-                    .ok()?
-                    .get(0)
-            })
-            .collect();
-        edges.dedup();
-        // Bin i holds (edge[i], edge[i+1]]; the first bin also holds its lower edge.
-        let bins: Vec<Expr> = edges
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| {
-                let inside = col(name.clone()).lt_eq(lit(w[1]));
-                let inside = if i == 0 {
-                    inside.and(col(name.clone()).gt_eq(lit(w[0])))
-                } else {
-                    inside.and(col(name.clone()).gt(lit(w[0])))
-                };
-                inside.cast(DataType::UInt32).sum().alias(format!("b{i}"))
-            })
-            .collect();
-        let counts: Vec<u64> = if bins.is_empty() {
-            Vec::new()
-        } else {
-            let frame = frame.lazy().select(bins).collect()?;
-            frame
-                .columns()
-                .iter()
-                .map(|c| {
-                    c.cast(&DataType::UInt64)
-                        .ok()
-                        .and_then(|c| c.u64().ok()?.get(0))
-                        .unwrap_or(0)
-                })
-                .collect()
-        };
+        // One sort gives the deciles (linear interpolation, as numpy and polars define
+        // it), the bin counts and the sketch.
         let mut sorted: Vec<f64> = x
             .f64()?
             .into_no_null_iter()
             .filter(|v| !v.is_nan())
             .collect();
-        sorted.sort_by(f64::total_cmp);
+        sorted.sort_unstable_by(f64::total_cmp);
+        let mut edges: Vec<f64> = if sorted.is_empty() {
+            Vec::new()
+        } else {
+            (0..=BINS)
+                .map(|i| quantile(&sorted, i as f64 / BINS as f64))
+                .collect()
+        };
+        edges.dedup();
+        // Bin i holds (edge[i], edge[i+1]]; the first bin also holds its lower edge. Every
+        // value lies within [edge[0], edge[last]], so the open-binned histogram is it.
+        let counts: Vec<u64> = if edges.len() < 2 {
+            Vec::new()
+        } else {
+            crate::drift::histogram(&edges, sorted.iter().copied())
+        };
         let sketch = if sorted.len() <= SKETCH {
             sorted
         } else {

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Side-by-side model serving on this machine: the platform's serving (`mlops up`, release
+# build, models trained through its own APIs) against Seldon MLServer with the same models
+# in scikit-learn, over the Open Inference Protocol v2 with the same request bodies: logistic
+# regression and random forest, 1 and 32 rows per request, at several concurrencies. For
+# each run: requests/s, latency percentiles, and the CPU seconds of the server process
+# alone (MLServer: with its worker processes) per 1,000 requests, from /proc/<pid>/stat.
+#
+#   load-tests/serving.sh     (BENCH_SECONDS=10, BENCH_CONCURRENCY="1 16" by default)
+# Needs the default ports (8080-8085, 9092) and 18080-18082 free.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+seconds=${BENCH_SECONDS:-10}
+concurrencies=${BENCH_CONCURRENCY:-1 16}
+warmup=3
+port=18080
+cache="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}"
+
+cargo build --release --locked --bin mlops --bin infer-load
+target=${CARGO_TARGET_DIR:-$root/target}/release
+venv="$cache/serving-venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -r load-tests/peers/serving-requirements.txt
+
+work=$(mktemp -d -t mlops-serving.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+MLOPS_DATA_DIR="$work/platform" MLOPS_BROKER=${MLOPS_BROKER:-tansu} "$target/mlops" up > "$work/up.log" 2>&1 &
+launcher=$!
+pids+=("$launcher")
+"$venv/bin/python" load-tests/peers/serving_setup.py "$work" "$port"
+serving=$(pgrep -P "$launcher" -f "service serving")
+
+(cd "$work/mlserver" && exec "$venv/bin/mlserver" start . > "$work/mlserver.log" 2>&1) &
+pids+=("$!")
+until curl -sf "http://127.0.0.1:$port/v2/models/bench_rf/ready" > /dev/null; do sleep 0.5; done
+mlserver=$(pgrep -f "mlserver start" | head -1)
+
+# A process and all its descendants.
+tree() {
+  local child
+  echo "$1"
+  for child in $(pgrep -P "$1"); do tree "$child"; done
+}
+# CPU ticks (user + system, 100 a second) of a process and all its descendants.
+cpu() {
+  local total=0 pid
+  for pid in $(tree "$1"); do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
+for model in bench_lr bench_rf; do
+  for rows in 1 32; do
+    for concurrency in $concurrencies; do
+      for side in platform mlserver; do
+        if [ "$side" = platform ]; then url="http://127.0.0.1:8082/v2/models/$model/infer"; pid=$serving
+        else url="http://127.0.0.1:$port/v2/models/$model/infer"; pid=$mlserver; fi
+        "$target/infer-load" --url "$url" --body "$work/body-$rows.json" --rows "$rows" \
+          --concurrency "$concurrency" --duration "$seconds" --warmup "$warmup" \
+          --label "$side $model" > "$work/run.json" &
+        load=$!
+        sleep "$warmup"; before=$(cpu "$pid")
+        sleep "$seconds"; after=$(cpu "$pid")
+        wait "$load"
+        "$venv/bin/python" - "$work/run.json" "$before" "$after" "$model" "$side" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / 100
+run.update(model=sys.argv[4], server=sys.argv[5], server_cpu_seconds=cpu,
+           cpu_seconds_per_1000_requests=round(1000 * cpu / max(run["requests"], 1), 3))
+print(json.dumps(run))
+PY
+      done
+    done
+  done
+done | tee "$work/results.jsonl"
+
+"$venv/bin/python" - "$work/results.jsonl" <<'PY'
+import json, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
+by = {(r["server"], r["model"], r["rows_per_request"], r["concurrency"]): r for r in runs}
+print("| model | rows/request | concurrency | platform req/s | MLServer req/s | throughput ratio | platform CPU s / 1k req | MLServer CPU s / 1k req | CPU ratio | platform p50 / p99 ms | MLServer p50 / p99 ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+for (server, model, rows, concurrency), p in sorted(by.items()):
+    if server != "platform":
+        continue
+    m = by[("mlserver", model, rows, concurrency)]
+    print(f"| {model} | {rows} | {concurrency} | {p['requests_per_second']:,.0f} | {m['requests_per_second']:,.0f} | "
+          f"**{p['requests_per_second'] / max(m['requests_per_second'], 1):.1f}×** | {p['cpu_seconds_per_1000_requests']} | "
+          f"{m['cpu_seconds_per_1000_requests']} | **{m['cpu_seconds_per_1000_requests'] / max(p['cpu_seconds_per_1000_requests'], 1e-9):.1f}×** | "
+          f"{p['p50_ms']} / {p['p99_ms']} | {m['p50_ms']} / {m['p99_ms']} |")
+errors = sum(r["errors"] for r in runs)
+if errors:
+    sys.exit(f"{errors} requests failed")
+PY
