@@ -40,7 +40,11 @@ serving=$(pgrep -P "$launcher" -f "service serving")
 
 (cd "$work/mlserver" && exec "$venv/bin/mlserver" start . > "$work/mlserver.log" 2>&1) &
 pids+=("$!")
-until curl -sf "http://127.0.0.1:$port/v2/models/bench_rf/ready" > /dev/null; do sleep 0.5; done
+for attempt in $(seq 240); do
+  curl -sf "http://127.0.0.1:$port/v2/models/bench_rf/ready" > /dev/null && break
+  [ "$attempt" -lt 240 ] || { tail -30 "$work/mlserver.log"; echo "MLServer did not load the models" >&2; exit 1; }
+  sleep 0.5
+done
 mlserver=$(pgrep -f "mlserver start" | head -1)
 
 # A process and all its descendants.

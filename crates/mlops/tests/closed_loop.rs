@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Client;
 use serde_json::{Value, json};
-use support::{Ports, mlops, wait_until_ready};
+use support::{Launched, Ports, mlops, wait_until_ready};
 
 const DATASET: &str = "loop_payments";
 const VIEW: &str = "loop_spend";
@@ -210,18 +210,20 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
     let dir = mlops_testkit::temp_dir();
     let ports = Ports::pick();
     let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
-    let mut launcher = mlops(&["up"], &dir.path().join("data"), &ports)
-        // Small windows and bakes for a test-sized stream; retraining learns from what
-        // came since the change (event times here are the wall clock, like predictions).
-        .env("MLOPS__MONITORING__POLICY__WINDOW_SIZE", "100")
-        .env("MLOPS__MONITORING__POLICY__RETRAIN_LOOKBACK_MS", "0")
-        .env("MLOPS__MONITORING__POLICY__CANARY__MIN_REQUESTS", "30")
-        .env("MLOPS__MONITORING__POLICY__CANARY__MIN_LABELS", "20")
-        .env("MLOPS__MONITORING__POLICY__CANARY__MIN_SECONDS", "3")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("mlops up");
+    let _launcher = Launched(
+        mlops(&["up"], &dir.path().join("data"), &ports)
+            // Small windows and bakes for a test-sized stream; retraining learns from what
+            // came since the change (event times here are the wall clock, like predictions).
+            .env("MLOPS__MONITORING__POLICY__WINDOW_SIZE", "100")
+            .env("MLOPS__MONITORING__POLICY__RETRAIN_LOOKBACK_MS", "0")
+            .env("MLOPS__MONITORING__POLICY__CANARY__MIN_REQUESTS", "30")
+            .env("MLOPS__MONITORING__POLICY__CANARY__MIN_LABELS", "20")
+            .env("MLOPS__MONITORING__POLICY__CANARY__MIN_SECONDS", "3")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("mlops up"),
+    );
     wait_until_ready(&ports).await;
     let http = Client::builder()
         .timeout(Duration::from_secs(60))
@@ -486,11 +488,4 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         "version 2 serves alone again: {:?}",
         stream.answers
     );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(launcher.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = launcher.wait();
 }

@@ -37,6 +37,9 @@ pub struct Settings {
     pub signing_key_file: Option<PathBuf>,
     /// Share of traffic a new version gets when it enters canary, in percent.
     pub first_canary_percent: f64,
+    /// Largest registration body (the artifact travels in it): a forest of many deep
+    /// trees is tens of megabytes.
+    pub max_artifact_bytes: usize,
 }
 
 impl Default for Settings {
@@ -45,6 +48,7 @@ impl Default for Settings {
             artifacts_url: None,
             signing_key_file: None,
             first_canary_percent: 10.0,
+            max_artifact_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -118,6 +122,7 @@ pub async fn run(
         signer: mlops_ml::Signer::from_secret_file(&key_file)?,
         wake: wake.clone(),
         first_canary_percent: config.registry.first_canary_percent,
+        max_artifact_bytes: config.registry.max_artifact_bytes,
     });
 
     // The registry is its own Schema Registry: its events are encoded through the API it

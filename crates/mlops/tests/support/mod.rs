@@ -120,3 +120,23 @@ pub(crate) fn children_of(parent: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+/// A running `mlops up` that is stopped (SIGTERM, then SIGKILL) when dropped, so a failing
+/// test leaves no platform behind.
+pub(crate) struct Launched(pub(crate) Child);
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

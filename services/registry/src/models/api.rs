@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::{
     Json as Body, Router,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{DefaultBodyLimit, Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -68,9 +68,12 @@ pub struct Models {
     pub wake: Arc<Notify>,
     /// Share of traffic a new version gets when it enters canary.
     pub first_canary_percent: f64,
+    /// Largest registration body.
+    pub max_artifact_bytes: usize,
 }
 
 pub fn router(models: Arc<Models>) -> Router {
+    let registration_limit = DefaultBodyLimit::max(models.max_artifact_bytes);
     Router::new()
         .route("/v1/signing-key", get(signing_key))
         .route("/v1/models", get(list_models))
@@ -78,7 +81,7 @@ pub fn router(models: Arc<Models>) -> Router {
         .route("/v1/models/{name}/history", get(history))
         .route(
             "/v1/models/{name}/versions",
-            get(list_versions).post(register),
+            get(list_versions).post(register).layer(registration_limit),
         )
         .route("/v1/models/{name}/versions/{version}", get(get_version))
         .route(
