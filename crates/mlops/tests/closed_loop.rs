@@ -358,6 +358,13 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         Some(0),
         "no false alarm on a stationary stream: {report}"
     );
+    // The view's rows are watched as well, scored or not.
+    mlops_testkit::until("feature rows reach the monitor", LIMIT, async || {
+        let report = monitoring(&stream).await;
+        let rows = report["versions"][0]["feature_rows"].as_u64().unwrap_or(0);
+        (rows > 0).then_some(()).ok_or(report.to_string())
+    })
+    .await;
 
     // Phase 2: payments grow (covariate shift; the labels stay right).
     stream.range = (20.0, 100.0);

@@ -3,13 +3,19 @@
 //! monitor decides published (acknowledged by the broker); what could not be published
 //! yet waits in order and goes first on the next tick.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
+use apache_avro::types::Value as AvroValue;
+
 use mlops_events::{
-    DriftEvent, GroundTruthLabel, ModelLifecycleEvent, PredictionLog, TrainingRequest, topics,
+    DriftEvent, GroundTruthLabel, ModelLifecycleEvent, ModelStage, PredictionLog, TrainingRequest,
+    topics,
 };
 use mlops_kafka::{
     Handler, HandlerError, KafkaConfig, OwnedHeaders, Producer, Record, TopicSpec, ensure_topics,
@@ -151,6 +157,7 @@ impl Shared {
             .map_err(|e| format!("{url}: not a snapshot manifest: {e}"))?;
         Ok(VersionInfo {
             task: artifact.task,
+            view: artifact.view,
             snapshot_id: artifact.snapshot_id,
             reference: manifest.statistics,
         })
@@ -279,12 +286,58 @@ impl Shared {
     }
 }
 
+/// Fields of a feature row that are not features.
+const ROW_METADATA: [&str; 6] = [
+    "entity_id",
+    "event_time",
+    "view_version",
+    "source_partition",
+    "source_offset",
+    "revision",
+];
+
+/// A feature row's values as the monitor reads them: numbers and booleans by name, a
+/// category as `feature__value` = 1, nulls left out.
+fn feature_values(row: &AvroValue) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    let AvroValue::Record(fields) = row else {
+        return out;
+    };
+    for (name, value) in fields {
+        if ROW_METADATA.contains(&name.as_str()) {
+            continue;
+        }
+        let value = match value {
+            AvroValue::Union(_, inner) => inner.as_ref(),
+            other => other,
+        };
+        let number = match value {
+            AvroValue::Double(x) => Some(*x),
+            AvroValue::Float(x) => Some(f64::from(*x)),
+            AvroValue::Long(x) => Some(*x as f64),
+            AvroValue::Int(x) => Some(f64::from(*x)),
+            AvroValue::Boolean(b) => Some(f64::from(u8::from(*b))),
+            AvroValue::String(category) => {
+                out.insert(format!("{name}__{category}"), 1.0);
+                None
+            }
+            _ => None,
+        };
+        if let Some(number) = number {
+            out.insert(name.clone(), number);
+        }
+    }
+    out
+}
+
 /// Which subscription a handler serves.
 #[derive(Debug, Clone, Copy)]
 pub enum Input {
     Lifecycle,
     Predictions,
     Labels,
+    /// Every `features.<view>` topic.
+    FeatureRows,
 }
 
 #[derive(Clone)]
@@ -304,6 +357,39 @@ impl Handler for Intake {
             Input::Lifecycle => {
                 let event: ModelLifecycleEvent = self.codec.decode(payload).await?;
                 shared.monitor().lifecycle(&event);
+                // A version about to serve is watched from its first feature row on, not
+                // from its first logged prediction.
+                let serving = matches!(event.stage, ModelStage::Production | ModelStage::Canary);
+                if serving
+                    && shared
+                        .monitor()
+                        .needs_info(&event.model_name, event.version)
+                {
+                    match shared.version_info(&event.model_name, event.version).await {
+                        Ok(info) => shared.monitor().set_info(
+                            &event.model_name,
+                            event.version,
+                            Arc::new(info),
+                        ),
+                        // Its first prediction asks again.
+                        Err(e) => warn!(model = %event.model_name, version = event.version,
+                                        error = %e, "the version's reference cannot be read yet"),
+                    }
+                }
+            }
+            Input::FeatureRows => {
+                let Some(view) = record.topic.strip_prefix("features.") else {
+                    return Ok(());
+                };
+                // Only the views production reads are worth decoding.
+                if !shared.monitor().watched_views().iter().any(|v| v == view) {
+                    return Ok(());
+                }
+                let decoded = self.codec.decode_record(payload).await?;
+                let features = feature_values(&decoded.value);
+                shared
+                    .monitor()
+                    .feature_row(view, &features, mlops_events::now_millis());
             }
             Input::Labels => {
                 let label: GroundTruthLabel = self.codec.decode(payload).await?;

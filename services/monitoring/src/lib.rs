@@ -4,8 +4,8 @@
 //! `monitoring.canary-decisions`, the events that close the loop.
 //!
 //! `monitor` holds the state and decides (pure); `detector` and `canary` are its
-//! statistics; `intake` consumes predictions (every `predictions.<model>` topic), labels
-//! and `models.lifecycle`, fetching each version's reference (the statistics of the
+//! statistics; `intake` consumes predictions (every `predictions.<model>` topic), labels,
+//! feature rows (every `features.<view>` topic) and `models.lifecycle`, fetching each version's reference (the statistics of the
 //! snapshot it was trained on) from the registry and the feature service; `api` reports.
 
 pub mod api;
@@ -85,6 +85,9 @@ pub fn default_config() -> Config {
 /// Consumer groups: one per input, stable, so a restart goes on where it stopped.
 pub const PREDICTIONS_GROUP: &str = "monitoring.predictions";
 pub const LABELS_GROUP: &str = "monitoring.labels";
+pub const FEATURES_GROUP: &str = "monitoring.features";
+/// Every feature view's rows.
+pub const FEATURES_PATTERN: &str = r"^features\..+";
 /// Every prediction topic, present and future.
 pub const PREDICTIONS_PATTERN: &str = r"^predictions\..+";
 
@@ -138,6 +141,11 @@ pub async fn run(
             LABELS_GROUP.to_owned(),
             topics::LABELS,
             intake::Input::Labels,
+        ),
+        (
+            FEATURES_GROUP.to_owned(),
+            FEATURES_PATTERN,
+            intake::Input::FeatureRows,
         ),
     ];
     for (group, topic, input) in consumers {

@@ -86,6 +86,8 @@ impl Default for MonitorSettings {
 #[derive(Debug, Clone)]
 pub struct VersionInfo {
     pub task: String,
+    /// The feature view the version reads.
+    pub view: String,
     pub snapshot_id: String,
     pub reference: BTreeMap<String, ReferenceStatistics>,
 }
@@ -132,6 +134,11 @@ struct PerformanceSummary {
 struct VersionState {
     info: Option<Arc<VersionInfo>>,
     detector: Option<Detector>,
+    /// The same statistics over every row of the version's feature view, scored or not
+    /// (reported; incidents come from what production answers).
+    rows_detector: Option<Detector>,
+    feature_rows: u64,
+    row_windows: VecDeque<WindowSummary>,
     predictions: u64,
     labels: u64,
     outputs: Vec<f64>,
@@ -207,15 +214,17 @@ impl Monitor {
             .versions
             .entry(version)
             .or_default();
-        state.detector = Some(
+        let detector = || {
             Detector::new(
                 info.reference.clone(),
                 settings.thresholds,
                 settings.window_size,
             )
             .with_feature_thresholds(settings.feature_thresholds.clone())
-            .with_hysteresis(settings.clear_after, settings.cooldown_windows),
-        );
+            .with_hysteresis(settings.clear_after, settings.cooldown_windows)
+        };
+        state.detector = Some(detector());
+        state.rows_detector = Some(detector());
         state.info = Some(info);
     }
 
@@ -317,6 +326,39 @@ impl Monitor {
         }
     }
 
+    /// A row of feature view `view` (numeric values by name, categories as
+    /// `feature__value` = 1), computed at `at`: watched for every model whose production
+    /// version reads the view, against that version's reference.
+    pub fn feature_row(&mut self, view: &str, features: &HashMap<String, f64>, at: i64) {
+        let settings = &self.settings;
+        for model in self.models.values_mut() {
+            let Some(state) = model
+                .production
+                .and_then(|v| model.versions.get_mut(&v))
+                .filter(|s| s.info.as_ref().is_some_and(|i| i.view == view))
+            else {
+                continue;
+            };
+            state.feature_rows += 1;
+            let report = state
+                .rows_detector
+                .as_mut()
+                .and_then(|d| d.observe(features, at));
+            if let Some(report) = report {
+                record_rows_window(settings, state, report);
+            }
+        }
+    }
+
+    /// The views read by the versions in production (whose rows are worth decoding).
+    pub fn watched_views(&self) -> Vec<String> {
+        self.models
+            .values()
+            .filter_map(|m| m.production.and_then(|v| m.versions.get(&v)))
+            .filter_map(|s| s.info.as_ref().map(|i| i.view.clone()))
+            .collect()
+    }
+
     /// A label: joined to its prediction, scored, and counted for the canary.
     pub fn label(&mut self, label: &GroundTruthLabel) {
         let settings = &self.settings;
@@ -407,6 +449,19 @@ impl Monitor {
                     actions.extend(close_window(settings, name, v, model, report));
                 }
             }
+            for state in model.versions.values_mut() {
+                let report = state
+                    .rows_detector
+                    .as_mut()
+                    .filter(|d| {
+                        let (size, first) = d.pending();
+                        size > 0 && now - first >= settings.window_seconds as i64 * 1000
+                    })
+                    .and_then(|d| d.close(settings.min_window_size));
+                if let Some(report) = report {
+                    record_rows_window(settings, state, report);
+                }
+            }
             let production = model.production;
             if let Some(canary) = &mut model.canary
                 && canary.decided.is_none()
@@ -468,6 +523,8 @@ impl Monitor {
                     "reference_snapshot": state.info.as_ref().map(|i| i.snapshot_id.clone()),
                     "task": state.info.as_ref().map(|i| i.task.clone()),
                     "predictions": state.predictions,
+                    "feature_rows": state.feature_rows,
+                    "feature_row_windows": state.row_windows,
                     "labels": state.labels,
                     "current_window": {"size": open},
                     "incident_open": state.detector.as_ref().is_some_and(Detector::is_open),
@@ -637,6 +694,32 @@ fn close_window(
     actions
 }
 
+/// A closed window of feature rows, kept for the report.
+fn record_rows_window(settings: &MonitorSettings, state: &mut VersionState, report: WindowReport) {
+    let seconds = ((report.end - report.start) as f64 / 1000.0).max(1.0);
+    if state.row_windows.len() >= settings.history {
+        state.row_windows.pop_front();
+    }
+    state.row_windows.push_back(WindowSummary {
+        start: report.start,
+        end: report.end,
+        size: report.size,
+        statistics: report
+            .statistics
+            .iter()
+            .map(|(f, drifted)| {
+                json!({"feature": f.feature, "statistic": f.statistic, "value": f.value,
+                       "threshold": f.threshold, "p_value": f.p_value, "drifted": drifted})
+            })
+            .collect(),
+        quality: report.quality,
+        prediction_drift: None,
+        volume: json!({"per_second": report.size as f64 / seconds}),
+        incident: None,
+        incident_closed: false,
+    });
+}
+
 /// The loss of one prediction against its label: 0/1 for classes, squared error for
 /// numbers; none when the two cannot be compared.
 fn loss(task: &str, prediction: &Pending, label: &LabelValue) -> Option<f64> {
@@ -731,6 +814,7 @@ mod tests {
         let amount: Vec<f64> = (0..5_000).map(|i| f64::from(i % 100)).collect();
         Arc::new(VersionInfo {
             task: "binary_classification".into(),
+            view: "v".into(),
             snapshot_id: "s".into(),
             reference: BTreeMap::from([(
                 "amount".to_owned(),
@@ -854,6 +938,32 @@ mod tests {
         );
         // The model answers 0.9 far more often once amounts grew: prediction drift.
         assert!(windows[5]["prediction_drift"]["value"].as_f64().unwrap() > 0.3);
+    }
+
+    #[test]
+    fn feature_rows_of_the_production_versions_view_are_watched_too() {
+        let mut monitor = monitor();
+        for i in 0..400 {
+            let row = HashMap::from([("amount".to_owned(), 80.0 + (i % 100) as f64)]);
+            monitor.feature_row("v", &row, i);
+            monitor.feature_row("another_view", &row, i);
+        }
+        let report = monitor.report("m").unwrap();
+        let version = &report["versions"][0];
+        assert_eq!(version["feature_rows"], 400);
+        let windows = version["feature_row_windows"].as_array().unwrap();
+        assert_eq!(windows.len(), 2);
+        assert!(
+            windows[0]["statistics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["statistic"] == "psi" && s["drifted"] == true),
+            "{windows:?}"
+        );
+        // Rows are reported, not acted on: incidents come from what production answers.
+        assert_eq!(report["drift_events"].as_array().map(Vec::len), Some(0));
+        assert_eq!(monitor.watched_views(), ["v"]);
     }
 
     #[test]
