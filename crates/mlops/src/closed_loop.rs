@@ -197,16 +197,38 @@ pub(crate) async fn story(
         })
         .await?;
     let production = get(&http, &model_url).await?["production"].clone();
-    let report = get(&http, &report_url).await?;
+    // The monitor reads the prediction log asynchronously (a new model's topic is found
+    // by its pattern subscription within seconds): wait until it has seen every request.
+    let report = loop {
+        let report = get(&http, &report_url).await?;
+        let seen: u64 = report["versions"].as_array().map_or(0, |v| {
+            v.iter().filter_map(|v| v["predictions"].as_u64()).sum()
+        });
+        if seen >= traffic.sent as u64 {
+            break report;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "step 'traffic' failed: the monitor saw {seen} of {} predictions in time",
+                traffic.sent
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    // The version that answered most of it (production, unless it was just promoted).
     let watched = report["versions"]
         .as_array()
-        .and_then(|v| v.iter().find(|v| v["version"] == production))
+        .and_then(|v| {
+            v.iter()
+                .max_by_key(|v| v["windows"].as_array().map_or(0, Vec::len))
+        })
         .cloned()
         .unwrap_or_default();
     println!(
-        "mlops demo:   {} requests; version {production} in production; the monitor saw {} of its predictions, {} outcomes, {} windows",
+        "mlops demo:   {} requests; version {production} in production; the monitor saw {} predictions of version {}, {} outcomes, {} windows",
         traffic.sent,
         watched["predictions"],
+        watched["version"],
         watched["labels"],
         watched["windows"].as_array().map_or(0, Vec::len)
     );
