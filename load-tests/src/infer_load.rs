@@ -9,7 +9,7 @@ use std::{
 };
 
 use clap::Parser;
-use hdrhistogram::Histogram;
+use mlops_load_tests::Tally;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -36,12 +36,6 @@ struct Args {
     label: String,
 }
 
-struct Tally {
-    latencies_us: Histogram<u64>,
-    ok: u64,
-    errors: u64,
-}
-
 async fn worker(
     client: reqwest::Client,
     args: &Args,
@@ -49,11 +43,7 @@ async fn worker(
     warm_until: Instant,
     stop_at: Instant,
 ) -> anyhow::Result<Tally> {
-    let mut tally = Tally {
-        latencies_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        ok: 0,
-        errors: 0,
-    };
+    let mut tally = Tally::new()?;
     while Instant::now() < stop_at {
         let started = Instant::now();
         let answer = client
@@ -72,14 +62,7 @@ async fn worker(
         if started < warm_until {
             continue;
         }
-        tally
-            .latencies_us
-            .record(started.elapsed().as_micros().max(1) as u64)?;
-        if ok {
-            tally.ok += 1;
-        } else {
-            tally.errors += 1;
-        }
+        tally.record(started, ok.then_some(1))?;
     }
     Ok(tally)
 }
@@ -99,16 +82,8 @@ async fn main() -> anyhow::Result<()> {
             .map(|_| worker(client.clone(), &args, body.clone(), warm_until, stop_at)),
     )
     .await;
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut ok, mut errors) = (0, 0);
-    for tally in tallies {
-        let tally = tally?;
-        all.add(&tally.latencies_us)?;
-        ok += tally.ok;
-        errors += tally.errors;
-    }
-    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-    let seconds = args.duration as f64;
+    let all = Tally::merge(tallies)?;
+    let (ok, seconds) = (all.ok, args.duration as f64);
     println!(
         "{}",
         json!({
@@ -119,10 +94,10 @@ async fn main() -> anyhow::Result<()> {
             "requests": ok,
             "requests_per_second": (ok as f64 / seconds).round(),
             "rows_per_second": (ok as f64 * args.rows as f64 / seconds).round(),
-            "p50_ms": ms(0.5),
-            "p99_ms": ms(0.99),
-            "p999_ms": ms(0.999),
-            "errors": errors,
+            "p50_ms": all.ms(0.5),
+            "p99_ms": all.ms(0.99),
+            "p999_ms": all.ms(0.999),
+            "errors": all.errors,
         })
     );
     Ok(())

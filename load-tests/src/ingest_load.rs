@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
+use mlops_load_tests::Tally;
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,12 +64,6 @@ fn event(worker: usize, seq: u64) -> Value {
            "amount": (seq % 500) as f64 + 0.5, "currency": "AED", "ts": 1_795_687_200_000_u64 + seq})
 }
 
-struct Tally {
-    latencies_us: Histogram<u64>,
-    events: u64,
-    errors: u64,
-}
-
 async fn worker(
     client: reqwest::Client,
     args: &Args,
@@ -78,11 +72,7 @@ async fn worker(
     stop_at: Instant,
 ) -> anyhow::Result<Tally> {
     let url = format!("{}/v1/datasets/{}/events", args.url, args.dataset);
-    let mut tally = Tally {
-        latencies_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        events: 0,
-        errors: 0,
-    };
+    let mut tally = Tally::new()?;
     let mut seq = 0u64;
     while Instant::now() < stop_at {
         let (body, count) = match args.mode {
@@ -117,14 +107,7 @@ async fn worker(
         if started < warm_until {
             continue;
         }
-        tally
-            .latencies_us
-            .record(started.elapsed().as_micros().max(1) as u64)?;
-        if ok {
-            tally.events += count;
-        } else {
-            tally.errors += 1;
-        }
+        tally.record(started, ok.then_some(count))?;
     }
     Ok(tally)
 }
@@ -155,28 +138,20 @@ async fn main() -> anyhow::Result<()> {
         (0..args.concurrency).map(|id| worker(client.clone(), &args, id, warm_until, stop_at)),
     )
     .await;
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut events, mut errors) = (0, 0);
-    for tally in tallies {
-        let tally = tally?;
-        all.add(&tally.latencies_us)?;
-        events += tally.events;
-        errors += tally.errors;
-    }
-    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    let all = Tally::merge(tallies)?;
     let report = json!({
         "label": args.label,
         "mode": format!("{:?}", args.mode).to_lowercase(),
         "batch_size": if args.mode == Mode::Batch { args.batch_size } else { 1 },
         "concurrency": args.concurrency,
         "seconds": args.duration,
-        "requests": all.len(),
-        "events": events,
-        "events_per_second": (events as f64 / args.duration as f64).round(),
-        "p50_ms": ms(0.5),
-        "p99_ms": ms(0.99),
-        "p999_ms": ms(0.999),
-        "errors": errors,
+        "requests": all.requests(),
+        "events": all.ok,
+        "events_per_second": (all.ok as f64 / args.duration as f64).round(),
+        "p50_ms": all.ms(0.5),
+        "p99_ms": all.ms(0.99),
+        "p999_ms": all.ms(0.999),
+        "errors": all.errors,
     });
     println!("{report}");
     Ok(())
