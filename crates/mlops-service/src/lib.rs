@@ -224,18 +224,51 @@ impl ServiceConfig for CommonConfig {
     }
 }
 
-/// Runs a service that has no API of its own yet: admin endpoints only, ready when the
-/// broker and the Schema Registry answer.
-pub async fn serve_admin_only(
-    service: &'static str,
-    config: &CommonConfig,
+/// Consumes `topic` (or every topic of a `^pattern`) as `group` with `handler` for as long
+/// as `tasks` runs, starting the consumer again after a failure (see
+/// [`mlops_kafka::ConsumerLoop::run_until_cancelled`]).
+pub fn spawn_consumer<H: mlops_kafka::Handler + Clone>(
+    tasks: &mut TaskSet,
+    kafka: &KafkaConfig,
+    group: String,
+    topic: &'static str,
+    partitions: i32,
+    dead_letters: mlops_kafka::Producer,
+    handler: H,
+) {
+    let (kafka, token) = (kafka.clone(), tasks.token());
+    tasks.spawn(topic, async move {
+        mlops_kafka::ConsumerLoop::run_until_cancelled(
+            &kafka,
+            &group,
+            topic,
+            partitions,
+            dead_letters,
+            handler,
+            token,
+        )
+        .await;
+        Ok::<(), anyhow::Error>(())
+    });
+}
+
+/// Serves `router` on `listener` beside a service's other `tasks` until `cancel` fires or
+/// one of them fails; stopping leaves time for its consumers' bounded leave of their
+/// groups (`mlops_kafka::CLOSE_TIMEOUT`).
+pub async fn serve_with(
+    mut tasks: TaskSet,
     listener: TcpListener,
+    router: axum::Router,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let admin =
-        mlops_runtime::AdminState::new(service, Default::default(), config.readiness_checks());
-    let router = admin.with_http_telemetry(admin.router());
-    mlops_runtime::serve(listener, router, cancel).await?;
+    let token = tasks.token();
+    tasks.spawn("http", mlops_runtime::serve(listener, router, token));
+    tasks
+        .run(
+            cancel.cancelled(),
+            mlops_kafka::CLOSE_TIMEOUT + Duration::from_secs(2),
+        )
+        .await?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@ pub mod monitor;
 use std::{sync::Arc, time::Duration};
 
 use mlops_events::topics;
-use mlops_kafka::{ConsumerLoop, Producer};
+use mlops_kafka::Producer;
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -154,12 +154,15 @@ pub async fn run(
             codec: codec.clone(),
             input,
         };
-        let (kafka, producer, token) = (common.kafka.clone(), producer.clone(), tasks.token());
-        tasks.spawn(topic, async move {
-            ConsumerLoop::run_until_cancelled(&kafka, &group, topic, 3, producer, handler, token)
-                .await;
-            Ok::<(), anyhow::Error>(())
-        });
+        mlops_service::spawn_consumer(
+            &mut tasks,
+            &common.kafka,
+            group,
+            topic,
+            3,
+            producer.clone(),
+            handler,
+        );
     }
     let ticker = shared.clone();
     let token = tasks.token();
@@ -173,15 +176,5 @@ pub async fn run(
             }
         }
     });
-    let serve_token = tasks.token();
-    tasks.spawn("http", async move {
-        mlops_runtime::serve(listener, router, serve_token).await
-    });
-    tasks
-        .run(
-            cancel.cancelled(),
-            mlops_kafka::CLOSE_TIMEOUT + Duration::from_secs(2),
-        )
-        .await?;
-    Ok(())
+    mlops_service::serve_with(tasks, listener, router, cancel).await
 }

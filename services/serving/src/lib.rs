@@ -164,15 +164,5 @@ pub async fn run(
         .await;
         Ok::<(), anyhow::Error>(())
     });
-    let serve_token = tasks.token();
-    tasks.spawn("http", async move {
-        mlops_runtime::serve(listener, router, serve_token).await
-    });
-    tasks
-        .run(
-            cancel.cancelled(),
-            mlops_kafka::CLOSE_TIMEOUT + Duration::from_secs(2),
-        )
-        .await?;
-    Ok(())
+    mlops_service::serve_with(tasks, listener, router, cancel).await
 }

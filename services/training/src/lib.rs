@@ -21,7 +21,7 @@ pub mod trainer;
 use std::{path::PathBuf, sync::Arc};
 
 use mlops_events::topics;
-use mlops_kafka::{ConsumerLoop, Producer};
+use mlops_kafka::Producer;
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -178,33 +178,15 @@ pub async fn run(
             .tick_schedules(mlops_events::now_millis(), tasks.token()),
     );
     let requests = requests::Requests { runner, codec };
-    let kafka = common.kafka.clone();
-    let group = settings.requests_group.clone();
-    let token = tasks.token();
-    tasks.spawn("training-requests", async move {
-        // Requests that arrive before the consumer exists wait in the topic.
-        ConsumerLoop::run_until_cancelled(
-            &kafka,
-            &group,
-            topics::TRAINING_REQUESTS,
-            3,
-            producer,
-            requests,
-            token,
-        )
-        .await;
-        Ok::<(), anyhow::Error>(())
-    });
-    let serve_token = tasks.token();
-    tasks.spawn("http", async move {
-        mlops_runtime::serve(listener, router, serve_token).await
-    });
-    // Time for the consumer's bounded leave of its group, within the process's grace.
-    tasks
-        .run(
-            cancel.cancelled(),
-            mlops_kafka::CLOSE_TIMEOUT + std::time::Duration::from_secs(2),
-        )
-        .await?;
-    Ok(())
+    // Requests that arrive before the consumer exists wait in the topic.
+    mlops_service::spawn_consumer(
+        &mut tasks,
+        &common.kafka,
+        settings.requests_group.clone(),
+        topics::TRAINING_REQUESTS,
+        3,
+        producer,
+        requests,
+    );
+    mlops_service::serve_with(tasks, listener, router, cancel).await
 }
