@@ -177,7 +177,10 @@ struct ModelState {
     production: Option<i32>,
     canary: Option<CanaryState>,
     versions: BTreeMap<i32, VersionState>,
+    /// Predictions in arrival order (for eviction and joins by entity); an entry whose
+    /// request id has left `by_request` was joined already.
     pending: VecDeque<Pending>,
+    /// Predictions awaiting their label, by request id: at most `pending_labels`.
     by_request: HashMap<String, Pending>,
     drift_events: VecDeque<DriftEvent>,
     decisions: VecDeque<CanaryDecision>,
@@ -286,7 +289,8 @@ impl Monitor {
             predicted_label: log.predicted_label.clone(),
             predicted_at: log.predicted_at,
         };
-        if model.pending.len() >= settings.pending_labels.max(1)
+        let capacity = settings.pending_labels.max(1);
+        while model.by_request.len() >= capacity
             && let Some(oldest) = model.pending.pop_front()
         {
             model.by_request.remove(&oldest.request_id);
@@ -295,6 +299,14 @@ impl Monitor {
             .by_request
             .insert(log.request_id.clone(), pending.clone());
         model.pending.push_back(pending);
+        // Joined predictions leave `pending` lazily (a label removes only its map entry,
+        // in O(1)); they are swept out once they make up half of it.
+        if model.pending.len() > 2 * capacity {
+            let by_request = &model.by_request;
+            model
+                .pending
+                .retain(|p| by_request.contains_key(&p.request_id));
+        }
 
         if let Some(canary) = &mut model.canary
             && log.predicted_at >= canary.since
@@ -369,22 +381,22 @@ impl Monitor {
                 .as_ref()
                 .and_then(|id| model.by_request.remove(id))
                 .or_else(|| {
-                    let position = model
+                    let by_request = &model.by_request;
+                    let p = model
                         .pending
                         .iter()
-                        .rposition(|p| p.entity_id.as_deref() == Some(label.entity_id.as_str()))?;
-                    let p = model.pending.remove(position)?;
+                        .rev()
+                        .find(|p| {
+                            p.entity_id.as_deref() == Some(label.entity_id.as_str())
+                                && by_request.contains_key(&p.request_id)
+                        })?
+                        .clone();
                     model.by_request.remove(&p.request_id);
                     Some(p)
                 });
             let Some(prediction) = joined else {
                 continue;
             };
-            if label.request_id.is_some() {
-                model
-                    .pending
-                    .retain(|p| p.request_id != prediction.request_id);
-            }
             let lag = (label.received_at - prediction.predicted_at) as f64;
             let Some(version) = model.versions.get_mut(&prediction.version) else {
                 continue;
@@ -964,6 +976,34 @@ mod tests {
         // Rows are reported, not acted on: incidents come from what production answers.
         assert_eq!(report["drift_events"].as_array().map(Vec::len), Some(0));
         assert_eq!(monitor.watched_views(), ["v"]);
+    }
+
+    #[test]
+    fn predictions_awaiting_labels_are_bounded_and_the_oldest_go_first() {
+        let mut monitor = Monitor::new(MonitorSettings {
+            pending_labels: 100,
+            performance_window: 1_000,
+            ..MonitorSettings::default()
+        });
+        monitor.lifecycle(&lifecycle(1, ModelStage::Production, None, 0));
+        monitor.set_info("m", 1, info());
+        for i in 0..1_000 {
+            monitor.prediction(&prediction(i, 1, ServingRole::Production, 10.0, i as i64));
+            // Every other prediction is labelled at once: joined ones make room.
+            if i % 2 == 0 && i >= 500 {
+                monitor.label(&label(i, false, i as i64));
+            }
+        }
+        let labels = |m: &Monitor| m.report("m").unwrap()["versions"][0]["labels"].clone();
+        assert_eq!(labels(&monitor), 250);
+        // The 100 most recent unlabelled ones are still waiting; older ones were evicted.
+        for i in (0..1_000).filter(|i| i % 2 == 1) {
+            monitor.label(&label(i, false, i as i64));
+        }
+        assert_eq!(labels(&monitor), 350);
+        let model = &monitor.models["m"];
+        assert!(model.by_request.is_empty());
+        assert!(model.pending.len() <= 200, "{}", model.pending.len());
     }
 
     #[test]
