@@ -69,8 +69,8 @@ impl Arm {
         if !output.is_finite() {
             self.non_finite += 1;
         }
-        push_bounded(&mut self.outputs, output);
-        push_bounded(&mut self.latencies_ms, latency_ms);
+        push_bounded(&mut self.outputs, output, SAMPLES);
+        push_bounded(&mut self.latencies_ms, latency_ms, SAMPLES);
     }
 
     pub fn loss(&mut self, loss: f64) {
@@ -114,11 +114,12 @@ impl Arm {
     }
 }
 
-fn push_bounded(samples: &mut VecDeque<f64>, value: f64) {
-    if samples.len() == SAMPLES {
-        samples.pop_front();
+/// Appends `value`, dropping the oldest entries beyond `bound`.
+pub(crate) fn push_bounded<T>(entries: &mut VecDeque<T>, value: T, bound: usize) {
+    while entries.len() >= bound.max(1) {
+        entries.pop_front();
     }
-    samples.push_back(value);
+    entries.push_back(value);
 }
 
 /// One-sided Welch z-test that `worse` has a higher mean loss than `better`: (z, p).

@@ -14,8 +14,7 @@ use std::{
 use apache_avro::types::Value as AvroValue;
 
 use mlops_events::{
-    DriftEvent, GroundTruthLabel, ModelLifecycleEvent, ModelStage, PredictionLog, TrainingRequest,
-    topics,
+    DriftEvent, GroundTruthLabel, ModelLifecycleEvent, PredictionLog, TrainingRequest, topics,
 };
 use mlops_kafka::{
     Handler, HandlerError, KafkaConfig, OwnedHeaders, Producer, Record, TopicSpec, ensure_topics,
@@ -26,7 +25,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::monitor::{Action, Monitor, MonitorSettings, VersionInfo};
 
@@ -163,8 +162,20 @@ impl Shared {
         })
     }
 
-    /// Closes due windows, judges canaries, publishes what follows, refreshes the gauges.
+    /// Fetches the references of the versions now serving, closes due windows, judges
+    /// canaries, publishes what follows, refreshes the gauges.
     pub async fn tick(&self) {
+        // Here rather than on each lifecycle event: replaying the topic at start goes
+        // through every version that ever served, and only the current ones matter. A
+        // version is then watched from its first feature row, not its first prediction.
+        let wanted = self.monitor().wanted_info();
+        for (model, version) in wanted {
+            match self.version_info(&model, version).await {
+                Ok(info) => self.monitor().set_info(&model, version, Arc::new(info)),
+                // Asked again on the next tick, and by the version's first prediction.
+                Err(e) => debug!(%model, version, error = %e, "a reference cannot be read yet"),
+            }
+        }
         let mut actions =
             std::mem::take(&mut *self.unsent.lock().unwrap_or_else(|e| e.into_inner()));
         actions.extend(self.monitor().tick(mlops_events::now_millis()));
@@ -357,32 +368,13 @@ impl Handler for Intake {
             Input::Lifecycle => {
                 let event: ModelLifecycleEvent = self.codec.decode(payload).await?;
                 shared.monitor().lifecycle(&event);
-                // A version about to serve is watched from its first feature row on, not
-                // from its first logged prediction.
-                let serving = matches!(event.stage, ModelStage::Production | ModelStage::Canary);
-                if serving
-                    && shared
-                        .monitor()
-                        .needs_info(&event.model_name, event.version)
-                {
-                    match shared.version_info(&event.model_name, event.version).await {
-                        Ok(info) => shared.monitor().set_info(
-                            &event.model_name,
-                            event.version,
-                            Arc::new(info),
-                        ),
-                        // Its first prediction asks again.
-                        Err(e) => warn!(model = %event.model_name, version = event.version,
-                                        error = %e, "the version's reference cannot be read yet"),
-                    }
-                }
             }
             Input::FeatureRows => {
                 let Some(view) = record.topic.strip_prefix("features.") else {
                     return Ok(());
                 };
                 // Only the views production reads are worth decoding.
-                if !shared.monitor().watched_views().iter().any(|v| v == view) {
+                if !shared.monitor().watches(view) {
                     return Ok(());
                 }
                 let decoded = self.codec.decode_record(payload).await?;

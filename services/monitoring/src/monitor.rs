@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::{
-    canary::{self, Arm, CanarySettings},
+    canary::{self, Arm, CanarySettings, push_bounded},
     detector::{Detector, Thresholds, WindowReport},
 };
 
@@ -119,6 +119,31 @@ struct WindowSummary {
     volume: Json,
     incident: Option<String>,
     incident_closed: bool,
+}
+
+impl WindowSummary {
+    /// What every closed window reports: its span, each statistic and whether it drifted,
+    /// data quality; the caller adds what it knows besides.
+    fn of(report: &WindowReport) -> Self {
+        Self {
+            start: report.start,
+            end: report.end,
+            size: report.size,
+            statistics: report
+                .statistics
+                .iter()
+                .map(|(f, drifted)| {
+                    json!({"feature": f.feature, "statistic": f.statistic, "value": f.value,
+                           "threshold": f.threshold, "p_value": f.p_value, "drifted": drifted})
+                })
+                .collect(),
+            quality: report.quality.clone(),
+            prediction_drift: None,
+            volume: Json::Null,
+            incident: None,
+            incident_closed: report.closed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -362,13 +387,33 @@ impl Monitor {
         }
     }
 
-    /// The views read by the versions in production (whose rows are worth decoding).
-    pub fn watched_views(&self) -> Vec<String> {
+    /// Whether a version in production reads `view` (whose rows are then worth decoding).
+    pub fn watches(&self, view: &str) -> bool {
         self.models
             .values()
             .filter_map(|m| m.production.and_then(|v| m.versions.get(&v)))
-            .filter_map(|s| s.info.as_ref().map(|i| i.view.clone()))
-            .collect()
+            .any(|s| s.info.as_ref().is_some_and(|i| i.view == view))
+    }
+
+    /// The versions in production or canary whose reference is still to be fetched.
+    pub fn wanted_info(&self) -> Vec<(String, i32)> {
+        let mut wanted = Vec::new();
+        for (name, model) in &self.models {
+            let serving = model
+                .production
+                .into_iter()
+                .chain(model.canary.as_ref().map(|c| c.version));
+            for version in serving {
+                if model
+                    .versions
+                    .get(&version)
+                    .is_none_or(|v| v.info.is_none())
+                {
+                    wanted.push((name.clone(), version));
+                }
+            }
+        }
+        wanted
     }
 
     /// A label: joined to its prediction, scored, and counted for the canary.
@@ -414,10 +459,7 @@ impl Monitor {
                 }
             }
             version.labels += 1;
-            if version.lags_ms.len() >= 10_000 {
-                version.lags_ms.pop_front();
-            }
-            version.lags_ms.push_back(lag);
+            push_bounded(&mut version.lags_ms, lag, 10_000);
             version.scored.push((
                 label.label.clone(),
                 prediction.output,
@@ -428,10 +470,7 @@ impl Monitor {
             if version.scored.len() >= settings.performance_window.max(1) {
                 let task = task.to_owned();
                 let summary = performance(&task, std::mem::take(&mut version.scored));
-                if version.performance.len() >= settings.history {
-                    version.performance.pop_front();
-                }
-                version.performance.push_back(summary);
+                push_bounded(&mut version.performance, summary, settings.history);
             }
         }
     }
@@ -499,10 +538,7 @@ impl Monitor {
                         trace_id: None,
                     };
                     canary.decided = Some(decision.decision_id.clone());
-                    if model.decisions.len() >= 20 {
-                        model.decisions.pop_front();
-                    }
-                    model.decisions.push_back(decision.clone());
+                    push_bounded(&mut model.decisions, decision.clone(), 20);
                     actions.push(Action::Decide(decision));
                 }
             }
@@ -640,20 +676,12 @@ fn close_window(
     } else {
         Some(state.rates.iter().sum::<f64>() / state.rates.len() as f64)
     };
-    if state.rates.len() >= 10 {
-        state.rates.pop_front();
-    }
-    state.rates.push_back(rate);
-    let statistics: Vec<Json> = report
-        .statistics
-        .iter()
-        .map(|(f, drifted)| {
-            json!({"feature": f.feature, "statistic": f.statistic, "value": f.value,
-                   "threshold": f.threshold, "p_value": f.p_value, "drifted": drifted})
-        })
-        .collect();
+    push_bounded(&mut state.rates, rate, 10);
+    let mut summary = WindowSummary::of(&report);
+    summary.prediction_drift = prediction_drift;
+    summary.volume = json!({"per_second": rate, "recent_per_second": recent,
+                            "ratio": recent.map(|r| if r > 0.0 { rate / r } else { 0.0 })});
     let mut actions = Vec::new();
-    let mut incident = None;
     if let Some((features, severity)) = report.opened {
         let event = DriftEvent {
             event_id: mlops_events::new_id(),
@@ -667,7 +695,7 @@ fn close_window(
             detected_at: mlops_events::now_millis(),
             trace_id: None,
         };
-        incident = Some(event.event_id.clone());
+        summary.incident = Some(event.event_id.clone());
         // A candidate already in canary is the answer to this drift in the making.
         let request = (settings.retrain_on_drift && !canary_in_flight).then(|| TrainingRequest {
             request_id: mlops_events::new_id(),
@@ -682,54 +710,21 @@ fn close_window(
             requested_at: event.detected_at,
             trace_id: None,
         });
-        if model.drift_events.len() >= 20 {
-            model.drift_events.pop_front();
-        }
-        model.drift_events.push_back(event.clone());
+        push_bounded(&mut model.drift_events, event.clone(), 20);
         actions.push(Action::Drift(event, request));
     }
-    if state.windows.len() >= settings.history {
-        state.windows.pop_front();
-    }
-    state.windows.push_back(WindowSummary {
-        start: report.start,
-        end: report.end,
-        size: report.size,
-        statistics,
-        quality: report.quality,
-        prediction_drift,
-        volume: json!({"per_second": rate, "recent_per_second": recent,
-                       "ratio": recent.map(|r| if r > 0.0 { rate / r } else { 0.0 })}),
-        incident,
-        incident_closed: report.closed,
-    });
+    push_bounded(&mut state.windows, summary, settings.history);
     actions
 }
 
 /// A closed window of feature rows, kept for the report.
 fn record_rows_window(settings: &MonitorSettings, state: &mut VersionState, report: WindowReport) {
     let seconds = ((report.end - report.start) as f64 / 1000.0).max(1.0);
-    if state.row_windows.len() >= settings.history {
-        state.row_windows.pop_front();
-    }
-    state.row_windows.push_back(WindowSummary {
-        start: report.start,
-        end: report.end,
-        size: report.size,
-        statistics: report
-            .statistics
-            .iter()
-            .map(|(f, drifted)| {
-                json!({"feature": f.feature, "statistic": f.statistic, "value": f.value,
-                       "threshold": f.threshold, "p_value": f.p_value, "drifted": drifted})
-            })
-            .collect(),
-        quality: report.quality,
-        prediction_drift: None,
-        volume: json!({"per_second": report.size as f64 / seconds}),
-        incident: None,
-        incident_closed: false,
-    });
+    let mut summary = WindowSummary::of(&report);
+    summary.volume = json!({"per_second": report.size as f64 / seconds});
+    // Incidents come from what production answers, never from rows.
+    summary.incident_closed = false;
+    push_bounded(&mut state.row_windows, summary, settings.history);
 }
 
 /// The loss of one prediction against its label: 0/1 for classes, squared error for
@@ -975,7 +970,10 @@ mod tests {
         );
         // Rows are reported, not acted on: incidents come from what production answers.
         assert_eq!(report["drift_events"].as_array().map(Vec::len), Some(0));
-        assert_eq!(monitor.watched_views(), ["v"]);
+        assert!(monitor.watches("v") && !monitor.watches("another_view"));
+        assert_eq!(monitor.wanted_info(), []);
+        monitor.lifecycle(&lifecycle(2, ModelStage::Canary, Some(10.0), 0));
+        assert_eq!(monitor.wanted_info(), [("m".to_owned(), 2)]);
     }
 
     #[test]
