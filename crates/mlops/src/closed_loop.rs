@@ -125,7 +125,7 @@ impl Traffic {
     }
 }
 
-/// The loop, as steps `first`.. of `total`, from `production` (the version serving now).
+/// The loop, as steps `first`.. of `total`, on whatever version serves now.
 pub(crate) async fn story(
     layout: &Layout,
     deadline: Instant,

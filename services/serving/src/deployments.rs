@@ -36,13 +36,16 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// The loaded version `version`, if it serves.
-    pub fn version(&self, version: i64) -> Option<Arc<Loaded>> {
+    /// The versions serving: production first, then the canary.
+    pub fn serving(&self) -> impl Iterator<Item = &Arc<Loaded>> {
         self.production
             .iter()
             .chain(self.canary.iter().map(|(c, _)| c))
-            .find(|l| l.version == version)
-            .cloned()
+    }
+
+    /// The loaded version `version`, if it serves.
+    pub fn version(&self, version: i64) -> Option<Arc<Loaded>> {
+        self.serving().find(|l| l.version == version).cloned()
     }
 }
 

@@ -38,6 +38,13 @@ pub struct Serving {
     pub online: crate::predict::OnlineFeatures,
 }
 
+impl Serving {
+    /// What `name` serves, or the protocol's 404.
+    fn deployment(&self, name: &str) -> Result<crate::deployments::Deployment, OipError> {
+        self.deployments.get(name).ok_or_else(|| not_found(name))
+    }
+}
+
 /// Every route of the serving API (OIP and `:predict`) and the role it requires. The health endpoints
 /// (`/v2/health/live`, `/v2/health/ready`) stay open, like `/healthz`.
 pub const ROUTES: &[Route] = &[
@@ -150,22 +157,15 @@ async fn metadata(
     State(serving): State<Arc<Serving>>,
     Path(name): Path<String>,
 ) -> Result<Body<Json>, OipError> {
-    let deployment = serving
-        .deployments
-        .get(&name)
-        .ok_or_else(|| not_found(&name))?;
-    let mut versions: Vec<String> = Vec::new();
-    for loaded in deployment
-        .production
-        .iter()
-        .chain(deployment.canary.iter().map(|(c, _)| c))
-    {
-        versions.push(loaded.version.to_string());
-    }
+    let deployment = serving.deployment(&name)?;
+    let versions: Vec<String> = deployment
+        .serving()
+        .map(|l| l.version.to_string())
+        .collect();
     let shown = deployment
-        .production
-        .clone()
-        .or(deployment.canary.map(|(c, _)| c))
+        .serving()
+        .next()
+        .cloned()
         .ok_or_else(|| not_found(&name))?;
     Ok(Body(describe(&name, &versions, &shown)))
 }
@@ -174,11 +174,8 @@ async fn model_ready(
     State(serving): State<Arc<Serving>>,
     Path(name): Path<String>,
 ) -> Result<Body<Json>, OipError> {
-    let deployment = serving
-        .deployments
-        .get(&name)
-        .ok_or_else(|| not_found(&name))?;
-    if deployment.production.is_none() && deployment.canary.is_none() {
+    let deployment = serving.deployment(&name)?;
+    if deployment.serving().next().is_none() {
         return Err(not_found(&name));
     }
     Ok(Body(json!({"name": name, "ready": true})))
@@ -588,10 +585,7 @@ async fn infer_version(
     let started = std::time::Instant::now();
     let request = parse(&body)?;
     let number = version_number(&version)?;
-    let deployment = serving
-        .deployments
-        .get(&name)
-        .ok_or_else(|| not_found(&name))?;
+    let deployment = serving.deployment(&name)?;
     let role = if deployment
         .production
         .as_ref()
