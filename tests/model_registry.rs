@@ -48,21 +48,11 @@ impl Registry {
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.http.get(self.url(path)).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        mlops_integration_tests::get_json(&self.http, &self.url(path)).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        mlops_integration_tests::post_json(&self.http, &self.url(path), body).await
     }
 
     /// Registers a version of `model` whose artifact carries `weight`; returns its number.

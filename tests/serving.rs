@@ -152,15 +152,8 @@ impl Setup {
     }
 
     async fn infer(&self, url: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(format!("{url}/v2/models/{}/infer", self.model))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let url = format!("{url}/v2/models/{}/infer", self.model);
+        mlops_integration_tests::post_json(&self.http, &url, body).await
     }
 }
 

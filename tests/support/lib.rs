@@ -245,6 +245,29 @@ pub fn ingestion_config(
     config
 }
 
+/// POSTs `body` as JSON: the status and the answer's JSON (null when it has none).
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    answer(http.post(url).json(body)).await
+}
+
+/// GETs `url`: the status and the answer's JSON (null when it has none).
+pub async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    answer(http.get(url)).await
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, serde_json::Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or_default())
+}
+
 /// Every record of `topic` from the beginning, read by a plain rdkafka consumer of a fresh
 /// group, until `count` have arrived (panics after a minute without them).
 pub async fn read_topic(

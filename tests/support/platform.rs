@@ -131,26 +131,11 @@ impl Platform {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.feature.url))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        crate::post_json(&self.http, &format!("{}{path}", self.feature.url), body).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.feature.url))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        crate::get_json(&self.http, &format!("{}{path}", self.feature.url)).await
     }
 
     pub async fn events(&self, events: &[Value]) {
