@@ -1,7 +1,8 @@
-//! The monitor's inputs and outputs: records from its three subscriptions fed to the
-//! `Monitor`, each version's reference fetched the first time it is seen, and what the
-//! monitor decides published (acknowledged by the broker); what could not be published
-//! yet waits in order and goes first on the next tick.
+//! The monitor's inputs and outputs: records from its four subscriptions fed to the
+//! `Monitor`, each serving version's reference fetched (on the clock, or at the version's
+//! first prediction), and what the monitor decides published (acknowledged by the
+//! broker); what could not be published yet waits in order and goes first on the next
+//! tick.
 
 use std::{
     collections::HashMap,
