@@ -2,7 +2,7 @@
 //! for the side-by-side comparison in `drift.sh`: per numeric feature, the reference's
 //! decile bins (as a snapshot records them: `mlops_ml::reference_statistics`), the current
 //! window's counts in those bins (open outer bins), PSI, and the exact two-sample
-//! Kolmogorov–Smirnov statistic with its asymptotic p-value — features spread over the
+//! Kolmogorov–Smirnov statistic with scipy's p-value — features spread over the
 //! cores. Writes the two tables as Parquet for the peers and one JSON line with the timings
 //! and every feature's statistics.
 

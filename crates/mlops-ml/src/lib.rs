@@ -6,6 +6,7 @@
 
 pub mod artifact;
 pub mod drift;
+pub mod kolmogorov;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
