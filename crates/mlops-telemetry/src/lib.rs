@@ -142,7 +142,12 @@ fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider> {
 
 /// Hex trace id of the current span, when it has one; stored in events as `trace_id`.
 pub fn current_trace_id() -> Option<String> {
-    let context = tracing::Span::current().context();
+    trace_id_of(&tracing::Span::current())
+}
+
+/// Hex trace id of `span`, when it has one.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
     let span = context.span();
     let span_context = span.span_context();
     span_context

@@ -437,6 +437,23 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
     let decisions = monitoring(&stream).await["canary_decisions"].clone();
     assert_eq!(decisions[0]["decision"], "promote", "{decisions}");
     assert_eq!(decisions[0]["canary_version"], 2, "{decisions}");
+    // One remediation flow, one trace id: the drift event opens it, the run and the
+    // verdict on its candidate carry it.
+    let flow = drift["trace_id"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        flow.len() == 32 && flow.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the drift event names its trace: {drift}"
+    );
+    assert_eq!(
+        drift_runs[0]["trace_id"],
+        flow.as_str(),
+        "the run continues it"
+    );
+    assert_eq!(
+        decisions[0]["trace_id"],
+        flow.as_str(),
+        "the verdict continues it"
+    );
     stream.answers.clear();
     for _ in 0..3 {
         stream.step().await;

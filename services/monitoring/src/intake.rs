@@ -26,7 +26,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::monitor::{Action, Monitor, MonitorSettings, VersionInfo};
 
@@ -104,7 +104,46 @@ pub struct Shared {
     /// Whether the topics published to are known to exist.
     provisioned: AtomicBool,
     metrics: Metrics,
-    unsent: Mutex<Vec<Action>>,
+    unsent: Mutex<Vec<Outgoing>>,
+}
+
+/// A monitoring output on its way to the broker, with the span its records are sent in, so
+/// their `traceparent` headers name it. A drift incident opens a new trace — the
+/// remediation flow — whose id the drift event and its training request carry (and the
+/// run, the registered version and its lifecycle events after them); a canary verdict
+/// carries the id of the flow that brought the candidate.
+struct Outgoing {
+    action: Action,
+    span: Span,
+}
+
+impl Outgoing {
+    fn new(action: Action) -> Self {
+        match action {
+            Action::Drift(mut event, mut request) => {
+                let span = info_span!(parent: None, "drift detected",
+                    model = %event.model_name, version = event.model_version,
+                    severity = ?event.severity, drift_event = %event.event_id);
+                event.trace_id = mlops_telemetry::trace_id_of(&span);
+                if let Some(request) = &mut request {
+                    request.trace_id = event.trace_id.clone();
+                }
+                Self {
+                    action: Action::Drift(event, request),
+                    span,
+                }
+            }
+            Action::Decide(decision) => {
+                let span = info_span!(parent: None, "canary verdict",
+                    model = %decision.model_name, version = decision.canary_version,
+                    decision = ?decision.decision, flow = decision.trace_id.as_deref().unwrap_or(""));
+                Self {
+                    action: Action::Decide(decision),
+                    span,
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -179,7 +218,8 @@ impl Shared {
         }
         let mut actions =
             std::mem::take(&mut *self.unsent.lock().unwrap_or_else(|e| e.into_inner()));
-        actions.extend(self.monitor().tick(mlops_events::now_millis()));
+        let decided = self.monitor().tick(mlops_events::now_millis());
+        actions.extend(self.outgoing(decided));
         self.publish(actions).await;
         let latest = self.monitor().latest();
         for (model, version, drift, performance) in latest {
@@ -207,12 +247,28 @@ impl Shared {
         }
     }
 
+    /// The monitor's new actions, each in its span (trace ids stamped, the report told).
+    fn outgoing(&self, actions: Vec<Action>) -> Vec<Outgoing> {
+        let outgoing: Vec<Outgoing> = actions.into_iter().map(Outgoing::new).collect();
+        let mut monitor = self.monitor();
+        for out in &outgoing {
+            if let Action::Drift(event, _) = &out.action {
+                monitor.drift_traced(&event.model_name, &event.event_id, event.trace_id.clone());
+            }
+        }
+        outgoing
+    }
+
     /// Publishes `actions` in order; from the first that fails on, they wait for the next
     /// tick.
-    async fn publish(&self, actions: Vec<Action>) {
+    async fn publish(&self, actions: Vec<Outgoing>) {
         let mut actions = actions.into_iter();
         while let Some(action) = actions.next() {
-            if let Err(e) = self.publish_one(&action).await {
+            let sent = self
+                .publish_one(&action.action)
+                .instrument(action.span.clone())
+                .await;
+            if let Err(e) = sent {
                 warn!(error = %e, "monitoring events could not be published yet; retrying");
                 let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
                 unsent.push(action);
@@ -421,6 +477,7 @@ impl Handler for Intake {
                     ])
                     .inc();
                 let actions = shared.monitor().prediction(&log);
+                let actions = shared.outgoing(actions);
                 shared.publish(actions).await;
             }
         }

@@ -195,6 +195,9 @@ struct CanaryState {
     /// Set once a verdict was published for this stretch; cleared by the lifecycle event
     /// that follows it (a widening starts a new stretch).
     decided: Option<String>,
+    /// The flow that brought the candidate here (from its lifecycle event), which the
+    /// verdict continues.
+    trace_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -256,6 +259,17 @@ impl Monitor {
         state.info = Some(info);
     }
 
+    /// Records the trace a published drift incident opened, for the report.
+    pub fn drift_traced(&mut self, model: &str, event_id: &str, trace_id: Option<String>) {
+        let recorded = self
+            .models
+            .get_mut(model)
+            .and_then(|m| m.drift_events.iter_mut().find(|e| e.event_id == event_id));
+        if let Some(event) = recorded {
+            event.trace_id = trace_id;
+        }
+    }
+
     /// A lifecycle event: which version is in production, which in canary at what share.
     pub fn lifecycle(&mut self, event: &ModelLifecycleEvent) {
         let model = self.models.entry(event.model_name.clone()).or_default();
@@ -284,6 +298,7 @@ impl Monitor {
                         canary: Arm::default(),
                         production: Arm::default(),
                         decided: None,
+                        trace_id: event.trace_id.clone(),
                     });
                 }
             }
@@ -535,7 +550,7 @@ impl Monitor {
                         evidence: verdict.evidence,
                         reason: verdict.reason,
                         decided_at: now,
-                        trace_id: None,
+                        trace_id: canary.trace_id.clone(),
                     };
                     canary.decided = Some(decision.decision_id.clone());
                     push_bounded(&mut model.decisions, decision.clone(), 20);
@@ -1035,7 +1050,11 @@ mod tests {
     fn a_canary_worse_on_its_labels_is_rolled_back_and_a_good_one_promoted() {
         for canary_right in [false, true] {
             let mut monitor = monitor();
-            monitor.lifecycle(&lifecycle(2, ModelStage::Canary, Some(10.0), 1_000));
+            let flow = "4bf92f3577b34da6a3ce929d0e0e4736".to_owned();
+            monitor.lifecycle(&ModelLifecycleEvent {
+                trace_id: Some(flow.clone()),
+                ..lifecycle(2, ModelStage::Canary, Some(10.0), 1_000)
+            });
             monitor.set_info("m", 2, info());
             let mut decisions = Vec::new();
             for i in 0..1_000 {
@@ -1067,6 +1086,11 @@ mod tests {
             assert_eq!(decision.decision, expected, "{decision:?}");
             assert_eq!(decision.canary_version, 2);
             assert_eq!(decision.production_version, Some(1));
+            assert_eq!(
+                decision.trace_id,
+                Some(flow),
+                "the verdict continues the flow"
+            );
         }
     }
 }

@@ -179,6 +179,7 @@ async fn run_json(store: &TrainingStore, row: &RunRow) -> Result<Json, ApiError>
         "started_at": row.started_at,
         "attempts": row.attempts,
         "request_ids": requests.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>(),
+        "trace_id": row.trace_id,
     }))
 }
 

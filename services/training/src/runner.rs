@@ -117,6 +117,7 @@ impl Runner {
             "attempts": run.attempts + 1,
             "requests": requests.iter().map(request_json).collect::<Vec<_>>(),
             "request_ids": requests.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>(),
+            "trace_id": run.trace_id,
             "created_at": run.created_at,
             "started_at": started,
             "finished_at": finished,
