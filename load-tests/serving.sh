@@ -6,13 +6,18 @@
 # each run: requests/s, latency percentiles, and the CPU seconds of the server process
 # alone (MLServer: with its worker processes) per 1,000 requests, from /proc/<pid>/stat.
 #
-#   load-tests/serving.sh     (BENCH_SECONDS=10, BENCH_CONCURRENCY="1 16" by default)
+# Then 32-row requests at a fixed rate both sustain (BENCH_RATE), where every row is logged.
+# The platform's share of rows logged is reported: when its log cannot keep up with the
+# broker, serving samples it (and counts the rest) rather than slow the answers.
+#
+#   load-tests/serving.sh     (BENCH_SECONDS=10, BENCH_CONCURRENCY="1 16", BENCH_RATE=300)
 # Needs the default ports (8080-8085, 9092) and 18080-18082 free.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 seconds=${BENCH_SECONDS:-10}
 concurrencies=${BENCH_CONCURRENCY:-1 16}
+rate=${BENCH_RATE:-300}
 warmup=3
 port=18080
 cache="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}"
@@ -63,46 +68,68 @@ cpu() {
   echo "$total"
 }
 
-for model in bench_lr bench_rf; do
-  for rows in 1 32; do
-    for concurrency in $concurrencies; do
-      for side in platform mlserver; do
-        if [ "$side" = platform ]; then url="http://127.0.0.1:8082/v2/models/$model/infer"; pid=$serving
-        else url="http://127.0.0.1:$port/v2/models/$model/infer"; pid=$mlserver; fi
-        "$target/infer-load" --url "$url" --body "$work/body-$rows.json" --rows "$rows" \
-          --concurrency "$concurrency" --duration "$seconds" --warmup "$warmup" \
-          --label "$side $model" > "$work/run.json" &
-        load=$!
-        sleep "$warmup"; before=$(cpu "$pid")
-        sleep "$seconds"; after=$(cpu "$pid")
-        wait "$load"
-        "$venv/bin/python" - "$work/run.json" "$before" "$after" "$model" "$side" <<'PY'
+# Prediction-log counters of the platform's serving process.
+log_counter() {
+  curl -s http://127.0.0.1:8082/metrics | awk -v k="mlops_serving_predictions_$1_total" '$1==k {print $2}'
+}
+
+# One measured run: side model rows concurrency [rate]. Prints its JSON line.
+measure() {
+  local side=$1 model=$2 rows=$3 concurrency=$4 rate=${5:-} url pid
+  if [ "$side" = platform ]; then url="http://127.0.0.1:8082/v2/models/$model/infer"; pid=$serving
+  else url="http://127.0.0.1:$port/v2/models/$model/infer"; pid=$mlserver; fi
+  "$target/infer-load" --url "$url" --body "$work/body-$rows.json" --rows "$rows" \
+    --concurrency "$concurrency" --duration "$seconds" --warmup "$warmup" \
+    ${rate:+--rate "$rate"} --label "$side $model" > "$work/run.json" &
+  local load=$!
+  sleep "$warmup"
+  local before logged_before dropped_before after
+  before=$(cpu "$pid"); logged_before=$(log_counter logged); dropped_before=$(log_counter dropped)
+  sleep "$seconds"
+  after=$(cpu "$pid")
+  local logged=$(( $(log_counter logged) - logged_before )) dropped=$(( $(log_counter dropped) - dropped_before ))
+  wait "$load"
+  "$venv/bin/python" - "$work/run.json" "$before" "$after" "$model" "$side" "$logged" "$dropped" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))
 cpu = (int(sys.argv[3]) - int(sys.argv[2])) / 100
+logged, dropped = int(sys.argv[6]), int(sys.argv[7])
 run.update(model=sys.argv[4], server=sys.argv[5], server_cpu_seconds=cpu,
            cpu_seconds_per_1000_requests=round(1000 * cpu / max(run["requests"], 1), 3))
+if sys.argv[5] == "platform":
+    run["rows_logged_share"] = round(logged / max(logged + dropped, 1), 3)
 print(json.dumps(run))
 PY
+}
+
+{
+  for model in bench_lr bench_rf; do
+    for rows in 1 32; do
+      for concurrency in $concurrencies; do
+        for side in platform mlserver; do measure "$side" "$model" "$rows" "$concurrency"; done
       done
     done
   done
-done | tee "$work/results.jsonl"
+  # The same work below saturation: 32-row requests at a fixed rate both servers sustain.
+  for model in bench_lr bench_rf; do
+    for side in platform mlserver; do measure "$side" "$model" 32 16 "$rate"; done
+  done
+} | tee "$work/results.jsonl"
 
 "$venv/bin/python" - "$work/results.jsonl" <<'PY'
 import json, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
-by = {(r["server"], r["model"], r["rows_per_request"], r["concurrency"]): r for r in runs}
-print("| model | rows/request | concurrency | platform req/s | MLServer req/s | throughput ratio | platform CPU s / 1k req | MLServer CPU s / 1k req | CPU ratio | platform p50 / p99 ms | MLServer p50 / p99 ms |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
-for (server, model, rows, concurrency), p in sorted(by.items()):
+by = {(r["server"], r["model"], r["rows_per_request"], r["concurrency"], r["offered_rate"]): r for r in runs}
+print("| model | rows/request | concurrency | offered req/s | platform req/s | MLServer req/s | throughput ratio | platform CPU s / 1k req | MLServer CPU s / 1k req | CPU ratio | platform p50 / p99 ms | MLServer p50 / p99 ms | rows logged |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
+for (server, model, rows, concurrency, rate), p in sorted(by.items(), key=lambda kv: (kv[0][4] is not None, kv[0][1:4])):
     if server != "platform":
         continue
-    m = by[("mlserver", model, rows, concurrency)]
-    print(f"| {model} | {rows} | {concurrency} | {p['requests_per_second']:,.0f} | {m['requests_per_second']:,.0f} | "
+    m = by[("mlserver", model, rows, concurrency, rate)]
+    print(f"| {model} | {rows} | {concurrency} | {rate or 'max'} | {p['requests_per_second']:,.0f} | {m['requests_per_second']:,.0f} | "
           f"**{p['requests_per_second'] / max(m['requests_per_second'], 1):.1f}×** | {p['cpu_seconds_per_1000_requests']} | "
           f"{m['cpu_seconds_per_1000_requests']} | **{m['cpu_seconds_per_1000_requests'] / max(p['cpu_seconds_per_1000_requests'], 1e-9):.1f}×** | "
-          f"{p['p50_ms']} / {p['p99_ms']} | {m['p50_ms']} / {m['p99_ms']} |")
+          f"{p['p50_ms']} / {p['p99_ms']} | {m['p50_ms']} / {m['p99_ms']} | {p['rows_logged_share']:.0%} |")
 errors = sum(r["errors"] for r in runs)
 if errors:
     sys.exit(f"{errors} requests failed")

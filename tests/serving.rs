@@ -458,3 +458,87 @@ async fn an_unmodified_triton_client_reads_metadata_and_infers() {
         "{seen}"
     );
 }
+
+/// The first version's artifact retrained to need `extra`, a raw numeric feature requests of the
+/// first version's shape do not carry (a retrained model with a new signature).
+fn artifact_needing(model: &str, extra: &str) -> ModelArtifact {
+    let mut artifact = artifact(model, false);
+    let n = 200;
+    let inputs = ndarray::Array2::from_shape_fn((n, 4), |(r, c)| match c {
+        0 => (r as f64 / 2.0 - 50.0) / 10.0,
+        1 => f64::from(u8::from(r % 2 == 0)),
+        2 => f64::from(u8::from(r % 2 == 1)),
+        _ => (r % 7) as f64,
+    });
+    let labels = (0..n).map(|r| r as f64 / 2.0 > 50.0).collect();
+    let params = [("alpha".to_owned(), 0.01)].into_iter().collect();
+    let fitted = fit(
+        Algorithm::LogisticRegression,
+        &params,
+        &Examples::binary(inputs, labels),
+    )
+    .unwrap();
+    artifact.model = fitted.to_json();
+    artifact.features.push(extra.to_owned());
+    artifact
+        .transforms
+        .push((extra.to_owned(), FittedState::default()));
+    artifact
+}
+
+/// A canary that cannot answer what production can costs the caller nothing: production
+/// answers, and the canary's failure is logged against it (for the canary analysis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_that_fails_a_request_is_logged_and_production_answers() {
+    let s = Setup::start().await;
+    s.register(false).await;
+    let body = json!({"artifact": artifact_needing(&s.model, "tenure"), "actor": "test",
+                      "reason": "passed the gate", "canary_percent": 99.99});
+    let url = format!("{}/v1/models/{}/versions", s.registry.url, s.model);
+    let (status, canary) = mlops_integration_tests::post_json(&s.http, &url, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{canary}");
+    let serving = s.serving().await;
+    for i in 0..3 {
+        let (status, answer) = s.infer(&serving.url, &two_rows(&format!("f-{i}"))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(
+            (&answer["model_version"], &answer["parameters"]["role"]),
+            (&json!("1"), &json!("production")),
+            "{answer}"
+        );
+    }
+    // Each request: one failure record for the canary, two answered rows for production.
+    let codec = mlops_schema::AvroCodec::new(&s.registry.url).unwrap();
+    let records = mlops_integration_tests::read_topic(
+        &s._broker.bootstrap_servers,
+        &mlops_events::topics::predictions(&s.model),
+        9,
+    )
+    .await;
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    for record in &records {
+        let log: mlops_events::PredictionLog = codec
+            .decode(rdkafka::Message::payload(record).unwrap())
+            .await
+            .unwrap();
+        match &log.error {
+            Some(reason) => {
+                assert_eq!(
+                    (log.model_version, log.role),
+                    (2, mlops_events::ServingRole::Canary)
+                );
+                assert!(log.output.is_nan());
+                assert!(reason.contains("tenure"), "{reason}");
+                failures.push(log.request_id);
+            }
+            None => {
+                assert_eq!(log.model_version, 1);
+                answered += 1;
+            }
+        }
+    }
+    failures.sort();
+    assert_eq!(failures, ["f-0", "f-1", "f-2"]);
+    assert_eq!(answered, 6);
+}

@@ -34,6 +34,11 @@ struct Args {
     /// A label for the report line.
     #[arg(long, default_value = "target")]
     label: String,
+    /// Requests per second offered in all (each connection paced to its share); as fast
+    /// as answers come when absent. A fixed rate compares what each server costs for the
+    /// same work below saturation.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 async fn worker(
@@ -44,7 +49,16 @@ async fn worker(
     stop_at: Instant,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
+    let mut pace = args.rate.map(|rate| {
+        let mut interval =
+            tokio::time::interval(Duration::from_secs_f64(args.concurrency as f64 / rate));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     while Instant::now() < stop_at {
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
         let started = Instant::now();
         let answer = client
             .post(&args.url)
@@ -90,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
             "label": args.label,
             "rows_per_request": args.rows,
             "concurrency": args.concurrency,
+            "offered_rate": args.rate,
             "seconds": args.duration,
             "requests": ok,
             "requests_per_second": (ok as f64 / seconds).round(),

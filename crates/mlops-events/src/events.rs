@@ -163,6 +163,9 @@ pub struct PredictionLog {
     pub latency_us: i64,
     pub predicted_at: i64,
     pub trace_id: Option<String>,
+    /// Why the version could not answer (`output` is NaN then).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 event!(PredictionLog, "prediction_log.avsc");
 

@@ -5,9 +5,11 @@
 //! that schema. Nothing in this crate does I/O.
 
 mod events;
+mod prediction_avro;
 pub mod topics;
 
 pub use events::*;
+pub use prediction_avro::PredictionLogRef;
 
 use serde::{Serialize, de::DeserializeOwned};
 

@@ -208,7 +208,88 @@ fn prediction_log() {
         latency_us: 180,
         predicted_at: now_millis(),
         trace_id: None,
+        error: None,
     });
+}
+
+/// The generic encoder's bytes for `event`.
+fn generic_bytes<T: Event>(event: &T) -> Vec<u8> {
+    let schema = T::schema();
+    let value = apache_avro::to_value(event)
+        .and_then(|v| v.resolve(&schema))
+        .expect("fits its schema");
+    apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .and_then(|w| w.write_value_to_vec(value))
+        .expect("encodes")
+}
+
+#[test]
+fn prediction_log_written_directly_is_the_schemas_encoding() {
+    let schema = PredictionLog::schema();
+    let one = PredictionLog {
+        request_id: "r-ü-1".into(),
+        entity_id: Some("c-1".into()),
+        model_name: "fraud".into(),
+        model_version: 70_000,
+        role: ServingRole::Shadow,
+        features: HashMap::from([("amount".to_owned(), -3.5e300)]),
+        output: f64::NAN,
+        predicted_label: None,
+        latency_us: -1,
+        predicted_at: now_millis(),
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        error: Some("row 0: amount has no value".into()),
+    };
+    let many = PredictionLog {
+        entity_id: None,
+        role: ServingRole::Production,
+        features: (0..200)
+            .map(|i| (format!("f{i}"), i as f64 / 7.0))
+            .collect(),
+        output: 0.25,
+        predicted_label: Some("1".into()),
+        latency_us: i64::MAX,
+        trace_id: None,
+        error: None,
+        ..one.clone()
+    };
+    let empty = PredictionLog {
+        features: HashMap::new(),
+        role: ServingRole::Canary,
+        ..many.clone()
+    };
+    for event in [&one, &many, &empty] {
+        let mut direct = Vec::new();
+        event.write_avro(&mut direct);
+        let decoded = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .and_then(|r| r.read_value(&mut direct.as_slice()))
+            .expect("decodes with the schema");
+        let back: PredictionLog = apache_avro::from_value(&decoded).expect("deserialises");
+        // NaN is not equal to itself: compare its bits.
+        assert_eq!(back.output.to_bits(), event.output.to_bits());
+        assert_eq!(
+            PredictionLog {
+                output: 0.0,
+                ..back
+            },
+            PredictionLog {
+                output: 0.0,
+                ..event.clone()
+            }
+        );
+        // A map's entries may come in any order; with one or none the bytes are fixed.
+        if event.features.len() <= 1 {
+            assert_eq!(
+                direct,
+                generic_bytes(event),
+                "same bytes as the generic encoder"
+            );
+        } else {
+            assert_eq!(direct.len(), generic_bytes(event).len());
+        }
+    }
 }
 
 #[test]

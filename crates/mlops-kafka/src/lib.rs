@@ -6,6 +6,7 @@ mod admin;
 mod batch;
 mod config;
 pub mod consumer;
+mod log_producer;
 mod metrics;
 mod producer;
 
@@ -13,6 +14,7 @@ pub use admin::{TopicSpec, check_broker, ensure_topics};
 pub use batch::BatchConsumer;
 pub use config::{KafkaConfig, SecurityProtocol};
 pub use consumer::{CLOSE_TIMEOUT, ConsumerLoop, DeadLetters, Handler, HandlerError, Record};
+pub use log_producer::LogProducer;
 pub use metrics::ConsumerMetrics;
 pub use producer::{Delivery, Producer};
 

@@ -98,32 +98,4 @@ impl Producer {
         let payload = self.codec.encode(topic, event).await?;
         self.send_bytes(topic, key, &payload, headers).await
     }
-
-    /// Hands raw bytes to the client's local queue and returns at once, without waiting for
-    /// the broker: for records whose loss under pressure is acceptable and counted (the
-    /// prediction log), never for records a client was told are safe. `QueueFull` when the
-    /// local queue (bounded by `queue.buffering.max.messages`) has no room.
-    pub fn enqueue_bytes(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: OwnedHeaders,
-    ) -> Result<()> {
-        let headers = mlops_telemetry::inject_current_context(headers);
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(payload)
-            .headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        match self.inner.send_result(record) {
-            // The delivery report is not awaited: the record is the client's to deliver.
-            Ok(_delivery) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(Error::QueueFull)
-            }
-            Err((e, _)) => Err(Error::Kafka(e)),
-        }
-    }
 }

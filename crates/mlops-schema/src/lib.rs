@@ -77,10 +77,15 @@ pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8])> {
 /// Frames an Avro body the Confluent way: magic byte, big-endian schema id, body.
 pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
     let mut framed = Vec::with_capacity(HEADER_LEN + body.len());
-    framed.push(MAGIC_BYTE);
-    framed.extend_from_slice(&schema_id.to_be_bytes());
+    write_frame_header(&mut framed, schema_id);
     framed.extend_from_slice(body);
     framed
+}
+
+/// Appends the Confluent header (magic byte, big-endian schema id) that precedes a body.
+pub fn write_frame_header(out: &mut Vec<u8>, schema_id: u32) {
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&schema_id.to_be_bytes());
 }
 
 /// A decoded record whose type is only known at run time (user datasets).
@@ -147,7 +152,7 @@ impl AvroCodec {
     /// Encodes `event` for `topic`, registering its schema under `<topic>-value` on first use.
     pub async fn encode<E: Event>(&self, topic: &str, event: &E) -> Result<Vec<u8>> {
         let schema = self.own_schema::<E>().await?;
-        let id = self.own_id::<E>(topic).await?;
+        let id = self.schema_id::<E>(topic).await?;
         let value = apache_avro::to_value(event)
             .and_then(|value| value.resolve(&schema))
             .map_err(|e| Error::poison(format!("{} does not encode: {e}", E::FULL_NAME)))?;
@@ -172,7 +177,9 @@ impl AvroCodec {
         Ok(schema)
     }
 
-    async fn own_id<E: Event>(&self, topic: &str) -> Result<u32> {
+    /// The id of `E`'s schema under `<topic>-value`, registered on first use (for callers
+    /// that write the body themselves, see [`write_frame_header`]).
+    pub async fn schema_id<E: Event>(&self, topic: &str) -> Result<u32> {
         let key = (topics::value_subject(topic), E::FULL_NAME);
         if let Some(id) = self.ids.read().await.get(&key) {
             return Ok(*id);

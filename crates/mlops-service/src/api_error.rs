@@ -38,6 +38,11 @@ impl ApiError {
         self.retry_after = Some(seconds);
         self
     }
+
+    /// `code: message`, as a log line or an event's reason shows it.
+    pub fn reason(&self) -> String {
+        format!("{}: {}", self.code, self.message)
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -4,7 +4,9 @@
 //! The primary comparison is a one-sided Welch z-test on the per-prediction loss of the
 //! labelled predictions (0/1 error for classification, squared error for regression): the
 //! canary is rolled back when its loss is higher than production's with p < `alpha`. It is
-//! also rolled back when it answers with non-finite outputs more often than production, or
+//! also rolled back when it fails more often than production — requests it could not answer
+//! where production could (serving logs those against it), or answers that are not finite
+//! numbers — by a one-sided two-proportion z-test at `alpha` and by at least one point, or
 //! when its p99 latency is `latency_factor` times production's (and above a floor, so that
 //! microsecond noise does not decide). Otherwise, once it has served `min_requests`, has
 //! `min_labels` labelled predictions and `min_seconds` have passed, it is widened to the
@@ -54,7 +56,8 @@ const SAMPLES: usize = 10_000;
 #[derive(Debug, Clone, Default)]
 pub struct Arm {
     pub requests: u64,
-    pub non_finite: u64,
+    /// Requests it failed: no answer (serving's logged failure) or a non-finite one.
+    pub errors: u64,
     latencies_ms: VecDeque<f64>,
     outputs: VecDeque<f64>,
     /// Labelled predictions: count, sum and sum of squares of the loss.
@@ -64,12 +67,13 @@ pub struct Arm {
 }
 
 impl Arm {
-    pub fn prediction(&mut self, output: f64, latency_ms: f64) {
+    /// A request served: its output, or none when the version failed it.
+    pub fn prediction(&mut self, output: Option<f64>, latency_ms: f64) {
         self.requests += 1;
-        if !output.is_finite() {
-            self.non_finite += 1;
+        match output.filter(|o| o.is_finite()) {
+            Some(output) => push_bounded(&mut self.outputs, output, SAMPLES),
+            None => self.errors += 1,
         }
-        push_bounded(&mut self.outputs, output, SAMPLES);
         push_bounded(&mut self.latencies_ms, latency_ms, SAMPLES);
     }
 
@@ -105,11 +109,11 @@ impl Arm {
             .unwrap_or(0.0)
     }
 
-    fn non_finite_rate(&self) -> f64 {
+    fn error_rate(&self) -> f64 {
         if self.requests == 0 {
             0.0
         } else {
-            self.non_finite as f64 / self.requests as f64
+            self.errors as f64 / self.requests as f64
         }
     }
 }
@@ -128,6 +132,30 @@ pub fn loss_test(worse: &Arm, better: &Arm) -> (f64, f64) {
     let se = (worse.loss_variance() / worse.labels.max(1) as f64
         + better.loss_variance() / better.labels.max(1) as f64)
         .sqrt();
+    let z = if se > 0.0 {
+        difference / se
+    } else if difference > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    (z, normal_sf(z))
+}
+
+/// One-sided two-proportion z-test (pooled) that `worse` fails more often than `better`:
+/// z and its p-value. With no requests on `better` to compare with, any failure counts.
+pub fn error_test(worse: &Arm, better: &Arm) -> (f64, f64) {
+    let (n1, n2) = (worse.requests as f64, better.requests as f64);
+    if n1 == 0.0 || n2 == 0.0 {
+        return if worse.errors > 0 {
+            (f64::INFINITY, 0.0)
+        } else {
+            (0.0, 1.0)
+        };
+    }
+    let pooled = (worse.errors + better.errors) as f64 / (n1 + n2);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    let difference = worse.error_rate() - better.error_rate();
     let z = if se > 0.0 {
         difference / se
     } else if difference > 0.0 {
@@ -175,10 +203,8 @@ pub fn judge(
         ("production_labels".to_owned(), baseline.labels as f64),
         ("canary_loss".to_owned(), canary.mean_loss()),
         ("production_loss".to_owned(), baseline.mean_loss()),
-        (
-            "canary_non_finite_rate".to_owned(),
-            canary.non_finite_rate(),
-        ),
+        ("canary_error_rate".to_owned(), canary.error_rate()),
+        ("production_error_rate".to_owned(), baseline.error_rate()),
         ("canary_p99_latency_ms".to_owned(), canary.p99_latency()),
         (
             "production_p99_latency_ms".to_owned(),
@@ -210,14 +236,18 @@ pub fn judge(
             ));
         }
     }
-    if rollback.is_none()
-        && canary.requests >= settings.min_requests
-        && canary.non_finite_rate() > baseline.non_finite_rate() + 0.01
-    {
-        rollback = Some(format!(
-            "{:.1}% of the canary's answers are not finite numbers",
-            canary.non_finite_rate() * 100.0
-        ));
+    if rollback.is_none() && canary.errors > 0 {
+        let (z, p) = error_test(canary, baseline);
+        evidence.insert("error_z".to_owned(), z);
+        evidence.insert("error_p_value".to_owned(), p);
+        if p < settings.alpha && canary.error_rate() > baseline.error_rate() + 0.01 {
+            rollback = Some(format!(
+                "the canary failed {:.1}% of its requests against production's {:.1}% (one-sided two-proportion z-test, z = {z:.2}, p = {p:.2e} < {})",
+                canary.error_rate() * 100.0,
+                baseline.error_rate() * 100.0,
+                settings.alpha
+            ));
+        }
     }
     if rollback.is_none()
         && production.is_some()
@@ -285,7 +315,7 @@ mod tests {
     fn arm(requests: u64, errors: u64, labels: u64) -> Arm {
         let mut arm = Arm::default();
         for i in 0..requests {
-            arm.prediction(0.5, 1.0);
+            arm.prediction(Some(0.5), 1.0);
             if i < labels {
                 arm.loss(if i < errors { 1.0 } else { 0.0 });
             }
@@ -377,10 +407,46 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_that_fails_requests_is_rolled_back_and_a_rare_failure_is_not() {
+        let with_failures = |failed: u64| {
+            let mut canary = Arm::default();
+            for i in 0..200 {
+                canary.prediction((i >= failed).then_some(0.5), 1.0);
+            }
+            canary
+        };
+        // 10 of 200 failed (one as a NaN answer would count the same) against none of 2,000.
+        let verdict = judge(
+            &settings(),
+            &with_failures(10),
+            Some(&arm(2_000, 0, 0)),
+            10.0,
+            1_000,
+        )
+        .unwrap();
+        assert_eq!(verdict.decision, CanaryVerdict::Rollback, "{verdict:?}");
+        assert!(verdict.reason.contains("failed 5.0%"), "{}", verdict.reason);
+        assert!(verdict.evidence["error_p_value"] < 0.05);
+        // 1 of 200 against production's 10 of 2,000: the same rate, nothing to decide.
+        let mut production = arm(2_000, 0, 0);
+        production.errors = 10;
+        assert!(
+            judge(
+                &settings(),
+                &with_failures(1),
+                Some(&production),
+                10.0,
+                1_000
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
     fn a_slow_canary_is_rolled_back() {
         let mut canary = Arm::default();
         for _ in 0..100 {
-            canary.prediction(0.5, 40.0);
+            canary.prediction(Some(0.5), 40.0);
         }
         let verdict = judge(&settings(), &canary, Some(&arm(500, 0, 0)), 10.0, 1_000).unwrap();
         assert_eq!(verdict.decision, CanaryVerdict::Rollback);

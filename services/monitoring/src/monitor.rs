@@ -165,6 +165,8 @@ struct VersionState {
     feature_rows: u64,
     row_windows: VecDeque<WindowSummary>,
     predictions: u64,
+    /// Requests it failed where production answered (logged with an error).
+    failed: u64,
     labels: u64,
     outputs: Vec<f64>,
     output_baseline: Option<Vec<f64>>,
@@ -321,6 +323,20 @@ impl Monitor {
     pub fn prediction(&mut self, log: &PredictionLog) -> Vec<Action> {
         let settings = &self.settings;
         let model = self.models.entry(log.model_name.clone()).or_default();
+        if log.error.is_some() {
+            // A request the version failed (production answered it): it counts against
+            // the version, and has no answer to join labels to or watch for drift.
+            if let Some(canary) = &mut model.canary
+                && log.predicted_at >= canary.since
+                && log.model_version == canary.version
+            {
+                canary
+                    .canary
+                    .prediction(None, log.latency_us as f64 / 1000.0);
+            }
+            model.versions.entry(log.model_version).or_default().failed += 1;
+            return Vec::new();
+        }
         let pending = Pending {
             request_id: log.request_id.clone(),
             entity_id: log.entity_id.clone(),
@@ -353,9 +369,9 @@ impl Monitor {
         {
             let latency_ms = log.latency_us as f64 / 1000.0;
             if log.model_version == canary.version {
-                canary.canary.prediction(log.output, latency_ms);
+                canary.canary.prediction(Some(log.output), latency_ms);
             } else if log.role == ServingRole::Production {
-                canary.production.prediction(log.output, latency_ms);
+                canary.production.prediction(Some(log.output), latency_ms);
             }
         }
 
@@ -586,6 +602,7 @@ impl Monitor {
                     "reference_snapshot": state.info.as_ref().map(|i| i.snapshot_id.clone()),
                     "task": state.info.as_ref().map(|i| i.task.clone()),
                     "predictions": state.predictions,
+                    "failed_requests": state.failed,
                     "feature_rows": state.feature_rows,
                     "feature_row_windows": state.row_windows,
                     "labels": state.labels,
@@ -891,6 +908,7 @@ mod tests {
             latency_us: 300,
             predicted_at: at,
             trace_id: None,
+            error: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Loaded {
     pub version: i64,
     pub artifact: ModelArtifact,
     pub model: Model,
+    /// What its prediction log records carry, worked out once.
+    pub log_columns: crate::predictions::LogColumns,
 }
 
 /// What a model serves now.
@@ -95,6 +97,7 @@ impl Deployments {
             .map_err(|e| format!("{model} version {version}: the model cannot be read: {e}"))?;
         Ok(Arc::new(Loaded {
             version,
+            log_columns: crate::predictions::LogColumns::of(&artifact),
             artifact,
             model: fitted,
         }))

@@ -38,6 +38,10 @@ pub struct Settings {
     pub feature_url: String,
     /// Bound on that lookup.
     pub feature_timeout_ms: u64,
+    /// How long the prediction log's batches wait to fill (`linger.ms` of its producer):
+    /// the log is read by the monitor in windows of seconds, so it trades latency for far
+    /// fewer, fuller batches.
+    pub log_linger_ms: u32,
 }
 
 impl Default for Settings {
@@ -47,6 +51,7 @@ impl Default for Settings {
             lifecycle_group: String::new(),
             feature_url: format!("http://127.0.0.1:{}", mlops_service::ports::FEATURE),
             feature_timeout_ms: 250,
+            log_linger_ms: 50,
         }
     }
 }
@@ -101,7 +106,8 @@ pub async fn run(
     let mut metrics = prometheus_client::registry::Registry::default();
     let (logger, drain) = predictions::PredictionLogger::new(
         &mut metrics,
-        producer.clone(),
+        mlops_kafka::LogProducer::new(&common.kafka, settings.log_linger_ms)?,
+        codec.clone(),
         common.kafka.clone(),
         tasks.token(),
     );

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     deployments::{Deployments, Loaded},
-    predictions::PredictionLogger,
+    predictions::{Answered, PredictionLogger},
 };
 
 /// What the handlers share.
@@ -372,29 +372,36 @@ fn bucket(key: &str) -> f64 {
     (u64::from_be_bytes(digest[..8].try_into().unwrap_or_default()) % 10_000) as f64
 }
 
+/// One row of a request: raw values by feature name.
+pub type Row = Vec<(String, Json)>;
+
+/// A request's ids: its own (made up when it has none) and its entity's.
+pub type Ids = (String, Option<String>);
+
+fn ids_of(request: &InferRequest) -> Ids {
+    (
+        request.id.clone().unwrap_or_else(mlops_events::new_id),
+        entity_of(request),
+    )
+}
+
 fn score(
     serving: &Serving,
     name: &str,
     request: &InferRequest,
-    loaded: &Loaded,
-    role: &str,
+    (loaded, role): (&Arc<Loaded>, &str),
+    ids: &Ids,
     started: std::time::Instant,
 ) -> Result<Json, OipError> {
     let rows = rows_of(request, loaded)?;
-    let (outputs, logged, _) = answer(loaded, &rows).map_err(bad)?;
-    // One id for the answer and its shadow, so the two can be compared.
-    let ids = (
-        Some(request.id.clone().unwrap_or_else(mlops_events::new_id)),
-        entity_of(request),
-    );
+    let (outputs, answers, inputs) = answer(loaded, &rows).map_err(bad)?;
     log(
         serving,
         name,
-        ids.clone(),
-        loaded,
-        role,
-        &rows,
-        &logged,
+        ids,
+        (loaded, role),
+        (&rows, &inputs),
+        answers,
         started,
     );
     if role == "production" {
@@ -485,7 +492,7 @@ pub fn answer(
 pub fn shadow(
     serving: &Serving,
     name: &str,
-    ids: (Option<String>, Option<String>),
+    ids: &Ids,
     rows: &[Vec<(String, Json)>],
     started: std::time::Instant,
 ) {
@@ -496,70 +503,82 @@ pub fn shadow(
         return;
     }
     match answer(&candidate, rows) {
-        Ok((_, logged, _)) => log(
-            serving, name, ids, &candidate, "shadow", rows, &logged, started,
+        Ok((_, answers, inputs)) => log(
+            serving,
+            name,
+            ids,
+            (&candidate, "shadow"),
+            (rows, &inputs),
+            answers,
+            started,
         ),
-        Err(reason) => tracing::debug!(%name, %reason, "the shadow could not score the request"),
+        Err(reason) => log_failure(serving, name, ids, (&candidate, "shadow"), &reason, started),
     }
 }
 
-/// One `PredictionLog` per row, queued off the request path. Features: numeric raw values
-/// by name, and a categorical feature's encoded inputs (e.g. `currency__EUR`).
-#[allow(clippy::too_many_arguments)]
-pub fn log(
-    serving: &Serving,
-    name: &str,
-    (id, entity): (Option<String>, Option<String>),
-    loaded: &Loaded,
-    role: &str,
-    rows: &[Vec<(String, Json)>],
-    answers: &[(f64, Option<String>)],
-    started: std::time::Instant,
-) {
-    let latency = started.elapsed().as_micros() as i64;
-    let trace_id = mlops_telemetry::current_trace_id();
-    let id = id.unwrap_or_else(mlops_events::new_id);
-    let role = match role {
+fn serving_role(role: &str) -> mlops_events::ServingRole {
+    match role {
         "canary" => mlops_events::ServingRole::Canary,
         "shadow" => mlops_events::ServingRole::Shadow,
         _ => mlops_events::ServingRole::Production,
-    };
-    for (r, (row, (output, label))) in rows.iter().zip(answers).enumerate() {
-        let mut features = std::collections::HashMap::new();
-        for (feature, state) in &loaded.artifact.transforms {
-            let raw = row
-                .iter()
-                .find(|(n, _)| n == feature)
-                .map_or(Json::Null, |(_, v)| v.clone());
-            if state.encode.is_some() {
-                for (input, value) in mlops_ml::apply_row(feature, state, &raw) {
-                    if let Some(v) = value.as_f64() {
-                        features.insert(input, v);
-                    }
-                }
-            } else if let Some(v) = raw.as_f64() {
-                features.insert(feature.clone(), v);
-            }
-        }
-        serving.logger.log(mlops_events::PredictionLog {
-            request_id: if rows.len() == 1 {
-                id.clone()
-            } else {
-                format!("{id}#{r}")
-            },
-            entity_id: entity.clone(),
-            model_name: name.to_owned(),
-            model_version: loaded.version as i32,
-            role,
-            features,
-            output: *output,
-            predicted_label: label.clone(),
-            latency_us: latency,
-            predicted_at: mlops_events::now_millis(),
-            // The request's trace: a prediction is found from the trace that asked for it.
-            trace_id: trace_id.clone(),
-        });
     }
+}
+
+/// Queues what `loaded` answered for the log (one `PredictionLog` per row, written off the
+/// request path): the rows' logged columns, taken from the raw values and the model inputs.
+pub fn log(
+    serving: &Serving,
+    name: &str,
+    (id, entity): &Ids,
+    (loaded, role): (&Arc<Loaded>, &str),
+    (rows, inputs): (&[Row], &Array2<f64>),
+    answers: Vec<(f64, Option<String>)>,
+    started: std::time::Instant,
+) {
+    let columns = &loaded.log_columns;
+    let mut values = Vec::with_capacity(rows.len() * columns.width());
+    for (r, row) in rows.iter().enumerate() {
+        columns.values(row, inputs, r, &mut values);
+    }
+    serving.logger.log(Answered {
+        model: name.to_owned(),
+        loaded: loaded.clone(),
+        role: serving_role(role),
+        request_id: id.clone(),
+        entity_id: entity.clone(),
+        values,
+        answers,
+        latency_us: started.elapsed().as_micros() as i64,
+        predicted_at: mlops_events::now_millis(),
+        // The request's trace: a prediction is found from the trace that asked for it.
+        trace_id: mlops_telemetry::current_trace_id(),
+        error: None,
+    });
+}
+
+/// Logs that `loaded` could not answer a request that production answered: one record
+/// with the reason, counted against the version by the canary analysis.
+pub fn log_failure(
+    serving: &Serving,
+    name: &str,
+    (id, entity): &Ids,
+    (loaded, role): (&Arc<Loaded>, &str),
+    reason: &str,
+    started: std::time::Instant,
+) {
+    serving.logger.log(Answered {
+        model: name.to_owned(),
+        loaded: loaded.clone(),
+        role: serving_role(role),
+        request_id: id.clone(),
+        entity_id: entity.clone(),
+        values: Vec::new(),
+        answers: Vec::new(),
+        latency_us: started.elapsed().as_micros() as i64,
+        predicted_at: mlops_events::now_millis(),
+        trace_id: mlops_telemetry::current_trace_id(),
+        error: Some(reason.to_owned()),
+    });
 }
 
 fn parse(body: &Bytes) -> Result<InferRequest, OipError> {
@@ -573,8 +592,28 @@ async fn infer(
 ) -> Result<Body<Json>, OipError> {
     let started = std::time::Instant::now();
     let request = parse(&body)?;
+    let ids = ids_of(&request);
     let (loaded, role) = route(&serving.deployments, &name, &request)?;
-    score(&serving, &name, &request, &loaded, role, started).map(Body)
+    match score(&serving, &name, &request, (&loaded, role), &ids, started) {
+        // A canary that fails where production answers must not cost the caller: production
+        // answers, and the failure is logged against the canary, whose analysis counts it.
+        Err(failure) if role == "canary" => {
+            let Some(production) = serving.deployments.get(&name).and_then(|d| d.production) else {
+                return Err(failure);
+            };
+            let answered = score(
+                &serving,
+                &name,
+                &request,
+                (&production, "production"),
+                &ids,
+                started,
+            )?;
+            log_failure(&serving, &name, &ids, (&loaded, role), &failure.1, started);
+            Ok(Body(answered))
+        }
+        answered => answered.map(Body),
+    }
 }
 
 async fn infer_version(
@@ -601,5 +640,6 @@ async fn infer_version(
             format!("version {version} of {name:?} is not served"),
         )
     })?;
-    score(&serving, &name, &request, &loaded, role, started).map(Body)
+    let ids = ids_of(&request);
+    score(&serving, &name, &request, (&loaded, role), &ids, started).map(Body)
 }

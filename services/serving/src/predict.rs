@@ -17,7 +17,10 @@ use mlops_service::ApiError;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 
-use crate::oip::{Serving, answer, log, route_by};
+use crate::{
+    deployments::Loaded,
+    oip::{Ids, Serving, answer, log, log_failure, route_by},
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,8 +129,55 @@ pub async fn model_verb(
             format!("model {model:?} has no production or canary version"),
         )
     })?;
-    let (features, feature_time) = match (request.features, &request.entity_id) {
-        (Some(features), _) => (features, Json::Null),
+    let ids: Ids = (
+        request
+            .request_id
+            .clone()
+            .unwrap_or_else(mlops_events::new_id),
+        request.entity_id.clone(),
+    );
+    match predict_with(&serving, model, &request, (&loaded, role), &ids, started).await {
+        // As over OIP: a canary that fails where production answers is logged against the
+        // canary, and production answers.
+        Err(failure) if role == "canary" => {
+            let Some(production) = serving.deployments.get(model).and_then(|d| d.production) else {
+                return Err(failure);
+            };
+            let answered = predict_with(
+                &serving,
+                model,
+                &request,
+                (&production, "production"),
+                &ids,
+                started,
+            )
+            .await?;
+            log_failure(
+                &serving,
+                model,
+                &ids,
+                (&loaded, role),
+                &failure.reason(),
+                started,
+            );
+            Ok(answered)
+        }
+        answered => answered,
+    }
+}
+
+/// Scores `request` with `loaded` (its features fetched from the online store when only an
+/// entity is named), logs the answer and shows it with the input vector the model saw.
+async fn predict_with(
+    serving: &Serving,
+    model: &str,
+    request: &PredictRequest,
+    (loaded, role): (&Arc<Loaded>, &str),
+    ids: &Ids,
+    started: std::time::Instant,
+) -> Result<Body<Json>, ApiError> {
+    let (features, feature_time) = match (&request.features, &request.entity_id) {
+        (Some(features), _) => (features.clone(), Json::Null),
         (None, Some(entity)) => serving.online.latest(&loaded.artifact.view, entity).await?,
         (None, None) => {
             return Err(ApiError::new(
@@ -139,23 +189,20 @@ pub async fn model_verb(
     };
     let row: Vec<(String, Json)> = features.into_iter().collect();
     let rows = vec![row];
-    let (outputs, logged, inputs) = answer(&loaded, &rows).map_err(|reason| {
+    let (outputs, answers, inputs) = answer(loaded, &rows).map_err(|reason| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_features", reason)
     })?;
-    let request_id = request.request_id.unwrap_or_else(mlops_events::new_id);
-    let ids = (Some(request_id.clone()), request.entity_id.clone());
     log(
-        &serving,
+        serving,
         model,
-        ids.clone(),
-        &loaded,
-        role,
-        &rows,
-        &logged,
+        ids,
+        (loaded, role),
+        (&rows, &inputs),
+        answers,
         started,
     );
     if role == "production" {
-        crate::oip::shadow(&serving, model, ids, &rows, started);
+        crate::oip::shadow(serving, model, ids, &rows, started);
     }
     let prediction: Map<String, Json> = outputs
         .iter()
@@ -181,7 +228,7 @@ pub async fn model_verb(
         "model": model,
         "version": loaded.version,
         "role": role,
-        "request_id": request_id,
+        "request_id": ids.0,
         "entity_id": request.entity_id,
         "prediction": prediction,
         "inputs": vector,

@@ -1,39 +1,143 @@
-//! The prediction log: every answer goes to `predictions.<model>` (Avro `PredictionLog`)
-//! off the request path. A request only tries to put its record in a bounded queue; when
-//! the queue (or the Kafka client's own) is full the record is dropped and counted, so the
-//! log samples under pressure and the answer is never delayed by it.
+//! The prediction log: every answer goes to `predictions.<model>` (Avro `PredictionLog`, one
+//! record per row) off the request path. A request only tries to put what it answered in a
+//! bounded queue; when the queue (or the Kafka client's own) is full its rows are dropped
+//! and counted, so the log samples under pressure and the answer is never delayed by it.
+//!
+//! Cost matters here: the log is most of what a many-row request costs. So a request queues
+//! its rows as plain numbers (the columns to log are worked out once per loaded version),
+//! and the drain writes each record's Avro straight into one reused buffer and hands it to a
+//! producer that does not track records one by one (`mlops_kafka::LogProducer`).
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
-use mlops_events::{PredictionLog, topics};
-use mlops_kafka::{KafkaConfig, OwnedHeaders, Producer, TopicSpec};
+use mlops_events::{PredictionLog, PredictionLogRef, ServingRole, topics};
+use mlops_kafka::{KafkaConfig, LogProducer, TopicSpec};
+use mlops_ml::ModelArtifact;
+use mlops_schema::AvroCodec;
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Records waiting to be encoded and handed to the Kafka client.
-pub const QUEUE: usize = 10_000;
+use crate::deployments::Loaded;
+
+/// Answered requests waiting to be written to the log.
+pub const QUEUE: usize = 4_096;
+
+/// What a version's log records carry as features: each numeric feature's raw value (what
+/// the monitor compares with the training snapshot's statistics), and a categorical
+/// feature's encoded inputs (e.g. `currency__EUR`), taken from the model's input vector.
+#[derive(Debug, Clone, Default)]
+pub struct LogColumns {
+    names: Vec<String>,
+    sources: Vec<Source>,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// The request's raw value of this feature.
+    Raw(String),
+    /// Column `i` of the model's input vector.
+    Input(usize),
+}
+
+impl LogColumns {
+    pub fn of(artifact: &ModelArtifact) -> Self {
+        let mut columns = Self::default();
+        for (feature, state) in &artifact.transforms {
+            if state.encode.is_none() {
+                columns.names.push(feature.clone());
+                columns.sources.push(Source::Raw(feature.clone()));
+                continue;
+            }
+            // The encoded inputs a value of this feature becomes, by name.
+            for (input, _) in mlops_ml::apply_row(feature, state, &Json::Null) {
+                if let Some(i) = artifact.features.iter().position(|f| *f == input) {
+                    columns.names.push(input);
+                    columns.sources.push(Source::Input(i));
+                }
+            }
+        }
+        columns
+    }
+
+    pub fn width(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Appends row `r`'s values (NaN where the request had no number) to `out`.
+    pub fn values(
+        &self,
+        raw: &[(String, Json)],
+        inputs: &ndarray::Array2<f64>,
+        r: usize,
+        out: &mut Vec<f64>,
+    ) {
+        for source in &self.sources {
+            out.push(match source {
+                Source::Raw(feature) => raw
+                    .iter()
+                    .find(|(name, _)| name == feature)
+                    .and_then(|(_, v)| v.as_f64())
+                    .unwrap_or(f64::NAN),
+                Source::Input(i) => inputs[[r, *i]],
+            });
+        }
+    }
+}
+
+/// One answered (or failed) request, as the log needs it.
+pub struct Answered {
+    pub model: String,
+    pub loaded: Arc<Loaded>,
+    pub role: ServingRole,
+    pub request_id: String,
+    pub entity_id: Option<String>,
+    /// Row-major values of `loaded.log_columns` (NaN where a row had no number).
+    pub values: Vec<f64>,
+    /// Each row's (score, label); empty when the version failed.
+    pub answers: Vec<(f64, Option<String>)>,
+    pub latency_us: i64,
+    pub predicted_at: i64,
+    pub trace_id: Option<String>,
+    /// Why the version could not answer: logged as one record with a NaN output.
+    pub error: Option<String>,
+}
+
+impl Answered {
+    /// The records this request makes.
+    fn records(&self) -> u64 {
+        self.answers.len().max(1) as u64
+    }
+}
 
 #[derive(Clone)]
 pub struct PredictionLogger {
-    queue: mpsc::Sender<PredictionLog>,
+    queue: mpsc::Sender<Answered>,
     logged: Counter,
     dropped: Counter,
+}
+
+/// Where a model's records go: its topic and the schema id they are framed with.
+struct Destination {
+    topic: String,
+    schema_id: u32,
 }
 
 impl PredictionLogger {
     /// The logger and the task that drains it into Kafka.
     pub fn new(
         registry: &mut Registry,
-        producer: Producer,
+        producer: LogProducer,
+        codec: Arc<AvroCodec>,
         kafka: KafkaConfig,
         cancel: CancellationToken,
     ) -> (
         Self,
         impl std::future::Future<Output = anyhow::Result<()>> + use<>,
     ) {
-        let (queue, mut received) = mpsc::channel::<PredictionLog>(QUEUE);
+        let (queue, mut received) = mpsc::channel::<Answered>(QUEUE);
         let logged = Counter::default();
         let dropped = Counter::default();
         registry.register(
@@ -52,52 +156,100 @@ impl PredictionLogger {
             dropped: dropped.clone(),
         };
         let drain = async move {
-            let mut topics_made: HashSet<String> = HashSet::new();
+            let mut destinations: HashMap<String, Destination> = HashMap::new();
+            let mut record = Vec::with_capacity(1024);
+            let mut row_id = String::new();
+            let mut complaints = Complaints::default();
             loop {
-                let prediction = tokio::select! {
-                    () = cancel.cancelled() => return Ok(()),
+                let answered = tokio::select! {
+                    () = cancel.cancelled() => break,
                     next = received.recv() => match next {
-                        Some(p) => p,
-                        None => return Ok(()),
+                        Some(a) => a,
+                        None => break,
                     },
                 };
-                let topic = topics::predictions(&prediction.model_name);
-                if !topics_made.contains(&topic) {
-                    match mlops_kafka::ensure_topics(&kafka, &[TopicSpec::new(&topic, 3)]).await {
-                        Ok(()) => {
-                            topics_made.insert(topic.clone());
+                if !destinations.contains_key(&answered.model) {
+                    match destination(&kafka, &codec, &answered.model).await {
+                        Ok(d) => {
+                            destinations.insert(answered.model.clone(), d);
                         }
-                        Err(e) => warn!(%topic, error = %e, "prediction topic not created yet"),
+                        Err(reason) => {
+                            dropped.inc_by(answered.records());
+                            complaints.note(&answered.model, &reason);
+                            continue;
+                        }
                     }
                 }
-                let key = prediction
-                    .entity_id
-                    .clone()
-                    .unwrap_or_else(|| prediction.request_id.clone());
-                let sent = match producer.codec().encode(&topic, &prediction).await {
-                    Ok(payload) => producer
-                        .enqueue_bytes(&topic, Some(key.as_bytes()), &payload, OwnedHeaders::new())
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                let Some(to) = destinations.get(&answered.model) else {
+                    continue;
                 };
-                match sent {
-                    Ok(()) => {
-                        logged.inc();
+                let columns = &answered.loaded.log_columns;
+                let width = columns.width();
+                let rows = answered.answers.len();
+                let mut features: Vec<(&str, f64)> = Vec::with_capacity(width);
+                for r in 0..answered.records() as usize {
+                    features.clear();
+                    if let Some(values) = answered.values.get(r * width..(r + 1) * width) {
+                        features.extend(
+                            columns
+                                .names
+                                .iter()
+                                .zip(values)
+                                .filter(|(_, v)| !v.is_nan())
+                                .map(|(name, v)| (name.as_str(), *v)),
+                        );
                     }
-                    Err(reason) => {
-                        dropped.inc();
-                        warn!(%topic, %reason, "prediction not logged");
+                    let request_id = if rows <= 1 {
+                        answered.request_id.as_str()
+                    } else {
+                        row_id.clear();
+                        let _ = write!(row_id, "{}#{r}", answered.request_id);
+                        row_id.as_str()
+                    };
+                    let (output, label) = answered
+                        .answers
+                        .get(r)
+                        .map_or((f64::NAN, None), |(o, l)| (*o, l.as_deref()));
+                    record.clear();
+                    mlops_schema::write_frame_header(&mut record, to.schema_id);
+                    PredictionLogRef {
+                        request_id,
+                        entity_id: answered.entity_id.as_deref(),
+                        model_name: &answered.model,
+                        model_version: answered.loaded.version as i32,
+                        role: answered.role,
+                        features: &features,
+                        output,
+                        predicted_label: label,
+                        latency_us: answered.latency_us,
+                        predicted_at: answered.predicted_at,
+                        trace_id: answered.trace_id.as_deref(),
+                        error: answered.error.as_deref(),
+                    }
+                    .write_avro(&mut record);
+                    let key = answered.entity_id.as_deref().unwrap_or(request_id);
+                    match producer.enqueue(&to.topic, Some(key.as_bytes()), &record) {
+                        Ok(()) => {
+                            logged.inc();
+                        }
+                        Err(reason) => {
+                            dropped.inc();
+                            complaints.note(&to.topic, &reason);
+                        }
                     }
                 }
             }
+            producer.flush(std::time::Duration::from_secs(2));
+            Ok(())
         };
         (logger, drain)
     }
 
-    /// Queues `prediction` for the log, or counts it dropped when the queue is full.
-    pub fn log(&self, prediction: PredictionLog) {
-        if self.queue.try_send(prediction).is_err() {
-            self.dropped.inc();
+    /// Queues `answered` for the log, or counts its rows dropped when the queue is full.
+    pub fn log(&self, answered: Answered) {
+        let records = answered.records();
+        if self.queue.try_send(answered).is_err() {
+            self.dropped.inc_by(records);
         }
     }
 
@@ -108,6 +260,48 @@ impl PredictionLogger {
     pub fn logged(&self) -> u64 {
         self.logged.get()
     }
+}
+
+/// Warnings about records not logged, at most one per interval: under pressure every
+/// record may fail the same way, and a warning per record would cost more than the record.
+#[derive(Default)]
+struct Complaints {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Complaints {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn note(&mut self, about: &str, reason: &dyn std::fmt::Display) {
+        self.since += 1;
+        if self
+            .last
+            .is_none_or(|last| last.elapsed() >= Self::INTERVAL)
+        {
+            warn!(%about, %reason, not_logged = self.since, "predictions not logged (sampled out)");
+            self.last = Some(std::time::Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
+/// The topic of `model`'s predictions (created when missing) and the schema id to frame
+/// its records with (registered when missing).
+async fn destination(
+    kafka: &KafkaConfig,
+    codec: &AvroCodec,
+    model: &str,
+) -> Result<Destination, String> {
+    let topic = topics::predictions(model);
+    mlops_kafka::ensure_topics(kafka, &[TopicSpec::new(&topic, 3)])
+        .await
+        .map_err(|e| format!("{topic} cannot be created yet: {e}"))?;
+    let schema_id = codec
+        .schema_id::<PredictionLog>(&topic)
+        .await
+        .map_err(|e| format!("the schema of {topic} cannot be registered yet: {e}"))?;
+    Ok(Destination { topic, schema_id })
 }
 
 impl std::fmt::Debug for PredictionLogger {

@@ -1,0 +1,95 @@
+//! A producer for logs whose loss under pressure is acceptable and counted (the prediction
+//! log), never for records a client was told are safe: it hands records to the client's
+//! local queue and returns at once.
+//!
+//! Why not [`crate::Producer`]: it tracks every record to its acknowledgement (a delivery
+//! future and a delivery report each), which is what an acknowledged write needs and what a
+//! log of tens of thousands of records a second cannot afford — on the serving benchmark
+//! the per-record reports and the broker thread woken for every few records were about a
+//! third of the serving process's CPU. Here only failed deliveries are reported
+//! (`delivery.report.only.error`), and batches fill for `linger_ms`.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use rdkafka::{
+    ClientContext,
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer},
+};
+
+use crate::{Error, KafkaConfig, Result};
+
+/// Counts what the client could not deliver.
+struct FailureCounter(Arc<AtomicU64>);
+
+impl ClientContext for FailureCounter {}
+
+impl ProducerContext for FailureCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub struct LogProducer {
+    inner: ThreadedProducer<FailureCounter>,
+    failed: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for LogProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogProducer").finish_non_exhaustive()
+    }
+}
+
+impl LogProducer {
+    /// A producer whose batches wait up to `linger_ms` to fill.
+    pub fn new(config: &KafkaConfig, linger_ms: u32) -> Result<Self> {
+        let failed = Arc::new(AtomicU64::new(0));
+        let inner = config
+            .client_config("log")
+            .set("acks", "all")
+            // Idempotence caps requests in flight at 5; a log that outpaces the broker then
+            // keeps its broker thread spinning on a full pipeline (about 40 % of a core in a
+            // profile). Without it, a retried batch may be written twice: the monitor joins
+            // by request id, so a repeated record changes nothing it reports.
+            .set("enable.idempotence", "false")
+            .set("linger.ms", linger_ms.to_string())
+            .set("delivery.report.only.error", "true")
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            .create_with_context(FailureCounter(failed.clone()))?;
+        Ok(Self { inner, failed })
+    }
+
+    /// Hands a record to the client. `QueueFull` when its local queue has no room.
+    pub fn enqueue(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match self.inner.send(record) {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(Error::QueueFull)
+            }
+            Err((e, _)) => Err(Error::Kafka(e)),
+        }
+    }
+
+    /// Records the client gave up on (the broker refused them or never answered in time).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` for what is queued to reach the broker (on shutdown).
+    pub fn flush(&self, timeout: std::time::Duration) {
+        // What is still queued after the timeout is lost, like any sampled-out record.
+        let _ = self.inner.flush(timeout);
+    }
+}
