@@ -73,9 +73,22 @@ log_counter() {
   curl -s http://127.0.0.1:8082/metrics | awk -v k="mlops_serving_predictions_$1_total" '$1==k {print $2}'
 }
 
+# Waits (up to two minutes) until the monitor has read every logged prediction, so that
+# the platform's background work from one run does not take CPU from the next.
+settle() {
+  local monitored
+  for _ in $(seq 120); do
+    monitored=$(curl -s http://127.0.0.1:8085/metrics \
+      | awk '$1 ~ /^mlops_monitoring_predictions_total/ {s += $2} END {print s + 0}')
+    [ "${monitored%.*}" -ge "$(log_counter logged)" ] && return
+    sleep 1
+  done
+}
+
 # One measured run: side model rows concurrency [rate]. Prints its JSON line.
 measure() {
   local side=$1 model=$2 rows=$3 concurrency=$4 rate=${5:-} url pid
+  settle
   if [ "$side" = platform ]; then url="http://127.0.0.1:8082/v2/models/$model/infer"; pid=$serving
   else url="http://127.0.0.1:$port/v2/models/$model/infer"; pid=$mlserver; fi
   "$target/infer-load" --url "$url" --body "$work/body-$rows.json" --rows "$rows" \

@@ -7,7 +7,9 @@
 //! log of tens of thousands of records a second cannot afford — on the serving benchmark
 //! the per-record reports and the broker thread woken for every few records were about a
 //! third of the serving process's CPU. Here only failed deliveries are reported
-//! (`delivery.report.only.error`), and batches fill for `linger_ms`.
+//! (`delivery.report.only.error`), batches fill for `linger_ms`, and there is no polling
+//! thread of its own (rdkafka's threaded producer spent a seventh of the process's CPU
+//! in its poll loop): the owner calls [`LogProducer::poll`] now and then.
 
 use std::sync::{
     Arc,
@@ -17,7 +19,7 @@ use std::sync::{
 use rdkafka::{
     ClientContext,
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer},
+    producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext},
 };
 
 use crate::{Error, KafkaConfig, Result};
@@ -38,7 +40,7 @@ impl ProducerContext for FailureCounter {
 }
 
 pub struct LogProducer {
-    inner: ThreadedProducer<FailureCounter>,
+    inner: BaseProducer<FailureCounter>,
     failed: Arc<AtomicU64>,
 }
 
@@ -80,6 +82,11 @@ impl LogProducer {
             }
             Err((e, _)) => Err(Error::Kafka(e)),
         }
+    }
+
+    /// Serves the client's reports (failed deliveries) without waiting.
+    pub fn poll(&self) {
+        self.inner.poll(std::time::Duration::ZERO);
     }
 
     /// Records the client gave up on (the broker refused them or never answered in time).

@@ -150,6 +150,12 @@ impl PredictionLogger {
             "Predictions not logged because the log could not keep up (sampled out)",
             dropped.clone(),
         );
+        let undelivered: Counter = Counter::default();
+        registry.register(
+            "mlops_serving_predictions_undelivered",
+            "Predictions handed to the Kafka client that it could not deliver",
+            undelivered.clone(),
+        );
         let logger = Self {
             queue,
             logged: logged.clone(),
@@ -160,9 +166,16 @@ impl PredictionLogger {
             let mut record = Vec::with_capacity(1024);
             let mut row_id = String::new();
             let mut complaints = Complaints::default();
+            let mut reports = tokio::time::interval(std::time::Duration::from_millis(100));
             loop {
                 let answered = tokio::select! {
                     () = cancel.cancelled() => break,
+                    _ = reports.tick() => {
+                        producer.poll();
+                        let failed = producer.failed();
+                        undelivered.inc_by(failed.saturating_sub(undelivered.get()));
+                        continue;
+                    }
                     next = received.recv() => match next {
                         Some(a) => a,
                         None => break,
