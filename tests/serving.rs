@@ -151,6 +151,23 @@ impl Setup {
         service
     }
 
+    /// The first `count` records of the model's prediction log, decoded.
+    async fn logged_predictions(&self, count: usize) -> Vec<mlops_events::PredictionLog> {
+        let codec = mlops_schema::AvroCodec::new(&self.registry.url).unwrap();
+        let records = mlops_integration_tests::read_topic(
+            &self._broker.bootstrap_servers,
+            &mlops_events::topics::predictions(&self.model),
+            count,
+        )
+        .await;
+        let mut logged = Vec::new();
+        for record in &records {
+            let payload = rdkafka::Message::payload(record).unwrap();
+            logged.push(codec.decode(payload).await.unwrap());
+        }
+        logged
+    }
+
     async fn infer(&self, url: &str, body: &Value) -> (StatusCode, Value) {
         let url = format!("{url}/v2/models/{}/infer", self.model);
         mlops_integration_tests::post_json(&self.http, &url, body).await
@@ -215,23 +232,7 @@ async fn infer_applies_the_artifacts_own_transforms_in_the_protocols_shapes() {
 
     // Each row's prediction is logged to predictions.<model>, with its raw numeric values
     // and its categorical inputs.
-    let codec = mlops_schema::AvroCodec::new(&s.registry.url).unwrap();
-    let records = mlops_integration_tests::read_topic(
-        &s._broker.bootstrap_servers,
-        &mlops_events::topics::predictions(&s.model),
-        2,
-    )
-    .await;
-    let mut logged = Vec::new();
-    for record in &records {
-        let payload = rdkafka::Message::payload(record).unwrap();
-        logged.push(
-            codec
-                .decode::<mlops_events::PredictionLog>(payload)
-                .await
-                .unwrap(),
-        );
-    }
+    let mut logged = s.logged_predictions(2).await;
     logged.sort_by(|a, b| a.request_id.cmp(&b.request_id));
     assert_eq!(logged[0].request_id, "r-1#0");
     assert_eq!(logged[0].model_version, 1);
@@ -404,19 +405,8 @@ async fn a_shadow_scores_production_traffic_without_answering() {
         );
     }
     // Ten rows answered by production, the same ten scored by the shadow.
-    let codec = mlops_schema::AvroCodec::new(&s.registry.url).unwrap();
-    let records = mlops_integration_tests::read_topic(
-        &s._broker.bootstrap_servers,
-        &mlops_events::topics::predictions(&s.model),
-        20,
-    )
-    .await;
     let mut by_role: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
-    for record in &records {
-        let log: mlops_events::PredictionLog = codec
-            .decode(rdkafka::Message::payload(record).unwrap())
-            .await
-            .unwrap();
+    for log in s.logged_predictions(20).await {
         let role = format!("{:?}/{}", log.role, log.model_version);
         by_role.entry(role).or_default().insert(log.request_id);
     }
@@ -508,20 +498,9 @@ async fn a_canary_that_fails_a_request_is_logged_and_production_answers() {
         );
     }
     // Each request: one failure record for the canary, two answered rows for production.
-    let codec = mlops_schema::AvroCodec::new(&s.registry.url).unwrap();
-    let records = mlops_integration_tests::read_topic(
-        &s._broker.bootstrap_servers,
-        &mlops_events::topics::predictions(&s.model),
-        9,
-    )
-    .await;
     let mut failures = Vec::new();
     let mut answered = 0;
-    for record in &records {
-        let log: mlops_events::PredictionLog = codec
-            .decode(rdkafka::Message::payload(record).unwrap())
-            .await
-            .unwrap();
+    for log in s.logged_predictions(9).await {
         match &log.error {
             Some(reason) => {
                 assert_eq!(

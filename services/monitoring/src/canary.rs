@@ -132,14 +132,7 @@ pub fn loss_test(worse: &Arm, better: &Arm) -> (f64, f64) {
     let se = (worse.loss_variance() / worse.labels.max(1) as f64
         + better.loss_variance() / better.labels.max(1) as f64)
         .sqrt();
-    let z = if se > 0.0 {
-        difference / se
-    } else if difference > 0.0 {
-        f64::INFINITY
-    } else {
-        0.0
-    };
-    (z, normal_sf(z))
+    one_sided(difference, se)
 }
 
 /// One-sided two-proportion z-test (pooled) that `worse` fails more often than `better`:
@@ -156,6 +149,12 @@ pub fn error_test(worse: &Arm, better: &Arm) -> (f64, f64) {
     let pooled = (worse.errors + better.errors) as f64 / (n1 + n2);
     let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
     let difference = worse.error_rate() - better.error_rate();
+    one_sided(difference, se)
+}
+
+/// z = difference / standard error and its one-sided p-value; a difference with no
+/// spread at all is certain (z infinite) when positive.
+fn one_sided(difference: f64, se: f64) -> (f64, f64) {
     let z = if se > 0.0 {
         difference / se
     } else if difference > 0.0 {

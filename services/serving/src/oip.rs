@@ -529,17 +529,52 @@ fn serving_role(role: &str) -> mlops_events::ServingRole {
 pub fn log(
     serving: &Serving,
     name: &str,
-    (id, entity): &Ids,
-    (loaded, role): (&Arc<Loaded>, &str),
+    ids: &Ids,
+    answering: (&Arc<Loaded>, &str),
     (rows, inputs): (&[Row], &Array2<f64>),
     answers: Vec<(f64, Option<String>)>,
     started: std::time::Instant,
 ) {
-    let columns = &loaded.log_columns;
+    let columns = &answering.0.log_columns;
     let mut values = Vec::with_capacity(rows.len() * columns.width());
     for (r, row) in rows.iter().enumerate() {
         columns.values(row, inputs, r, &mut values);
     }
+    queue(
+        serving,
+        name,
+        ids,
+        answering,
+        (values, answers, None),
+        started,
+    );
+}
+
+/// Logs that `loaded` could not answer a request that production answered: one record
+/// with the reason, counted against the version by the canary analysis.
+pub fn log_failure(
+    serving: &Serving,
+    name: &str,
+    ids: &Ids,
+    answering: (&Arc<Loaded>, &str),
+    reason: &str,
+    started: std::time::Instant,
+) {
+    let outcome = (Vec::new(), Vec::new(), Some(reason.to_owned()));
+    queue(serving, name, ids, answering, outcome, started);
+}
+
+/// What a request's log records carry: (logged values, answers, why it failed).
+type Outcome = (Vec<f64>, Vec<(f64, Option<String>)>, Option<String>);
+
+fn queue(
+    serving: &Serving,
+    name: &str,
+    (id, entity): &Ids,
+    (loaded, role): (&Arc<Loaded>, &str),
+    (values, answers, error): Outcome,
+    started: std::time::Instant,
+) {
     serving.logger.log(Answered {
         model: name.to_owned(),
         loaded: loaded.clone(),
@@ -552,32 +587,7 @@ pub fn log(
         predicted_at: mlops_events::now_millis(),
         // The request's trace: a prediction is found from the trace that asked for it.
         trace_id: mlops_telemetry::current_trace_id(),
-        error: None,
-    });
-}
-
-/// Logs that `loaded` could not answer a request that production answered: one record
-/// with the reason, counted against the version by the canary analysis.
-pub fn log_failure(
-    serving: &Serving,
-    name: &str,
-    (id, entity): &Ids,
-    (loaded, role): (&Arc<Loaded>, &str),
-    reason: &str,
-    started: std::time::Instant,
-) {
-    serving.logger.log(Answered {
-        model: name.to_owned(),
-        loaded: loaded.clone(),
-        role: serving_role(role),
-        request_id: id.clone(),
-        entity_id: entity.clone(),
-        values: Vec::new(),
-        answers: Vec::new(),
-        latency_us: started.elapsed().as_micros() as i64,
-        predicted_at: mlops_events::now_millis(),
-        trace_id: mlops_telemetry::current_trace_id(),
-        error: Some(reason.to_owned()),
+        error,
     });
 }
 
