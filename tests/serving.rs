@@ -52,26 +52,33 @@ fn transforms() -> Vec<(String, FittedState)> {
     ]
 }
 
-/// A logistic regression fitted on transformed rows; `flip` learns the opposite.
-fn artifact(model: &str, flip: bool) -> ModelArtifact {
+/// A logistic regression on `width` transformed inputs (the z-scored amount, the two
+/// currency columns, then a made-up extra); `flip` learns the opposite.
+fn logistic_regression(width: usize, flip: bool) -> serde_json::Value {
     let n = 200;
-    let inputs = ndarray::Array2::from_shape_fn((n, 3), |(r, c)| match c {
+    let inputs = ndarray::Array2::from_shape_fn((n, width), |(r, c)| match c {
         0 => (r as f64 / 2.0 - 50.0) / 10.0,
         1 => f64::from(u8::from(r % 2 == 0)),
-        _ => f64::from(u8::from(r % 2 == 1)),
+        2 => f64::from(u8::from(r % 2 == 1)),
+        _ => (r % 7) as f64,
     });
     let labels = (0..n).map(|r| (r as f64 / 2.0 > 50.0) != flip).collect();
     let params = [("alpha".to_owned(), 0.01)].into_iter().collect();
-    let fitted = fit(
+    fit(
         Algorithm::LogisticRegression,
         &params,
         &Examples::binary(inputs, labels),
     )
-    .unwrap();
+    .unwrap()
+    .to_json()
+}
+
+/// A logistic regression fitted on transformed rows; `flip` learns the opposite.
+fn artifact(model: &str, flip: bool) -> ModelArtifact {
     ModelArtifact {
         model_name: model.to_owned(),
         algorithm: "logistic_regression".into(),
-        model: fitted.to_json(),
+        model: logistic_regression(3, flip),
         task: "binary_classification".into(),
         classes: Vec::new(),
         features: vec![
@@ -453,22 +460,7 @@ async fn an_unmodified_triton_client_reads_metadata_and_infers() {
 /// first version's shape do not carry (a retrained model with a new signature).
 fn artifact_needing(model: &str, extra: &str) -> ModelArtifact {
     let mut artifact = artifact(model, false);
-    let n = 200;
-    let inputs = ndarray::Array2::from_shape_fn((n, 4), |(r, c)| match c {
-        0 => (r as f64 / 2.0 - 50.0) / 10.0,
-        1 => f64::from(u8::from(r % 2 == 0)),
-        2 => f64::from(u8::from(r % 2 == 1)),
-        _ => (r % 7) as f64,
-    });
-    let labels = (0..n).map(|r| r as f64 / 2.0 > 50.0).collect();
-    let params = [("alpha".to_owned(), 0.01)].into_iter().collect();
-    let fitted = fit(
-        Algorithm::LogisticRegression,
-        &params,
-        &Examples::binary(inputs, labels),
-    )
-    .unwrap();
-    artifact.model = fitted.to_json();
+    artifact.model = logistic_regression(4, false);
     artifact.features.push(extra.to_owned());
     artifact
         .transforms
