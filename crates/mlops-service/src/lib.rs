@@ -3,6 +3,7 @@
 //! run until a signal, drain). A service provides only its [`ServiceConfig`] and its `run`.
 
 mod api_error;
+pub mod auth;
 pub mod database;
 mod duration;
 pub mod objects;

@@ -133,6 +133,15 @@ impl Outgoing {
                     span,
                 }
             }
+            Action::Retrain(request) => {
+                let span = info_span!(parent: None, "retraining asked again",
+                    model = %request.model_name,
+                    flow = request.trace_id.as_deref().unwrap_or(""));
+                Self {
+                    action: Action::Retrain(request),
+                    span,
+                }
+            }
             Action::Decide(decision) => {
                 let span = info_span!(parent: None, "canary verdict",
                     model = %decision.model_name, version = decision.canary_version,
@@ -249,6 +258,20 @@ impl Shared {
 
     /// The monitor's new actions, each in its span (trace ids stamped, the report told).
     fn outgoing(&self, actions: Vec<Action>) -> Vec<Outgoing> {
+        let actions: Vec<Action> = actions
+            .into_iter()
+            .map(|action| match action {
+                // Asked again within the incident's trace.
+                Action::Retrain(mut request) => {
+                    request.trace_id = request
+                        .triggering_event_id
+                        .as_deref()
+                        .and_then(|id| self.monitor().drift_trace(&request.model_name, id));
+                    Action::Retrain(request)
+                }
+                other => other,
+            })
+            .collect();
         let outgoing: Vec<Outgoing> = actions.into_iter().map(Outgoing::new).collect();
         let mut monitor = self.monitor();
         for out in &outgoing {
@@ -294,6 +317,15 @@ impl Shared {
             match action {
                 Action::Drift(event, request) => {
                     self.publish_drift(event, request.as_ref()).await?
+                }
+                Action::Retrain(request) => {
+                    let key = Some(request.model_name.as_bytes());
+                    self.producer
+                        .send_event(topics::TRAINING_REQUESTS, key, request, OwnedHeaders::new())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    info!(model = %request.model_name, request = %request.request_id,
+                          "retraining asked again: the incident is still open");
                 }
                 Action::Decide(decision) => {
                     let sent = self

@@ -49,6 +49,10 @@ pub struct MonitorSettings {
     pub cooldown_windows: usize,
     /// Whether an incident asks for a retraining (`training.requests`, reason `drift`).
     pub retrain_on_drift: bool,
+    /// While an incident stays open with no candidate in canary, ask again after this many
+    /// more drifted windows (0: never): a retraining that did not pass its gate — too few
+    /// labels since the change, say — is retried on the data that arrived since.
+    pub retrain_retry_windows: usize,
     /// The labels that retraining learns from: all of them when unset; else those from
     /// this long (ms) before the drifted window's first prediction on (0: only since the
     /// change; labels' event times and prediction times must share a clock for this).
@@ -73,6 +77,7 @@ impl Default for MonitorSettings {
             clear_after: 2,
             cooldown_windows: 1,
             retrain_on_drift: true,
+            retrain_retry_windows: 5,
             retrain_lookback_ms: None,
             performance_window: 100,
             pending_labels: 100_000,
@@ -105,6 +110,8 @@ pub type Latest = (
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Drift(DriftEvent, Option<TrainingRequest>),
+    /// A retraining asked again for an incident still open.
+    Retrain(TrainingRequest),
     Decide(CanaryDecision),
 }
 
@@ -176,6 +183,15 @@ struct VersionState {
     scored: Vec<(LabelValue, f64, Option<String>, i64, i64)>,
     performance: VecDeque<PerformanceSummary>,
     lags_ms: VecDeque<f64>,
+    incident: Option<OpenIncident>,
+}
+
+/// The incident open on a version: its drift event, its first window's start, and the
+/// drifted windows since retraining was last asked for.
+struct OpenIncident {
+    event_id: String,
+    start: i64,
+    drifted_since_request: usize,
 }
 
 #[derive(Clone)]
@@ -259,6 +275,17 @@ impl Monitor {
         state.detector = Some(detector());
         state.rows_detector = Some(detector());
         state.info = Some(info);
+    }
+
+    /// The trace a published drift incident opened.
+    pub fn drift_trace(&self, model: &str, event_id: &str) -> Option<String> {
+        self.models
+            .get(model)?
+            .drift_events
+            .iter()
+            .find(|e| e.event_id == event_id)?
+            .trace_id
+            .clone()
     }
 
     /// Records the trace a published drift incident opened, for the report.
@@ -742,8 +769,40 @@ fn close_window(
             requested_at: event.detected_at,
             trace_id: None,
         });
+        state.incident = Some(OpenIncident {
+            event_id: event.event_id.clone(),
+            start: report.start,
+            drifted_since_request: 0,
+        });
         push_bounded(&mut model.drift_events, event.clone(), 20);
         actions.push(Action::Drift(event, request));
+    } else if report.closed {
+        state.incident = None;
+    } else if let Some(incident) = &mut state.incident
+        && report.statistics.iter().any(|(_, drifted)| *drifted)
+    {
+        incident.drifted_since_request += 1;
+        let retry = settings.retrain_retry_windows;
+        if retry > 0
+            && incident.drifted_since_request >= retry
+            && settings.retrain_on_drift
+            && !canary_in_flight
+        {
+            incident.drifted_since_request = 0;
+            actions.push(Action::Retrain(TrainingRequest {
+                request_id: mlops_events::new_id(),
+                model_name: name.to_owned(),
+                reason: TrainingReason::Drift,
+                window_start: settings
+                    .retrain_lookback_ms
+                    .map(|lookback| incident.start - lookback),
+                window_end: None,
+                triggering_event_id: Some(incident.event_id.clone()),
+                requested_by: "monitoring".to_owned(),
+                requested_at: mlops_events::now_millis(),
+                trace_id: None,
+            }));
+        }
     }
     push_bounded(&mut state.windows, summary, settings.history);
     actions
@@ -960,13 +1019,20 @@ mod tests {
                 i as i64,
             )));
         }
-        assert_eq!(actions.len(), 1, "{actions:?}");
+        // One incident; the retraining is asked again once, after five more drifted windows
+        // with no candidate in canary (the shift lasts seven windows in all).
+        assert_eq!(actions.len(), 2, "{actions:?}");
         let Action::Drift(event, Some(request)) = &actions[0] else {
             panic!("{actions:?}");
         };
         assert_eq!(event.window_start, 600, "the first shifted window");
         assert_eq!(request.reason, TrainingReason::Drift);
         assert_eq!(request.triggering_event_id.as_ref(), Some(&event.event_id));
+        let Action::Retrain(again) = &actions[1] else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(again.triggering_event_id.as_ref(), Some(&event.event_id));
+        assert_ne!(again.request_id, request.request_id);
         let report = monitor.report("m").unwrap();
         let windows = report["versions"][0]["windows"].as_array().unwrap();
         assert_eq!(windows.len(), 10);

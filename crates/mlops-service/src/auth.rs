@@ -1,0 +1,438 @@
+//! Who may call what: the platform's roles, principals authenticated by bearer tokens
+//! (static API keys for service accounts, kept hashed at rest), and the decision a route
+//! table's role implies — one function the HTTP layer calls for every request, rather than
+//! a check in each handler.
+//!
+//! A token travels as `Authorization: Bearer <token>`, or as HTTP basic auth with the user
+//! `token` and the token as password (what Confluent's clients speak to a Schema Registry).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    ApiError,
+    routes::{Role, Route, role_of},
+};
+
+/// The roles a principal holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlatformRole {
+    /// Publishes events and labels to (its) datasets.
+    Producer,
+    /// Declares datasets, feature views and model specs; starts training runs.
+    DataScientist,
+    /// Moves model versions between stages and rolls them back.
+    Approver,
+    /// Reads everything operational.
+    Sre,
+    /// Everything.
+    Admin,
+}
+
+impl PlatformRole {
+    /// Whether this role grants what a route requiring `role` does.
+    pub fn grants(self, role: Role) -> bool {
+        match (self, role) {
+            (Self::Admin, _) => true,
+            (Self::Producer, r) => r == Role::Producer,
+            (Self::DataScientist, r) => matches!(r, Role::Reader | Role::Operator),
+            (Self::Approver, r) => matches!(r, Role::Reader | Role::Approver),
+            (Self::Sre, r) => r == Role::Reader,
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Who it is (a service account's name, a token's subject).
+    pub subject: String,
+    pub roles: BTreeSet<PlatformRole>,
+    /// The datasets a producer may publish to; every dataset when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datasets: Option<BTreeSet<String>>,
+}
+
+impl Principal {
+    /// Whether it may call a route requiring `role`, on `dataset` when the route names one.
+    pub fn may(&self, role: Role, dataset: Option<&str>) -> Result<(), String> {
+        if !self.roles.iter().any(|r| r.grants(role)) {
+            return Err(format!(
+                "{} holds {:?}, and this endpoint needs the {role:?} role",
+                self.subject, self.roles
+            ));
+        }
+        let admin = self.roles.contains(&PlatformRole::Admin);
+        if let (Some(dataset), Some(allowed), false) = (dataset, &self.datasets, admin)
+            && role == Role::Producer
+            && !allowed.contains(dataset)
+        {
+            return Err(format!(
+                "{} may publish to {allowed:?} only, not to dataset {dataset:?}",
+                self.subject
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One stored API key: its SHA-256 (never the key itself) and whom it authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub sha256: String,
+    #[serde(flatten)]
+    pub principal: Principal,
+}
+
+/// The API keys a service accepts, looked up by their hash.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    by_hash: HashMap<String, Principal>,
+}
+
+impl ApiKeys {
+    pub fn new(keys: impl IntoIterator<Item = StoredKey>) -> Self {
+        Self {
+            by_hash: keys
+                .into_iter()
+                .map(|k| (k.sha256.to_ascii_lowercase(), k.principal))
+                .collect(),
+        }
+    }
+
+    /// Reads a JSON array of [`StoredKey`] (the file `mlops up` writes, or a mounted
+    /// secret).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let keys: Vec<StoredKey> =
+            serde_json::from_str(text).map_err(|e| format!("not a list of API keys: {e}"))?;
+        Ok(Self::new(keys))
+    }
+
+    /// A new random token for `principal`, and what to store for it.
+    pub fn issue(principal: Principal) -> (String, StoredKey) {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let token = format!("mlops_{}", hex::encode(bytes));
+        let stored = StoredKey {
+            sha256: digest(&token),
+            principal,
+        };
+        (token, stored)
+    }
+
+    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+        self.by_hash.get(&digest(token))
+    }
+
+    /// The principal behind a request's credentials, and what `role` (on `dataset`)
+    /// allows it: 401 without valid credentials, 403 with the wrong ones — each with its
+    /// reason.
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        role: Role,
+        dataset: Option<&str>,
+    ) -> Result<&Principal, ApiError> {
+        let token = presented_token(headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send a token: `Authorization: Bearer <token>` (or basic auth `token:<token>`)",
+            )
+        })?;
+        let principal = self.authenticate(&token).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "the token is not one this platform issued (or it was revoked)",
+            )
+        })?;
+        principal
+            .may(role, dataset)
+            .map_err(|reason| ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason))?;
+        Ok(principal)
+    }
+}
+
+/// The authorisation layer of one service: its keys and its route table.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    keys: Arc<ApiKeys>,
+    table: &'static [Route],
+}
+
+impl Gate {
+    pub fn new(keys: ApiKeys, table: &'static [Route]) -> Self {
+        Self {
+            keys: Arc::new(keys),
+            table,
+        }
+    }
+
+    /// Wraps a service's router: every route of the table requires its role (and a
+    /// producer's dataset scope on the route's `{name}`); what the table does not list —
+    /// the health endpoints, unknown paths — passes to the router untouched.
+    pub fn protect(&self, router: Router) -> Router {
+        router.layer(middleware::from_fn_with_state(self.clone(), check))
+    }
+}
+
+async fn check(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    let Some(template) = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        return next.run(request).await;
+    };
+    let Some(role) = role_of(gate.table, request.method().as_str(), &template) else {
+        return next.run(request).await;
+    };
+    let dataset = (role == Role::Producer)
+        .then(|| path_parameter(&template, request.uri().path(), "name"))
+        .flatten();
+    match gate
+        .keys
+        .authorize(request.headers(), role, dataset.as_deref())
+    {
+        Ok(principal) => {
+            let principal = principal.clone();
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(denied) => denied.into_response(),
+    }
+}
+
+/// The value of `{parameter}` in `path`, matched segment by segment against `template`.
+fn path_parameter(template: &str, path: &str, parameter: &str) -> Option<String> {
+    let wanted = format!("{{{parameter}}}");
+    template
+        .split('/')
+        .zip(path.split('/'))
+        .find(|(t, _)| *t == wanted)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The token a request presents: bearer, or basic auth with the user `token`.
+pub fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return (!rest.is_empty()).then(|| rest.to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = decode_base64(rest)?;
+        let (user, password) = decoded.split_once(':')?;
+        return (user == "token" && !password.is_empty()).then(|| password.to_owned());
+    }
+    None
+}
+
+/// Standard base64 (with or without padding) to text.
+fn decode_base64(text: &str) -> Option<String> {
+    let mut bits: u32 = 0;
+    let mut count = 0;
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn principal(subject: &str, roles: &[PlatformRole], datasets: Option<&[&str]>) -> Principal {
+        Principal {
+            subject: subject.to_owned(),
+            roles: roles.iter().copied().collect(),
+            datasets: datasets.map(|d| d.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn every_role_against_every_route_class() {
+        use PlatformRole::*;
+        let allowed = |role: PlatformRole| {
+            [Role::Reader, Role::Producer, Role::Operator, Role::Approver]
+                .into_iter()
+                .filter(|r| role.grants(*r))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(allowed(Producer), [Role::Producer]);
+        assert_eq!(allowed(DataScientist), [Role::Reader, Role::Operator]);
+        assert_eq!(allowed(Approver), [Role::Reader, Role::Approver]);
+        assert_eq!(allowed(Sre), [Role::Reader]);
+        assert_eq!(
+            allowed(Admin),
+            [Role::Reader, Role::Producer, Role::Operator, Role::Approver]
+        );
+    }
+
+    #[test]
+    fn keys_are_stored_hashed_and_answer_401_or_403_with_a_reason() {
+        let (producer_token, producer) = ApiKeys::issue(principal(
+            "payments-gateway",
+            &[PlatformRole::Producer],
+            Some(&["payments"]),
+        ));
+        let (admin_token, admin) = ApiKeys::issue(principal("admin", &[PlatformRole::Admin], None));
+        assert!(!producer.sha256.contains(&producer_token[6..]));
+        let stored = serde_json::to_string(&[producer, admin]).unwrap();
+        assert!(!stored.contains(&producer_token) && !stored.contains(&admin_token));
+        let keys = ApiKeys::from_json(&stored).unwrap();
+
+        let status = |headers: &HeaderMap, role, dataset| {
+            keys.authorize(headers, role, dataset)
+                .map(|p| p.subject.clone())
+                .map_err(|e| e.status)
+        };
+        assert_eq!(
+            status(&HeaderMap::new(), Role::Reader, None),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            status(&bearer("mlops_forged"), Role::Reader, None),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        let producer = bearer(&producer_token);
+        assert_eq!(
+            status(&producer, Role::Producer, Some("payments")),
+            Ok("payments-gateway".to_owned())
+        );
+        assert_eq!(
+            status(&producer, Role::Producer, Some("refunds")),
+            Err(StatusCode::FORBIDDEN),
+            "a producer token for one dataset cannot publish to another"
+        );
+        assert_eq!(
+            status(&producer, Role::Operator, None),
+            Err(StatusCode::FORBIDDEN)
+        );
+        let admin = bearer(&admin_token);
+        assert_eq!(
+            status(&admin, Role::Producer, Some("refunds")),
+            Ok("admin".to_owned())
+        );
+        let reason = keys
+            .authorize(&producer, Role::Approver, None)
+            .unwrap_err()
+            .reason();
+        assert!(reason.contains("Approver"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn the_gate_reads_the_route_table_and_leaves_health_open() {
+        use axum::{body::Body, routing::get};
+        use tower::ServiceExt;
+        static TABLE: &[Route] = &[
+            Route::new("POST", "/v1/datasets/{name}/events", Role::Producer),
+            Route::new("GET", "/v1/datasets/{name}", Role::Reader),
+        ];
+        let (token, stored) = ApiKeys::issue(principal(
+            "gateway",
+            &[PlatformRole::Producer],
+            Some(&["payments"]),
+        ));
+        let router = Router::new()
+            .route(
+                "/v1/datasets/{name}/events",
+                axum::routing::post(|| async { "ok" }),
+            )
+            .route("/v1/datasets/{name}", get(|| async { "ok" }))
+            .route("/healthz", get(|| async { "ok" }));
+        let router = Gate::new(ApiKeys::new([stored]), TABLE).protect(router);
+        let call = |method: &str, path: &str, token: Option<&str>| {
+            let mut request = Request::builder().method(method).uri(path);
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            router.clone().oneshot(request.body(Body::empty()).unwrap())
+        };
+        let status = |r: Result<Response, std::convert::Infallible>| r.unwrap().status();
+        assert_eq!(status(call("GET", "/healthz", None).await), StatusCode::OK);
+        assert_eq!(
+            status(call("POST", "/v1/datasets/payments/events", None).await),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(call("POST", "/v1/datasets/payments/events", Some(&token)).await),
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(call("POST", "/v1/datasets/refunds/events", Some(&token)).await),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(call("GET", "/v1/datasets/payments", Some(&token)).await),
+            StatusCode::FORBIDDEN,
+            "a producer does not read"
+        );
+    }
+
+    #[test]
+    fn basic_auth_carries_a_token_as_confluent_clients_send_it() {
+        let mut headers = HeaderMap::new();
+        // base64("token:mlops_abc")
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dG9rZW46bWxvcHNfYWJj"),
+        );
+        assert_eq!(presented_token(&headers).as_deref(), Some("mlops_abc"));
+        // base64("someone:mlops_abc"): only the user `token` carries a token.
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic c29tZW9uZTptbG9wc19hYmM="),
+        );
+        assert_eq!(presented_token(&headers), None);
+        assert_eq!(
+            presented_token(&bearer("mlops_x")).as_deref(),
+            Some("mlops_x")
+        );
+    }
+}
