@@ -25,11 +25,12 @@ const STOP_GRACE: Duration = Duration::from_secs(40);
 /// traffic: on one machine traffic is small, so windows and canary bakes are too, and a
 /// retraining waits only a second for other requests to join it. Each applies unless set
 /// otherwise.
-const EMBEDDED_DEFAULTS: [(&str, &str); 7] = [
+const EMBEDDED_DEFAULTS: [(&str, &str); 8] = [
     ("MLOPS__TRAINING__COOLDOWN_MS", "1000"),
     ("MLOPS__MONITORING__POLICY__WINDOW_SIZE", "200"),
     ("MLOPS__MONITORING__POLICY__MIN_WINDOW_SIZE", "30"),
     ("MLOPS__MONITORING__POLICY__RETRAIN_RETRY_WINDOWS", "3"),
+    ("MLOPS__MONITORING__POLICY__RETRAIN_RETRY_MS", "10000"),
     ("MLOPS__MONITORING__POLICY__CANARY__MIN_REQUESTS", "50"),
     ("MLOPS__MONITORING__POLICY__CANARY__MIN_LABELS", "30"),
     ("MLOPS__MONITORING__POLICY__CANARY__MIN_SECONDS", "5"),

@@ -49,10 +49,13 @@ pub struct MonitorSettings {
     pub cooldown_windows: usize,
     /// Whether an incident asks for a retraining (`training.requests`, reason `drift`).
     pub retrain_on_drift: bool,
-    /// While an incident stays open with no candidate in canary, ask again after this many
-    /// more drifted windows (0: never): a retraining that did not pass its gate — too few
-    /// labels since the change, say — is retried on the data that arrived since.
+    /// While an incident stays open, no candidate is in canary and no new version has been
+    /// registered since retraining was asked for, ask again after this many more drifted
+    /// windows (0: never) and at least `retrain_retry_ms`: a retraining that did not pass
+    /// its gate — too few labels since the change, say — is retried on the data that
+    /// arrived since.
     pub retrain_retry_windows: usize,
+    pub retrain_retry_ms: u64,
     /// The labels that retraining learns from: all of them when unset; else those from
     /// this long (ms) before the drifted window's first prediction on (0: only since the
     /// change; labels' event times and prediction times must share a clock for this).
@@ -78,6 +81,7 @@ impl Default for MonitorSettings {
             cooldown_windows: 1,
             retrain_on_drift: true,
             retrain_retry_windows: 5,
+            retrain_retry_ms: 60_000,
             retrain_lookback_ms: None,
             performance_window: 100,
             pending_labels: 100_000,
@@ -192,6 +196,10 @@ struct OpenIncident {
     event_id: String,
     start: i64,
     drifted_since_request: usize,
+    /// When retraining was last asked for (the window's end), and the model's newest
+    /// version then: a newer one is the answer.
+    asked_at: i64,
+    asked_version: i32,
 }
 
 #[derive(Clone)]
@@ -230,6 +238,8 @@ struct ModelState {
     by_request: HashMap<String, Pending>,
     drift_events: VecDeque<DriftEvent>,
     decisions: VecDeque<CanaryDecision>,
+    /// The newest version any lifecycle event named.
+    newest_version: i32,
 }
 
 #[derive(Default)]
@@ -302,6 +312,7 @@ impl Monitor {
     /// A lifecycle event: which version is in production, which in canary at what share.
     pub fn lifecycle(&mut self, event: &ModelLifecycleEvent) {
         let model = self.models.entry(event.model_name.clone()).or_default();
+        model.newest_version = model.newest_version.max(event.version);
         match event.stage {
             ModelStage::Production => {
                 model.production = Some(event.version);
@@ -711,6 +722,7 @@ fn close_window(
     report: WindowReport,
 ) -> Vec<Action> {
     let canary_in_flight = model.canary.is_some();
+    let newest_version = model.newest_version;
     let Some(state) = model.versions.get_mut(&version) else {
         return Vec::new();
     };
@@ -773,6 +785,8 @@ fn close_window(
             event_id: event.event_id.clone(),
             start: report.start,
             drifted_since_request: 0,
+            asked_at: report.end,
+            asked_version: newest_version,
         });
         push_bounded(&mut model.drift_events, event.clone(), 20);
         actions.push(Action::Drift(event, request));
@@ -785,10 +799,13 @@ fn close_window(
         let retry = settings.retrain_retry_windows;
         if retry > 0
             && incident.drifted_since_request >= retry
+            && report.end - incident.asked_at >= settings.retrain_retry_ms as i64
+            && newest_version == incident.asked_version
             && settings.retrain_on_drift
             && !canary_in_flight
         {
             incident.drifted_since_request = 0;
+            incident.asked_at = report.end;
             actions.push(Action::Retrain(TrainingRequest {
                 request_id: mlops_events::new_id(),
                 model_name: name.to_owned(),
@@ -987,6 +1004,7 @@ mod tests {
     fn monitor() -> Monitor {
         let mut monitor = Monitor::new(MonitorSettings {
             window_size: 200,
+            retrain_retry_ms: 500,
             performance_window: 100,
             canary: CanarySettings {
                 min_requests: 50,
