@@ -13,6 +13,18 @@ pub use prediction_avro::PredictionLogRef;
 
 use serde::{Serialize, de::DeserializeOwned};
 
+/// Columns every row on a `features.<view>` topic carries besides its features: the
+/// feature service writes them, readers (the monitor) tell them from features, and a view
+/// may not name a feature after one.
+pub const FEATURE_ROW_METADATA: [&str; 6] = [
+    "entity_id",
+    "event_time",
+    "view_version",
+    "source_partition",
+    "source_offset",
+    "revision",
+];
+
 /// An event type carried on the bus, bound to its Avro schema in `schemas/`.
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The `.avsc` text, verbatim from `schemas/`.

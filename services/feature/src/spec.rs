@@ -134,14 +134,7 @@ pub enum WindowKind {
 }
 
 /// Columns every feature row carries besides its features.
-pub const RESERVED: [&str; 6] = [
-    "entity_id",
-    "event_time",
-    "view_version",
-    "source_partition",
-    "source_offset",
-    "revision",
-];
+pub const RESERVED: [&str; 6] = mlops_events::FEATURE_ROW_METADATA;
 
 impl FeatureViewSpec {
     /// Parses a TOML document.

@@ -386,16 +386,6 @@ impl Shared {
     }
 }
 
-/// Fields of a feature row that are not features.
-const ROW_METADATA: [&str; 6] = [
-    "entity_id",
-    "event_time",
-    "view_version",
-    "source_partition",
-    "source_offset",
-    "revision",
-];
-
 /// A feature row's values as the monitor reads them: numbers and booleans by name, a
 /// category as `feature__value` = 1, nulls left out.
 fn feature_values(row: &AvroValue) -> HashMap<String, f64> {
@@ -404,7 +394,7 @@ fn feature_values(row: &AvroValue) -> HashMap<String, f64> {
         return out;
     };
     for (name, value) in fields {
-        if ROW_METADATA.contains(&name.as_str()) {
+        if mlops_events::FEATURE_ROW_METADATA.contains(&name.as_str()) {
             continue;
         }
         let value = match value {

@@ -768,18 +768,14 @@ fn close_window(
         };
         summary.incident = Some(event.event_id.clone());
         // A candidate already in canary is the answer to this drift in the making.
-        let request = (settings.retrain_on_drift && !canary_in_flight).then(|| TrainingRequest {
-            request_id: mlops_events::new_id(),
-            model_name: name.to_owned(),
-            reason: TrainingReason::Drift,
-            window_start: settings
-                .retrain_lookback_ms
-                .map(|lookback| report.start - lookback),
-            window_end: None,
-            triggering_event_id: Some(event.event_id.clone()),
-            requested_by: "monitoring".to_owned(),
-            requested_at: event.detected_at,
-            trace_id: None,
+        let request = (settings.retrain_on_drift && !canary_in_flight).then(|| {
+            drift_retraining(
+                settings,
+                name,
+                &event.event_id,
+                report.start,
+                event.detected_at,
+            )
         });
         state.incident = Some(OpenIncident {
             event_id: event.event_id.clone(),
@@ -806,23 +802,41 @@ fn close_window(
         {
             incident.drifted_since_request = 0;
             incident.asked_at = report.end;
-            actions.push(Action::Retrain(TrainingRequest {
-                request_id: mlops_events::new_id(),
-                model_name: name.to_owned(),
-                reason: TrainingReason::Drift,
-                window_start: settings
-                    .retrain_lookback_ms
-                    .map(|lookback| incident.start - lookback),
-                window_end: None,
-                triggering_event_id: Some(incident.event_id.clone()),
-                requested_by: "monitoring".to_owned(),
-                requested_at: mlops_events::now_millis(),
-                trace_id: None,
-            }));
+            actions.push(Action::Retrain(drift_retraining(
+                settings,
+                name,
+                &incident.event_id,
+                incident.start,
+                mlops_events::now_millis(),
+            )));
         }
     }
     push_bounded(&mut state.windows, summary, settings.history);
     actions
+}
+
+/// The retraining a drift incident asks for: learning from `retrain_lookback_ms` before
+/// the incident's first drifted window (`start`) on, naming its drift event.
+fn drift_retraining(
+    settings: &MonitorSettings,
+    model: &str,
+    drift_event: &str,
+    start: i64,
+    at: i64,
+) -> TrainingRequest {
+    TrainingRequest {
+        request_id: mlops_events::new_id(),
+        model_name: model.to_owned(),
+        reason: TrainingReason::Drift,
+        window_start: settings
+            .retrain_lookback_ms
+            .map(|lookback| start - lookback),
+        window_end: None,
+        triggering_event_id: Some(drift_event.to_owned()),
+        requested_by: "monitoring".to_owned(),
+        requested_at: at,
+        trace_id: None,
+    }
 }
 
 /// A closed window of feature rows, kept for the report.
