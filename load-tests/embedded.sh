@@ -48,7 +48,12 @@ run() {
 
 wait_ready() {
   for _ in $(seq 1 360); do
-    "$target/mlops" status > /dev/null 2>&1 && return 0
+    if "$target/mlops" status > /dev/null 2>&1; then
+      # The load generators present the admin token `mlops up` wrote.
+      MLOPS_TOKEN=$(cat "$MLOPS_DATA_DIR/admin.token")
+      export MLOPS_TOKEN
+      return 0
+    fi
     sleep 0.5
   done
   echo "embedded.sh: platform not ready; see $MLOPS_DATA_DIR/logs" >&2

@@ -29,6 +29,10 @@ export MLOPS_DATA_DIR="$work/data" MLOPS_INGESTION_PORT=39180 \
   MLOPS__KAFKA__LINGER_MS="$linger"
 "$target/mlops" up > "$work/up.log" 2>&1 &
 platform=$!
+# The load generators present the admin token `mlops up` writes on its first start.
+for _ in $(seq 600); do [ -s "$MLOPS_DATA_DIR/admin.token" ] && break; sleep 0.1; done
+MLOPS_TOKEN=$(cat "$MLOPS_DATA_DIR/admin.token")
+export MLOPS_TOKEN
 peer=""
 cleanup() {
   [ -n "$peer" ] && kill "$peer" 2>/dev/null || true

@@ -40,6 +40,10 @@ trap cleanup EXIT
 MLOPS_DATA_DIR="$work/platform" MLOPS_BROKER=${MLOPS_BROKER:-tansu} "$target/mlops" up > "$work/up.log" 2>&1 &
 launcher=$!
 pids+=("$launcher")
+# The clients present the admin token `mlops up` writes on its first start.
+for _ in $(seq 600); do [ -s "$work/platform/admin.token" ] && break; sleep 0.1; done
+MLOPS_TOKEN=$(cat "$work/platform/admin.token")
+export MLOPS_TOKEN
 "$venv/bin/python" load-tests/peers/serving_setup.py "$work" "$port"
 serving=$(pgrep -P "$launcher" -f "service serving")
 

@@ -18,7 +18,6 @@ use std::{
 };
 
 use mlops_integration_tests::{TestIngestion, TestRegistry, TestService, ingestion_config};
-use mlops_schema::AvroCodec;
 use mlops_testkit::unique;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
@@ -47,7 +46,7 @@ async fn fifty_thousand_events_are_read_back_exactly_once_while_readiness_answer
     let config = ingestion_config(dir.path(), &broker.bootstrap_servers, &registry.url);
     let ingestion = TestIngestion::start(config.clone()).await;
     let dataset = unique("load").replace('-', "_");
-    let http = Client::new();
+    let http = mlops_integration_tests::client();
     let declared = http
         .post(format!("{}/v1/datasets", ingestion.url))
         .json(&json!({
@@ -191,7 +190,7 @@ async fn fifty_thousand_events_are_read_back_exactly_once_while_readiness_answer
             .unwrap();
     }
     consumer.assign(&assignment).unwrap();
-    let codec = AvroCodec::new(&registry.url).unwrap();
+    let codec = mlops_integration_tests::codec(&registry.url);
     let mut ids = HashSet::new();
     let mut duplicates = Vec::new();
     let deadline = tokio::time::Instant::now() + READ_BACK;

@@ -13,7 +13,6 @@ use mlops_integration_tests::{
     platform::{MINUTE, POLL, Platform, T0, payment},
 };
 use mlops_kafka::{OwnedHeaders, Producer};
-use mlops_schema::AvroCodec;
 use mlops_testkit::unique;
 use polars::prelude::*;
 use rdkafka::Message;
@@ -88,7 +87,7 @@ async fn training_sets_are_point_in_time_correct_and_snapshots_are_stable() {
         4,
     )
     .await;
-    let codec = AvroCodec::new(&p.registry.url).unwrap();
+    let codec = mlops_integration_tests::codec(&p.registry.url);
     let mut entities = Vec::new();
     for row in &rows {
         let decoded = codec.decode_record(row.payload().unwrap()).await.unwrap();
@@ -334,7 +333,7 @@ async fn a_registry_outage_delays_feature_rows_but_loses_none() {
     let kafka = mlops_kafka::KafkaConfig::with_bootstrap(&p.broker.bootstrap_servers);
     let producer = Producer::new(
         &kafka,
-        std::sync::Arc::new(AvroCodec::new(&p.registry.url).unwrap()),
+        std::sync::Arc::new(mlops_integration_tests::codec(&p.registry.url)),
     )
     .unwrap();
     producer

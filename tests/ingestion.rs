@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use mlops_events::{DeadLetter, topics};
 use mlops_integration_tests::{TestIngestion, TestRegistry, ingestion_config};
-use mlops_schema::AvroCodec;
 use mlops_testkit::{TestBroker, brokers, unique};
 use rdkafka::{
     ClientConfig, Message,
@@ -59,7 +58,7 @@ impl Platform {
             broker,
             registry,
             dir: mlops_testkit::temp_dir(),
-            http: Client::new(),
+            http: mlops_integration_tests::client(),
         }
     }
 
@@ -293,7 +292,7 @@ async fn a_mixed_batch_accepts_the_good_records_and_dead_letters_the_bad() {
         );
 
         // The accepted ones are Confluent-framed Avro, keyed by entity.
-        let codec = AvroCodec::new(&p.registry.url).unwrap();
+        let codec = mlops_integration_tests::codec(&p.registry.url);
         let topic = format!("raw.{name}");
         let records =
             mlops_integration_tests::read_topic(&p.broker.bootstrap_servers, &topic, 2).await;
@@ -565,7 +564,7 @@ async fn schemas_evolve_only_compatibly_and_both_versions_flow() {
         "{body}"
     );
 
-    let codec = AvroCodec::new(&p.registry.url).unwrap();
+    let codec = mlops_integration_tests::codec(&p.registry.url);
     let mut ids = Vec::new();
     for record in
         mlops_integration_tests::read_topic(&p.broker.bootstrap_servers, &format!("raw.{name}"), 3)
@@ -725,6 +724,10 @@ async fn ten_thousand_events_read_back_by_confluents_python_consumer() {
         }
         let topic = format!("raw.{name}");
         let output = tokio::process::Command::new(&python)
+            .env(
+                "MLOPS_TOKEN",
+                &mlops_integration_tests::auth::tokens().admin,
+            )
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/python/consume_avro.py"
@@ -792,6 +795,10 @@ async fn records_written_straight_to_kafka_are_taken_in_and_garbage_is_dead_lett
 
         let topic = format!("raw.{name}");
         let output = tokio::process::Command::new(&python)
+            .env(
+                "MLOPS_TOKEN",
+                &mlops_integration_tests::auth::tokens().admin,
+            )
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/python/produce_avro.py"
@@ -813,7 +820,7 @@ async fn records_written_straight_to_kafka_are_taken_in_and_garbage_is_dead_lett
             String::from_utf8_lossy(&output.stderr)
         );
 
-        let codec = AvroCodec::new(&p.registry.url).unwrap();
+        let codec = mlops_integration_tests::codec(&p.registry.url);
         let dead = mlops_integration_tests::read_topic(
             &p.broker.bootstrap_servers,
             &topics::dead_letter(&topic),
@@ -916,7 +923,7 @@ async fn labels_arrive_over_http_and_inline_each_once() {
 
     let bootstrap = &p.broker.bootstrap_servers;
     assert_eq!(records_on(bootstrap, topics::LABELS, 3).await, 4);
-    let codec = AvroCodec::new(&p.registry.url).unwrap();
+    let codec = mlops_integration_tests::codec(&p.registry.url);
     let mut labels = Vec::new();
     // Four labels and the three sentinels `records_on` appended.
     for message in mlops_integration_tests::read_topic(bootstrap, topics::LABELS, 7).await {

@@ -66,7 +66,7 @@ struct Setup {
 async fn setup(broker: TestBroker) -> Setup {
     let kafka = KafkaConfig::with_bootstrap(&broker.bootstrap_servers);
     let registry = TestRegistry::start(&broker.bootstrap_servers, None).await;
-    let codec = Arc::new(AvroCodec::new(&registry.url).expect("codec"));
+    let codec = Arc::new(mlops_integration_tests::codec(&registry.url));
     let producer = Producer::new(&kafka, codec.clone()).expect("producer");
     Setup {
         broker,

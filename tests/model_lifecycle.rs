@@ -16,7 +16,6 @@ use mlops_integration_tests::{
     TestService, assert_routes_served, platform::Platform, read_topic_until,
 };
 use mlops_kafka::{OwnedHeaders, Producer};
-use mlops_schema::AvroCodec;
 use mlops_testkit::unique;
 use polars::prelude::IntoLazy;
 use reqwest::StatusCode;
@@ -58,7 +57,7 @@ async fn declare(p: &Platform, training: &TestService, spec: String) {
 
 /// Sends `count` training requests for `model` to `training.requests`; returns their ids.
 async fn request_training(p: &Platform, model: &str, count: usize) -> Vec<String> {
-    let codec = std::sync::Arc::new(AvroCodec::new(&p.registry.url).unwrap());
+    let codec = std::sync::Arc::new(mlops_integration_tests::codec(&p.registry.url));
     let kafka = mlops_kafka::KafkaConfig::with_bootstrap(p.broker.bootstrap_servers.clone());
     mlops_kafka::ensure_topics(
         &kafka,
@@ -153,7 +152,7 @@ async fn manual_run(p: &Platform, training: &TestService, model: &str) -> Value 
 /// also holds other tests' results, framed with other registries' schema ids: only the
 /// records that carry this run's id are decoded).
 async fn run_result(p: &Platform, run_id: &str) -> TrainingRunResult {
-    let codec = AvroCodec::new(&p.registry.url).unwrap();
+    let codec = mlops_integration_tests::codec(&p.registry.url);
     let ours = |m: &rdkafka::message::OwnedMessage| {
         rdkafka::Message::payload(m)
             .is_some_and(|b| b.windows(run_id.len()).any(|w| w == run_id.as_bytes()))
@@ -279,6 +278,7 @@ async fn readme_subscriber(p: &Platform, model: &str, last: i64) -> Vec<Value> {
         .args(["-c", code])
         .env("KAFKA_BOOTSTRAP_SERVERS", &p.broker.bootstrap_servers)
         .env("SCHEMA_REGISTRY_URL", &p.registry.url)
+        .env("MLOPS_TOKEN", &mlops_integration_tests::auth::tokens().sre)
         .env("GROUP", unique("readme"))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -311,6 +311,7 @@ async fn keyed_subscriber(p: &Platform, model: &str, last: i64) -> Vec<Value> {
         Duration::from_secs(120),
         tokio::process::Command::new(mlops_integration_tests::python())
             .arg(format!("{dir}/python/lifecycle_subscriber.py"))
+            .env("MLOPS_TOKEN", &mlops_integration_tests::auth::tokens().sre)
             .args([
                 &p.broker.bootstrap_servers,
                 &p.registry.url,
@@ -445,6 +446,7 @@ async fn the_served_input_vector_is_the_training_row_of_the_same_event() {
     config.serving.registry_url = p.registry.url.clone();
     config.serving.feature_url = p.feature.url.clone();
     config.serving.feature_timeout_ms = 2_000;
+    mlops_integration_tests::auth::secure(&mut config.common);
     let serving = TestService::run(|listener, cancel| serving::run(config, listener, cancel)).await;
     let predict = |body: Value| {
         let http = p.http.clone();

@@ -12,7 +12,6 @@ use mlops_events::{
 };
 use mlops_integration_tests::{TestRegistry, read_topic_until};
 use mlops_kafka::{OwnedHeaders, Producer};
-use mlops_schema::AvroCodec;
 use mlops_testkit::{TestBroker, unique};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -39,7 +38,7 @@ impl Registry {
             bootstrap: broker.bootstrap_servers.clone(),
             _broker: Some(broker),
             service,
-            http: Client::new(),
+            http: mlops_integration_tests::client(),
         }
     }
 
@@ -99,7 +98,7 @@ async fn lifecycle_events(
     model: &str,
     count: usize,
 ) -> Vec<ModelLifecycleEvent> {
-    let codec = AvroCodec::new(registry).unwrap();
+    let codec = mlops_integration_tests::codec(registry);
     let mine =
         |m: &rdkafka::message::OwnedMessage| rdkafka::Message::key(m) == Some(model.as_bytes());
     let messages = read_topic_until(bootstrap, topics::MODELS_LIFECYCLE, |messages| {
@@ -404,7 +403,8 @@ async fn a_stored_artifact_with_one_flipped_byte_is_refused_naming_the_digest() 
         "{error}"
     );
     // Training, which scores the production version, refuses it the same way.
-    let client = mlops_ml::registry::RegistryClient::new(Client::new(), &r.service.url);
+    let client =
+        mlops_ml::registry::RegistryClient::new(mlops_integration_tests::client(), &r.service.url);
     let error = client.production(&model).await.unwrap_err();
     assert!(error.contains("digest mismatch"), "{error}");
 }
@@ -415,7 +415,7 @@ async fn canary_decisions_from_the_monitor_widen_promote_and_roll_back() {
     let model = unique("fraud");
     r.register(&model, 0.8).await;
     r.register(&model, 0.9).await;
-    let codec = std::sync::Arc::new(AvroCodec::new(&r.service.url).unwrap());
+    let codec = std::sync::Arc::new(mlops_integration_tests::codec(&r.service.url));
     let kafka = mlops_kafka::KafkaConfig::with_bootstrap(r.bootstrap.clone());
     mlops_kafka::ensure_topics(
         &kafka,

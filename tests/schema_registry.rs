@@ -7,7 +7,7 @@
 
 use mlops_events::{Event, TrainingReason, TrainingRequest, new_id, now_millis};
 use mlops_integration_tests::TestRegistry;
-use mlops_schema::{AvroCodec, RegistryError, SchemaRegistry};
+use mlops_schema::{AvroCodec, RegistryError};
 use mlops_testkit::unique;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -81,7 +81,7 @@ impl Api {
     fn new(registry: &TestRegistry) -> Self {
         Self {
             url: registry.url.clone(),
-            http: Client::new(),
+            http: mlops_integration_tests::client(),
         }
     }
 
@@ -545,7 +545,7 @@ async fn soft_and_permanent_deletes_follow_confluent_rules(database: Database) {
 
 async fn the_platform_codec_round_trips_events_through_it(database: Database) {
     let registry = registry(database).await;
-    let codec = AvroCodec::new(&registry.url).expect("codec");
+    let codec = mlops_integration_tests::codec(&registry.url);
     let topic = unique("training.requests");
     let request = TrainingRequest {
         request_id: new_id(),
@@ -566,7 +566,7 @@ async fn the_platform_codec_round_trips_events_through_it(database: Database) {
     let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
 
     // A fresh client, with empty caches, resolves the id through the API.
-    let fresh = AvroCodec::new(&registry.url).expect("codec");
+    let fresh = mlops_integration_tests::codec(&registry.url);
     let back: TrainingRequest = fresh.decode(&bytes).await.expect("decode");
     assert_eq!(back, request);
 
@@ -606,7 +606,7 @@ async fn the_platform_codec_round_trips_events_through_it(database: Database) {
 async fn confluent_python_client_works_against_it_unchanged(database: Database) {
     let registry = registry(database).await;
     let python = mlops_integration_tests::python();
-    let codec = AvroCodec::new(&registry.url).expect("codec");
+    let codec = mlops_integration_tests::codec(&registry.url);
     let topic = unique("training.requests");
     let request = TrainingRequest {
         request_id: new_id(),
@@ -625,6 +625,10 @@ async fn confluent_python_client_works_against_it_unchanged(database: Database) 
     // Asynchronously: the registry under test runs on this same runtime.
     let output = tokio::process::Command::new(python)
         .arg(format!("{dir}/python/schema_registry_client.py"))
+        .env(
+            "MLOPS_TOKEN",
+            &mlops_integration_tests::auth::tokens().admin,
+        )
         .arg(&registry.url)
         .arg(unique("py-orders"))
         .arg(format!("{dir}/../schemas/training_request.avsc"))
@@ -719,7 +723,11 @@ async fn concurrent_registrations_all_succeed_with_distinct_ids_and_versions(dat
 #[tokio::test]
 async fn the_client_classifies_answers_and_an_outage_is_never_cached() {
     let mut registry = registry(Database::Sqlite).await;
-    let client = SchemaRegistry::new(&registry.url, std::time::Duration::from_secs(2), 1).unwrap();
+    let client = mlops_integration_tests::auth::registry_client(
+        &registry.url,
+        std::time::Duration::from_secs(2),
+        1,
+    );
     let subject = format!("{}-value", unique("classified"));
     assert!(matches!(
         client.latest(&subject).await,

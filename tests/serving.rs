@@ -110,7 +110,7 @@ impl Setup {
         Self {
             _broker: broker,
             registry,
-            http: Client::new(),
+            http: mlops_integration_tests::client(),
             model: unique("fraud"),
         }
     }
@@ -145,6 +145,7 @@ impl Setup {
         config.common.kafka.bootstrap_servers = self._broker.bootstrap_servers.clone();
         config.common.schema_registry.url = self.registry.url.clone();
         config.serving.registry_url = self.registry.url.clone();
+        mlops_integration_tests::auth::secure(&mut config.common);
         let service =
             TestService::run(|listener, cancel| serving::run(config, listener, cancel)).await;
         let ready = format!("{}/v2/health/ready", service.url);
@@ -160,7 +161,7 @@ impl Setup {
 
     /// The first `count` records of the model's prediction log, decoded.
     async fn logged_predictions(&self, count: usize) -> Vec<mlops_events::PredictionLog> {
-        let codec = mlops_schema::AvroCodec::new(&self.registry.url).unwrap();
+        let codec = mlops_integration_tests::codec(&self.registry.url);
         let records = mlops_integration_tests::read_topic(
             &self._broker.bootstrap_servers,
             &mlops_events::topics::predictions(&self.model),
@@ -429,6 +430,10 @@ async fn an_unmodified_triton_client_reads_metadata_and_infers() {
     s.register(false).await;
     let serving = s.serving().await;
     let output = tokio::process::Command::new(mlops_integration_tests::python())
+        .env(
+            "MLOPS_TOKEN",
+            &mlops_integration_tests::auth::tokens().producer,
+        )
         .arg(format!(
             "{}/python/oip_client.py",
             env!("CARGO_MANIFEST_DIR")

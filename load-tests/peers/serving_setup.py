@@ -38,7 +38,10 @@ T0 = 1_795_687_200_000
 
 def call(url, body=None):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if os.environ.get("MLOPS_TOKEN"):
+        headers["authorization"] = "Bearer " + os.environ["MLOPS_TOKEN"]
+    request = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         raw = response.read()
     return json.loads(raw) if raw[:1] in (b"{", b"[") else raw

@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let body = std::fs::read_to_string(&args.body)?;
     let client = reqwest::Client::builder()
+        .default_headers(mlops_load_tests::auth_headers())
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(60))
         .build()?;

@@ -116,6 +116,7 @@ async fn worker(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = reqwest::Client::builder()
+        .default_headers(mlops_load_tests::auth_headers())
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(60))
         .build()?;

@@ -1,6 +1,19 @@
-//! What the load generators share: a tally of a timed run's requests.
+//! What the load generators share: a tally of a timed run's requests, and the platform's
+//! token their clients present.
 
 use std::time::Instant;
+
+/// `Authorization: Bearer $MLOPS_TOKEN` (the scripts read it from `mlops up`'s
+/// `admin.token`), or nothing when it is unset.
+pub fn auth_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var("MLOPS_TOKEN")
+        && let Ok(value) = format!("Bearer {}", token.trim()).parse()
+    {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    headers
+}
 
 use hdrhistogram::Histogram;
 

@@ -93,6 +93,7 @@ fn main() -> anyhow::Result<()> {
     let dataset = format!("{run}_payments");
     let view = format!("{run}_spend");
     let http = reqwest::blocking::Client::builder()
+        .default_headers(mlops_load_tests::auth_headers())
         .timeout(Duration::from_secs(60))
         .build()?;
     let declared = declare(
@@ -229,6 +230,7 @@ fn ingest(args: &Args, dataset: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
             .map(|_| {
                 scope.spawn(|| -> anyhow::Result<()> {
                     let http = reqwest::blocking::Client::builder()
+                        .default_headers(mlops_load_tests::auth_headers())
                         .timeout(Duration::from_secs(120))
                         .build()?;
                     loop {
@@ -407,6 +409,7 @@ fn prober(
         return;
     };
     let Ok(http) = reqwest::blocking::Client::builder()
+        .default_headers(mlops_load_tests::auth_headers())
         .timeout(Duration::from_secs(30))
         .build()
     else {

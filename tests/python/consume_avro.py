@@ -17,6 +17,17 @@ from confluent_kafka import DeserializingConsumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
+
+def registry_config(url):
+    """The Schema Registry client's settings: the platform's token (MLOPS_TOKEN) as HTTP
+    basic auth with the user `token`, the way Confluent's clients authenticate."""
+    import os
+    config = {"url": url}
+    if os.environ.get("MLOPS_TOKEN"):
+        config["basic.auth.user.info"] = "token:" + os.environ["MLOPS_TOKEN"]
+    return config
+
+
 bootstrap, registry, topic, expected, timeout = sys.argv[1:6]
 expected, timeout = int(expected), float(timeout)
 
@@ -37,7 +48,7 @@ consumer = DeserializingConsumer({
     "auto.offset.reset": "earliest",
     "enable.auto.commit": False,
     "session.timeout.ms": 6000,
-    "value.deserializer": AvroDeserializer(SchemaRegistryClient({"url": registry})),
+    "value.deserializer": AvroDeserializer(SchemaRegistryClient(registry_config(registry))),
 })
 consumer.subscribe([topic])
 records = []

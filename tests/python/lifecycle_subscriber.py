@@ -6,8 +6,19 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+
+def registry_config(url):
+    """The Schema Registry client's settings: the platform's token (MLOPS_TOKEN) as HTTP
+    basic auth with the user `token`, the way Confluent's clients authenticate."""
+    import os
+    config = {"url": url}
+    if os.environ.get("MLOPS_TOKEN"):
+        config["basic.auth.user.info"] = "token:" + os.environ["MLOPS_TOKEN"]
+    return config
+
+
 bootstrap, registry, group, model, last = *sys.argv[1:5], int(sys.argv[5])
-decode = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+decode = AvroDeserializer(SchemaRegistryClient(registry_config(registry)))
 consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                      "auto.offset.reset": "earliest"})
 consumer.subscribe(["models.lifecycle"])

@@ -13,8 +13,19 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+
+def registry_config(url):
+    """The Schema Registry client's settings: the platform's token (MLOPS_TOKEN) as HTTP
+    basic auth with the user `token`, the way Confluent's clients authenticate."""
+    import os
+    config = {"url": url}
+    if os.environ.get("MLOPS_TOKEN"):
+        config["basic.auth.user.info"] = "token:" + os.environ["MLOPS_TOKEN"]
+    return config
+
+
 bootstrap, registry, topic, schema, first, last = sys.argv[1:7]
-serializer = AvroSerializer(SchemaRegistryClient({"url": registry}), schema,
+serializer = AvroSerializer(SchemaRegistryClient(registry_config(registry)), schema,
                             conf={"auto.register.schemas": False, "use.latest.version": True})
 ctx = SerializationContext(topic, MessageField.VALUE)
 producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})

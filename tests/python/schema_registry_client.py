@@ -16,8 +16,19 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+
+def registry_config(url):
+    """The Schema Registry client's settings: the platform's token (MLOPS_TOKEN) as HTTP
+    basic auth with the user `token`, the way Confluent's clients authenticate."""
+    import os
+    config = {"url": url}
+    if os.environ.get("MLOPS_TOKEN"):
+        config["basic.auth.user.info"] = "token:" + os.environ["MLOPS_TOKEN"]
+    return config
+
+
 url, prefix, schema_file, topic, rust_hex = sys.argv[1:6]
-client = SchemaRegistryClient({"url": url})
+client = SchemaRegistryClient(registry_config(url))
 report = {}
 
 v1 = '{"type":"record","name":"Order","namespace":"py","fields":[{"name":"id","type":"string"}]}'

@@ -4,7 +4,10 @@
 // Tests drive the services from outside, as a user would: plain tasks and clients.
 #![allow(clippy::disallowed_methods)]
 
+pub mod auth;
 pub mod platform;
+
+pub use auth::{client, codec};
 
 use std::{future::Future, time::Duration};
 
@@ -33,6 +36,7 @@ impl TestRegistry {
         let addr = listener.local_addr().expect("addr");
         // The registry encodes its own events through its own Schema Registry API.
         config.common.schema_registry.url = format!("http://{addr}");
+        auth::secure(&mut config.common);
         let mut registry = Self {
             url: format!("http://{addr}"),
             config,
@@ -52,7 +56,7 @@ impl TestRegistry {
             listener,
             self.cancel.clone(),
         )));
-        let client = reqwest::Client::new();
+        let client = client();
         let subjects = format!("{}/subjects", self.url);
         eventually(Duration::from_secs(30), || {
             let request = client.get(&subjects).send();
@@ -147,18 +151,21 @@ pub type TestIngestion = TestService;
 
 impl TestService {
     /// The ingestion service with `config`.
-    pub async fn start(config: ingestion::Config) -> Self {
+    pub async fn start(mut config: ingestion::Config) -> Self {
+        auth::secure(&mut config.common);
         Self::run(|listener, cancel| ingestion::run(config, listener, cancel)).await
     }
 
     /// The feature service with `config`.
-    pub async fn feature(config: feature::Config) -> Self {
+    pub async fn feature(mut config: feature::Config) -> Self {
+        auth::secure(&mut config.common);
         Self::run(|listener, cancel| feature::run(config, listener, cancel)).await
     }
 
     /// The feature service with `config` on a runtime of its own with `workers` async
     /// threads, as a service process has: work held on them shows, unhidden by the test's.
-    pub async fn feature_alone(config: feature::Config, workers: usize) -> Self {
+    pub async fn feature_alone(mut config: feature::Config, workers: usize) -> Self {
+        auth::secure(&mut config.common);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .enable_all()

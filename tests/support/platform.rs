@@ -11,7 +11,6 @@ use std::{
 
 use mlops_events::{GroundTruthLabel, LabelValue, topics};
 use mlops_kafka::{OwnedHeaders, Producer};
-use mlops_schema::AvroCodec;
 use mlops_testkit::{TestBroker, unique};
 use polars::prelude::*;
 use reqwest::{Client, StatusCode};
@@ -60,7 +59,7 @@ impl Platform {
         let dataset = unique("payments").replace('-', "_");
         // Bounded, so that a request that never gets an answer fails the test where it
         // was made instead of hanging the suite.
-        let http = Client::builder()
+        let http = crate::auth::client_builder()
             .timeout(Duration::from_secs(120))
             .build()
             .expect("http client");
@@ -158,7 +157,7 @@ impl Platform {
     }
 
     pub async fn labels(&self, labels: &[(&str, &str, i64, f64)]) {
-        let codec = std::sync::Arc::new(AvroCodec::new(&self.registry.url).unwrap());
+        let codec = std::sync::Arc::new(crate::codec(&self.registry.url));
         let kafka = mlops_kafka::KafkaConfig {
             bootstrap_servers: self.broker.bootstrap_servers.clone(),
             ..Default::default()
@@ -257,6 +256,7 @@ impl Platform {
         config.common.data_dir = self.dir.path().join(unique("training"));
         config.common.kafka.bootstrap_servers = self.broker.bootstrap_servers.clone();
         config.common.schema_registry.url = self.registry.url.clone();
+        crate::auth::secure(&mut config.common);
         config.training.feature_url = self.feature.url.clone();
         config.training.registry_url = self.registry.url.clone();
         config.training.cooldown_ms = cooldown_ms;

@@ -4,6 +4,7 @@
 //! `.avsc` file and a test checks that the type encodes to, and decodes from, exactly
 //! that schema. Nothing in this crate does I/O.
 
+pub mod audit;
 mod events;
 mod prediction_avro;
 pub mod topics;

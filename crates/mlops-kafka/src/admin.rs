@@ -112,3 +112,76 @@ pub async fn check_broker(config: &KafkaConfig, timeout: Duration) -> Result<()>
     .await
     .map_err(|e| Error::Unreachable(e.to_string()))?
 }
+
+/// The payloads of `partition` of `topic` from `from_end` records before its end (every
+/// record when `None`) up to the end it had when asked, in offset order. For reading a
+/// log back whole or its tail (an audit chain's last hash), not for consuming.
+pub async fn read_partition(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from_end: Option<i64>,
+    timeout: Duration,
+) -> Result<Vec<Vec<u8>>> {
+    let (config, topic) = (config.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::{Message, Offset, TopicPartitionList};
+        let consumer: BaseConsumer = config
+            .client_config("reader")
+            .set("enable.auto.commit", "false")
+            .set("group.id", "mlops-reader")
+            .create()?;
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, partition, timeout)
+            .map_err(|e| Error::Unreachable(e.to_string()))?;
+        let start = from_end.map_or(low, |n| (high - n).max(low));
+        if start >= high {
+            return Ok(Vec::new());
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&topic, partition, Offset::Offset(start))?;
+        consumer.assign(&assignment)?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut next = start;
+        while next < high {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Unreachable(format!(
+                    "{topic}[{partition}]: read up to offset {next} of {high} within {timeout:?}"
+                )));
+            }
+            match consumer.poll(remaining.min(Duration::from_millis(500))) {
+                None => {}
+                Some(Err(e)) => return Err(Error::Kafka(e)),
+                Some(Ok(message)) => {
+                    next = message.offset() + 1;
+                    out.push(message.payload().unwrap_or_default().to_vec());
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Unreachable(e.to_string()))?
+}
+
+/// How many partitions `topic` has (an error when it does not exist).
+pub async fn partition_count(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<i32> {
+    let (config, topic) = (config.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.client_config("admin-metadata").create()?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| Error::Unreachable(e.to_string()))?;
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::Unreachable(format!("topic {topic} does not exist")))
+    })
+    .await
+    .map_err(|e| Error::Unreachable(e.to_string()))?
+}

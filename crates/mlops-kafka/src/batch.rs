@@ -5,18 +5,18 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
     ConsumerMetrics, KafkaConfig, Producer, Record, Result,
-    consumer::{DeadLetters, GroupContext, close, group_consumer},
+    consumer::{DeadLetters, Member, close, group_consumer},
 };
 
 /// A consumer group member that hands out records in batches.
 pub struct BatchConsumer {
-    consumer: StreamConsumer<GroupContext>,
+    consumer: Member,
     group: String,
     dead_letters: DeadLetters,
 }
@@ -33,7 +33,7 @@ impl BatchConsumer {
     ) -> Result<Self> {
         let group = group.into();
         Ok(Self {
-            consumer: group_consumer(config, &group, topics, metrics)?,
+            consumer: Member::new(group_consumer(config, &group, topics, metrics)?),
             dead_letters: DeadLetters::new(config, &group, dead_letters),
             group,
         })
@@ -95,13 +95,13 @@ impl BatchConsumer {
                 .or_insert(0);
             *position = (*position).max(record.offset + 1);
         }
-        self.consumer.context().state.commit(&self.consumer, next);
+        self.consumer.context().state.commit(&*self.consumer, next);
     }
 
     /// Makes the last commit durable and leaves the group, bounded in time even when the
     /// broker is gone.
     pub async fn close(self) -> Result<()> {
         let positions = self.consumer.context().state.positions();
-        close(self.consumer, &self.group, positions).await
+        close(self.consumer.into_inner(), &self.group, positions).await
     }
 }

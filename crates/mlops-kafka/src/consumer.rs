@@ -157,6 +157,58 @@ pub(crate) fn group_consumer(
     Ok(consumer)
 }
 
+/// A group member's consumer, which is never destroyed on an async runtime's thread.
+///
+/// Destroying a consumer leaves its group, and leaving revokes its partitions inside
+/// librdkafka's close, which waits for the group coordinator without limit. A task aborted
+/// while it owns a consumer (a handler slower than the shutdown grace) would otherwise
+/// block the runtime thread that drops it — and the abort, and whoever awaits the task —
+/// forever when the coordinator does not answer. [`close`] is the orderly way out; this
+/// guard is the other one: nothing more is committed (what was processed since the last
+/// commit is redelivered) and the consumer goes away on a thread of its own.
+pub(crate) struct Member(Option<StreamConsumer<GroupContext>>);
+
+impl Member {
+    pub(crate) fn new(consumer: StreamConsumer<GroupContext>) -> Self {
+        Self(Some(consumer))
+    }
+
+    /// The consumer, for [`close`].
+    pub(crate) fn into_inner(mut self) -> StreamConsumer<GroupContext> {
+        self.0
+            .take()
+            .expect("a member holds its consumer until it is closed")
+    }
+}
+
+impl std::ops::Deref for Member {
+    type Target = StreamConsumer<GroupContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+            .as_ref()
+            .expect("a member holds its consumer until it is closed")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        consumer
+            .context()
+            .state
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let _ = std::thread::Builder::new()
+            .name("kafka-drop".to_owned())
+            .spawn(move || drop(consumer));
+    }
+}
+
 /// How long a leaving member waits for its final commit and its goodbye to the group.
 /// Half a service's shutdown grace, so that a service whose broker is gone still stops
 /// within it.
@@ -320,7 +372,10 @@ impl ConsumerContext for GroupContext {
         if last.count() == 0 || consumer.assignment_lost() {
             return;
         }
-        if let Err(e) = consumer.commit(&last, CommitMode::Sync) {
+        // Not `Sync`: this runs inside a poll, on an async runtime's thread, and a
+        // synchronous commit waits for the coordinator without limit. Sent before the
+        // member rejoins; should it be refused, the next owner sees those records again.
+        if let Err(e) = consumer.commit(&last, CommitMode::Async) {
             state.metrics.commit_failed(&state.group);
             warn!(group = %state.group, error = %e, "commit of revoked partitions failed; their next owner may see records again");
         }
@@ -377,12 +432,12 @@ impl ConsumerLoop {
 
     /// Consumes until `cancel` fires. The record in flight is finished and committed first.
     pub async fn run<H: Handler>(self, handler: H, cancel: CancellationToken) -> Result<()> {
-        let consumer = group_consumer(
+        let consumer = Member::new(group_consumer(
             &self.config,
             &self.group,
             &self.topics,
             self.metrics.clone(),
-        )?;
+        )?);
         let state = consumer.context().state.clone();
         let handler = Arc::new(handler);
 
@@ -421,7 +476,7 @@ impl ConsumerLoop {
                 Outcome::DeadLettered => "dead_lettered",
             };
             state.commit(
-                &consumer,
+                &*consumer,
                 [((record.topic.clone(), record.partition), record.offset + 1)],
             );
             self.metrics.finished(
@@ -434,7 +489,7 @@ impl ConsumerLoop {
 
         // Asynchronous commits may still be queued: make the last positions durable.
         let positions = state.positions();
-        close(consumer, &self.group, positions).await
+        close(consumer.into_inner(), &self.group, positions).await
     }
 
     async fn process<H: Handler>(

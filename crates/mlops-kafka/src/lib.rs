@@ -10,7 +10,7 @@ mod log_producer;
 mod metrics;
 mod producer;
 
-pub use admin::{TopicSpec, check_broker, ensure_topics};
+pub use admin::{TopicSpec, check_broker, ensure_topics, partition_count, read_partition};
 pub use batch::BatchConsumer;
 pub use config::{KafkaConfig, SecurityProtocol};
 pub use consumer::{CLOSE_TIMEOUT, ConsumerLoop, DeadLetters, Handler, HandlerError, Record};

@@ -63,12 +63,27 @@ impl Producer {
         payload: &[u8],
         headers: OwnedHeaders,
     ) -> Result<Delivery> {
+        self.send_bytes_to(topic, None, key, payload, headers).await
+    }
+
+    /// [`Self::send_bytes`] to a chosen `partition` (the partitioner's choice when `None`).
+    pub async fn send_bytes_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Delivery> {
         let headers = mlops_telemetry::inject_current_context(headers);
         let mut record = FutureRecord::<[u8], [u8]>::to(topic)
             .payload(payload)
             .headers(headers);
         if let Some(key) = key {
             record = record.key(key);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
         }
         match self
             .inner

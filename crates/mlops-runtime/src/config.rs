@@ -56,7 +56,32 @@ where
         }
     }
 
-    for (name, raw) in env {
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    for (name, raw) in &env {
+        // `NAME_FILE` names a file holding the value of the alias `NAME` (a mounted
+        // Kubernetes Secret, Docker's convention), so secrets need not sit in the
+        // environment.
+        let indirect = name
+            .strip_suffix("_FILE")
+            .filter(|base| aliases.iter().any(|(alias, _)| alias == base))
+            .filter(|_| !aliases.iter().any(|(alias, _)| alias == name));
+        let (name, raw) = match indirect {
+            None => (name.clone(), raw.clone()),
+            Some(base) if env.iter().any(|(n, _)| n == base) => {
+                errors.push(format!("{name}: {base} is set too; set one of them"));
+                continue;
+            }
+            Some(base) => match std::fs::read_to_string(raw) {
+                Ok(text) => (
+                    base.to_owned(),
+                    text.trim_end_matches(['\n', '\r']).to_owned(),
+                ),
+                Err(e) => {
+                    errors.push(format!("{name}: cannot read {raw}: {e}"));
+                    continue;
+                }
+            },
+        };
         let dotted = if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
             rest.split("__")
                 .map(str::to_ascii_lowercase)
@@ -365,6 +390,46 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.errors.len(), 1, "{err}");
         assert!(err.errors[0].starts_with("retries: "), "{err}");
+    }
+
+    #[test]
+    fn a_secret_can_come_from_the_file_its_file_variable_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cr3t\n").unwrap();
+        let aliases = vec![("DB_PASSWORD".to_owned(), "password".to_owned())];
+        let path = file.display().to_string();
+        let conf: Optional = load_config(
+            Optional::default(),
+            None,
+            env(&[("DB_PASSWORD_FILE", &path)]),
+            &aliases,
+            |_| vec![],
+        )
+        .unwrap();
+        assert_eq!(conf.password.as_ref().map(|p| p.expose()), Some("s3cr3t"));
+
+        let err = load_config(
+            Optional::default(),
+            None,
+            env(&[("DB_PASSWORD_FILE", &path), ("DB_PASSWORD", "x")]),
+            &aliases,
+            |_| vec![],
+        )
+        .unwrap_err();
+        assert!(err.errors[0].contains("set one of them"), "{err}");
+        let err = load_config(
+            Optional::default(),
+            None,
+            env(&[("DB_PASSWORD_FILE", "/nonexistent/password")]),
+            &aliases,
+            |_| vec![],
+        )
+        .unwrap_err();
+        assert!(
+            err.errors[0].starts_with("DB_PASSWORD_FILE: cannot read"),
+            "{err}"
+        );
     }
 
     #[test]

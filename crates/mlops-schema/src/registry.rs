@@ -63,6 +63,15 @@ impl SchemaRegistry {
         })
     }
 
+    /// On a client of the caller's (its timeouts, the credentials it presents).
+    pub fn with_client(url: &str, http: reqwest::Client, attempts: u32) -> Self {
+        Self {
+            base: url.trim_end_matches('/').to_owned(),
+            http,
+            attempts: attempts.max(1),
+        }
+    }
+
     pub fn url(&self) -> &str {
         &self.base
     }

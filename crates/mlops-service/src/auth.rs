@@ -8,12 +8,13 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
+    net::SocketAddr,
     sync::Arc,
 };
 
 use axum::{
     Router,
-    extract::{MatchedPath, Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -22,9 +23,12 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use mlops_events::AuditOutcome;
+
 use crate::{
     ApiError,
-    routes::{Role, Route, role_of},
+    audit::{AuditEntry, Auditor},
+    routes::{OPEN, Role, Route, path_known, route_for},
 };
 
 /// The roles a principal holds.
@@ -48,10 +52,13 @@ impl PlatformRole {
     pub fn grants(self, role: Role) -> bool {
         match (self, role) {
             (Self::Admin, _) => true,
-            (Self::Producer, r) => r == Role::Producer,
-            (Self::DataScientist, r) => matches!(r, Role::Reader | Role::Operator),
-            (Self::Approver, r) => matches!(r, Role::Reader | Role::Approver),
-            (Self::Sre, r) => r == Role::Reader,
+            // Applications publish events and ask for predictions.
+            (Self::Producer, r) => matches!(r, Role::Producer | Role::Inference),
+            (Self::DataScientist, r) => {
+                matches!(r, Role::Reader | Role::Inference | Role::Operator)
+            }
+            (Self::Approver, r) => matches!(r, Role::Reader | Role::Inference | Role::Approver),
+            (Self::Sre, r) => matches!(r, Role::Reader | Role::Inference),
         }
     }
 }
@@ -168,64 +175,223 @@ impl ApiKeys {
     }
 }
 
-/// The authorisation layer of one service: its keys and its route table.
+/// The authorisation layer of one service: who its keys authenticate (nobody is asked
+/// when auth is disabled), its route tables, and its audit trail. Fails closed: a request
+/// the tables do not declare never reaches a handler.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    keys: Arc<ApiKeys>,
-    table: &'static [Route],
+    keys: Option<Arc<ApiKeys>>,
+    table: Arc<[Route]>,
+    protect_metrics: bool,
+    audit: Option<Auditor>,
 }
 
 impl Gate {
-    pub fn new(keys: ApiKeys, table: &'static [Route]) -> Self {
+    /// Checks credentials against `keys`; `None` lets everyone through (auth disabled).
+    pub fn new(keys: Option<ApiKeys>, tables: &[&'static [Route]]) -> Self {
         Self {
-            keys: Arc::new(keys),
-            table,
+            keys: keys.map(Arc::new),
+            table: tables.iter().flat_map(|t| t.iter().copied()).collect(),
+            protect_metrics: false,
+            audit: None,
         }
     }
 
-    /// Wraps a service's router: every route of the table requires its role (and a
-    /// producer's dataset scope on the route's `{name}`); what the table does not list —
-    /// the health endpoints, unknown paths — passes to the router untouched.
+    /// `/metrics` then requires a reader's token.
+    pub fn protect_metrics(mut self, protect: bool) -> Self {
+        self.protect_metrics = protect;
+        self
+    }
+
+    /// Records refused attempts on mutating routes, and the outcome of every route the
+    /// tables mark as changing state.
+    pub fn audit(mut self, auditor: Option<Auditor>) -> Self {
+        self.audit = auditor;
+        self
+    }
+
+    /// Wraps a service's router: every route of the tables requires its role (and a
+    /// producer's dataset scope on the route's `{name}`); the open probes pass; anything
+    /// else is answered 404 or 405 here, so a route missing from the tables is never
+    /// served unguarded.
     pub fn protect(&self, router: Router) -> Router {
         router.layer(middleware::from_fn_with_state(self.clone(), check))
+    }
+
+    /// The route a request calls, or the answer it gets without reaching a handler
+    /// (`Ok(None)`: an open probe).
+    fn route(&self, method: &str, path: &str) -> Result<Option<Route>, ApiError> {
+        if path == "/metrics" && self.protect_metrics {
+            return Ok(Some(Route::new("GET", "/metrics", Role::Reader)));
+        }
+        if OPEN.contains(&path) {
+            return Ok(None);
+        }
+        match route_for(&self.table, method, path) {
+            Some(route) => Ok(Some(*route)),
+            None if path_known(&self.table, path) => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not served on {path}"),
+            )),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no endpoint {method} {path}"),
+            )),
+        }
     }
 }
 
 async fn check(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let Some(template) = request
+    let path = request.uri().path().to_owned();
+    let method = request.method().as_str().to_owned();
+    let route = match gate.route(&method, &path) {
+        Err(answer) => return answer.into_response(),
+        Ok(None) => return next.run(request).await,
+        Ok(Some(route)) => route,
+    };
+    let source_ip = request
         .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-    else {
-        return next.run(request).await;
-    };
-    let Some(role) = role_of(gate.table, request.method().as_str(), &template) else {
-        return next.run(request).await;
-    };
-    let dataset = (role == Role::Producer)
-        .then(|| path_parameter(&template, request.uri().path(), "name"))
-        .flatten();
-    match gate
-        .keys
-        .authorize(request.headers(), role, dataset.as_deref())
-    {
-        Ok(principal) => {
-            let principal = principal.clone();
-            request.extensions_mut().insert(principal);
-            next.run(request).await
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let mutating = method != "GET";
+    let principal = match &gate.keys {
+        None => None,
+        Some(keys) => {
+            let dataset = (route.role == Role::Producer)
+                .then(|| route.parameter(&path, "name"))
+                .flatten();
+            match keys.authorize(request.headers(), route.role, dataset) {
+                Ok(principal) => Some(principal.clone()),
+                Err(denied) => {
+                    if let (Some(auditor), true) = (&gate.audit, mutating) {
+                        let actor = presented_token(request.headers())
+                            .and_then(|t| keys.authenticate(&t).map(|p| p.subject.clone()))
+                            .unwrap_or_else(|| "unauthenticated".to_owned());
+                        let entry = AuditEntry {
+                            actor,
+                            role: None,
+                            action: action_of(&route),
+                            resource: resource_of(&path),
+                            outcome: AuditOutcome::Denied,
+                            reason: Some(denied.reason()),
+                            source_ip,
+                        };
+                        // The refusal does not wait for its record.
+                        auditor.submit(entry);
+                    }
+                    return denied.into_response();
+                }
+            }
         }
-        Err(denied) => denied.into_response(),
+    };
+    if let Some(principal) = &principal {
+        request.extensions_mut().insert(principal.clone());
+    }
+    let response = next.run(request).await;
+    let (Some(auditor), Some(action)) = (&gate.audit, route.audit) else {
+        return response;
+    };
+    let status = response.status();
+    let (response, answer) = read_json(response).await;
+    let reason = if status.is_success() {
+        None
+    } else {
+        error_reason(answer.as_ref()).or_else(|| Some(format!("answered {status}")))
+    };
+    let created = answer.as_ref().and_then(|a| created_id(a, &path));
+    let resource = match (status.is_success(), created) {
+        // A creation names what it created in its answer.
+        (true, Some(id)) if method == "POST" && !path.ends_with(&format!("/{id}")) => {
+            format!("{}/{id}", resource_of(&path))
+        }
+        _ => resource_of(&path),
+    };
+    let entry = AuditEntry {
+        actor: principal
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), |p| p.subject.clone()),
+        role: principal.as_ref().map(|p| {
+            p.roles
+                .iter()
+                .map(|r| format!("{r:?}").to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        action: action.to_owned(),
+        resource,
+        outcome: if status.is_success() {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::Failed
+        },
+        reason,
+        source_ip,
+    };
+    auditor.submit(entry);
+    response
+}
+
+/// The audited action of a route: its table's name for it, or its method and path.
+fn action_of(route: &Route) -> String {
+    route
+        .audit
+        .map_or_else(|| format!("{} {}", route.method, route.path), str::to_owned)
+}
+
+/// What a request acts on: its path without the API version (`models/churn/versions/3`).
+fn resource_of(path: &str) -> String {
+    path.trim_start_matches('/')
+        .trim_start_matches("v1/")
+        .trim_start_matches("v2/")
+        .to_owned()
+}
+
+/// A response's JSON body (small answers only), and the response rebuilt.
+async fn read_json(response: Response) -> (Response, Option<serde_json::Value>) {
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, 1024 * 1024).await {
+        Ok(bytes) => {
+            let json = serde_json::from_slice(&bytes).ok();
+            (
+                Response::from_parts(parts, axum::body::Body::from(bytes)),
+                json,
+            )
+        }
+        Err(_) => (Response::from_parts(parts, axum::body::Body::empty()), None),
     }
 }
 
-/// The value of `{parameter}` in `path`, matched segment by segment against `template`.
-fn path_parameter(template: &str, path: &str, parameter: &str) -> Option<String> {
-    let wanted = format!("{{{parameter}}}");
-    template
-        .split('/')
-        .zip(path.split('/'))
-        .find(|(t, _)| *t == wanted)
-        .map(|(_, value)| value.to_owned())
+/// The reason in an error body: the platform's, Confluent's or the inference protocol's
+/// error shape.
+fn error_reason(answer: Option<&serde_json::Value>) -> Option<String> {
+    let answer = answer?;
+    [
+        answer.pointer("/error/message"),
+        answer.get("message"),
+        answer.get("error"),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|m| m.as_str().map(str::to_owned))
+}
+
+/// What a creation's answer names it by: a new `version` of something, or the `name` or
+/// `id` of a new thing.
+fn created_id(answer: &serde_json::Value, path: &str) -> Option<String> {
+    let keys: &[&str] = if path.ends_with("/versions") {
+        &["version"]
+    } else {
+        &["name", "id"]
+    };
+    keys.iter()
+        .filter_map(|key| answer.get(key))
+        .find_map(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
 }
 
 fn digest(token: &str) -> String {
@@ -299,19 +465,22 @@ mod tests {
     fn every_role_against_every_route_class() {
         use PlatformRole::*;
         let allowed = |role: PlatformRole| {
-            [Role::Reader, Role::Producer, Role::Operator, Role::Approver]
+            Role::ALL
                 .into_iter()
                 .filter(|r| role.grants(*r))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(allowed(Producer), [Role::Producer]);
-        assert_eq!(allowed(DataScientist), [Role::Reader, Role::Operator]);
-        assert_eq!(allowed(Approver), [Role::Reader, Role::Approver]);
-        assert_eq!(allowed(Sre), [Role::Reader]);
+        assert_eq!(allowed(Producer), [Role::Inference, Role::Producer]);
         assert_eq!(
-            allowed(Admin),
-            [Role::Reader, Role::Producer, Role::Operator, Role::Approver]
+            allowed(DataScientist),
+            [Role::Reader, Role::Inference, Role::Operator]
         );
+        assert_eq!(
+            allowed(Approver),
+            [Role::Reader, Role::Inference, Role::Approver]
+        );
+        assert_eq!(allowed(Sre), [Role::Reader, Role::Inference]);
+        assert_eq!(allowed(Admin), Role::ALL);
     }
 
     #[test]
@@ -385,8 +554,9 @@ mod tests {
                 axum::routing::post(|| async { "ok" }),
             )
             .route("/v1/datasets/{name}", get(|| async { "ok" }))
+            .route("/v1/undeclared", get(|| async { "ok" }))
             .route("/healthz", get(|| async { "ok" }));
-        let router = Gate::new(ApiKeys::new([stored]), TABLE).protect(router);
+        let router = Gate::new(Some(ApiKeys::new([stored])), &[TABLE]).protect(router);
         let call = |method: &str, path: &str, token: Option<&str>| {
             let mut request = Request::builder().method(method).uri(path);
             if let Some(token) = token {
@@ -412,6 +582,15 @@ mod tests {
             status(call("GET", "/v1/datasets/payments", Some(&token)).await),
             StatusCode::FORBIDDEN,
             "a producer does not read"
+        );
+        assert_eq!(
+            status(call("DELETE", "/v1/datasets/payments", Some(&token)).await),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(call("GET", "/v1/undeclared", Some(&token)).await),
+            StatusCode::NOT_FOUND,
+            "what the table does not declare is not served"
         );
     }
 

@@ -3,6 +3,7 @@
 //! run until a signal, drain). A service provides only its [`ServiceConfig`] and its `run`.
 
 mod api_error;
+pub mod audit;
 pub mod auth;
 pub mod database;
 mod duration;
@@ -15,7 +16,7 @@ pub use duration::parse_duration;
 use std::{future::Future, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use mlops_kafka::KafkaConfig;
-use mlops_runtime::{ReadinessCheck, load_config, tasks::TaskSet};
+use mlops_runtime::{ReadinessCheck, Secret, load_config, tasks::TaskSet};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -77,22 +78,6 @@ impl Default for SchemaRegistryConfig {
     }
 }
 
-impl SchemaRegistryConfig {
-    /// The one Schema Registry client of a service, shared by its codec and its API.
-    pub fn client(&self) -> Result<mlops_schema::SchemaRegistry, mlops_schema::RegistryError> {
-        mlops_schema::SchemaRegistry::new(
-            &self.url,
-            Duration::from_millis(self.timeout_ms),
-            self.attempts,
-        )
-    }
-
-    /// An Avro codec on that client.
-    pub fn codec(&self) -> Result<mlops_schema::AvroCodec, mlops_schema::RegistryError> {
-        self.client().map(mlops_schema::AvroCodec::with_registry)
-    }
-}
-
 /// The sections every service has. Services flatten it into their own config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 // No deny_unknown_fields: services flatten these sections into their own config,
@@ -105,6 +90,43 @@ pub struct CommonConfig {
     /// Where the service keeps local state (`MLOPS_DATA_DIR`).
     pub data_dir: PathBuf,
     pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may call this service, and how it proves itself to the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `enabled` (the default) or `disabled` (`MLOPS_AUTH_MODE`): every endpoint but the
+    /// probes then answers anyone, and the service says so loudly at start.
+    pub mode: AuthMode,
+    /// The API keys accepted, a JSON list of SHA-256 hashes and their principals
+    /// (`MLOPS_API_KEYS_FILE`); `<data_dir>/api-keys.json` when unset.
+    pub api_keys_file: Option<PathBuf>,
+    /// The token this service presents to the platform's other services and its Schema
+    /// Registry (`MLOPS_SERVICE_TOKEN`, or a file named by `MLOPS_SERVICE_TOKEN_FILE`).
+    pub service_token: Option<Secret>,
+    /// Whether `/metrics` asks for a reader's token too.
+    pub protect_metrics: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Enabled,
+    Disabled,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Enabled,
+            api_keys_file: None,
+            service_token: None,
+            protect_metrics: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +148,7 @@ impl CommonConfig {
             schema_registry: SchemaRegistryConfig::default(),
             data_dir: PathBuf::from(".mlops"),
             database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 
@@ -162,8 +185,94 @@ impl CommonConfig {
     pub fn readiness_checks(&self) -> Vec<ReadinessCheck> {
         vec![
             broker_check(&self.kafka),
-            schema_registry_check(&self.schema_registry.url),
+            schema_registry_check(
+                &self.schema_registry.url,
+                self.http_client(Duration::from_secs(2)),
+            ),
         ]
+    }
+
+    /// The one Schema Registry client of a service, shared by its codec and its API; it
+    /// presents the service token.
+    pub fn schema_registry_client(&self) -> mlops_schema::SchemaRegistry {
+        let timeout = Duration::from_millis(self.schema_registry.timeout_ms);
+        mlops_schema::SchemaRegistry::with_client(
+            &self.schema_registry.url,
+            self.http_client(timeout),
+            self.schema_registry.attempts,
+        )
+    }
+
+    /// An Avro codec on that client.
+    pub fn codec(&self) -> mlops_schema::AvroCodec {
+        mlops_schema::AvroCodec::with_registry(self.schema_registry_client())
+    }
+
+    /// The file of accepted API keys.
+    pub fn api_keys_file(&self) -> PathBuf {
+        self.auth
+            .api_keys_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("api-keys.json"))
+    }
+
+    /// `router` behind the service's authorisation layer, reading its route `tables` and
+    /// writing to `audit`; when auth is disabled, nobody is asked for credentials and the
+    /// service says so in a warning no operator can miss.
+    pub fn protect(
+        &self,
+        service: &str,
+        router: axum::Router,
+        tables: &[&'static [routes::Route]],
+        audit: Option<audit::Auditor>,
+    ) -> anyhow::Result<axum::Router> {
+        let keys = match self.auth.mode {
+            AuthMode::Disabled => {
+                tracing::warn!(
+                    service,
+                    "AUTHENTICATION IS DISABLED (auth.mode = \"disabled\"): every endpoint of \
+                     this service answers anyone who can reach it"
+                );
+                None
+            }
+            AuthMode::Enabled => {
+                let path = self.api_keys_file();
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "auth is enabled but the API keys file {} cannot be read ({e}): \
+                         `mlops up` writes one; set auth.api_keys_file (MLOPS_API_KEYS_FILE) \
+                         to yours, or auth.mode = \"disabled\" to run without authentication",
+                        path.display()
+                    )
+                })?;
+                Some(
+                    auth::ApiKeys::from_json(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                )
+            }
+        };
+        Ok(auth::Gate::new(keys, tables)
+            .protect_metrics(self.auth.protect_metrics)
+            .audit(audit)
+            .protect(router))
+    }
+
+    /// An HTTP client for the platform's other services: it presents the service token.
+    pub fn http_client(&self, timeout: Duration) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.auth.service_token
+            && let Ok(mut value) =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .default_headers(headers)
+            .build()
+            .expect("an HTTP client with a timeout and default headers")
     }
 }
 
@@ -185,12 +294,8 @@ pub fn broker_check(kafka: &KafkaConfig) -> ReadinessCheck {
     })
 }
 
-pub fn schema_registry_check(url: &str) -> ReadinessCheck {
+pub fn schema_registry_check(url: &str, client: reqwest::Client) -> ReadinessCheck {
     let url = format!("{}/subjects", url.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("an HTTP client with a timeout");
     ReadinessCheck::new("schema_registry", move || {
         let request = client.get(&url);
         async move {
@@ -273,7 +378,8 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// Environment names operators already know, mapped to config paths.
+/// Environment names operators already know, mapped to config paths. Each may instead be
+/// given as `<NAME>_FILE`, the path of a file holding the value (secrets).
 pub fn standard_aliases(service: &str) -> Vec<(String, String)> {
     let alias = |env: String, path: &str| (env, path.to_owned());
     vec![
@@ -282,6 +388,14 @@ pub fn standard_aliases(service: &str) -> Vec<(String, String)> {
         alias("MLOPS_DATA_DIR".into(), "data_dir"),
         alias("DATABASE_URL".into(), "database.url"),
         alias("MLOPS_HTTP_HOST".into(), "http.host"),
+        alias("KAFKA_SECURITY_PROTOCOL".into(), "kafka.security_protocol"),
+        alias("KAFKA_SASL_MECHANISM".into(), "kafka.sasl_mechanism"),
+        alias("KAFKA_SASL_USERNAME".into(), "kafka.sasl_username"),
+        alias("KAFKA_SASL_PASSWORD".into(), "kafka.sasl_password"),
+        alias("KAFKA_SSL_KEY_PASSWORD".into(), "kafka.ssl_key_password"),
+        alias("MLOPS_AUTH_MODE".into(), "auth.mode"),
+        alias("MLOPS_API_KEYS_FILE".into(), "auth.api_keys_file"),
+        alias("MLOPS_SERVICE_TOKEN".into(), "auth.service_token"),
         alias(
             format!("MLOPS_{}_PORT", service.to_ascii_uppercase()),
             "http.port",

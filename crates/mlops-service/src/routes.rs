@@ -1,32 +1,77 @@
 //! Every HTTP route of a service and the role it requires, in one table per service, so
 //! that authorisation is one layer reading the table rather than a check in each handler.
-//! The admin endpoints (`/healthz`, `/readyz`, `/metrics`) are not in the tables: they stay
-//! open to probes and scrapers.
+//!
+//! Routers are built with [`Api`], which refuses (at start, by panicking) a route its table
+//! does not declare: an endpoint without a role cannot be served. The probes (`/healthz`,
+//! `/readyz`, `/metrics`, OIP's `/v2/health/*`) are [`OPEN`]: no role, no token.
+
+use axum::{
+    Router,
+    handler::Handler,
+    routing::{MethodRouter, delete, get, post, put},
+};
 
 /// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    /// Reads what the platform holds (views, features, snapshots, models).
+    /// Reads what the platform holds (views, features, snapshots, models, reports).
     Reader,
-    /// Sends data in (events, labels).
+    /// Asks a served model for predictions.
+    Inference,
+    /// Sends data in (events, labels) to a dataset.
     Producer,
-    /// Declares and changes things (datasets, views, model specs, training runs).
+    /// Declares and changes things (datasets, schemas, views, model specs, training runs).
     Operator,
     /// Moves model versions between stages and rolls them back.
     Approver,
 }
 
-/// One route: method, path as written in the router (`{name}` for a parameter), role.
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Reader,
+        Role::Inference,
+        Role::Producer,
+        Role::Operator,
+        Role::Approver,
+    ];
+}
+
+/// Paths every service leaves open: liveness, readiness and the metrics scrape (which
+/// `auth.protect_metrics` closes to readers).
+pub const OPEN: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v2/health/live",
+    "/v2/health/ready",
+];
+
+/// One route: method, path as written in the router (`{name}` for a parameter, and
+/// `{name}:verb` for a custom method in Google's API style), role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
     pub role: Role,
+    /// The action an audit record names when this route changes state
+    /// (`model.transition`); routes without one are audited only when refused.
+    pub audit: Option<&'static str>,
 }
 
 impl Route {
     pub const fn new(method: &'static str, path: &'static str, role: Role) -> Self {
-        Self { method, path, role }
+        Self {
+            method,
+            path,
+            role,
+            audit: None,
+        }
+    }
+
+    /// This route changes the platform's state: every call is audited as `action`.
+    pub const fn audited(mut self, action: &'static str) -> Self {
+        self.audit = Some(action);
+        self
     }
 
     /// `path` with every `{parameter}` replaced by `value`, for probing the router.
@@ -42,14 +87,163 @@ impl Route {
         out.push_str(rest);
         out
     }
+
+    /// How specifically this route's path matches a request path (more literal text,
+    /// higher), or `None` when it does not.
+    fn specificity(&self, path: &str) -> Option<usize> {
+        let (template, actual): (Vec<_>, Vec<_>) =
+            (self.path.split('/').collect(), path.split('/').collect());
+        if template.len() != actual.len() {
+            return None;
+        }
+        let mut score = 0;
+        for (t, a) in template.iter().zip(&actual) {
+            score += segment_match(t, a)?;
+        }
+        Some(score)
+    }
+
+    /// The value of `{parameter}` in a request `path` this route matches.
+    pub fn parameter<'p>(&self, path: &'p str, parameter: &str) -> Option<&'p str> {
+        let wanted = format!("{{{parameter}}}");
+        self.path
+            .split('/')
+            .zip(path.split('/'))
+            .find_map(|(t, a)| {
+                let suffix = t.strip_prefix(&wanted)?;
+                a.strip_suffix(suffix)
+            })
+    }
 }
 
-/// The role `table` requires for `method` on the router's matched `path`, if it lists it.
-pub fn role_of(table: &[Route], method: &str, path: &str) -> Option<Role> {
+/// Literal characters matched by a template segment against a path segment.
+fn segment_match(template: &str, actual: &str) -> Option<usize> {
+    match template.find('{') {
+        None => (template == actual).then_some(template.len() + 1),
+        Some(open) => {
+            let close = template.find('}')?;
+            let (prefix, suffix) = (&template[..open], &template[close + 1..]);
+            let middle = actual.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            (!middle.is_empty()).then_some(prefix.len() + suffix.len())
+        }
+    }
+}
+
+/// The route of `table` a request (`method`, `path`) calls, the most specific if several
+/// match (`/v1/models/{name}:rollback` before `/v1/models/{name}`).
+pub fn route_for<'t>(table: &'t [Route], method: &str, path: &str) -> Option<&'t Route> {
     table
         .iter()
-        .find(|r| r.method.eq_ignore_ascii_case(method) && r.path == path)
-        .map(|r| r.role)
+        .filter(|r| r.method.eq_ignore_ascii_case(method))
+        .filter_map(|r| r.specificity(path).map(|s| (s, r)))
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, r)| r)
+}
+
+/// Whether some route of `table` serves `path` with another method (405 rather than 404).
+pub fn path_known(table: &[Route], path: &str) -> bool {
+    table.iter().any(|r| r.specificity(path).is_some())
+}
+
+/// The role `table` requires for `method` on `path`, if it lists it.
+pub fn role_of(table: &[Route], method: &str, path: &str) -> Option<Role> {
+    route_for(table, method, path).map(|r| r.role)
+}
+
+/// A service's router under construction, each route checked against its table.
+pub struct Api<S = ()> {
+    router: Router<S>,
+    table: &'static [Route],
+    served: Vec<(&'static str, String)>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Api<S> {
+    pub fn new(table: &'static [Route]) -> Self {
+        Self {
+            router: Router::new(),
+            table,
+            served: Vec::new(),
+        }
+    }
+
+    pub fn get<H: Handler<T, S>, T: 'static>(self, path: &str, handler: H) -> Self {
+        self.add("GET", path, &[], get(handler))
+    }
+
+    pub fn post<H: Handler<T, S>, T: 'static>(self, path: &str, handler: H) -> Self {
+        self.add("POST", path, &[], post(handler))
+    }
+
+    pub fn put<H: Handler<T, S>, T: 'static>(self, path: &str, handler: H) -> Self {
+        self.add("PUT", path, &[], put(handler))
+    }
+
+    pub fn delete<H: Handler<T, S>, T: 'static>(self, path: &str, handler: H) -> Self {
+        self.add("DELETE", path, &[], delete(handler))
+    }
+
+    /// A `POST` on `path` that reads custom verbs from its last parameter
+    /// (`/v1/models/{name}` serving `…:rollback`): each `path:verb` must be declared.
+    pub fn post_verbs<H: Handler<T, S>, T: 'static>(
+        self,
+        path: &str,
+        verbs: &[&str],
+        handler: H,
+    ) -> Self {
+        self.add("POST", path, verbs, post(handler))
+    }
+
+    /// A probe route, open to anyone: only paths of [`OPEN`].
+    pub fn open<H: Handler<T, S>, T: 'static>(mut self, path: &str, handler: H) -> Self {
+        assert!(OPEN.contains(&path), "{path} is not an open probe path");
+        self.served.push(("GET", path.to_owned()));
+        self.router = self.router.route(path, get(handler));
+        self
+    }
+
+    /// A route whose method router carries layers of its own (a body limit): `method` names
+    /// the one method it serves.
+    pub fn route(self, method: &'static str, path: &str, handler: MethodRouter<S>) -> Self {
+        self.add(method, path, &[], handler)
+    }
+
+    fn add(
+        mut self,
+        method: &'static str,
+        path: &str,
+        verbs: &[&str],
+        handler: MethodRouter<S>,
+    ) -> Self {
+        let declared: Vec<String> = if verbs.is_empty() {
+            vec![path.to_owned()]
+        } else {
+            verbs.iter().map(|v| format!("{path}:{v}")).collect()
+        };
+        for path in declared {
+            assert!(
+                self.table
+                    .iter()
+                    .any(|r| r.method == method && r.path == path),
+                "{method} {path} is served but its route table declares no role for it"
+            );
+            self.served.push((method, path));
+        }
+        self.router = self.router.route(path, handler);
+        self
+    }
+
+    /// Every (method, path) this API serves, as its table would name them.
+    pub fn served(&self) -> &[(&'static str, String)] {
+        &self.served
+    }
+
+    pub fn table(&self) -> &'static [Route] {
+        self.table
+    }
+
+    pub fn into_router(self) -> Router<S> {
+        self.router
+    }
 }
 
 #[cfg(test)]
@@ -70,5 +264,48 @@ mod tests {
             Some(Role::Operator)
         );
         assert_eq!(role_of(&table, "GET", "/v1/datasets"), None);
+        assert_eq!(
+            role_of(&table, "GET", "/v1/feature-views/a/versions/3"),
+            Some(Role::Reader)
+        );
+        assert_eq!(role_of(&table, "GET", "/v1/feature-views/a/versions"), None);
+        assert_eq!(
+            role_of(&table, "GET", "/v1/feature-views//versions/3"),
+            None
+        );
+        assert!(path_known(&table, "/v1/datasets"));
+    }
+
+    #[test]
+    fn custom_verbs_are_told_apart() {
+        let table = [
+            Route::new("GET", "/v1/models/{name}", Role::Reader),
+            Route::new("POST", "/v1/models/{name}:rollback", Role::Approver),
+            Route::new("POST", "/v1/models/{name}:predict", Role::Inference),
+        ];
+        assert_eq!(
+            role_of(&table, "POST", "/v1/models/churn:rollback"),
+            Some(Role::Approver)
+        );
+        assert_eq!(
+            role_of(&table, "POST", "/v1/models/churn:predict"),
+            Some(Role::Inference)
+        );
+        assert_eq!(role_of(&table, "POST", "/v1/models/churn"), None);
+        assert_eq!(role_of(&table, "POST", "/v1/models/:rollback"), None);
+        let route = route_for(&table, "POST", "/v1/models/churn:rollback").unwrap();
+        assert_eq!(
+            route.parameter("/v1/models/churn:rollback", "name"),
+            Some("churn")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "declares no role")]
+    fn an_undeclared_route_cannot_be_served() {
+        static TABLE: &[Route] = &[Route::new("GET", "/v1/things", Role::Reader)];
+        let _ = Api::<()>::new(TABLE)
+            .get("/v1/things", || async { "ok" })
+            .post("/v1/things", || async { "ok" });
     }
 }

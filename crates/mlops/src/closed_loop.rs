@@ -132,7 +132,7 @@ pub(crate) async fn story(
     first: usize,
     total: usize,
 ) -> Result<(), String> {
-    let http = crate::status::http();
+    let http = crate::status::http(layout);
     let ingestion = layout.url("ingestion");
     let training = layout.url("training");
     let registry = layout.url("registry");

@@ -140,6 +140,22 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
         }
     };
 
+    let credentials = crate::credentials::Credentials::of(&layout.data_dir);
+    match credentials.ensure() {
+        Ok(issued) => {
+            let word = if issued { "created" } else { "kept" };
+            println!(
+                "mlops: API tokens {word}: admin in {}, producer in {} (send as `Authorization: Bearer <token>`)",
+                credentials.admin_token.display(),
+                credentials.producer_token.display()
+            );
+        }
+        Err(e) => {
+            eprintln!("mlops: cannot create the platform's API tokens: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+
     let mut services = Vec::new();
     for service in SERVICES {
         let mut command = Command::new(&exe);
@@ -148,6 +164,8 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
             .env("KAFKA_BOOTSTRAP_SERVERS", layout.bootstrap_servers())
             .env("SCHEMA_REGISTRY_URL", layout.schema_registry())
             .env("MLOPS_DATA_DIR", layout.data_dir.join(service))
+            .env("MLOPS_API_KEYS_FILE", &credentials.keys_file)
+            .env("MLOPS_SERVICE_TOKEN_FILE", &credentials.service_token)
             .env(
                 format!("MLOPS_{}_PORT", service.to_ascii_uppercase()),
                 layout.port(service).to_string(),
@@ -272,7 +290,7 @@ async fn demo_story(layout: &Layout, deadline: Instant) -> Result<(), String> {
 
 /// Polls every component's readiness until all are ready or `limit` passes.
 async fn wait_until_ready(layout: &Layout, limit: Duration) -> Result<Duration, String> {
-    let client = crate::status::http();
+    let client = crate::status::http(layout);
     let started = Instant::now();
     let mut pending: Vec<&str> = SERVICES.to_vec();
     let mut last_reason = String::new();

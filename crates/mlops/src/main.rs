@@ -1,7 +1,9 @@
 //! `mlops`: the whole platform on one machine. See `mlops --help`.
 
+mod audit;
 mod broker;
 mod closed_loop;
+mod credentials;
 mod demo;
 mod kafka;
 mod launcher;
@@ -45,6 +47,18 @@ enum Command {
     },
     /// Run the embedded Kafka-compatible broker in this process.
     Broker,
+    /// The audit trail: `mlops audit verify` checks every chain of `audit.log`.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Read every partition of audit.log and report the first broken link of each chain
+    /// (exit 1 when one is broken).
+    Verify,
 }
 
 fn main() -> ExitCode {
@@ -58,5 +72,8 @@ fn main() -> ExitCode {
             timeout: std::time::Duration::from_secs(timeout),
         }),
         Command::Status => status::main(),
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => audit::verify(),
     }
 }

@@ -4,10 +4,19 @@ use std::{process::ExitCode, time::Duration};
 
 use crate::platform::{Layout, SERVICES};
 
-/// The launcher's HTTP client: every request it makes is bounded in time.
-pub(crate) fn http() -> reqwest::Client {
+/// The launcher's HTTP client: every request it makes is bounded in time, and presents
+/// the platform's admin token (`MLOPS_TOKEN`, else `<data dir>/admin.token`).
+pub(crate) fn http(layout: &Layout) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = crate::credentials::admin_token(&layout.data_dir)
+        && let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+    {
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(headers)
         .build()
         .expect("an HTTP client with a timeout")
 }
@@ -44,7 +53,7 @@ pub(crate) async fn readiness(client: &reqwest::Client, url: &str) -> Result<Str
 
 /// One line per component; true when all are ready.
 pub(crate) async fn report(layout: &Layout) -> bool {
-    let client = http();
+    let client = http(layout);
     let mut all_ready = true;
     let broker = layout.bootstrap_servers();
     let broker_up = tokio::net::TcpStream::connect(broker.split(',').next().unwrap_or_default())

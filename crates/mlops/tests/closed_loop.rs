@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Client;
 use serde_json::{Value, json};
-use support::{Launched, Ports, mlops, wait_until_ready};
+use support::{Launched, Ports, admin_client, mlops, wait_until_ready};
 
 const DATASET: &str = "loop_payments";
 const VIEW: &str = "loop_spend";
@@ -225,10 +225,7 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
             .expect("mlops up"),
     );
     wait_until_ready(&ports).await;
-    let http = Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let http = admin_client(&dir.path().join("data"), Duration::from_secs(60));
     let mut stream = Stream {
         http: http.clone(),
         base: ports,

@@ -40,10 +40,18 @@ async fn spans_reach_an_otlp_receiver_in_the_callers_trace() {
 
     let dir = mlops_testkit::temp_dir();
     let port = free_port();
+    let (token, key) = mlops_service::auth::ApiKeys::issue(mlops_service::auth::Principal {
+        subject: "sre".to_owned(),
+        roles: [mlops_service::auth::PlatformRole::Sre].into(),
+        datasets: None,
+    });
+    let keys = dir.path().join("api-keys.json");
+    std::fs::write(&keys, serde_json::to_vec(&[key]).unwrap()).unwrap();
     let mut service = Command::new(env!("CARGO_BIN_EXE_mlops"))
         .args(["service", "registry"])
         .env("MLOPS_REGISTRY_PORT", port.to_string())
         .env("MLOPS_DATA_DIR", dir.path())
+        .env("MLOPS_API_KEYS_FILE", &keys)
         .env(
             "KAFKA_BOOTSTRAP_SERVERS",
             format!("127.0.0.1:{}", free_port()),
@@ -61,6 +69,7 @@ async fn spans_reach_an_otlp_receiver_in_the_callers_trace() {
     loop {
         let answer = client
             .get(format!("http://127.0.0.1:{port}/subjects"))
+            .bearer_auth(&token)
             .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
             .send()
             .await;

@@ -9,14 +9,13 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use mlops_kafka::{KafkaConfig, Producer, TopicSpec, ensure_topics};
 use mlops_runtime::Supervisor;
 use mlops_schema::{AvroCodec, RegistryError, SchemaRegistry, json::FieldError};
 use mlops_service::{
     ApiError,
-    routes::{Role, Route},
+    routes::{Api, Role, Route},
 };
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -196,7 +195,7 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
 
 /// Every route of the feature API and the role it requires.
 pub const ROUTES: &[Route] = &[
-    Route::new("POST", "/v1/feature-views", Role::Operator),
+    Route::new("POST", "/v1/feature-views", Role::Operator).audited("feature_view.declare"),
     Route::new("GET", "/v1/feature-views", Role::Reader),
     Route::new("GET", "/v1/feature-views/{view}", Role::Reader),
     Route::new(
@@ -214,32 +213,32 @@ pub const ROUTES: &[Route] = &[
         "/v1/feature-views/{view}/entities:lookup",
         Role::Reader,
     ),
-    Route::new("POST", "/v1/training-sets", Role::Operator),
+    Route::new("POST", "/v1/training-sets", Role::Operator).audited("training_set.create"),
     Route::new("GET", "/v1/training-sets", Role::Reader),
     Route::new("GET", "/v1/training-sets/{id}", Role::Reader),
     Route::new("GET", "/v1/training-sets/{id}/data", Role::Reader),
 ];
 
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/feature-views", post(declare_view).get(list_views))
-        .route("/v1/feature-views/{view}", get(get_view))
-        .route(
+/// The routes, each checked against [`ROUTES`].
+pub fn routes() -> Api<Arc<App>> {
+    Api::new(ROUTES)
+        .post("/v1/feature-views", declare_view)
+        .get("/v1/feature-views", list_views)
+        .get("/v1/feature-views/{view}", get_view)
+        .get(
             "/v1/feature-views/{view}/versions/{version}",
-            get(get_view_version),
+            get_view_version,
         )
-        .route("/v1/feature-views/{view}/entities/{id}", get(get_entity))
-        .route(
-            "/v1/feature-views/{view}/entities:lookup",
-            post(lookup_entities),
-        )
-        .route(
-            "/v1/training-sets",
-            post(create_training_set).get(list_training_sets),
-        )
-        .route("/v1/training-sets/{id}", get(get_training_set))
-        .route("/v1/training-sets/{id}/data", get(get_training_set_data))
-        .with_state(app)
+        .get("/v1/feature-views/{view}/entities/{id}", get_entity)
+        .post("/v1/feature-views/{view}/entities:lookup", lookup_entities)
+        .post("/v1/training-sets", create_training_set)
+        .get("/v1/training-sets", list_training_sets)
+        .get("/v1/training-sets/{id}", get_training_set)
+        .get("/v1/training-sets/{id}/data", get_training_set_data)
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    routes().into_router().with_state(app)
 }
 
 fn version_body(version: &ViewVersion) -> Json {

@@ -131,7 +131,7 @@ pub async fn run(
         settings.store_url.clone()
     };
     let store = FeatureStore::open(&store_url)?;
-    let codec = Arc::new(config.schema_registry.codec()?);
+    let codec = Arc::new(config.codec());
     let producer = Producer::new(&config.kafka, codec.clone())?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ConsumerMetrics::register(&mut registry);
@@ -163,7 +163,15 @@ pub async fn run(
         supervisor: supervisor.clone(),
         cancel: tasks.token(),
     });
-    let router = admin.with_http_telemetry(admin.router().merge(api::router(app.clone())));
+    let (auditor, audit_writer) =
+        mlops_service::audit::Auditor::new(SERVICE, &config.kafka, producer.clone());
+    tasks.spawn("audit", audit_writer.run(tasks.token()));
+    let router = admin.with_http_telemetry(config.protect(
+        SERVICE,
+        admin.router().merge(api::router(app.clone())),
+        &[api::ROUTES],
+        Some(auditor),
+    )?);
 
     let intake = ConsumerLoop::new(
         &config.kafka,

@@ -13,20 +13,18 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
-use mlops_events::{AuditOutcome, AuditRecord, new_id, now_millis, topics};
-use mlops_kafka::{DeadLetters, KafkaConfig, OwnedHeaders, Producer, TopicSpec, ensure_topics};
+use mlops_events::topics;
+use mlops_kafka::{DeadLetters, KafkaConfig, Producer, TopicSpec, ensure_topics};
 use mlops_schema::{RegistryError, SchemaRegistry, json::FieldError};
 pub use mlops_service::ApiError;
-use mlops_service::routes::{Role, Route};
+use mlops_service::routes::{Api, Role, Route};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -137,19 +135,26 @@ impl App {
 
 /// Every route of the ingestion API and the role it requires.
 pub const ROUTES: &[Route] = &[
-    Route::new("POST", "/v1/datasets", Role::Operator),
+    Route::new("POST", "/v1/datasets", Role::Operator).audited("dataset.register"),
     Route::new("GET", "/v1/datasets", Role::Reader),
     Route::new("GET", "/v1/datasets/{name}", Role::Reader),
     Route::new("POST", "/v1/datasets/{name}/events", Role::Producer),
     Route::new("POST", "/v1/datasets/{name}/labels", Role::Producer),
 ];
 
+/// The routes, each checked against [`ROUTES`].
+pub fn routes() -> Api<Arc<App>> {
+    Api::new(ROUTES)
+        .post("/v1/datasets", register_dataset)
+        .get("/v1/datasets", list_datasets)
+        .get("/v1/datasets/{name}", get_dataset)
+        .post("/v1/datasets/{name}/events", post_events)
+        .post("/v1/datasets/{name}/labels", labels::post_labels)
+}
+
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/datasets", post(register_dataset).get(list_datasets))
-        .route("/v1/datasets/{name}", get(get_dataset))
-        .route("/v1/datasets/{name}/events", post(post_events))
-        .route("/v1/datasets/{name}/labels", post(labels::post_labels))
+    routes()
+        .into_router()
         // Bodies are read with our own limit, to answer 413 in the API's error format.
         .layer(DefaultBodyLimit::disable())
         .with_state(app)
@@ -265,15 +270,6 @@ async fn register_dataset(State(app): State<Arc<App>>, body: Body) -> Result<Res
         .expect("datasets lock")
         .insert(spec.name.clone(), dataset.clone());
     let created = previous.is_none_or(|p| p.version != version);
-    if created {
-        audit(
-            &app,
-            "dataset.register",
-            &format!("datasets/{}", spec.name),
-            Some(format!("schema version {version}")),
-        )
-        .await;
-    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -316,41 +312,6 @@ async fn register_schema(app: &App, subject: &str, schema: &Json) -> Result<(u32
         .await
         .map_err(refused)?;
     Ok((id, i64::from(registered.version)))
-}
-
-/// Appends an audit record; a failure is logged, never hidden from metrics or logs.
-async fn audit(app: &App, action: &str, resource: &str, reason: Option<String>) {
-    let occurred_at = now_millis();
-    let actor = "anonymous".to_owned();
-    let hash = hex::encode(Sha256::digest(
-        format!("|{actor}|{action}|{resource}|success|{occurred_at}").as_bytes(),
-    ));
-    let record = AuditRecord {
-        audit_id: new_id(),
-        actor,
-        role: None,
-        action: action.to_owned(),
-        resource: resource.to_owned(),
-        outcome: AuditOutcome::Success,
-        reason,
-        source_ip: None,
-        trace_id: mlops_telemetry::current_trace_id(),
-        occurred_at,
-        prev_hash: None,
-        hash,
-    };
-    if let Err(e) = app
-        .producer
-        .send_event(
-            topics::AUDIT_LOG,
-            Some(resource.as_bytes()),
-            &record,
-            OwnedHeaders::new(),
-        )
-        .await
-    {
-        tracing::error!(action, resource, error = %e, "audit record not written");
-    }
 }
 
 async fn list_datasets(State(app): State<Arc<App>>) -> axum::Json<Json> {

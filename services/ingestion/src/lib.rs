@@ -111,9 +111,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let common = &config.common;
     let store = store::Store::connect(&common.database_url(SERVICE)).await?;
-    let codec = Arc::new(common.schema_registry.codec()?);
+    let codec = Arc::new(common.codec());
     let schema_registry = codec.registry().clone();
     let producer = Producer::new(&common.kafka, codec)?;
+    let (auditor, audit_writer) =
+        mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
     let mut registry = prometheus_client::registry::Registry::default();
     let app = Arc::new(api::App::new(
         config.ingestion.clone(),
@@ -125,10 +127,10 @@ pub async fn run(
     ));
     app.load().await?;
 
-    // The audit trail is shared by every service; ingestion writes dataset registrations.
+    // The audit trail is shared by every service (each on its own partition).
     // Labels are shared with the feature service, which creates the topic the same way.
     let audit = [
-        TopicSpec::new(topics::AUDIT_LOG, 1),
+        mlops_service::audit::audit_topic(),
         TopicSpec::new(topics::LABELS, 3),
     ];
     let kafka = common.kafka.clone();
@@ -147,11 +149,17 @@ pub async fn run(
         async move { store.ping().await.map_err(|e| e.to_string()) }
     }));
     let admin = AdminState::new(SERVICE, registry, checks);
-    let router = admin.with_http_telemetry(api::router(app).merge(admin.router()));
-    let (served, (), ()) = tokio::join!(
-        mlops_runtime::serve(listener, router, cancel),
+    let router = admin.with_http_telemetry(common.protect(
+        SERVICE,
+        api::router(app).merge(admin.router()),
+        &[api::ROUTES],
+        Some(auditor),
+    )?);
+    let (served, (), (), _) = tokio::join!(
+        mlops_runtime::serve(listener, router, cancel.clone()),
         pruning,
-        provisioning
+        provisioning,
+        audit_writer.run(cancel)
     );
     served?;
     Ok(())

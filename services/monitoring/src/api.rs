@@ -9,11 +9,10 @@ use axum::{
     Json as Body, Router,
     extract::{Path, State},
     http::StatusCode,
-    routing::get,
 };
 use mlops_service::{
     ApiError,
-    routes::{Role, Route},
+    routes::{Api, Role, Route},
 };
 use serde_json::{Value as Json, json};
 
@@ -25,11 +24,15 @@ pub const ROUTES: &[Route] = &[
     Route::new("GET", "/v1/monitoring/models/{name}", Role::Reader),
 ];
 
+/// The routes, each checked against [`ROUTES`].
+pub fn routes() -> Api<Arc<Shared>> {
+    Api::new(ROUTES)
+        .get("/v1/monitoring/models", list)
+        .get("/v1/monitoring/models/{name}", report)
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/monitoring/models", get(list))
-        .route("/v1/monitoring/models/{name}", get(report))
-        .with_state(shared)
+    routes().into_router().with_state(shared)
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> Body<Json> {

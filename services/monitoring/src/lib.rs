@@ -101,10 +101,8 @@ pub async fn run(
         common,
         monitoring: settings,
     } = config;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let codec = Arc::new(common.schema_registry.codec()?);
+    let http = common.http_client(Duration::from_secs(30));
+    let codec = Arc::new(common.codec());
     let producer = Producer::new(&common.kafka, codec.clone())?;
     let mut metrics = prometheus_client::registry::Registry::default();
     let shared = Arc::new(intake::Shared::new(
@@ -119,7 +117,15 @@ pub async fn run(
 
     let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
     let admin = mlops_runtime::AdminState::new(SERVICE, metrics, common.readiness_checks());
-    let router = admin.with_http_telemetry(api::router(shared.clone()).merge(admin.router()));
+    let (auditor, audit_writer) =
+        mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
+    tasks.spawn("audit", audit_writer.run(tasks.token()));
+    let router = admin.with_http_telemetry(common.protect(
+        SERVICE,
+        api::router(shared.clone()).merge(admin.router()),
+        &[api::ROUTES],
+        Some(auditor),
+    )?);
 
     let lifecycle_group = if settings.lifecycle_group.is_empty() {
         format!("monitoring-{}", mlops_events::new_id())

@@ -4,6 +4,7 @@
 //! signed with the registry's Ed25519 key; every model change is published to
 //! `models.lifecycle` from an outbox.
 
+pub mod audit;
 pub mod compatibility;
 pub mod models;
 pub mod schema_registry;
@@ -83,15 +84,28 @@ pub fn default_config() -> Config {
 
 /// The registry's HTTP API (Schema Registry, model registry and admin endpoints).
 pub fn router(
+    common: &mlops_service::CommonConfig,
     store: Arc<Store>,
     models: Arc<models::api::Models>,
     admin: &AdminState,
-) -> axum::Router {
-    admin.with_http_telemetry(
-        schema_registry::router(store)
-            .merge(models::api::router(models))
-            .merge(admin.router()),
-    )
+    auditor: mlops_service::audit::Auditor,
+) -> anyhow::Result<axum::Router> {
+    let audit_log = Arc::new(audit::AuditLog {
+        pool: store.pool().clone(),
+        codec: Arc::new(common.codec()),
+        kafka: common.kafka.clone(),
+    });
+    Ok(admin.with_http_telemetry(
+        common.protect(
+            SERVICE,
+            schema_registry::router(store)
+                .merge(models::api::router(models))
+                .merge(audit::router(audit_log))
+                .merge(admin.router()),
+            &[schema_registry::ROUTES, models::api::ROUTES, audit::ROUTES],
+            Some(auditor),
+        )?,
+    ))
 }
 
 /// Serves until `cancel` fires.
@@ -127,8 +141,10 @@ pub async fn run(
 
     // The registry is its own Schema Registry: its events are encoded through the API it
     // serves (the configured URL, which points here unless a Confluent registry is used).
-    let codec = Arc::new(common.schema_registry.codec()?);
+    let codec = Arc::new(common.codec());
     let producer = Producer::new(&common.kafka, codec.clone())?;
+    let (auditor, audit_writer) =
+        mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
     let publisher = models::outbox::Publisher {
         store: model_store.clone(),
         producer: producer.clone(),
@@ -136,12 +152,27 @@ pub async fn run(
         wake: wake.clone(),
     };
     let mut background = tokio::task::JoinSet::new();
+    let cancel_writer = cancel.clone();
     background.spawn(publisher.run(cancel.clone()));
+    background.spawn(async move {
+        let _ = audit_writer.run(cancel_writer).await;
+    });
     let decisions = models::decisions::Decisions {
         store: model_store,
-        codec,
+        codec: codec.clone(),
         wake,
+        auditor: auditor.clone(),
     };
+    background.spawn(consume_audit_log(
+        common.kafka.clone(),
+        producer.clone(),
+        audit::AuditLog {
+            pool: store.pool().clone(),
+            codec: codec.clone(),
+            kafka: common.kafka.clone(),
+        },
+        cancel.clone(),
+    ));
     background.spawn(consume_decisions(
         common.kafka.clone(),
         producer,
@@ -158,8 +189,14 @@ pub async fn run(
         mlops_service::broker_check(&common.kafka),
     ];
     let admin = AdminState::new(SERVICE, Default::default(), checks);
-    let served =
-        mlops_runtime::serve(listener, router(store, models, &admin), cancel.clone()).await;
+    let router = match router(common, store, models, &admin, auditor.clone()) {
+        Ok(router) => router,
+        Err(e) => {
+            cancel.cancel();
+            return Err(e);
+        }
+    };
+    let served = mlops_runtime::serve(listener, router, cancel.clone()).await;
     cancel.cancel();
     // The consumer leaves its group within CLOSE_TIMEOUT; the publisher stops at once.
     let drained = async { while background.join_next().await.is_some() {} };
@@ -186,6 +223,30 @@ async fn consume_decisions(
         3,
         producer,
         decisions,
+        cancel,
+    )
+    .await;
+}
+
+/// Copies `audit.log` into the database for queries, until `cancel` fires.
+async fn consume_audit_log(
+    kafka: mlops_kafka::KafkaConfig,
+    producer: Producer,
+    log: audit::AuditLog,
+    cancel: CancellationToken,
+) {
+    // Created here with its settings (kept forever) if no service has written to it yet.
+    if let Err(e) = mlops_kafka::ensure_topics(&kafka, &[mlops_service::audit::audit_topic()]).await
+    {
+        warn!(error = %e, "audit.log not created yet; its consumer retries");
+    }
+    ConsumerLoop::run_until_cancelled(
+        &kafka,
+        audit::GROUP,
+        topics::AUDIT_LOG,
+        mlops_events::audit::AUDIT_PARTITIONS,
+        producer,
+        log,
         cancel,
     )
     .await;

@@ -12,8 +12,8 @@ use axum::{
     extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
+use mlops_service::routes::{Api, Role, Route};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -25,48 +25,95 @@ use crate::{
 
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
+/// Every Schema Registry route and the role it requires: reading and checking schemas is
+/// a reader's, changing subjects and their compatibility an operator's.
+pub const ROUTES: &[Route] = &[
+    Route::new("GET", "/", Role::Reader),
+    Route::new("GET", "/schemas/types", Role::Reader),
+    Route::new("GET", "/subjects", Role::Reader),
+    Route::new("POST", "/subjects/{subject}", Role::Reader),
+    Route::new("DELETE", "/subjects/{subject}", Role::Operator).audited("schema.delete_subject"),
+    Route::new("GET", "/subjects/{subject}/versions", Role::Reader),
+    Route::new("POST", "/subjects/{subject}/versions", Role::Operator).audited("schema.register"),
+    Route::new(
+        "GET",
+        "/subjects/{subject}/versions/{version}",
+        Role::Reader,
+    ),
+    Route::new(
+        "DELETE",
+        "/subjects/{subject}/versions/{version}",
+        Role::Operator,
+    )
+    .audited("schema.delete_version"),
+    Route::new(
+        "GET",
+        "/subjects/{subject}/versions/{version}/schema",
+        Role::Reader,
+    ),
+    Route::new(
+        "GET",
+        "/subjects/{subject}/versions/{version}/referencedby",
+        Role::Reader,
+    ),
+    Route::new("GET", "/schemas/ids/{id}", Role::Reader),
+    Route::new("GET", "/schemas/ids/{id}/schema", Role::Reader),
+    Route::new("GET", "/schemas/ids/{id}/versions", Role::Reader),
+    Route::new(
+        "POST",
+        "/compatibility/subjects/{subject}/versions",
+        Role::Reader,
+    ),
+    Route::new(
+        "POST",
+        "/compatibility/subjects/{subject}/versions/{version}",
+        Role::Reader,
+    ),
+    Route::new("GET", "/config", Role::Reader),
+    Route::new("PUT", "/config", Role::Operator).audited("schema.config"),
+    Route::new("GET", "/config/{subject}", Role::Reader),
+    Route::new("PUT", "/config/{subject}", Role::Operator).audited("schema.config"),
+    Route::new("DELETE", "/config/{subject}", Role::Operator).audited("schema.config_delete"),
+];
+
+/// The Schema Registry routes, each checked against [`ROUTES`].
+pub fn routes() -> Api<Arc<Store>> {
+    Api::new(ROUTES)
+        .get("/", root)
+        .get("/schemas/types", schema_types)
+        .get("/subjects", list_subjects)
+        .post("/subjects/{subject}", lookup)
+        .delete("/subjects/{subject}", delete_subject)
+        .get("/subjects/{subject}/versions", list_versions)
+        .post("/subjects/{subject}/versions", register)
+        .get("/subjects/{subject}/versions/{version}", get_version)
+        .delete("/subjects/{subject}/versions/{version}", delete_version)
+        .get(
+            "/subjects/{subject}/versions/{version}/schema",
+            get_version_schema,
+        )
+        .get(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            referenced_by,
+        )
+        .get("/schemas/ids/{id}", get_schema_by_id)
+        .get("/schemas/ids/{id}/schema", get_raw_schema_by_id)
+        .get("/schemas/ids/{id}/versions", get_schema_usages)
+        .post("/compatibility/subjects/{subject}/versions", check_all)
+        .post(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            check_version,
+        )
+        .get("/config", get_global_config)
+        .put("/config", put_global_config)
+        .get("/config/{subject}", get_subject_config)
+        .put("/config/{subject}", put_subject_config)
+        .delete("/config/{subject}", delete_subject_config)
+}
+
 /// The Schema Registry routes, sharing the registry's port with its other APIs.
 pub fn router(store: Arc<Store>) -> Router {
-    Router::new()
-        .route("/", get(root))
-        .route("/schemas/types", get(schema_types))
-        .route("/subjects", get(list_subjects))
-        .route("/subjects/{subject}", post(lookup).delete(delete_subject))
-        .route(
-            "/subjects/{subject}/versions",
-            get(list_versions).post(register),
-        )
-        .route(
-            "/subjects/{subject}/versions/{version}",
-            get(get_version).delete(delete_version),
-        )
-        .route(
-            "/subjects/{subject}/versions/{version}/schema",
-            get(get_version_schema),
-        )
-        .route(
-            "/subjects/{subject}/versions/{version}/referencedby",
-            get(referenced_by),
-        )
-        .route("/schemas/ids/{id}", get(get_schema_by_id))
-        .route("/schemas/ids/{id}/schema", get(get_raw_schema_by_id))
-        .route("/schemas/ids/{id}/versions", get(get_schema_usages))
-        .route(
-            "/compatibility/subjects/{subject}/versions",
-            post(check_all),
-        )
-        .route(
-            "/compatibility/subjects/{subject}/versions/{version}",
-            post(check_version),
-        )
-        .route("/config", get(get_global_config).put(put_global_config))
-        .route(
-            "/config/{subject}",
-            get(get_subject_config)
-                .put(put_subject_config)
-                .delete(delete_subject_config),
-        )
-        .with_state(store)
+    routes().into_router().with_state(store)
 }
 
 /// An error in Confluent's shape: `{"error_code": 40401, "message": "..."}`.

@@ -27,6 +27,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "models",
         sql: include_str!("../migrations/0002_models.sql"),
     },
+    Migration {
+        version: 3,
+        description: "audit",
+        sql: include_str!("../migrations/0003_audit.sql"),
+    },
 ];
 
 /// The key under which the global compatibility level is stored.

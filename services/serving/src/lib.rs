@@ -94,12 +94,10 @@ pub async fn run(
         common,
         serving: settings,
     } = config;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = common.http_client(Duration::from_secs(30));
     let registry = mlops_ml::registry::RegistryClient::new(http.clone(), &settings.registry_url);
     let deployments = Arc::new(deployments::Deployments::new(registry));
-    let codec = Arc::new(common.schema_registry.codec()?);
+    let codec = Arc::new(common.codec());
     let producer = Producer::new(&common.kafka, codec.clone())?;
 
     let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
@@ -134,7 +132,15 @@ pub async fn run(
             timeout: Duration::from_millis(settings.feature_timeout_ms),
         },
     });
-    let router = admin.with_http_telemetry(oip::router(serving).merge(admin.router()));
+    let (auditor, audit_writer) =
+        mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
+    tasks.spawn("audit", audit_writer.run(tasks.token()));
+    let router = admin.with_http_telemetry(common.protect(
+        SERVICE,
+        oip::router(serving).merge(admin.router()),
+        &[oip::ROUTES],
+        Some(auditor),
+    )?);
 
     let group = if settings.lifecycle_group.is_empty() {
         format!("serving-{}", mlops_events::new_id())

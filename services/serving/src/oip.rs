@@ -18,9 +18,8 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
-use mlops_service::routes::{Role, Route};
+use mlops_service::routes::{Api, Role, Route};
 use ndarray::Array2;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -48,36 +47,43 @@ impl Serving {
 /// Every route of the serving API (OIP and `:predict`) and the role it requires. The health endpoints
 /// (`/v2/health/live`, `/v2/health/ready`) stay open, like `/healthz`.
 pub const ROUTES: &[Route] = &[
-    Route::new("GET", "/v2/models/{name}", Role::Reader),
-    Route::new("GET", "/v2/models/{name}/ready", Role::Reader),
-    Route::new("GET", "/v2/models/{name}/versions/{version}", Role::Reader),
-    Route::new("POST", "/v2/models/{name}/infer", Role::Reader),
+    // An inference client reads a model's metadata and readiness before it asks.
+    Route::new("GET", "/v2/models/{name}", Role::Inference),
+    Route::new("GET", "/v2/models/{name}/ready", Role::Inference),
+    Route::new(
+        "GET",
+        "/v2/models/{name}/versions/{version}",
+        Role::Inference,
+    ),
+    Route::new("POST", "/v2/models/{name}/infer", Role::Inference),
     Route::new(
         "POST",
         "/v2/models/{name}/versions/{version}/infer",
-        Role::Reader,
+        Role::Inference,
     ),
     // Served by the `{name}` route, which reads the verb.
-    Route::new("POST", "/v1/models/{name}:predict", Role::Reader),
+    Route::new("POST", "/v1/models/{name}:predict", Role::Inference),
 ];
 
+/// The routes, each checked against [`ROUTES`].
+pub fn routes() -> Api<Arc<Serving>> {
+    Api::new(ROUTES)
+        .open("/v2/health/live", live)
+        .open("/v2/health/ready", ready)
+        .get("/v2/models/{name}", metadata)
+        .get("/v2/models/{name}/ready", model_ready)
+        .get("/v2/models/{name}/versions/{version}", version_metadata)
+        .post("/v2/models/{name}/infer", infer)
+        .post("/v2/models/{name}/versions/{version}/infer", infer_version)
+        .post_verbs(
+            "/v1/models/{name}",
+            &["predict"],
+            crate::predict::model_verb,
+        )
+}
+
 pub fn router(serving: Arc<Serving>) -> Router {
-    Router::new()
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{name}", get(metadata))
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(version_metadata),
-        )
-        .route("/v2/models/{name}/infer", post(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer_version),
-        )
-        .route("/v1/models/{name}", post(crate::predict::model_verb))
-        .with_state(serving)
+    routes().into_router().with_state(serving)
 }
 
 /// The protocol's error: a status and `{"error": "..."}`.

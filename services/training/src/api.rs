@@ -10,12 +10,11 @@ use axum::{
     body::Bytes,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
-    routing::{get, post},
 };
 use mlops_events::TrainingReason;
 use mlops_service::{
     ApiError,
-    routes::{Role, Route},
+    routes::{Api, Role, Route},
 };
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -28,10 +27,10 @@ use crate::{
 
 /// Every route of the training API and the role it requires.
 pub const ROUTES: &[Route] = &[
-    Route::new("POST", "/v1/models/specs", Role::Operator),
+    Route::new("POST", "/v1/models/specs", Role::Operator).audited("model_spec.declare"),
     Route::new("GET", "/v1/models/specs", Role::Reader),
     Route::new("GET", "/v1/models/specs/{name}", Role::Reader),
-    Route::new("POST", "/v1/training-runs", Role::Operator),
+    Route::new("POST", "/v1/training-runs", Role::Operator).audited("training_run.start"),
     Route::new("GET", "/v1/training-runs", Role::Reader),
     Route::new("GET", "/v1/training-runs/{id}", Role::Reader),
 ];
@@ -41,13 +40,19 @@ pub struct App {
     pub runner: Arc<Runner>,
 }
 
+/// The routes, each checked against [`ROUTES`].
+pub fn routes() -> Api<Arc<App>> {
+    Api::new(ROUTES)
+        .post("/v1/models/specs", declare_spec)
+        .get("/v1/models/specs", list_specs)
+        .get("/v1/models/specs/{name}", get_spec)
+        .post("/v1/training-runs", start_run)
+        .get("/v1/training-runs", list_runs)
+        .get("/v1/training-runs/{id}", get_run)
+}
+
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/models/specs", post(declare_spec).get(list_specs))
-        .route("/v1/models/specs/{name}", get(get_spec))
-        .route("/v1/training-runs", post(start_run).get(list_runs))
-        .route("/v1/training-runs/{id}", get(get_run))
-        .with_state(app)
+    routes().into_router().with_state(app)
 }
 
 fn database(e: StoreError) -> ApiError {

@@ -138,11 +138,9 @@ pub async fn run(
     if let Some(dir) = &settings.specs_dir {
         declare_specs_from(dir, &store).await?;
     }
-    let codec = Arc::new(common.schema_registry.codec()?);
+    let codec = Arc::new(common.codec());
     let producer = Producer::new(&common.kafka, codec.clone())?;
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(300))
-        .build()?;
+    let http = common.http_client(std::time::Duration::from_secs(300));
     let runner = Arc::new(runner::Runner {
         store: store.clone(),
         http: http.clone(),
@@ -167,9 +165,17 @@ pub async fn run(
         store,
         runner: runner.clone(),
     });
-    let router = admin.with_http_telemetry(api::router(app).merge(admin.router()));
+    let (auditor, audit_writer) =
+        mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
+    let router = admin.with_http_telemetry(common.protect(
+        SERVICE,
+        api::router(app).merge(admin.router()),
+        &[api::ROUTES],
+        Some(auditor),
+    )?);
 
     let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
+    tasks.spawn("audit", audit_writer.run(tasks.token()));
     tasks.spawn("scheduler", runner.clone().schedule(tasks.token()));
     tasks.spawn(
         "schedules",

@@ -82,6 +82,22 @@ pub(crate) fn service_pid(parent: u32, name: &str) -> Option<u32> {
     })
 }
 
+/// A client presenting the admin token `mlops up` wrote into `data_dir`.
+pub(crate) fn admin_client(data_dir: &Path, timeout: Duration) -> reqwest::Client {
+    let token =
+        std::fs::read_to_string(data_dir.join("admin.token")).expect("mlops up wrote admin.token");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 pub(crate) async fn wait_until_ready(ports: &Ports) {
     let client = reqwest::Client::new();
     let started = Instant::now();

@@ -10,13 +10,12 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use mlops_events::ModelStage as Stage;
 use mlops_ml::{ModelArtifact, Signer};
 use mlops_service::{
     ApiError,
-    routes::{Role, Route},
+    routes::{Api, Role, Route},
 };
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path as ObjectPath};
 use serde::Deserialize;
@@ -37,10 +36,10 @@ pub const ROUTES: &[Route] = &[
     Route::new("GET", "/v1/models", Role::Reader),
     Route::new("GET", "/v1/models/{name}", Role::Reader),
     // `POST /v1/models/{name}:rollback`: served by the `{name}` route, which reads the verb.
-    Route::new("POST", "/v1/models/{name}:rollback", Role::Approver),
+    Route::new("POST", "/v1/models/{name}:rollback", Role::Approver).audited("model.rollback"),
     Route::new("GET", "/v1/models/{name}/history", Role::Reader),
     Route::new("GET", "/v1/models/{name}/versions", Role::Reader),
-    Route::new("POST", "/v1/models/{name}/versions", Role::Operator),
+    Route::new("POST", "/v1/models/{name}/versions", Role::Operator).audited("model.register"),
     Route::new("GET", "/v1/models/{name}/versions/{version}", Role::Reader),
     Route::new(
         "GET",
@@ -56,7 +55,8 @@ pub const ROUTES: &[Route] = &[
         "POST",
         "/v1/models/{name}/versions/{version}/transitions",
         Role::Approver,
-    ),
+    )
+    .audited("model.transition"),
 ];
 
 pub struct Models {
@@ -72,27 +72,34 @@ pub struct Models {
     pub max_artifact_bytes: usize,
 }
 
-pub fn router(models: Arc<Models>) -> Router {
-    let registration_limit = DefaultBodyLimit::max(models.max_artifact_bytes);
-    Router::new()
-        .route("/v1/signing-key", get(signing_key))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{name}", get(get_model).post(model_verb))
-        .route("/v1/models/{name}/history", get(history))
+/// The routes, each checked against [`ROUTES`]; registrations may carry artifacts of up
+/// to `max_artifact_bytes`.
+pub fn routes(max_artifact_bytes: usize) -> Api<Arc<Models>> {
+    let registration_limit = DefaultBodyLimit::max(max_artifact_bytes);
+    Api::new(ROUTES)
+        .get("/v1/signing-key", signing_key)
+        .get("/v1/models", list_models)
+        .get("/v1/models/{name}", get_model)
+        .post_verbs("/v1/models/{name}", &["rollback"], model_verb)
+        .get("/v1/models/{name}/history", history)
+        .get("/v1/models/{name}/versions", list_versions)
         .route(
+            "POST",
             "/v1/models/{name}/versions",
-            get(list_versions).post(register).layer(registration_limit),
+            axum::routing::post(register).layer(registration_limit),
         )
-        .route("/v1/models/{name}/versions/{version}", get(get_version))
-        .route(
-            "/v1/models/{name}/versions/{version}/artifact",
-            get(artifact),
-        )
-        .route("/v1/models/{name}/versions/{version}/lineage", get(lineage))
-        .route(
+        .get("/v1/models/{name}/versions/{version}", get_version)
+        .get("/v1/models/{name}/versions/{version}/artifact", artifact)
+        .get("/v1/models/{name}/versions/{version}/lineage", lineage)
+        .post(
             "/v1/models/{name}/versions/{version}/transitions",
-            post(transition),
+            transition,
         )
+}
+
+pub fn router(models: Arc<Models>) -> Router {
+    routes(models.max_artifact_bytes)
+        .into_router()
         .with_state(models)
 }
 

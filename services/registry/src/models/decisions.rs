@@ -23,6 +23,7 @@ pub struct Decisions {
     pub store: ModelStore,
     pub codec: Arc<AvroCodec>,
     pub wake: Arc<Notify>,
+    pub auditor: mlops_service::audit::Auditor,
 }
 
 impl Handler for Decisions {
@@ -78,6 +79,25 @@ impl Handler for Decisions {
             .await
             .map_err(refusal)?;
         info!(model = %decision.model_name, version = decision.canary_version, verdict = ?decision.decision, "canary decision applied");
+        let action = match decision.decision {
+            CanaryVerdict::Rollback => "model.rollback",
+            _ => "model.transition",
+        };
+        let _ = self
+            .auditor
+            .record(mlops_service::audit::AuditEntry {
+                actor: "monitoring".into(),
+                role: Some("service".into()),
+                action: action.into(),
+                resource: format!(
+                    "models/{}/versions/{}",
+                    decision.model_name, decision.canary_version
+                ),
+                outcome: mlops_events::AuditOutcome::Success,
+                reason: Some(cause.reason.clone()),
+                source_ip: None,
+            })
+            .await;
         self.wake.notify_one();
         Ok(())
     }
