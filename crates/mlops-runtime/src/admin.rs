@@ -264,7 +264,7 @@ pub async fn serve(
     // Handlers and the audit trail see the client's address.
     axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router.into_make_service_with_connect_info::<crate::tls::PeerAddr>(),
     )
     .with_graceful_shutdown(cancel.cancelled_owned())
     .await

@@ -8,6 +8,7 @@ pub mod cpu;
 mod secret;
 pub mod supervisor;
 pub mod tasks;
+pub mod tls;
 
 pub use admin::{AdminState, ReadinessCheck, serve};
 pub use config::{ConfigError, load_config};

@@ -8,7 +8,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::SocketAddr,
     sync::Arc,
 };
 
@@ -253,8 +252,8 @@ async fn check(State(gate): State<Gate>, mut request: Request, next: Next) -> Re
     };
     let source_ip = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+        .get::<ConnectInfo<mlops_runtime::tls::PeerAddr>>()
+        .map(|c| c.0.0.ip().to_string());
     let mutating = method != "GET";
     let principal = match &gate.keys {
         None => None,

@@ -91,6 +91,25 @@ pub struct CommonConfig {
     pub data_dir: PathBuf,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+/// HTTPS: what this service serves with, and what it trusts when it calls the others.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and key: the API is served over TLS only (`MLOPS_TLS_CERT_FILE`,
+    /// `MLOPS_TLS_KEY_FILE`); SIGHUP reads them again.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Clients must present a certificate signed by this CA (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// The CA that signed the other services' certificates (`MLOPS_TLS_CA_FILE`): this
+    /// service's clients trust it.
+    pub ca_file: Option<PathBuf>,
+    /// The certificate and key this service presents when another asks for one.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// Who may call this service, and how it proves itself to the others.
@@ -149,6 +168,7 @@ impl CommonConfig {
             data_dir: PathBuf::from(".mlops"),
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 
@@ -177,6 +197,28 @@ impl CommonConfig {
         }
         if self.schema_registry.attempts == 0 {
             errors.push("schema_registry.attempts: must be at least 1".to_owned());
+        }
+        let tls = &self.tls;
+        for (a, b, what) in [
+            (
+                &tls.cert_file,
+                &tls.key_file,
+                "tls.cert_file and tls.key_file",
+            ),
+            (
+                &tls.client_cert_file,
+                &tls.client_key_file,
+                "tls.client_cert_file and tls.client_key_file",
+            ),
+        ] {
+            if a.is_some() != b.is_some() {
+                errors.push(format!("{what}: set both or neither"));
+            }
+        }
+        if tls.client_ca_file.is_some() && tls.cert_file.is_none() {
+            errors.push(
+                "tls.client_ca_file: mutual TLS needs tls.cert_file and tls.key_file".to_owned(),
+            );
         }
         errors
     }
@@ -257,6 +299,29 @@ impl CommonConfig {
             .protect(router))
     }
 
+    /// Serves `router` on `listener` until `cancel` fires: over TLS when `tls.cert_file`
+    /// is set, plain HTTP otherwise.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        router: axum::Router,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                let tls = mlops_runtime::tls::ServerTls::load(
+                    cert,
+                    key,
+                    self.tls.client_ca_file.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+                mlops_runtime::tls::serve_tls(listener, tls, router, cancel).await?;
+            }
+            _ => mlops_runtime::serve(listener, router, cancel).await?,
+        }
+        Ok(())
+    }
+
     /// An HTTP client for the platform's other services: it presents the service token.
     pub fn http_client(&self, timeout: Duration) -> reqwest::Client {
         let mut headers = reqwest::header::HeaderMap::new();
@@ -267,10 +332,27 @@ impl CommonConfig {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .default_headers(headers)
+            .default_headers(headers);
+        // Files were checked at start (`check_files`): a client is built whatever happens.
+        if let Some(ca) = &self.tls.ca_file
+            && let Ok(pem) = std::fs::read(ca)
+        {
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&self.tls.client_cert_file, &self.tls.client_key_file)
+            && let (Ok(mut pem), Ok(key)) = (std::fs::read(cert), std::fs::read(key))
+        {
+            pem.extend_from_slice(&key);
+            if let Ok(identity) = reqwest::Identity::from_pem(&pem) {
+                builder = builder.identity(identity);
+            }
+        }
+        builder
             .build()
             .expect("an HTTP client with a timeout and default headers")
     }
@@ -362,13 +444,17 @@ pub fn spawn_consumer<H: mlops_kafka::Handler + Clone>(
 /// one of them fails; stopping leaves time for its consumers' bounded leave of their
 /// groups (`mlops_kafka::CLOSE_TIMEOUT`).
 pub async fn serve_with(
+    common: &CommonConfig,
     mut tasks: TaskSet,
     listener: TcpListener,
     router: axum::Router,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let token = tasks.token();
-    tasks.spawn("http", mlops_runtime::serve(listener, router, token));
+    let common = common.clone();
+    tasks.spawn("http", async move {
+        common.serve(listener, router, token).await
+    });
     tasks
         .run(
             cancel.cancelled(),
@@ -393,6 +479,10 @@ pub fn standard_aliases(service: &str) -> Vec<(String, String)> {
         alias("KAFKA_SASL_USERNAME".into(), "kafka.sasl_username"),
         alias("KAFKA_SASL_PASSWORD".into(), "kafka.sasl_password"),
         alias("KAFKA_SSL_KEY_PASSWORD".into(), "kafka.ssl_key_password"),
+        alias("MLOPS_TLS_CERT_FILE".into(), "tls.cert_file"),
+        alias("MLOPS_TLS_KEY_FILE".into(), "tls.key_file"),
+        alias("MLOPS_TLS_CLIENT_CA_FILE".into(), "tls.client_ca_file"),
+        alias("MLOPS_TLS_CA_FILE".into(), "tls.ca_file"),
         alias("MLOPS_AUTH_MODE".into(), "auth.mode"),
         alias("MLOPS_API_KEYS_FILE".into(), "auth.api_keys_file"),
         alias("MLOPS_SERVICE_TOKEN".into(), "auth.service_token"),

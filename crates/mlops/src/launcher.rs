@@ -46,14 +46,17 @@ pub(crate) enum Mode {
     Demo { exit: bool, timeout: Duration },
 }
 
-pub(crate) fn main(mode: Mode) -> ExitCode {
-    let layout = match Layout::from_env() {
+/// Runs the platform; with `tls`, every service's API over HTTPS with the certificates of
+/// `<data dir>/tls` (created on first use).
+pub(crate) fn main(mode: Mode, tls: bool) -> ExitCode {
+    let mut layout = match Layout::from_env() {
         Ok(layout) => layout,
         Err(errors) => {
             eprintln!("mlops: {}", errors.join("; "));
             return ExitCode::from(2);
         }
     };
+    layout.tls = tls;
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(run(mode, layout))
 }
@@ -140,6 +143,27 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
         }
     };
 
+    let certs = crate::certs::Certs::of(&layout.data_dir);
+    let marker = layout.data_dir.join("tls").join("active");
+    if layout.tls {
+        match certs.ensure() {
+            Ok(_) => println!(
+                "mlops: TLS on every API; trust {} (curl --cacert)",
+                certs.ca().display()
+            ),
+            Err(e) => {
+                eprintln!("mlops: cannot create the development certificates: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        // `mlops status` and friends then speak HTTPS to this platform.
+        if let Err(e) = std::fs::write(&marker, b"") {
+            eprintln!("mlops: {}: {e}", marker.display());
+            return ExitCode::FAILURE;
+        }
+    } else {
+        let _ = std::fs::remove_file(&marker);
+    }
     let credentials = crate::credentials::Credentials::of(&layout.data_dir);
     match credentials.ensure() {
         Ok(issued) => {
@@ -206,6 +230,13 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
             command
                 .env("MLOPS__MONITORING__REGISTRY_URL", layout.url("registry"))
                 .env("MLOPS__MONITORING__FEATURE_URL", layout.url("feature"));
+        }
+        if layout.tls {
+            let files = certs.service(service);
+            command
+                .env("MLOPS_TLS_CERT_FILE", &files.cert)
+                .env("MLOPS_TLS_KEY_FILE", &files.key)
+                .env("MLOPS_TLS_CA_FILE", certs.ca());
         }
         services.push(supervise(service, command, None, &logs));
         println!("mlops: {service:<11} {}", layout.url(service));

@@ -2,6 +2,7 @@
 
 mod audit;
 mod broker;
+mod certs;
 mod closed_loop;
 mod credentials;
 mod demo;
@@ -28,7 +29,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the embedded broker and all six services, supervise them until Ctrl-C.
-    Up,
+    Up {
+        /// Every API over HTTPS, with a local CA and per-service certificates
+        /// (`<data dir>/tls`, created on first use).
+        #[arg(long)]
+        tls: bool,
+    },
     /// `up`, then tell the end-to-end story; keeps running for exploration unless --exit.
     Demo {
         /// Stop everything once the story is told; exit 0 only if every step succeeded.
@@ -37,7 +43,12 @@ enum Command {
         /// Give up on the story after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// As `up --tls`.
+        #[arg(long)]
+        tls: bool,
     },
+    /// Create a local CA and a certificate per service in `<data dir>/tls`.
+    Certs,
     /// Print the readiness of the broker and every service.
     Status,
     /// Run one service in this process (what `up` launches; also for standalone use).
@@ -66,11 +77,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Service { name } => platform::run_service(&name),
         Command::Broker => broker::main(),
-        Command::Up => launcher::main(launcher::Mode::Up),
-        Command::Demo { exit, timeout } => launcher::main(launcher::Mode::Demo {
-            exit,
-            timeout: std::time::Duration::from_secs(timeout),
-        }),
+        Command::Up { tls } => launcher::main(launcher::Mode::Up, tls),
+        Command::Demo { exit, timeout, tls } => launcher::main(
+            launcher::Mode::Demo {
+                exit,
+                timeout: std::time::Duration::from_secs(timeout),
+            },
+            tls,
+        ),
+        Command::Certs => certs::main(),
         Command::Status => status::main(),
         Command::Audit {
             command: AuditCommand::Verify,

@@ -75,6 +75,9 @@ pub(crate) struct Layout {
     pub(crate) external_bootstrap: Option<String>,
     pub(crate) schema_registry_url: Option<String>,
     pub(crate) ports: Vec<(&'static str, u16)>,
+    /// The services speak HTTPS, with the certificates of `<data dir>/tls` (`mlops up
+    /// --tls`, or `MLOPS_TLS=1` for the commands that talk to such a platform).
+    pub(crate) tls: bool,
 }
 
 impl Layout {
@@ -106,11 +109,13 @@ impl Layout {
         let non_empty = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
         if errors.is_empty() {
             Ok(Self {
-                data_dir,
                 broker_port,
                 controller_port,
                 external_bootstrap: non_empty("KAFKA_BOOTSTRAP_SERVERS"),
                 schema_registry_url: non_empty("SCHEMA_REGISTRY_URL"),
+                tls: std::env::var("MLOPS_TLS").is_ok_and(|v| v == "1" || v == "true")
+                    || data_dir.join("tls").join("active").exists(),
+                data_dir,
                 ports,
             })
         } else {
@@ -132,7 +137,8 @@ impl Layout {
     }
 
     pub(crate) fn url(&self, service: &str) -> String {
-        format!("http://127.0.0.1:{}", self.port(service))
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port(service))
     }
 
     pub(crate) fn schema_registry(&self) -> String {

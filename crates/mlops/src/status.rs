@@ -14,11 +14,17 @@ pub(crate) fn http(layout: &Layout) -> reqwest::Client {
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .default_headers(headers)
-        .build()
-        .expect("an HTTP client with a timeout")
+        .default_headers(headers);
+    if layout.tls
+        && let Ok(pem) = std::fs::read(crate::certs::Certs::of(&layout.data_dir).ca())
+    {
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().expect("an HTTP client with a timeout")
 }
 
 /// Readiness of one component: `Ok` with a short word, or the reason it is not ready.

@@ -213,10 +213,10 @@ pub async fn run(
     }
     let specs = load_spec_files(&settings.views_dir)?;
     tasks.spawn("declare-files", declare_files(app, specs, tasks.token()));
-    tasks.spawn(
-        "http",
-        mlops_runtime::serve(listener, router, tasks.token()),
-    );
+    let (common, token) = (config.clone(), tasks.token());
+    tasks.spawn("http", async move {
+        common.serve(listener, router, token).await
+    });
     // Longer than a consumer's bounded leave of its group (`mlops_kafka::CLOSE_TIMEOUT`),
     // which a busy broker can use up.
     let stopped = tasks

@@ -156,7 +156,7 @@ pub async fn run(
         Some(auditor),
     )?);
     let (served, (), (), _) = tokio::join!(
-        mlops_runtime::serve(listener, router, cancel.clone()),
+        common.serve(listener, router, cancel.clone()),
         pruning,
         provisioning,
         audit_writer.run(cancel)

@@ -182,5 +182,5 @@ pub async fn run(
             }
         }
     });
-    mlops_service::serve_with(tasks, listener, router, cancel).await
+    mlops_service::serve_with(&common, tasks, listener, router, cancel).await
 }

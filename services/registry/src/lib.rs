@@ -196,7 +196,7 @@ pub async fn run(
             return Err(e);
         }
     };
-    let served = mlops_runtime::serve(listener, router, cancel.clone()).await;
+    let served = common.serve(listener, router, cancel.clone()).await;
     cancel.cancel();
     // The consumer leaves its group within CLOSE_TIMEOUT; the publisher stops at once.
     let drained = async { while background.join_next().await.is_some() {} };

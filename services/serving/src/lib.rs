@@ -176,5 +176,5 @@ pub async fn run(
         .await;
         Ok::<(), anyhow::Error>(())
     });
-    mlops_service::serve_with(tasks, listener, router, cancel).await
+    mlops_service::serve_with(&common, tasks, listener, router, cancel).await
 }

@@ -194,5 +194,5 @@ pub async fn run(
         producer,
         requests,
     );
-    mlops_service::serve_with(tasks, listener, router, cancel).await
+    mlops_service::serve_with(&common, tasks, listener, router, cancel).await
 }
