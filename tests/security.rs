@@ -94,6 +94,31 @@ fn every_endpoint_but_the_probes_declares_a_role() {
     }
 }
 
+proptest::proptest! {
+    /// Whatever a route's parameters hold, a request on it is gated as that route — no
+    /// two routes of a service can be confused (`/v1/models/x:rollback` is not a read).
+    #[test]
+    fn every_request_path_is_gated_as_its_own_route(value in "[A-Za-z0-9_.~-]{1,24}") {
+        for (service, _, table) in apis() {
+            for route in &table {
+                let path = route.example_path(&value);
+                let found = mlops_service::routes::route_for(&table, route.method, &path);
+                proptest::prop_assert_eq!(found, Some(route), "{} {}", service, path);
+            }
+        }
+    }
+
+    /// Any method and path: a route or none, never a panic.
+    #[test]
+    fn any_request_line_is_matched_safely(
+        method in "GET|POST|PUT|DELETE|PATCH|[A-Z]{1,7}", path in "(/[A-Za-z0-9{}:._~%-]{0,10}){0,8}",
+    ) {
+        for (_, _, table) in apis() {
+            let _ = mlops_service::routes::route_for(&table, &method, &path);
+        }
+    }
+}
+
 /// The tokens of the matrix: who, and the roles their principal holds.
 fn callers() -> Vec<(&'static str, Option<String>, BTreeSet<PlatformRole>)> {
     let t = tokens();

@@ -192,4 +192,28 @@ mod tests {
         b.role = Some("in".into());
         assert_ne!(a.chain_hash(), b.chain_hash());
     }
+
+    proptest::proptest! {
+        /// Changing any field of any record of a chain, to anything else, is found at
+        /// that record.
+        #[test]
+        fn any_change_to_any_record_is_found_there(
+            len in 1usize..8, at in 0usize..8, field in 0usize..6, text in "\\PC{0,10}",
+        ) {
+            let mut records = chain(len);
+            let at = at % len;
+            let r = &mut records[at];
+            let before = r.clone();
+            match field {
+                0 => r.actor = text,
+                1 => r.action = text,
+                2 => r.resource = text,
+                3 => r.reason = Some(text),
+                4 => r.source_ip = Some(text),
+                _ => r.occurred_at = r.occurred_at.wrapping_add(text.len() as i64 + 1),
+            }
+            proptest::prop_assume!(*r != before);
+            proptest::prop_assert_eq!(verify_chain(&records).unwrap_err().index, at);
+        }
+    }
 }

@@ -465,4 +465,70 @@ mod tests {
         );
         assert!(bytes.convert(&json!("\u{0100}")).is_err());
     }
+
+    /// Any JSON document, of any shape.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Json> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::from),
+            any::<i64>().prop_map(Json::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number)),
+            "\\PC{0,12}".prop_map(Json::from),
+            prop_oneof![
+                Just("web"),
+                Just("pos"),
+                Just("2026-11-26T10:00:00Z"),
+                Just("c-1")
+            ]
+            .prop_map(Json::from),
+        ];
+        leaf.prop_recursive(4, 48, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Json::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("customer_id".to_owned()),
+                        Just("amount".to_owned()),
+                        Just("ts".to_owned()),
+                        Just("channel".to_owned()),
+                        Just("tags".to_owned()),
+                        Just("address".to_owned()),
+                        Just("city".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..8,
+                )
+                .prop_map(|m| Json::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a producer sends, conversion answers: a value the schema accepts, or
+        /// errors that each name a field of the document (or the root) and say why.
+        #[test]
+        fn any_document_converts_or_names_its_faults(json in any_json()) {
+            let converter = converter();
+            match converter.convert(&json) {
+                Ok(value) => proptest::prop_assert!(value.validate(converter.schema())),
+                Err(errors) => {
+                    proptest::prop_assert!(!errors.is_empty());
+                    for error in errors {
+                        proptest::prop_assert!(!error.reason.is_empty());
+                        let root = error.field.split(['.', '[']).next().unwrap_or_default();
+                        proptest::prop_assert!(
+                            root.is_empty() || json.get(root).is_some()
+                                || ["customer_id", "amount", "ts", "channel"].contains(&root),
+                            "{} names no field of {}", error.field, json
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

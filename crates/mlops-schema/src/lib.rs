@@ -279,4 +279,18 @@ mod tests {
         assert_eq!(body, &[42]);
         assert_eq!(frame(258, &[42]), [0, 0, 0, 1, 2, 42]);
     }
+
+    proptest::proptest! {
+        /// Any bytes from a topic: a frame, or a poison error; never a panic.
+        #[test]
+        fn any_bytes_are_a_frame_or_poison(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            match split_frame(&bytes) {
+                Ok((id, body)) => {
+                    proptest::prop_assert_eq!(bytes[0], 0);
+                    proptest::prop_assert_eq!(frame(id, body), bytes);
+                }
+                Err(e) => proptest::prop_assert!(e.is_poison()),
+            }
+        }
+    }
 }

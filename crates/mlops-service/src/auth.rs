@@ -214,7 +214,9 @@ impl Gate {
     /// else is answered 404 or 405 here, so a route missing from the tables is never
     /// served unguarded.
     pub fn protect(&self, router: Router) -> Router {
-        router.layer(middleware::from_fn_with_state(self.clone(), check))
+        router
+            .layer(middleware::from_fn(json_errors))
+            .layer(middleware::from_fn_with_state(self.clone(), check))
     }
 
     /// The route a request calls, or the answer it gets without reaching a handler
@@ -330,6 +332,51 @@ async fn check(State(gate): State<Gate>, mut request: Request, next: Next) -> Re
     };
     auditor.submit(entry);
     response
+}
+
+/// Every refusal is JSON naming the problem: the framework's own rejections (a body that
+/// is not JSON, a path parameter of the wrong type, a missing header) come as plain text,
+/// and become the platform's error shape with that text as the message.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("refused")
+                .to_ascii_lowercase()
+        });
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+        _ if status.is_server_error() => "internal_error",
+        _ => "refused",
+    };
+    let mut answer = ApiError::new(status, code, text).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
 }
 
 /// The audited action of a route: its table's name for it, or its method and path.
@@ -612,5 +659,44 @@ mod tests {
             presented_token(&bearer("mlops_x")).as_deref(),
             Some("mlops_x")
         );
+    }
+
+    /// Standard base64, as HTTP clients encode basic auth.
+    fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Any Authorization header: a token or none, never a panic.
+        #[test]
+        fn any_authorization_header_is_read_safely(value in "\\PC{0,80}") {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::AUTHORIZATION, value);
+                let _ = presented_token(&headers);
+            }
+        }
+
+        /// Basic auth with the user `token` carries any token a client sends.
+        #[test]
+        fn basic_auth_carries_any_token(token in "[!-~]{1,64}") {
+            let mut headers = HeaderMap::new();
+            let value = format!("Basic {}", base64(format!("token:{token}").as_bytes()));
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+            proptest::prop_assert_eq!(presented_token(&headers), Some(token));
+        }
     }
 }

@@ -368,4 +368,34 @@ mod tests {
             "{errors:?}"
         );
     }
+
+    proptest::proptest! {
+        /// Any text posted as a feature view: a spec, or errors with reasons.
+        #[test]
+        fn any_text_is_a_view_or_an_explained_refusal(text in "\\PC{0,200}") {
+            if let Err(errors) = FeatureViewSpec::from_toml(&text) {
+                proptest::prop_assert!(errors.iter().all(|e| !e.reason.is_empty()));
+            }
+        }
+
+        /// Any TOML of the right keys with values of any type: parsed and validated, or
+        /// refused naming the field.
+        #[test]
+        fn any_values_are_validated_field_by_field(
+            name in "\\PC{0,12}", window in "\\PC{0,8}", key in "[a-z_]{0,8}", agg in "[a-z]{0,8}",
+        ) {
+            let text = format!(
+                "name = {name:?}\nsource = \"payments\"\nentity_key = {key:?}\n\
+                 [[features]]\nname = \"f\"\nfield = \"amount\"\naggregation = {agg:?}\nwindow = {window:?}\n"
+            );
+            match FeatureViewSpec::from_toml(&text) {
+                Ok(spec) => {
+                    if let Err(errors) = spec.check() {
+                        proptest::prop_assert!(errors.iter().all(|e| !e.reason.is_empty() && !e.field.is_empty()));
+                    }
+                }
+                Err(errors) => proptest::prop_assert!(errors.iter().all(|e| !e.reason.is_empty())),
+            }
+        }
+    }
 }

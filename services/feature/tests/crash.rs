@@ -53,6 +53,8 @@ async fn start_registry(bootstrap: &str, dir: &Path) -> (String, CancellationTok
     let mut config = registry::default_config();
     config.common.data_dir = dir.to_path_buf();
     config.common.kafka.bootstrap_servers = bootstrap.to_owned();
+    // What a crash leaves behind is tested here; who may call is tests/security.rs.
+    config.common.auth.mode = mlops_service::AuthMode::Disabled;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     config.common.schema_registry.url = url.clone();
@@ -211,6 +213,8 @@ async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
             ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap.clone()),
             ("SCHEMA_REGISTRY_URL".into(), registry.clone()),
             ("MLOPS_DATA_DIR".into(), data.display().to_string()),
+            // What a crash leaves behind is tested here; who may call is tests/security.rs.
+            ("MLOPS_AUTH_MODE".into(), "disabled".into()),
             ("MLOPS_FEATURE_PORT".into(), port.to_string()),
             (
                 "MLOPS__FEATURE__VIEWS_DIR".into(),

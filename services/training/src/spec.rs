@@ -493,4 +493,15 @@ mod search_tests {
             "{worse}"
         );
     }
+
+    proptest::proptest! {
+        /// Any text posted as a model spec, TOML or JSON: a spec, or errors with reasons.
+        #[test]
+        fn any_text_is_a_spec_or_an_explained_refusal(text in "\\PC{0,200}", toml in proptest::prelude::any::<bool>()) {
+            if let Err(errors) = ModelSpec::parse(&text, toml) {
+                proptest::prop_assert!(!errors.is_empty());
+                proptest::prop_assert!(errors.iter().all(|e| !e.reason.is_empty()));
+            }
+        }
+    }
 }
