@@ -540,3 +540,97 @@ async fn every_route_in_the_role_tables_is_served() {
         assert_routes_served(&p.http, url, table).await;
     }
 }
+
+/// The right to be forgotten: `DELETE /v1/datasets/{name}/entities/{id}` removes the
+/// entity from the online store, and no training set built afterwards holds its rows or
+/// its labels, while every other entity stays; the erasure is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_erased_entity_leaves_the_online_store_and_every_later_training_set() {
+    let p = Platform::start().await;
+    let view = unique("spend").replace('-', "_");
+    let (status, declared) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!(status, StatusCode::CREATED, "{declared}");
+    p.events(&[
+        payment("t1", "c1", 0, 10.0, "EUR"),
+        payment("t2", "c2", 1, 7.0, "EUR"),
+    ])
+    .await;
+    p.online_at(&view, 1, "c1", T0).await;
+    p.online_at(&view, 1, "c2", T0 + MINUTE).await;
+    p.labels(&[
+        ("l1", "c1", T0 + 10 * MINUTE, 1.0),
+        ("l2", "c2", T0 + 10 * MINUTE, 0.0),
+    ])
+    .await;
+    let (status, before) = p.training_set(&json!({"view": view}), 2).await;
+    assert!(status.is_success(), "{before}");
+
+    let erased = p
+        .http
+        .delete(format!(
+            "{}/v1/datasets/{}/entities/c1",
+            p.ingestion.url, p.dataset
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), StatusCode::ACCEPTED);
+    let erased: Value = erased.json().await.unwrap();
+    assert_eq!(erased["topic"], format!("raw.{}", p.dataset));
+
+    let path = format!("/v1/feature-views/{view}/entities/c1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.get(&path).await.0 != StatusCode::NOT_FOUND {
+        assert!(
+            Instant::now() < deadline,
+            "c1 still online after its erasure"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(
+        p.get(&format!("/v1/feature-views/{view}/entities/c2"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Only c2 is left to train on: one row, none of c1's.
+    let (status, after) = p.training_set(&json!({"view": view}), 1).await;
+    assert!(status.is_success(), "{after}");
+    let data = p.snapshot_data(after["id"].as_str().unwrap()).await;
+    let ids = data.column("entity_id").unwrap().str().unwrap();
+    let entities: Vec<Option<&str>> = (0..ids.len()).map(|i| ids.get(i)).collect();
+    assert_eq!(entities, [Some("c2")]);
+
+    // The erasure is in the audit trail, with who asked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, audit) = mlops_integration_tests::get_json(
+            &p.http,
+            &format!("{}/v1/audit?action=dataset.erase_entity", p.registry.url),
+        )
+        .await;
+        if let Some(record) = audit["records"].as_array().and_then(|r| r.first()) {
+            assert_eq!(
+                record["resource"],
+                format!("datasets/{}/entities/c1", p.dataset)
+            );
+            assert_eq!(record["actor"], "test-admin");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit record of the erasure: {audit}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
+    // Asking to erase in a dataset that does not exist is refused, naming it.
+    let unknown = p
+        .http
+        .delete(format!("{}/v1/datasets/nope/entities/c1", p.ingestion.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert!(unknown.text().await.unwrap().contains("nope"));
+}

@@ -341,17 +341,32 @@ async fn main() -> anyhow::Result<()> {
                 let status = answer.status().as_u16();
                 let text = answer.text().await.unwrap_or_default();
                 let parsed: Option<Json> = serde_json::from_str(&text).ok();
-                let explains = parsed.as_ref().is_some_and(|j| {
-                    j.pointer("/error/message")
-                        .and_then(Json::as_str)
-                        .is_some_and(|m| !m.is_empty())
-                        || j.get("message")
-                            .and_then(Json::as_str)
-                            .is_some_and(|m| !m.is_empty())
-                        || j.get("error")
-                            .and_then(Json::as_str)
-                            .is_some_and(|m| !m.is_empty())
+                // The ingestion API's per-record answer names each record's faults.
+                let per_record = parsed.as_ref().is_some_and(|j| {
+                    j["results"].as_array().is_some_and(|results| {
+                        results.iter().all(|r| {
+                            r["status"] != "rejected"
+                                || r["errors"].as_array().is_some_and(|errors| {
+                                    !errors.is_empty()
+                                        && errors.iter().all(|e| {
+                                            e["reason"].as_str().is_some_and(|m| !m.is_empty())
+                                        })
+                                })
+                        })
+                    })
                 });
+                let explains = per_record
+                    || parsed.as_ref().is_some_and(|j| {
+                        j.pointer("/error/message")
+                            .and_then(Json::as_str)
+                            .is_some_and(|m| !m.is_empty())
+                            || j.get("message")
+                                .and_then(Json::as_str)
+                                .is_some_and(|m| !m.is_empty())
+                            || j.get("error")
+                                .and_then(Json::as_str)
+                                .is_some_and(|m| !m.is_empty())
+                    });
                 let bad = status >= 500
                     || (status >= 400 && !explains)
                     || (status < 300

@@ -77,6 +77,16 @@ impl TestRegistry {
         }
     }
 
+    /// Its configuration, to change while it is paused.
+    pub fn config_mut(&mut self) -> &mut registry::Config {
+        &mut self.config
+    }
+
+    /// Where it keeps its data (artifacts included).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.config.common.data_dir.clone()
+    }
+
     /// Starts the service again on the same address and database.
     pub async fn resume(&mut self) {
         let listener = TcpListener::bind(self.addr).await.expect("rebind");

@@ -101,6 +101,26 @@ impl Producer {
         }
     }
 
+    /// Produces a tombstone (a record without a value) for `key`: what compaction and the
+    /// platform's consumers read as "forget this key".
+    pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Delivery> {
+        let headers = mlops_telemetry::inject_current_context(OwnedHeaders::new());
+        let record = FutureRecord::<[u8], [u8]>::to(topic)
+            .key(key)
+            .headers(headers);
+        match self
+            .inner
+            .send(record, Timeout::After(self.queue_wait))
+            .await
+        {
+            Ok(delivery) => Ok(Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((e, _)) => Err(Error::Kafka(e)),
+        }
+    }
+
     /// Encodes `event` (Confluent-framed Avro, schema registered under `<topic>-value`) and
     /// produces it.
     pub async fn send_event<E: Event>(

@@ -9,6 +9,7 @@ pub mod database;
 mod duration;
 pub mod objects;
 pub mod routes;
+pub mod sealing;
 
 pub use api_error::ApiError;
 pub use duration::parse_duration;
@@ -92,6 +93,16 @@ pub struct CommonConfig {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub encryption: EncryptionConfig,
+}
+
+/// Encryption at rest of what the service writes to its object store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// AES-256 keys by name and the current one's name, a JSON file (a mounted secret;
+    /// `MLOPS_ENCRYPTION_KEYS_FILE`). Unset: objects are written in clear.
+    pub keys_file: Option<PathBuf>,
 }
 
 /// HTTPS: what this service serves with, and what it trusts when it calls the others.
@@ -169,6 +180,7 @@ impl CommonConfig {
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            encryption: EncryptionConfig::default(),
         }
     }
 
@@ -248,6 +260,16 @@ impl CommonConfig {
     /// An Avro codec on that client.
     pub fn codec(&self) -> mlops_schema::AvroCodec {
         mlops_schema::AvroCodec::with_registry(self.schema_registry_client())
+    }
+
+    /// The sealer of the objects this service stores, when encryption at rest is on.
+    pub fn sealer(&self) -> anyhow::Result<Option<std::sync::Arc<sealing::Sealer>>> {
+        match &self.encryption.keys_file {
+            None => Ok(None),
+            Some(path) => sealing::Sealer::from_file(path)
+                .map(|s| Some(std::sync::Arc::new(s)))
+                .map_err(|e| anyhow::anyhow!("encryption: {e}")),
+        }
     }
 
     /// The file of accepted API keys.
@@ -483,6 +505,7 @@ pub fn standard_aliases(service: &str) -> Vec<(String, String)> {
         alias("MLOPS_TLS_KEY_FILE".into(), "tls.key_file"),
         alias("MLOPS_TLS_CLIENT_CA_FILE".into(), "tls.client_ca_file"),
         alias("MLOPS_TLS_CA_FILE".into(), "tls.ca_file"),
+        alias("MLOPS_ENCRYPTION_KEYS_FILE".into(), "encryption.keys_file"),
         alias("MLOPS_AUTH_MODE".into(), "auth.mode"),
         alias("MLOPS_API_KEYS_FILE".into(), "auth.api_keys_file"),
         alias("MLOPS_SERVICE_TOKEN".into(), "auth.service_token"),

@@ -130,7 +130,7 @@ pub async fn run(
     } else {
         settings.store_url.clone()
     };
-    let store = FeatureStore::open(&store_url)?;
+    let store = FeatureStore::open(&store_url)?.with_sealer(config.sealer()?);
     let codec = Arc::new(config.codec());
     let producer = Producer::new(&config.kafka, codec.clone())?;
     let mut registry = prometheus_client::registry::Registry::default();

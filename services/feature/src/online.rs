@@ -42,6 +42,15 @@ impl OnlineStore {
             .cloned()
     }
 
+    /// Forgets `entity`'s vector in `view` (an erasure). Whether it had one.
+    pub fn remove(&self, view: &str, entity: &str) -> bool {
+        self.views
+            .write()
+            .expect("online store lock")
+            .get_mut(view)
+            .is_some_and(|v| v.rows.remove(entity).is_some())
+    }
+
     /// Entities with a vector in `view`.
     pub fn len(&self, view: &str) -> usize {
         self.views

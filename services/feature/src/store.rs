@@ -36,10 +36,30 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Where erased entities are recorded, per dataset.
+const ERASURES: &str = "erasures";
+
+/// `frame` without the rows of `erased` entities (its `entity_id` column).
+pub fn without_entities(
+    frame: DataFrame,
+    erased: &std::collections::HashSet<String>,
+) -> PolarsResult<DataFrame> {
+    if erased.is_empty() || frame.height() == 0 {
+        return Ok(frame);
+    }
+    let ids = frame.column("entity_id")?.str()?;
+    let keep: BooleanChunked = (0..ids.len())
+        .map(|i| Some(ids.get(i).is_none_or(|id| !erased.contains(id))))
+        .collect();
+    frame.filter(&keep)
+}
+
 #[derive(Clone)]
 pub struct FeatureStore {
     objects: Arc<dyn ObjectStore>,
     location: String,
+    /// Seals every object written and opens every object read (encryption at rest).
+    sealer: Option<Arc<mlops_service::sealing::Sealer>>,
 }
 
 impl std::fmt::Debug for FeatureStore {
@@ -57,8 +77,15 @@ impl FeatureStore {
         let objects = mlops_service::objects::open(url)?;
         Ok(Self {
             objects,
+            sealer: None,
             location: url.to_owned(),
         })
+    }
+
+    /// Every object this store writes is sealed (AES-256-GCM), every one it reads opened.
+    pub fn with_sealer(mut self, sealer: Option<Arc<mlops_service::sealing::Sealer>>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     pub fn location(&self) -> &str {
@@ -66,6 +93,12 @@ impl FeatureStore {
     }
 
     pub async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        let bytes = match &self.sealer {
+            Some(sealer) => sealer
+                .seal(&bytes)
+                .map_err(|e| StoreError::Invalid(format!("{path}: {e}")))?,
+            None => bytes,
+        };
         self.objects
             .put(&Path::from(path), PutPayload::from(bytes))
             .await?;
@@ -75,7 +108,22 @@ impl FeatureStore {
     /// The object at `path`, or `None` when there is none.
     pub async fn get(&self, path: &str) -> Result<Option<Bytes>> {
         match self.objects.get(&Path::from(path)).await {
-            Ok(result) => Ok(Some(result.bytes().await?)),
+            Ok(result) => {
+                let stored = result.bytes().await?;
+                match &self.sealer {
+                    Some(sealer) => sealer
+                        .open(&stored)
+                        .map(|plain| Some(Bytes::from(plain)))
+                        .map_err(|e| StoreError::Invalid(format!("{path}: {e}"))),
+                    None if mlops_service::sealing::Sealer::is_sealed(&stored) => {
+                        Err(StoreError::Invalid(format!(
+                            "{path} is encrypted, and this service has no keys \
+                             (encryption.keys_file)"
+                        )))
+                    }
+                    None => Ok(Some(stored)),
+                }
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -98,6 +146,36 @@ impl FeatureStore {
             .await?;
         paths.sort();
         Ok(paths)
+    }
+
+    /// Records that `entity` of `dataset` was erased (GDPR): no training set built after
+    /// this includes its rows or labels, and the online store forgets it. One object per
+    /// entity, named by the SHA-256 of its id, so that every view of the dataset can
+    /// record it without racing the others.
+    pub async fn erase_entity(&self, dataset: &str, entity: &str, at: i64) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        let name = hex::encode(Sha256::digest(entity.as_bytes()));
+        self.put_json(
+            &format!("{ERASURES}/{dataset}/{name}.json"),
+            &serde_json::json!({"entity_id": entity, "erased_at": at}),
+        )
+        .await
+    }
+
+    /// The entities of `dataset` erased so far.
+    pub async fn erased_entities(
+        &self,
+        dataset: &str,
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut erased = std::collections::HashSet::new();
+        for path in self.list(&format!("{ERASURES}/{dataset}/")).await? {
+            if let Some(record) = self.get_json::<serde_json::Value>(&path).await?
+                && let Some(entity) = record["entity_id"].as_str()
+            {
+                erased.insert(entity.to_owned());
+            }
+        }
+        Ok(erased)
     }
 
     pub async fn put_json<T: serde::Serialize>(&self, path: &str, value: &T) -> Result<()> {
@@ -449,6 +527,43 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[tokio::test]
+    async fn offline_files_are_encrypted_at_rest_when_keys_are_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.json");
+        std::fs::write(
+            &keys,
+            format!(
+                r#"{{"current": "k1", "keys": {{"k1": "{}"}}}}"#,
+                "5a".repeat(32)
+            ),
+        )
+        .unwrap();
+        let sealer = mlops_service::sealing::Sealer::from_file(&keys).unwrap();
+        let location = dir.path().join("store").display().to_string();
+        let store = FeatureStore::open(&location)
+            .unwrap()
+            .with_sealer(Some(Arc::new(sealer)));
+        let prefix = "offline/spend/v1/";
+        store.put_batch_by_date(prefix, &batch(1), 1).await.unwrap();
+        let written = std::fs::read_dir(dir.path().join("store/offline/spend/v1/date=2026-11-26"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let stored = std::fs::read(&written).unwrap();
+        assert!(stored.starts_with(b"MLOPSENC1") && !stored.windows(4).any(|w| w == b"PAR1"));
+        assert_eq!(
+            values(&store, prefix, &DateRange::default()).await,
+            [1, 1001]
+        );
+        // Without the keys, the files cannot be read, and the error says why.
+        let keyless = FeatureStore::open(&location).unwrap();
+        let error = keyless.read_frames(prefix).await.unwrap_err().to_string();
+        assert!(error.contains("encrypted"), "{error}");
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 pub use mlops_ml::{Manifest, TimeRange};
 use mlops_ml::{RAW_PREFIX, apply, fit, reference_statistics};
 
+use crate::store::without_entities;
 use crate::{
     catalog::ViewVersion,
     labels::LABELS_PREFIX,
@@ -76,6 +77,15 @@ pub async fn build(
     let features = store
         .read_frames_in(&version.offline_prefix(), &features_range)
         .await?;
+    // Erased entities (GDPR) are in no training set built after their erasure.
+    let labels = without_entities(labels, &store.erased_entities(&label_dataset).await?)?;
+    let features = match features {
+        Some(rows) => Some(without_entities(
+            rows,
+            &store.erased_entities(&version.spec.source).await?,
+        )?),
+        None => None,
+    };
     let (owned_version, owned_request) = (version.clone(), request.clone());
     let Snapshot { manifest, bytes } = mlops_runtime::cpu::run(move || {
         assemble(

@@ -184,6 +184,8 @@ pub struct ViewJob {
     online: Arc<OnlineStore>,
     /// Latest rows per entity of the batch awaiting its checkpoint.
     pending: Option<DataFrame>,
+    /// Entities erased by the batch, forgotten by the online store once it is committed.
+    erased: Vec<String>,
 }
 
 impl ViewJob {
@@ -203,6 +205,7 @@ impl ViewJob {
             writer_schema,
             online,
             pending: None,
+            erased: Vec::new(),
         })
     }
 
@@ -308,8 +311,9 @@ impl BatchJob for ViewJob {
         });
         self.pending = None;
         // The online store is rebuilt from what the offline store holds at the checkpoint.
+        let erased = store.erased_entities(&self.version.spec.source).await?;
         let latest = match store.read_frames(&self.version.offline_prefix()).await? {
-            Some(rows) => latest_per_entity(rows)?,
+            Some(rows) => latest_per_entity(crate::store::without_entities(rows, &erased)?)?,
             None => DataFrame::empty(),
         };
         self.online.replace(
@@ -332,8 +336,17 @@ impl BatchJob for ViewJob {
         let mut builder = BatchBuilder::new(source, &spec.entity_key, &spec.event_time);
         let mut dead_letters = Vec::new();
         let mut index_of = std::collections::HashMap::new();
+        let mut erased = Vec::new();
         for (index, record) in records.iter().enumerate() {
             let Some(payload) = record.payload.as_deref() else {
+                // A tombstone: its key (the entity) is to be forgotten (GDPR erasure).
+                if let Some(entity) = record
+                    .key
+                    .as_deref()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                {
+                    erased.push(entity.to_owned());
+                }
                 continue;
             };
             let decoded = match self.codec.decode_record(payload).await {
@@ -382,6 +395,14 @@ impl BatchJob for ViewJob {
                 dead_letters.push((*index, class, reason));
             }
         }
+        // Recorded before the batch commits: a crash replays the tombstone, and erasing
+        // twice is erasing once.
+        for entity in &erased {
+            store
+                .erase_entity(&spec.source, entity, mlops_events::now_millis())
+                .await?;
+        }
+        self.erased = erased;
         let rows = output.rows;
         if rows.height() > 0 {
             self.publish(&rows).await?;
@@ -407,6 +428,9 @@ impl BatchJob for ViewJob {
                 &latest,
                 &self.feature_names(),
             )?;
+        }
+        for entity in std::mem::take(&mut self.erased) {
+            self.online.remove(&self.version.name, &entity);
         }
         Ok(())
     }

@@ -140,6 +140,13 @@ pub const ROUTES: &[Route] = &[
     Route::new("GET", "/v1/datasets/{name}", Role::Reader),
     Route::new("POST", "/v1/datasets/{name}/events", Role::Producer),
     Route::new("POST", "/v1/datasets/{name}/labels", Role::Producer),
+    // GDPR erasure: forgets one entity everywhere the platform keeps it.
+    Route::new(
+        "DELETE",
+        "/v1/datasets/{name}/entities/{id}",
+        Role::Operator,
+    )
+    .audited("dataset.erase_entity"),
 ];
 
 /// The routes, each checked against [`ROUTES`].
@@ -150,6 +157,7 @@ pub fn routes() -> Api<Arc<App>> {
         .get("/v1/datasets/{name}", get_dataset)
         .post("/v1/datasets/{name}/events", post_events)
         .post("/v1/datasets/{name}/labels", labels::post_labels)
+        .delete("/v1/datasets/{name}/entities/{id}", erase_entity)
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -333,6 +341,41 @@ async fn get_dataset(
     app.dataset(&name)
         .map(|d| dataset_body(&d))
         .ok_or_else(|| unknown_dataset(&name))
+}
+
+/// `DELETE /v1/datasets/{name}/entities/{id}`: a tombstone for the entity on the dataset's
+/// raw topic (after the entity's events: same key, same partition). The feature service
+/// then drops it from the online store and from every training set built afterwards;
+/// 202 once the broker has the tombstone.
+async fn erase_entity(
+    State(app): State<Arc<App>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<(StatusCode, axum::Json<Json>), ApiError> {
+    let dataset = app.dataset(&name).ok_or_else(|| unknown_dataset(&name))?;
+    let topic = dataset.topic();
+    let delivery = app
+        .producer
+        .send_tombstone(&topic, id.as_bytes())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                format!("the erasure was not recorded: {e}"),
+            )
+            .retry_after(1)
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "dataset": name,
+            "entity_id": id,
+            "topic": topic,
+            "partition": delivery.partition,
+            "offset": delivery.offset,
+            "status": "erasing",
+        })),
+    ))
 }
 
 fn unknown_dataset(name: &str) -> ApiError {

@@ -137,6 +137,7 @@ pub async fn run(
         wake: wake.clone(),
         first_canary_percent: config.registry.first_canary_percent,
         max_artifact_bytes: config.registry.max_artifact_bytes,
+        sealer: common.sealer()?,
     });
 
     // The registry is its own Schema Registry: its events are encoded through the API it

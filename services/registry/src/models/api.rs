@@ -70,6 +70,8 @@ pub struct Models {
     pub first_canary_percent: f64,
     /// Largest registration body.
     pub max_artifact_bytes: usize,
+    /// Encrypts artifacts at rest when set.
+    pub sealer: Option<Arc<mlops_service::sealing::Sealer>>,
 }
 
 /// The routes, each checked against [`ROUTES`]; registrations may carry artifacts of up
@@ -267,6 +269,15 @@ async fn artifact(
                 e.to_string(),
             )
         })?;
+    let bytes = match &models.sealer {
+        Some(sealer) => sealer.open(&bytes).map(axum::body::Bytes::from),
+        None if mlops_service::sealing::Sealer::is_sealed(&bytes) => Err(
+            "the artifact is encrypted, and the registry has no keys (encryption.keys_file)"
+                .to_owned(),
+        ),
+        None => Ok(bytes),
+    }
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "artifact_unreadable", e))?;
     let opened = mlops_ml::artifact::open(&bytes, &models.signer.verifying_key());
     if let Err(e) = opened {
         return Err(ApiError::new(
@@ -412,11 +423,18 @@ async fn register(
         digest: sha256,
         signature,
     } = models.signer.seal(&registration.artifact);
+    // Encrypted after signing: the digest and signature are of the artifact itself.
+    let stored = match &models.sealer {
+        Some(sealer) => sealer.seal(&sealed).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encryption_failed", e)
+        })?,
+        None => sealed,
+    };
     models
         .objects
         .put(
             &ObjectPath::from(object_name(&sha256)),
-            PutPayload::from(sealed),
+            PutPayload::from(stored),
         )
         .await
         .map_err(|e| {
