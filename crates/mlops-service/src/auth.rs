@@ -174,22 +174,70 @@ impl ApiKeys {
     }
 }
 
+/// Who a token stands for: an API key of the platform's, or a JWT of the configured
+/// identity provider.
+#[derive(Debug)]
+pub struct Authenticator {
+    keys: ApiKeys,
+    jwt: Option<crate::jwt::JwtVerifier>,
+}
+
+impl Authenticator {
+    pub fn new(keys: ApiKeys, jwt: Option<crate::jwt::JwtVerifier>) -> Self {
+        Self { keys, jwt }
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, String> {
+        if let Some(principal) = self.keys.authenticate(token) {
+            return Ok(principal.clone());
+        }
+        match &self.jwt {
+            Some(jwt) if token.split('.').count() == 3 => jwt.verify(token).await,
+            _ => Err("the token is not one this platform issued (or it was revoked)".to_owned()),
+        }
+    }
+
+    /// As [`ApiKeys::authorize`], for API keys and JWTs.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        role: Role,
+        dataset: Option<&str>,
+    ) -> Result<Principal, ApiError> {
+        let token = presented_token(headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send a token: `Authorization: Bearer <token>` (or basic auth `token:<token>`)",
+            )
+        })?;
+        let principal = self
+            .authenticate(&token)
+            .await
+            .map_err(|reason| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", reason))?;
+        principal
+            .may(role, dataset)
+            .map_err(|reason| ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason))?;
+        Ok(principal)
+    }
+}
+
 /// The authorisation layer of one service: who its keys authenticate (nobody is asked
 /// when auth is disabled), its route tables, and its audit trail. Fails closed: a request
 /// the tables do not declare never reaches a handler.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    keys: Option<Arc<ApiKeys>>,
+    auth: Option<Arc<Authenticator>>,
     table: Arc<[Route]>,
     protect_metrics: bool,
     audit: Option<Auditor>,
 }
 
 impl Gate {
-    /// Checks credentials against `keys`; `None` lets everyone through (auth disabled).
-    pub fn new(keys: Option<ApiKeys>, tables: &[&'static [Route]]) -> Self {
+    /// Checks credentials with `auth`; `None` lets everyone through (auth disabled).
+    pub fn new(auth: Option<Authenticator>, tables: &[&'static [Route]]) -> Self {
         Self {
-            keys: keys.map(Arc::new),
+            auth: auth.map(Arc::new),
             table: tables.iter().flat_map(|t| t.iter().copied()).collect(),
             protect_metrics: false,
             audit: None,
@@ -257,19 +305,21 @@ async fn check(State(gate): State<Gate>, mut request: Request, next: Next) -> Re
         .get::<ConnectInfo<mlops_runtime::tls::PeerAddr>>()
         .map(|c| c.0.0.ip().to_string());
     let mutating = method != "GET";
-    let principal = match &gate.keys {
+    let principal = match &gate.auth {
         None => None,
-        Some(keys) => {
+        Some(auth) => {
             let dataset = (route.role == Role::Producer)
                 .then(|| route.parameter(&path, "name"))
                 .flatten();
-            match keys.authorize(request.headers(), route.role, dataset) {
-                Ok(principal) => Some(principal.clone()),
+            match auth.authorize(request.headers(), route.role, dataset).await {
+                Ok(principal) => Some(principal),
                 Err(denied) => {
                     if let (Some(auditor), true) = (&gate.audit, mutating) {
-                        let actor = presented_token(request.headers())
-                            .and_then(|t| keys.authenticate(&t).map(|p| p.subject.clone()))
-                            .unwrap_or_else(|| "unauthenticated".to_owned());
+                        let actor = match presented_token(request.headers()) {
+                            Some(token) => auth.authenticate(&token).await.ok(),
+                            None => None,
+                        }
+                        .map_or_else(|| "unauthenticated".to_owned(), |p| p.subject);
                         let entry = AuditEntry {
                             actor,
                             role: None,
@@ -602,7 +652,11 @@ mod tests {
             .route("/v1/datasets/{name}", get(|| async { "ok" }))
             .route("/v1/undeclared", get(|| async { "ok" }))
             .route("/healthz", get(|| async { "ok" }));
-        let router = Gate::new(Some(ApiKeys::new([stored])), &[TABLE]).protect(router);
+        let router = Gate::new(
+            Some(Authenticator::new(ApiKeys::new([stored]), None)),
+            &[TABLE],
+        )
+        .protect(router);
         let call = |method: &str, path: &str, token: Option<&str>| {
             let mut request = Request::builder().method(method).uri(path);
             if let Some(token) = token {

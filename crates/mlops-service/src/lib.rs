@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod database;
 mod duration;
+pub mod jwt;
 pub mod objects;
 pub mod routes;
 pub mod sealing;
@@ -138,6 +139,15 @@ pub struct AuthConfig {
     pub service_token: Option<Secret>,
     /// Whether `/metrics` asks for a reader's token too.
     pub protect_metrics: bool,
+    /// JWTs of an OpenID Connect provider are accepted too, checked against its keys:
+    /// a JWKS URL (`https://idp/.well-known/jwks.json`) or file (`MLOPS_JWKS`).
+    pub jwks: Option<String>,
+    /// The `iss` every accepted JWT must carry.
+    pub jwt_issuer: Option<String>,
+    /// The `aud` every accepted JWT must carry.
+    pub jwt_audience: Option<String>,
+    /// The claim listing a JWT's platform roles (a list, or names separated by spaces).
+    pub jwt_roles_claim: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +165,10 @@ impl Default for AuthConfig {
             api_keys_file: None,
             service_token: None,
             protect_metrics: false,
+            jwks: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_roles_claim: "roles".to_owned(),
         }
     }
 }
@@ -283,14 +297,14 @@ impl CommonConfig {
     /// `router` behind the service's authorisation layer, reading its route `tables` and
     /// writing to `audit`; when auth is disabled, nobody is asked for credentials and the
     /// service says so in a warning no operator can miss.
-    pub fn protect(
+    pub async fn protect(
         &self,
         service: &str,
         router: axum::Router,
         tables: &[&'static [routes::Route]],
         audit: Option<audit::Auditor>,
     ) -> anyhow::Result<axum::Router> {
-        let keys = match self.auth.mode {
+        let auth = match self.auth.mode {
             AuthMode::Disabled => {
                 tracing::warn!(
                     service,
@@ -301,7 +315,27 @@ impl CommonConfig {
             }
             AuthMode::Enabled => {
                 let path = self.api_keys_file();
-                let text = std::fs::read_to_string(&path).map_err(|e| {
+                let jwt = match &self.auth.jwks {
+                    None => None,
+                    Some(jwks) => Some(
+                        jwt::JwtVerifier::load(
+                            jwks,
+                            self.auth.jwt_issuer.clone(),
+                            self.auth.jwt_audience.clone(),
+                            self.auth.jwt_roles_claim.clone(),
+                            self.http_client(Duration::from_secs(10)),
+                        )
+                        .await
+                        .map_err(|e| anyhow::anyhow!("auth.jwks: {e}"))?,
+                    ),
+                };
+                // With an identity provider, API keys are optional.
+                let text = if jwt.is_some() && !path.exists() {
+                    Ok("[]".to_owned())
+                } else {
+                    std::fs::read_to_string(&path)
+                };
+                let text = text.map_err(|e| {
                     anyhow::anyhow!(
                         "auth is enabled but the API keys file {} cannot be read ({e}): \
                          `mlops up` writes one; set auth.api_keys_file (MLOPS_API_KEYS_FILE) \
@@ -309,13 +343,12 @@ impl CommonConfig {
                         path.display()
                     )
                 })?;
-                Some(
-                    auth::ApiKeys::from_json(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                )
+                let keys = auth::ApiKeys::from_json(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                Some(auth::Authenticator::new(keys, jwt))
             }
         };
-        Ok(auth::Gate::new(keys, tables)
+        Ok(auth::Gate::new(auth, tables)
             .protect_metrics(self.auth.protect_metrics)
             .audit(audit)
             .protect(router))
@@ -507,6 +540,7 @@ pub fn standard_aliases(service: &str) -> Vec<(String, String)> {
         alias("MLOPS_TLS_CA_FILE".into(), "tls.ca_file"),
         alias("MLOPS_ENCRYPTION_KEYS_FILE".into(), "encryption.keys_file"),
         alias("MLOPS_AUTH_MODE".into(), "auth.mode"),
+        alias("MLOPS_JWKS".into(), "auth.jwks"),
         alias("MLOPS_API_KEYS_FILE".into(), "auth.api_keys_file"),
         alias("MLOPS_SERVICE_TOKEN".into(), "auth.service_token"),
         alias(

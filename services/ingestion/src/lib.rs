@@ -149,12 +149,16 @@ pub async fn run(
         async move { store.ping().await.map_err(|e| e.to_string()) }
     }));
     let admin = AdminState::new(SERVICE, registry, checks);
-    let router = admin.with_http_telemetry(common.protect(
-        SERVICE,
-        api::router(app).merge(admin.router()),
-        &[api::ROUTES],
-        Some(auditor),
-    )?);
+    let router = admin.with_http_telemetry(
+        common
+            .protect(
+                SERVICE,
+                api::router(app).merge(admin.router()),
+                &[api::ROUTES],
+                Some(auditor),
+            )
+            .await?,
+    );
     let (served, (), (), _) = tokio::join!(
         common.serve(listener, router, cancel.clone()),
         pruning,

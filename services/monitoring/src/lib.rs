@@ -120,12 +120,16 @@ pub async fn run(
     let (auditor, audit_writer) =
         mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
     tasks.spawn("audit", audit_writer.run(tasks.token()));
-    let router = admin.with_http_telemetry(common.protect(
-        SERVICE,
-        api::router(shared.clone()).merge(admin.router()),
-        &[api::ROUTES],
-        Some(auditor),
-    )?);
+    let router = admin.with_http_telemetry(
+        common
+            .protect(
+                SERVICE,
+                api::router(shared.clone()).merge(admin.router()),
+                &[api::ROUTES],
+                Some(auditor),
+            )
+            .await?,
+    );
 
     let lifecycle_group = if settings.lifecycle_group.is_empty() {
         format!("monitoring-{}", mlops_events::new_id())

@@ -83,7 +83,7 @@ pub fn default_config() -> Config {
 }
 
 /// The registry's HTTP API (Schema Registry, model registry and admin endpoints).
-pub fn router(
+pub async fn router(
     common: &mlops_service::CommonConfig,
     store: Arc<Store>,
     models: Arc<models::api::Models>,
@@ -96,15 +96,17 @@ pub fn router(
         kafka: common.kafka.clone(),
     });
     Ok(admin.with_http_telemetry(
-        common.protect(
-            SERVICE,
-            schema_registry::router(store)
-                .merge(models::api::router(models))
-                .merge(audit::router(audit_log))
-                .merge(admin.router()),
-            &[schema_registry::ROUTES, models::api::ROUTES, audit::ROUTES],
-            Some(auditor),
-        )?,
+        common
+            .protect(
+                SERVICE,
+                schema_registry::router(store)
+                    .merge(models::api::router(models))
+                    .merge(audit::router(audit_log))
+                    .merge(admin.router()),
+                &[schema_registry::ROUTES, models::api::ROUTES, audit::ROUTES],
+                Some(auditor),
+            )
+            .await?,
     ))
 }
 
@@ -190,7 +192,7 @@ pub async fn run(
         mlops_service::broker_check(&common.kafka),
     ];
     let admin = AdminState::new(SERVICE, Default::default(), checks);
-    let router = match router(common, store, models, &admin, auditor.clone()) {
+    let router = match router(common, store, models, &admin, auditor.clone()).await {
         Ok(router) => router,
         Err(e) => {
             cancel.cancel();

@@ -167,12 +167,16 @@ pub async fn run(
     });
     let (auditor, audit_writer) =
         mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
-    let router = admin.with_http_telemetry(common.protect(
-        SERVICE,
-        api::router(app).merge(admin.router()),
-        &[api::ROUTES],
-        Some(auditor),
-    )?);
+    let router = admin.with_http_telemetry(
+        common
+            .protect(
+                SERVICE,
+                api::router(app).merge(admin.router()),
+                &[api::ROUTES],
+                Some(auditor),
+            )
+            .await?,
+    );
 
     let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
     tasks.spawn("audit", audit_writer.run(tasks.token()));

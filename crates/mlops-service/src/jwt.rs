@@ -1,0 +1,329 @@
+//! Bearer JWTs from an OpenID Connect identity provider: signatures checked against its
+//! JWKS (a file, or a URL read at start and again when a token names a key not seen yet),
+//! issuer, audience and expiry validated, roles and dataset scopes read from claims.
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::RwLock,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, JwkSet},
+};
+use serde_json::Value as Json;
+use tokio::sync::Mutex;
+
+use crate::auth::{PlatformRole, Principal};
+
+/// Where the identity provider publishes its keys.
+#[derive(Debug, Clone)]
+enum Source {
+    File(PathBuf),
+    Url(String),
+}
+
+/// A JWKS is fetched again for an unknown key at most this often.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+/// Asymmetric signatures only: a JWKS is public, so a shared secret in it would let anyone
+/// sign.
+const ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Validates tokens of one identity provider.
+pub struct JwtVerifier {
+    source: Source,
+    http: reqwest::Client,
+    keys: RwLock<JwkSet>,
+    last_fetch: Mutex<Instant>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    roles_claim: String,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("source", &self.source)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+impl JwtVerifier {
+    /// Reads the JWKS at `jwks` (an `http(s)://` URL or a file path).
+    pub async fn load(
+        jwks: &str,
+        issuer: Option<String>,
+        audience: Option<String>,
+        roles_claim: String,
+        http: reqwest::Client,
+    ) -> Result<Self, String> {
+        let source = if jwks.starts_with("http://") || jwks.starts_with("https://") {
+            Source::Url(jwks.to_owned())
+        } else {
+            Source::File(PathBuf::from(jwks))
+        };
+        let keys = fetch(&source, &http).await?;
+        Ok(Self {
+            source,
+            http,
+            keys: RwLock::new(keys),
+            last_fetch: Mutex::new(Instant::now()),
+            issuer,
+            audience,
+            roles_claim,
+        })
+    }
+
+    /// The principal a token stands for, or why it does not stand for one.
+    pub async fn verify(&self, token: &str) -> Result<Principal, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(format!(
+                "tokens signed with {:?} are not accepted",
+                header.alg
+            ));
+        }
+        let key = self.key(header.kid.as_deref()).await?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 30;
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Json>(token, &key, &validation)
+            .map_err(|e| format!("the token is not valid: {e}"))?;
+        let claims = data.claims;
+        let subject = claims["sub"].as_str().unwrap_or_default().to_owned();
+        let names = |claim: &Json| -> Vec<String> {
+            match claim {
+                Json::Array(items) => items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_owned))
+                    .collect(),
+                Json::String(text) => text.split_whitespace().map(str::to_owned).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let roles: BTreeSet<PlatformRole> = names(&claims[self.roles_claim.as_str()])
+            .iter()
+            .filter_map(|name| role_named(name))
+            .collect();
+        if roles.is_empty() {
+            return Err(format!(
+                "the token of {subject} grants no platform role in its {:?} claim",
+                self.roles_claim
+            ));
+        }
+        let datasets = claims
+            .get("datasets")
+            .map(|d| names(d).into_iter().collect());
+        Ok(Principal {
+            subject,
+            roles,
+            datasets,
+        })
+    }
+
+    /// The key `kid` names (the only key when the token names none), reading the JWKS
+    /// again when it is not known yet — the provider rotated its keys.
+    async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, String> {
+        if let Some(key) = self.known(kid)? {
+            return Ok(key);
+        }
+        let mut last = self.last_fetch.lock().await;
+        if last.elapsed() >= REFRESH_EVERY {
+            let fresh = fetch(&self.source, &self.http).await?;
+            *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            *last = Instant::now();
+        }
+        drop(last);
+        self.known(kid)?.ok_or_else(|| {
+            format!("the token's key {kid:?} is not one the identity provider publishes")
+        })
+    }
+
+    fn known(&self, kid: Option<&str>) -> Result<Option<DecodingKey>, String> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let jwk = match kid {
+            Some(kid) => keys.find(kid),
+            None if keys.keys.len() == 1 => keys.keys.first(),
+            None => return Err("the token names no key (kid), and there are several".to_owned()),
+        };
+        match jwk {
+            None => Ok(None),
+            Some(jwk) if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) => {
+                Err("the JWKS holds a shared secret; only public keys are accepted".to_owned())
+            }
+            Some(jwk) => DecodingKey::from_jwk(jwk)
+                .map(Some)
+                .map_err(|e| format!("the JWKS key is unusable: {e}")),
+        }
+    }
+}
+
+fn role_named(name: &str) -> Option<PlatformRole> {
+    match name.to_ascii_lowercase().replace('_', "-").as_str() {
+        "producer" => Some(PlatformRole::Producer),
+        "data-scientist" => Some(PlatformRole::DataScientist),
+        "approver" => Some(PlatformRole::Approver),
+        "sre" => Some(PlatformRole::Sre),
+        "admin" => Some(PlatformRole::Admin),
+        _ => None,
+    }
+}
+
+async fn fetch(source: &Source, http: &reqwest::Client) -> Result<JwkSet, String> {
+    let text = match source {
+        Source::File(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        Source::Url(url) => http
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("{url}: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?,
+    };
+    serde_json::from_str(&text).map_err(|e| format!("not a JWKS: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    fn base64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    /// An identity provider's key: its JWK (public) and its signing key.
+    fn provider_key(kid: &str) -> (Json, EncodingKey) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let point = key.public_key_raw();
+        assert_eq!(
+            (point.len(), point[0]),
+            (65, 4),
+            "an uncompressed P-256 point"
+        );
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+                         "x": base64url(&point[1..33]), "y": base64url(&point[33..])});
+        let signing = EncodingKey::from_ec_der(&key.serialize_der());
+        (jwk, signing)
+    }
+
+    fn token(key: &EncodingKey, kid: &str, claims: Json) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    #[tokio::test]
+    async fn tokens_of_the_provider_become_principals_and_others_are_refused() {
+        let (jwk, signing) = provider_key("k1");
+        let (_, stranger) = provider_key("k1");
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).unwrap();
+        let verifier = JwtVerifier::load(
+            jwks.to_str().unwrap(),
+            Some("https://idp.example".into()),
+            Some("mlops".into()),
+            "roles".into(),
+            reqwest::Client::builder().build().unwrap(),
+        )
+        .await
+        .unwrap();
+        let claims = |extra: Json| {
+            let mut c = json!({"sub": "alice", "iss": "https://idp.example", "aud": "mlops",
+                               "exp": now() + 600, "roles": ["data_scientist", "unknown"]});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            c
+        };
+
+        let alice = verifier
+            .verify(&token(&signing, "k1", claims(json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(alice.subject, "alice");
+        assert_eq!(alice.roles, BTreeSet::from([PlatformRole::DataScientist]));
+        assert_eq!(alice.datasets, None);
+        let scoped = verifier
+            .verify(&token(
+                &signing,
+                "k1",
+                claims(json!({"roles": "producer", "datasets": ["payments"]})),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(scoped.roles, BTreeSet::from([PlatformRole::Producer]));
+        assert_eq!(
+            scoped.datasets,
+            Some(BTreeSet::from(["payments".to_owned()]))
+        );
+
+        for (why, bad) in [
+            (
+                "expired",
+                token(&signing, "k1", claims(json!({"exp": now() - 3600}))),
+            ),
+            (
+                "other issuer",
+                token(&signing, "k1", claims(json!({"iss": "https://evil"}))),
+            ),
+            (
+                "other audience",
+                token(&signing, "k1", claims(json!({"aud": "elsewhere"}))),
+            ),
+            (
+                "no role",
+                token(&signing, "k1", claims(json!({"roles": ["guest"]}))),
+            ),
+            ("unknown key", token(&signing, "k9", claims(json!({})))),
+            ("forged", token(&stranger, "k1", claims(json!({})))),
+            ("garbage", "not.a.jwt".to_owned()),
+        ] {
+            let refused = verifier.verify(&bad).await;
+            assert!(refused.is_err(), "{why} was accepted");
+        }
+    }
+}
