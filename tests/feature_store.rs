@@ -634,3 +634,92 @@ async fn an_erased_entity_leaves_the_online_store_and_every_later_training_set()
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     assert!(unknown.text().await.unwrap().contains("nope"));
 }
+
+/// Residency: a record of another region reaching the raw topic (a producer writing to
+/// Kafka directly) is dead-lettered with the reason and computes no feature; records of
+/// this service's region flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_of_another_region_are_refused_by_the_feature_service() {
+    use mlops_kafka::{Header, Headers, KafkaConfig};
+    let p = Platform::start_in_region("eu").await;
+    let view = unique("spend").replace('-', "_");
+    let (status, declared) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!(status, StatusCode::CREATED, "{declared}");
+
+    // A payment of region "ae", framed with the dataset's own schema, sent straight to the
+    // raw topic; then one of this service's region for the same customer.
+    let topic = topics::raw(&p.dataset);
+    let (_, latest) = mlops_integration_tests::get_json(
+        &p.http,
+        &format!("{}/subjects/{topic}-value/versions/latest", p.registry.url),
+    )
+    .await;
+    let schema = apache_avro::Schema::parse_str(latest["schema"].as_str().unwrap()).unwrap();
+    let frame = |amount: f64, minute: i64| {
+        let value = apache_avro::types::Value::Record(vec![
+            (
+                "txn_id".into(),
+                apache_avro::types::Value::String(format!("t{minute}")),
+            ),
+            (
+                "customer_id".into(),
+                apache_avro::types::Value::String("c-ae".into()),
+            ),
+            ("amount".into(), apache_avro::types::Value::Double(amount)),
+            (
+                "currency".into(),
+                apache_avro::types::Value::String("EUR".into()),
+            ),
+            (
+                "ts".into(),
+                apache_avro::types::Value::TimestampMillis(T0 + minute * MINUTE),
+            ),
+        ]);
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value))
+            .unwrap();
+        mlops_schema::frame(latest["id"].as_u64().unwrap() as u32, &body)
+    };
+    let codec = std::sync::Arc::new(mlops_integration_tests::codec(&p.registry.url));
+    let producer = Producer::new(
+        &KafkaConfig {
+            bootstrap_servers: p.broker.bootstrap_servers.clone(),
+            ..Default::default()
+        },
+        codec,
+    )
+    .unwrap();
+    for (region, amount, minute) in [("ae", 1000.0, 0), ("eu", 5.0, 1)] {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: topics::REGION_HEADER,
+            value: Some(region),
+        });
+        producer
+            .send_bytes(&topic, Some(b"c-ae"), &frame(amount, minute), headers)
+            .await
+            .unwrap();
+    }
+
+    // Only the "eu" payment counts.
+    let online = p.online_at(&view, 1, "c-ae", T0 + MINUTE).await;
+    assert_eq!(online["features"]["payments"], 1, "{online}");
+    assert_eq!(online["features"]["amount_sum"], 5.0, "{online}");
+    // The "ae" one is on the dead-letter topic, with the reason.
+    let dead = mlops_integration_tests::read_topic(
+        &p.broker.bootstrap_servers,
+        &topics::dead_letter(&topic),
+        1,
+    )
+    .await;
+    let reason = dead[0]
+        .headers()
+        .and_then(|h| {
+            (0..h.count())
+                .map(|i| h.get(i))
+                .find(|h| h.key == "dlq.reason")
+                .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+        })
+        .unwrap_or_default();
+    assert!(reason.contains("region \"ae\""), "{reason}");
+}

@@ -222,6 +222,7 @@ struct Tally {
     by_service: BTreeMap<&'static str, u64>,
     failures: Vec<String>,
     transport_errors: u64,
+    reconnected: u64,
 }
 
 fn valid_event(n: u64) -> Json {
@@ -316,7 +317,17 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(content_type) = content_type {
                     request = request.header("content-type", content_type);
                 }
-                let answer = request.send().await;
+                let retry = request.try_clone();
+                let mut answer = request.send().await;
+                // A pooled connection the server closed as this request left (after a
+                // request whose body its handler did not read) never reached a handler:
+                // sent again on a new connection, and counted.
+                if let (Err(e), Some(retry)) = (&answer, retry)
+                    && (e.is_request() || e.is_connect())
+                {
+                    tally.lock().unwrap().reconnected += 1;
+                    answer = retry.send().await;
+                }
                 let answer = {
                     let mut counts = tally.lock().unwrap();
                     *counts.by_service.entry(service).or_default() += 1;
@@ -332,7 +343,7 @@ async fn main() -> anyhow::Result<()> {
                             counts.transport_errors += 1;
                             counts
                                 .failures
-                                .push(format!("{method} {service}{path}: {e}"));
+                                .push(format!("{method} {service}{path}: {e:?}"));
                             None
                         }
                     }
@@ -407,12 +418,14 @@ async fn main() -> anyhow::Result<()> {
         valid_accepted.load(Ordering::Relaxed),
     );
     println!(
-        "{} random requests in {seconds:.0} s; by service {:?}; by status {:?}; transport errors {}; \
+        "{} random requests in {seconds:.0} s; by service {:?}; by status {:?}; sent again on a new \
+         connection {}; transport errors {}; \
          failures (5xx, no JSON reason, or no answer): {}; valid events accepted {accepted}/{sent}; \
          unhealthy after: {unhealthy:?}",
         args.requests,
         tally.by_service,
         tally.by_status,
+        tally.reconnected,
         tally.transport_errors,
         failures.len()
     );

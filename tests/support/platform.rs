@@ -50,11 +50,25 @@ impl Platform {
         Self::start_with(mlops_testkit::tansu().await, feature_workers).await
     }
 
+    /// Ingestion and feature service of residency region `region`.
+    pub async fn start_in_region(region: &str) -> Self {
+        Self::start_configured(mlops_testkit::tansu().await, None, Some(region)).await
+    }
+
     async fn start_with(broker: TestBroker, feature_workers: Option<usize>) -> Self {
+        Self::start_configured(broker, feature_workers, None).await
+    }
+
+    async fn start_configured(
+        broker: TestBroker,
+        feature_workers: Option<usize>,
+        region: Option<&str>,
+    ) -> Self {
         mlops_testkit::init_logs();
         let registry = TestRegistry::start(&broker.bootstrap_servers, None).await;
         let dir = mlops_testkit::temp_dir();
-        let config = ingestion_config(dir.path(), &broker.bootstrap_servers, &registry.url);
+        let mut config = ingestion_config(dir.path(), &broker.bootstrap_servers, &registry.url);
+        config.common.region = region.map(str::to_owned);
         let ingestion = TestIngestion::start(config.clone()).await;
         let dataset = unique("payments").replace('-', "_");
         // Bounded, so that a request that never gets an answer fails the test where it

@@ -16,6 +16,24 @@ pub const LABELS: &str = "labels";
 /// The append-only audit trail.
 pub const AUDIT_LOG: &str = "audit.log";
 
+/// Header naming the residency region of a record's data (set by ingestion for datasets
+/// that declare one); a service of another region refuses the record.
+pub const REGION_HEADER: &str = "mlops-region";
+
+/// Why a record carrying `region` may not be handled by a service of region `here`, if
+/// it may not.
+pub fn foreign_region(region: Option<&str>, here: Option<&str>) -> Option<String> {
+    match (region, here) {
+        (Some(theirs), Some(ours)) if theirs != ours => Some(format!(
+            "data of region {theirs:?} may not be handled by a service of region {ours:?}"
+        )),
+        (Some(theirs), None) => Some(format!(
+            "data of region {theirs:?} may not be handled by a service without a region"
+        )),
+        _ => None,
+    }
+}
+
 /// The one rule for dataset names, which become topic names (`raw.<dataset>`): a
 /// lowercase letter, then lowercase letters, digits, `_` and `-`, at most 100 in all. No
 /// dot, so that `raw.<dataset>` never reads as another dataset's dead-letter topic.

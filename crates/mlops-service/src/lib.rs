@@ -95,6 +95,8 @@ pub struct CommonConfig {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub encryption: EncryptionConfig,
+    /// Residency region of this service (`MLOPS_REGION`): it refuses data of another.
+    pub region: Option<String>,
 }
 
 /// Encryption at rest of what the service writes to its object store.
@@ -195,6 +197,7 @@ impl CommonConfig {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             encryption: EncryptionConfig::default(),
+            region: None,
         }
     }
 
@@ -539,6 +542,7 @@ pub fn standard_aliases(service: &str) -> Vec<(String, String)> {
         alias("MLOPS_TLS_CLIENT_CA_FILE".into(), "tls.client_ca_file"),
         alias("MLOPS_TLS_CA_FILE".into(), "tls.ca_file"),
         alias("MLOPS_ENCRYPTION_KEYS_FILE".into(), "encryption.keys_file"),
+        alias("MLOPS_REGION".into(), "region"),
         alias("MLOPS_AUTH_MODE".into(), "auth.mode"),
         alias("MLOPS_JWKS".into(), "auth.jwks"),
         alias("MLOPS_API_KEYS_FILE".into(), "auth.api_keys_file"),

@@ -49,6 +49,8 @@ pub struct App {
     /// Runs the view jobs, restarts them after failures and panics, reports their state.
     pub supervisor: Supervisor,
     pub cancel: CancellationToken,
+    /// Residency region of this service: records of another region are not handled.
+    pub region: Option<String>,
 }
 
 impl App {
@@ -99,10 +101,11 @@ impl App {
             settings: self.stream.clone(),
         };
         let version = Arc::new(version);
-        let (codec, producer, online) = (
+        let (codec, producer, online, region) = (
             self.codec.clone(),
             self.producer.clone(),
             self.online.clone(),
+            self.region.clone(),
         );
         let cancel = token.clone();
         info!(view = %name, version = number, "starting the view's stream job");
@@ -115,7 +118,8 @@ impl App {
                     codec.clone(),
                     producer.clone(),
                     online.clone(),
-                );
+                )
+                .map(|job| job.in_region(region.clone()));
                 let (wiring, cancel) = (wiring.clone(), cancel.clone());
                 async move {
                     let job = job.map_err(|e| anyhow::anyhow!("the view cannot run: {e}"))?;

@@ -12,14 +12,17 @@ use mlops_schema::AvroCodec;
 /// subject (`raw.<dataset>-value`): a record of another dataset is as wrong as garbage.
 pub struct RawIntake {
     codec: Arc<AvroCodec>,
+    /// Residency region of the service: records of another region are dead-lettered.
+    region: Option<String>,
     /// (subject, schema id) pairs already checked.
     known: Mutex<HashMap<(String, u32), bool>>,
 }
 
 impl RawIntake {
-    pub fn new(codec: Arc<AvroCodec>) -> Self {
+    pub fn new(codec: Arc<AvroCodec>, region: Option<String>) -> Self {
         Self {
             codec,
+            region,
             known: Mutex::new(HashMap::new()),
         }
     }
@@ -46,6 +49,12 @@ impl RawIntake {
 
 impl Handler for RawIntake {
     async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        let theirs = record
+            .header(mlops_events::topics::REGION_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok());
+        if let Some(reason) = mlops_events::topics::foreign_region(theirs, self.region.as_deref()) {
+            return Err(HandlerError::poison("wrong_region", reason));
+        }
         // A tombstone carries no event.
         let Some(payload) = record.payload.as_deref() else {
             return Ok(());

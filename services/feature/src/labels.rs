@@ -18,11 +18,13 @@ pub const LABELS_GROUP: &str = "feature.labels";
 
 pub struct LabelJob {
     codec: Arc<AvroCodec>,
+    /// Residency region of the service: labels of another region are dead-lettered.
+    region: Option<String>,
 }
 
 impl LabelJob {
-    pub fn new(codec: Arc<AvroCodec>) -> Self {
-        Self { codec }
+    pub fn new(codec: Arc<AvroCodec>, region: Option<String>) -> Self {
+        Self { codec, region }
     }
 }
 
@@ -52,6 +54,15 @@ impl BatchJob for LabelJob {
         let mut dead_letters = Vec::new();
         let mut labels = Vec::new();
         for (index, record) in records.iter().enumerate() {
+            let theirs = record
+                .header(mlops_events::topics::REGION_HEADER)
+                .and_then(|v| std::str::from_utf8(v).ok());
+            if let Some(reason) =
+                mlops_events::topics::foreign_region(theirs, self.region.as_deref())
+            {
+                dead_letters.push((index, "wrong_region", reason));
+                continue;
+            }
             let Some(payload) = record.payload.as_deref() else {
                 continue;
             };

@@ -141,6 +141,7 @@ pub async fn run(
 
     let mut tasks = TaskSet::new(cancel.child_token());
     let app = Arc::new(api::App {
+        region: config.region.clone(),
         catalog: Catalog::new(store.clone()),
         store: store.clone(),
         online: Arc::default(),
@@ -184,7 +185,7 @@ pub async fn run(
         producer.clone(),
     )
     .with_metrics(metrics);
-    let handler = intake::RawIntake::new(codec.clone());
+    let handler = intake::RawIntake::new(codec.clone(), config.region.clone());
     tasks.spawn("raw-intake", intake.run(handler, tasks.token()));
 
     ensure_topics(
@@ -203,10 +204,10 @@ pub async fn run(
         dead_letters: producer,
         settings: app.stream.clone(),
     };
-    let labels_cancel = tasks.token();
+    let (labels_cancel, region) = (tasks.token(), config.region.clone());
     supervisor.spawn("labels", tasks.token(), move |reporter| {
         stream::run(
-            labels::LabelJob::new(codec.clone()),
+            labels::LabelJob::new(codec.clone(), region.clone()),
             labels_wiring.clone(),
             labels_cancel.clone(),
             reporter,

@@ -186,6 +186,9 @@ pub struct ViewJob {
     pending: Option<DataFrame>,
     /// Entities erased by the batch, forgotten by the online store once it is committed.
     erased: Vec<String>,
+    /// Residency region of the service: records of another region are skipped (the raw
+    /// intake dead-letters them once).
+    region: Option<String>,
 }
 
 impl ViewJob {
@@ -206,7 +209,14 @@ impl ViewJob {
             online,
             pending: None,
             erased: Vec::new(),
+            region: None,
         })
+    }
+
+    /// Handles data of `region` only.
+    pub fn in_region(mut self, region: Option<String>) -> Self {
+        self.region = region;
+        self
     }
 
     /// The pipeline, between batches (never held across an await).
@@ -338,6 +348,12 @@ impl BatchJob for ViewJob {
         let mut index_of = std::collections::HashMap::new();
         let mut erased = Vec::new();
         for (index, record) in records.iter().enumerate() {
+            let theirs = record
+                .header(mlops_events::topics::REGION_HEADER)
+                .and_then(|v| std::str::from_utf8(v).ok());
+            if mlops_events::topics::foreign_region(theirs, self.region.as_deref()).is_some() {
+                continue;
+            }
             let Some(payload) = record.payload.as_deref() else {
                 // A tombstone: its key (the entity) is to be forgotten (GDPR erasure).
                 if let Some(entity) = record

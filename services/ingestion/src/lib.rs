@@ -24,7 +24,8 @@ pub const DEFAULT_PORT: u16 = mlops_service::ports::INGESTION;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Residency region of this instance (`MLOPS_REGION`); datasets of another region are refused.
+    /// Residency region of this instance; datasets of another region are refused. Unset:
+    /// the service's `region` (`MLOPS_REGION`).
     pub region: Option<String>,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
@@ -92,10 +93,6 @@ impl ServiceConfig for Config {
         }
         errors
     }
-
-    fn aliases() -> Vec<(String, String)> {
-        vec![("MLOPS_REGION".to_owned(), "ingestion.region".to_owned())]
-    }
 }
 
 /// The service's configuration with its defaults.
@@ -118,7 +115,11 @@ pub async fn run(
         mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
     let mut registry = prometheus_client::registry::Registry::default();
     let app = Arc::new(api::App::new(
-        config.ingestion.clone(),
+        {
+            let mut settings = config.ingestion.clone();
+            settings.region = settings.region.or_else(|| common.region.clone());
+            settings
+        },
         store.clone(),
         producer,
         common.kafka.clone(),

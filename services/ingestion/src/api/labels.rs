@@ -55,6 +55,7 @@ async fn ingest_labels(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Incoming {
+        dataset,
         _body_permit,
         bytes,
         ndjson,
@@ -102,7 +103,7 @@ async fn ingest_labels(
             topics::LABELS,
             Some(label.entity_id.as_bytes()),
             *label,
-            OwnedHeaders::new(),
+            super::ingest::region_headers(dataset.spec.region.as_deref()),
         )
     });
     let deliveries = futures::future::join_all(sends).await;
