@@ -190,7 +190,7 @@ async fn datasets_are_declared_with_their_topics_and_schema() {
         assert_eq!(body["subject"], json!(format!("{topic}-value")));
         assert_eq!(body["version"], 1);
         let id = body["schema_id"].as_i64().expect("schema id");
-        let latest: Value = reqwest::get(format!(
+        let latest: Value = mlops_integration_tests::get(format!(
             "{}/subjects/{topic}-value/versions/latest",
             p.registry.url
         ))
@@ -208,7 +208,7 @@ async fn datasets_are_declared_with_their_topics_and_schema() {
             (StatusCode::OK, json!(1))
         );
 
-        let listed: Value = reqwest::get(format!("{}/v1/datasets", ingestion.url))
+        let listed: Value = mlops_integration_tests::get(format!("{}/v1/datasets", ingestion.url))
             .await
             .unwrap()
             .json()
@@ -221,11 +221,11 @@ async fn datasets_are_declared_with_their_topics_and_schema() {
                 .iter()
                 .any(|d| d["name"] == json!(name))
         );
-        let one = reqwest::get(format!("{}/v1/datasets/{name}", ingestion.url))
+        let one = mlops_integration_tests::get(format!("{}/v1/datasets/{name}", ingestion.url))
             .await
             .unwrap();
         assert_eq!(one.status(), StatusCode::OK);
-        let missing = reqwest::get(format!("{}/v1/datasets/nope", ingestion.url))
+        let missing = mlops_integration_tests::get(format!("{}/v1/datasets/nope", ingestion.url))
             .await
             .unwrap();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
@@ -452,7 +452,7 @@ async fn every_refusal_has_its_status_and_exact_body() {
         json!({"code": "wrong_region", "message": "dataset data must stay in region \"ae\"; this instance serves region \"eu\""})
     );
 
-    let metrics = reqwest::get(format!("{}/metrics", ingestion.url))
+    let metrics = mlops_integration_tests::get(format!("{}/metrics", ingestion.url))
         .await
         .unwrap()
         .text()
@@ -656,7 +656,8 @@ async fn request_bodies_in_flight_are_bounded_in_bytes() {
     let addr = ingestion.url.trim_start_matches("http://").to_owned();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
-        "POST /v1/datasets/{name}/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "POST /v1/datasets/{name}/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-ndjson\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        mlops_integration_tests::auth::tokens().admin,
         slow_body.len()
     );
     slow.write_all(head.as_bytes()).await.unwrap();
@@ -848,7 +849,7 @@ async fn records_written_straight_to_kafka_are_taken_in_and_garbage_is_dead_lett
         );
         let metrics = format!("{}/metrics", feature.url);
         mlops_integration_tests::eventually(WAIT, || {
-            let request = reqwest::get(&metrics);
+            let request = mlops_integration_tests::get(&metrics);
             let line = &line;
             async move {
                 match request.await {

@@ -148,7 +148,7 @@ async fn avro_events_and_trace_context_cross_the_broker() {
         );
 
         // The subject follows the TopicNameStrategy and holds the schema from schemas/.
-        let latest: serde_json::Value = reqwest::get(format!(
+        let latest: serde_json::Value = mlops_integration_tests::get(format!(
             "{}/subjects/{topic}-value/versions/latest",
             s.registry.url
         ))

@@ -9,6 +9,11 @@ pub mod platform;
 
 pub use auth::{client, codec};
 
+/// `GET url` with the admin token (what `reqwest::get` is without credentials).
+pub fn get(url: impl reqwest::IntoUrl) -> impl Future<Output = reqwest::Result<reqwest::Response>> {
+    client().get(url).send()
+}
+
 use std::{future::Future, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};

@@ -48,6 +48,12 @@ pub struct KafkaConfig {
     pub ssl_certificate_location: Option<String>,
     pub ssl_key_location: Option<String>,
     pub ssl_key_password: Option<Secret>,
+    /// `OAUTHBEARER` through an OpenID Connect provider (client credentials): its token
+    /// endpoint, this client's id and secret, and the scope asked for.
+    pub oauthbearer_token_endpoint_url: Option<String>,
+    pub oauthbearer_client_id: Option<String>,
+    pub oauthbearer_client_secret: Option<Secret>,
+    pub oauthbearer_scope: Option<String>,
     /// Consumer group session timeout. Kept short so that a group joins in seconds.
     pub session_timeout_ms: u32,
     /// How long a member may spend on records between two polls before it leaves its
@@ -80,6 +86,10 @@ impl Default for KafkaConfig {
             ssl_certificate_location: None,
             ssl_key_location: None,
             ssl_key_password: None,
+            oauthbearer_token_endpoint_url: None,
+            oauthbearer_client_id: None,
+            oauthbearer_client_secret: None,
+            oauthbearer_scope: None,
             session_timeout_ms: 6000,
             max_poll_interval_ms: 300_000,
             replication_factor: 1,
@@ -119,6 +129,18 @@ impl KafkaConfig {
                         .to_owned(),
                 );
             }
+            let oidc = [
+                self.oauthbearer_token_endpoint_url.is_some(),
+                self.oauthbearer_client_id.is_some(),
+                self.oauthbearer_client_secret.is_some(),
+            ];
+            if self.sasl_mechanism.as_deref() == Some("OAUTHBEARER") && !oidc.iter().all(|s| *s) {
+                errors.push(
+                    "kafka.oauthbearer_token_endpoint_url/oauthbearer_client_id/\
+                     oauthbearer_client_secret: required for OAUTHBEARER"
+                        .to_owned(),
+                );
+            }
         }
         if self.replication_factor < 1 {
             errors.push("kafka.replication_factor: must be at least 1".to_owned());
@@ -152,6 +174,23 @@ impl KafkaConfig {
                 "ssl.key.password",
                 self.ssl_key_password.as_ref().map(Secret::expose),
             ),
+            (
+                "sasl.oauthbearer.method",
+                self.oauthbearer_token_endpoint_url.as_ref().map(|_| "oidc"),
+            ),
+            (
+                "sasl.oauthbearer.token.endpoint.url",
+                self.oauthbearer_token_endpoint_url.as_deref(),
+            ),
+            (
+                "sasl.oauthbearer.client.id",
+                self.oauthbearer_client_id.as_deref(),
+            ),
+            (
+                "sasl.oauthbearer.client.secret",
+                self.oauthbearer_client_secret.as_ref().map(Secret::expose),
+            ),
+            ("sasl.oauthbearer.scope", self.oauthbearer_scope.as_deref()),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
@@ -186,5 +225,22 @@ mod tests {
         assert_eq!(client.get("sasl.password"), Some("hunter2"));
         assert_eq!(client.get("client.id"), Some("mlops-producer"));
         assert!(!format!("{config:?}").contains("hunter2"));
+
+        // OAUTHBEARER through an identity provider's client credentials.
+        config.sasl_mechanism = Some("OAUTHBEARER".into());
+        let errors = config.validate();
+        assert!(errors[0].contains("required for OAUTHBEARER"), "{errors:?}");
+        config.oauthbearer_token_endpoint_url = Some("https://idp/token".into());
+        config.oauthbearer_client_id = Some("mlops-ingestion".into());
+        config.oauthbearer_client_secret = Some(Secret::new("s3cr3t"));
+        assert!(config.validate().is_empty());
+        let client = config.client_config("producer");
+        assert_eq!(client.get("sasl.oauthbearer.method"), Some("oidc"));
+        assert_eq!(
+            client.get("sasl.oauthbearer.token.endpoint.url"),
+            Some("https://idp/token")
+        );
+        assert_eq!(client.get("sasl.oauthbearer.client.secret"), Some("s3cr3t"));
+        assert!(!format!("{config:?}").contains("s3cr3t"));
     }
 }

@@ -537,6 +537,10 @@ pub fn standard_aliases(service: &str) -> Vec<(String, String)> {
         alias("KAFKA_SASL_USERNAME".into(), "kafka.sasl_username"),
         alias("KAFKA_SASL_PASSWORD".into(), "kafka.sasl_password"),
         alias("KAFKA_SSL_KEY_PASSWORD".into(), "kafka.ssl_key_password"),
+        alias(
+            "KAFKA_OAUTHBEARER_CLIENT_SECRET".into(),
+            "kafka.oauthbearer_client_secret",
+        ),
         alias("MLOPS_TLS_CERT_FILE".into(), "tls.cert_file"),
         alias("MLOPS_TLS_KEY_FILE".into(), "tls.key_file"),
         alias("MLOPS_TLS_CLIENT_CA_FILE".into(), "tls.client_ca_file"),
