@@ -526,7 +526,7 @@ async fn artifacts_are_encrypted_at_rest_and_keys_rotate() {
 
     let model = unique("sealed");
     let version = r.register(&model, 0.5).await;
-    let objects = files_under(&r.service.data_dir());
+    let objects = mlops_testkit::files_under(&r.service.data_dir());
     let artifact_files: Vec<_> = objects
         .iter()
         .filter(|p| p.to_string_lossy().contains("artifacts"))
@@ -566,20 +566,4 @@ async fn artifacts_are_encrypted_at_rest_and_keys_rotate() {
     let reason: Value = refused.json().await.unwrap();
     let message = reason["error"]["message"].as_str().unwrap();
     assert!(message.contains("\"k1\""), "{reason}");
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }

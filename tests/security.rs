@@ -205,6 +205,26 @@ async fn assert_matrix(http: &Client, service: &str, url: &str, table: &[Route])
 async fn every_role_against_every_endpoint_of_every_service() {
     let p = Platform::start().await;
     let training = p.training(1_000).await;
+    let mut serving_config = serving::default_config();
+    serving_config.common.kafka.bootstrap_servers = p.broker.bootstrap_servers.clone();
+    serving_config.common.schema_registry.url = p.registry.url.clone();
+    serving_config.serving.registry_url = p.registry.url.clone();
+    serving_config.serving.feature_url = p.feature.url.clone();
+    mlops_integration_tests::auth::secure(&mut serving_config.common);
+    let serving = mlops_integration_tests::TestService::run(|listener, cancel| {
+        serving::run(serving_config, listener, cancel)
+    })
+    .await;
+    let mut monitoring_config = monitoring::default_config();
+    monitoring_config.common.kafka.bootstrap_servers = p.broker.bootstrap_servers.clone();
+    monitoring_config.common.schema_registry.url = p.registry.url.clone();
+    monitoring_config.monitoring.registry_url = p.registry.url.clone();
+    monitoring_config.monitoring.feature_url = p.feature.url.clone();
+    mlops_integration_tests::auth::secure(&mut monitoring_config.common);
+    let monitoring = mlops_integration_tests::TestService::run(|listener, cancel| {
+        monitoring::run(monitoring_config, listener, cancel)
+    })
+    .await;
     let http = anonymous();
     assert_matrix(&http, "ingestion", &p.ingestion.url, ingestion::api::ROUTES).await;
     assert_matrix(&http, "feature", &p.feature.url, feature::api::ROUTES).await;
@@ -223,6 +243,15 @@ async fn every_role_against_every_endpoint_of_every_service() {
     )
     .await;
     assert_matrix(&http, "training", &training.url, training::api::ROUTES).await;
+    assert_matrix(&http, "serving", &serving.url, serving::oip::ROUTES).await;
+    assert_matrix(
+        &http,
+        "monitoring",
+        &monitoring.url,
+        monitoring::api::ROUTES,
+    )
+    .await;
+    assert_matrix(&http, "audit", &p.registry.url, registry::audit::ROUTES).await;
 
     // The probes answer anyone.
     for url in [
@@ -230,6 +259,8 @@ async fn every_role_against_every_endpoint_of_every_service() {
         &p.feature.url,
         &p.registry.url,
         &training.url,
+        &serving.url,
+        &monitoring.url,
     ] {
         for probe in ["/healthz", "/metrics"] {
             let status = http

@@ -101,23 +101,6 @@ impl Service {
     }
 }
 
-/// Every file below `dir` (none when it does not exist yet).
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
-
 /// Every offline row of the view, read back as the platform reads it (a partition's
 /// newest compacted file and the batch files after it; compaction may run meanwhile).
 async fn offline_rows(data: &Path, view: &str) -> DataFrame {
@@ -239,12 +222,12 @@ async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
     // Killed once a few batches are durable: batches are then being written back to back.
     let mut first = service.spawn();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while files_under(&offline).len() < 3 {
+    while mlops_testkit::files_under(&offline).len() < 3 {
         assert!(Instant::now() < deadline, "the stream job wrote no batches");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.kill().await.unwrap();
-    let written_before_restart = files_under(&offline).len();
+    let written_before_restart = mlops_testkit::files_under(&offline).len();
 
     let _second = service.spawn();
     wait_for(&format!("{}/healthz", service.url)).await;
@@ -301,7 +284,7 @@ async fn kill_and_restart(broker: mlops_testkit::TestBroker) {
     // Each event's row exactly once, none missing.
     let rows = offline_rows(&data, &view).await;
     assert!(
-        files_under(&offline).iter().any(|p| p
+        mlops_testkit::files_under(&offline).iter().any(|p| p
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("compact-"))),
         "the batch files were compacted along the way"
