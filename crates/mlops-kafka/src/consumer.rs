@@ -372,10 +372,11 @@ impl ConsumerContext for GroupContext {
         if last.count() == 0 || consumer.assignment_lost() {
             return;
         }
-        // Not `Sync`: this runs inside a poll, on an async runtime's thread, and a
-        // synchronous commit waits for the coordinator without limit. Sent before the
-        // member rejoins; should it be refused, the next owner sees those records again.
-        if let Err(e) = consumer.commit(&last, CommitMode::Async) {
+        // Synchronous, so that a refused commit (an expelled member) is known and counted
+        // here. It runs inside a poll, on an async runtime's thread: never during a
+        // consumer's destruction, whose positions `Member` and `close` clear first (that
+        // revocation waits for a coordinator that may be gone).
+        if let Err(e) = consumer.commit(&last, CommitMode::Sync) {
             state.metrics.commit_failed(&state.group);
             warn!(group = %state.group, error = %e, "commit of revoked partitions failed; their next owner may see records again");
         }

@@ -24,6 +24,8 @@ fn start(dir: &std::path::Path, port: u16, bootstrap: &str) -> Child {
         .env("MLOPS_REGISTRY_PORT", port.to_string())
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
         .env("SCHEMA_REGISTRY_URL", format!("http://127.0.0.1:{port}"))
+        // What a SIGKILL leaves behind is tested here; who may call is tests/security.rs.
+        .env("MLOPS_AUTH_MODE", "disabled")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
