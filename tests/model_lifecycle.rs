@@ -518,3 +518,32 @@ async fn the_served_input_vector_is_the_training_row_of_the_same_event() {
     let (status, unknown) = predict(json!({"entity_id": "nobody"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
 }
+
+/// Residency: a training set carries the region of the feature service that built it; a
+/// training service of another region refuses it and fails the run saying why, while one
+/// of the same region trains on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_training_service_of_another_region_refuses_the_training_set() {
+    let p = Platform::start_in_region("eu").await;
+    let view = p.labelled_spend().await;
+    for (region, succeeds) in [("ae", false), ("eu", true)] {
+        let mut config = p.training_config(0);
+        config.common.region = Some(region.to_owned());
+        let training =
+            TestService::run(|listener, cancel| training::run(config, listener, cancel)).await;
+        let model = unique("resident");
+        declare(&p, &training, good_spec(&model, &view)).await;
+        let run = manual_run(&p, &training, &model).await;
+        if succeeds {
+            assert_eq!(run["status"], "succeeded", "{run}");
+        } else {
+            assert_eq!(run["status"], "failed", "{run}");
+            let reason = run["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("region \"eu\"") && reason.contains("region \"ae\""),
+                "{run}"
+            );
+        }
+        training.stop().await;
+    }
+}

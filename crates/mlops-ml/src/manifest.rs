@@ -28,6 +28,10 @@ pub struct Manifest {
     pub label: ReferenceStatistics,
     pub data: String,
     pub created_at: i64,
+    /// Residency region of the data, when the feature service that built it has one: a
+    /// training service of another region refuses the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

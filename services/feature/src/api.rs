@@ -452,14 +452,15 @@ async fn create_training_set(
             ),
         )
     })?;
-    let (manifest, created) = training::build(&app.store, &version, &request)
-        .await
-        .map_err(|e| match e {
-            TrainingSetError::NoLabels(message) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_labels", message)
-            }
-            other => store_error(other),
-        })?;
+    let (manifest, created) =
+        training::build(&app.store, &version, &request, app.region.as_deref())
+            .await
+            .map_err(|e| match e {
+                TrainingSetError::NoLabels(message) => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_labels", message)
+                }
+                other => store_error(other),
+            })?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -57,6 +57,7 @@ pub async fn build(
     store: &FeatureStore,
     version: &ViewVersion,
     request: &TrainingSetRequest,
+    region: Option<&str>,
 ) -> Result<(Manifest, bool), TrainingSetError> {
     let label_dataset = request
         .label_dataset
@@ -87,7 +88,10 @@ pub async fn build(
         None => None,
     };
     let (owned_version, owned_request) = (version.clone(), request.clone());
-    let Snapshot { manifest, bytes } = mlops_runtime::cpu::run(move || {
+    let Snapshot {
+        mut manifest,
+        bytes,
+    } = mlops_runtime::cpu::run(move || {
         assemble(
             labels,
             features,
@@ -97,6 +101,7 @@ pub async fn build(
         )
     })
     .await?;
+    manifest.region = region.map(str::to_owned);
     let manifest_path = format!("snapshots/{}/manifest.json", manifest.id);
     if let Some(existing) = store.get_json::<Manifest>(&manifest_path).await? {
         return Ok((existing, false));
@@ -302,6 +307,7 @@ fn assemble(
         label: label_statistics,
         data: format!("snapshots/{id}/data.parquet"),
         created_at: mlops_events::now_millis(),
+        region: None,
         id,
     };
     Ok(Snapshot { manifest, bytes })

@@ -153,6 +153,7 @@ pub async fn run(
             settings.max_concurrent_runs.max(1),
         )),
         cooldown_ms: settings.cooldown_ms as i64,
+        region: common.region.clone(),
     });
     let database = store.clone();
     let mut checks = common.readiness_checks();

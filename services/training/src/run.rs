@@ -303,6 +303,7 @@ mod tests {
             label: stats,
             data: "snapshots/snap-1/data.parquet".into(),
             created_at: 0,
+            region: None,
         };
         (manifest, frame)
     }

@@ -37,6 +37,8 @@ pub struct Runner {
     /// A run starts no sooner than this after its first request, nor after the model's
     /// previous run finished: the window in which a burst of requests coalesces.
     pub cooldown_ms: i64,
+    /// Residency region of this service: snapshots of another region are refused.
+    pub region: Option<String>,
 }
 
 impl Runner {
@@ -153,8 +155,14 @@ impl Runner {
             .map_err(|e| e.to_string())?;
         let window = window_of(&requests);
         let t0 = now_millis();
-        let (manifest, frame) =
-            crate::snapshot::fetch(&self.http, &self.feature_url, &spec, window).await?;
+        let (manifest, frame) = crate::snapshot::fetch(
+            &self.http,
+            &self.feature_url,
+            &spec,
+            window,
+            self.region.as_deref(),
+        )
+        .await?;
         let t1 = now_millis();
         let production = self.registry.production(&spec.name).await?;
         let (production_version, production_artifact) = match production {

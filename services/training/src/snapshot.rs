@@ -99,6 +99,7 @@ pub async fn fetch(
     feature_url: &str,
     spec: &crate::spec::ModelSpec,
     window: (Option<i64>, Option<i64>),
+    region: Option<&str>,
 ) -> Result<(mlops_ml::Manifest, DataFrame), String> {
     let mut request = serde_json::json!({"view": spec.view});
     if let Some(version) = spec.view_version {
@@ -129,6 +130,10 @@ pub async fn fetch(
     }
     let manifest: mlops_ml::Manifest =
         serde_json::from_value(body).map_err(|e| format!("snapshot manifest: {e}"))?;
+    // Residency: a model is trained only on data of this service's region.
+    if let Some(reason) = mlops_events::topics::foreign_region(manifest.region.as_deref(), region) {
+        return Err(format!("training set {}: {reason}", manifest.id));
+    }
     let data = http
         .get(format!(
             "{feature_url}/v1/training-sets/{}/data",
