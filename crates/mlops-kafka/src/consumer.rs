@@ -71,6 +71,15 @@ impl Record {
             .find(|h| h.key == name)
             .and_then(|h| h.value)
     }
+
+    /// Why a service of region `here` may not handle this record (its data's region, in
+    /// `mlops-region`, is another), if it may not.
+    pub fn foreign_region(&self, here: Option<&str>) -> Option<String> {
+        let theirs = self
+            .header(mlops_events::topics::REGION_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok());
+        mlops_events::topics::foreign_region(theirs, here)
+    }
 }
 
 /// Why a handler could not finish a record. The variant decides what happens next.

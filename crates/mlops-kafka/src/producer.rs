@@ -85,6 +85,21 @@ impl Producer {
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
+        self.deliver(record).await
+    }
+
+    /// Produces a tombstone (a record without a value) for `key`: what compaction and the
+    /// platform's consumers read as "forget this key".
+    pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Delivery> {
+        let headers = mlops_telemetry::inject_current_context(OwnedHeaders::new());
+        let record = FutureRecord::<[u8], [u8]>::to(topic)
+            .key(key)
+            .headers(headers);
+        self.deliver(record).await
+    }
+
+    /// Sends `record` and waits for the broker's acknowledgement.
+    async fn deliver(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<Delivery> {
         match self
             .inner
             .send(record, Timeout::After(self.queue_wait))
@@ -97,26 +112,6 @@ impl Producer {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(Error::QueueFull)
             }
-            Err((e, _)) => Err(Error::Kafka(e)),
-        }
-    }
-
-    /// Produces a tombstone (a record without a value) for `key`: what compaction and the
-    /// platform's consumers read as "forget this key".
-    pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Delivery> {
-        let headers = mlops_telemetry::inject_current_context(OwnedHeaders::new());
-        let record = FutureRecord::<[u8], [u8]>::to(topic)
-            .key(key)
-            .headers(headers);
-        match self
-            .inner
-            .send(record, Timeout::After(self.queue_wait))
-            .await
-        {
-            Ok(delivery) => Ok(Delivery {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
             Err((e, _)) => Err(Error::Kafka(e)),
         }
     }

@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use mlops_service::CommonConfig;
-
 use crate::platform::Layout;
 
 pub(crate) fn verify() -> ExitCode {
@@ -15,11 +13,7 @@ pub(crate) fn verify() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut common = CommonConfig::default();
-    common.kafka.bootstrap_servers = layout.bootstrap_servers();
-    common.schema_registry.url = layout.schema_registry();
-    common.auth.service_token =
-        crate::credentials::admin_token(&layout.data_dir).map(mlops_runtime::Secret::new);
+    let common = crate::status::admin_config(&layout);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let reports = runtime.block_on(mlops_service::audit::verify_log(
         &common.kafka,

@@ -4,7 +4,6 @@
 //! need the files.
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -14,7 +13,10 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-use crate::platform::{Layout, SERVICES};
+use crate::{
+    credentials::write_file,
+    platform::{Layout, SERVICES},
+};
 
 /// The files of one service: certificate and key.
 pub(crate) struct ServiceCert {
@@ -87,26 +89,13 @@ impl Certs {
             let key = KeyPair::generate().map_err(fail)?;
             let cert = params.signed_by(&key, &ca).map_err(fail)?;
             let files = self.service(name);
-            write(&files.cert, cert.pem().as_bytes(), 0o644)?;
-            write(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+            write_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
+            write_file(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
         }
         // The CA's key is not kept: nothing more is signed with it.
-        write(&self.ca(), ca.as_ref().pem().as_bytes(), 0o644)?;
+        write_file(&self.ca(), ca.as_ref().pem().as_bytes(), 0o644)?;
         Ok(true)
     }
-}
-
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `mlops certs`: creates `<data dir>/tls` unless it exists, and says where.

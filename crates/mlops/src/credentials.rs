@@ -76,6 +76,12 @@ impl Credentials {
 
 /// Writes `bytes` to a new file of mode 0600 (replacing any), atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    write_file(path, bytes, 0o600)
+}
+
+/// Writes `bytes` to a new file of `mode` (replacing any), atomically: a reader sees the
+/// old file or the whole new one.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let partial = path.with_extension("partial");
     let write = || -> std::io::Result<()> {
@@ -83,7 +89,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&partial)?;
         file.write_all(bytes)?;
         file.sync_all()?;

@@ -4,27 +4,25 @@ use std::{process::ExitCode, time::Duration};
 
 use crate::platform::{Layout, SERVICES};
 
+/// What a command needs to reach the platform as its admin: the bus, the Schema
+/// Registry, the admin token (`MLOPS_TOKEN`, else `<data dir>/admin.token`) and, on a
+/// platform started with `--tls`, its CA.
+pub(crate) fn admin_config(layout: &Layout) -> mlops_service::CommonConfig {
+    let mut common = mlops_service::CommonConfig::default();
+    common.kafka.bootstrap_servers = layout.bootstrap_servers();
+    common.schema_registry.url = layout.schema_registry();
+    common.auth.service_token =
+        crate::credentials::admin_token(&layout.data_dir).map(mlops_runtime::Secret::new);
+    if layout.tls {
+        common.tls.ca_file = Some(crate::certs::Certs::of(&layout.data_dir).ca());
+    }
+    common
+}
+
 /// The launcher's HTTP client: every request it makes is bounded in time, and presents
-/// the platform's admin token (`MLOPS_TOKEN`, else `<data dir>/admin.token`).
+/// the admin token.
 pub(crate) fn http(layout: &Layout) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = crate::credentials::admin_token(&layout.data_dir)
-        && let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-    {
-        value.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    let mut builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .default_headers(headers);
-    if layout.tls
-        && let Ok(pem) = std::fs::read(crate::certs::Certs::of(&layout.data_dir).ca())
-    {
-        for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().expect("an HTTP client with a timeout")
+    admin_config(layout).http_client(Duration::from_secs(10))
 }
 
 /// Readiness of one component: `Ok` with a short word, or the reason it is not ready.

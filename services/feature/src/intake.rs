@@ -49,10 +49,7 @@ impl RawIntake {
 
 impl Handler for RawIntake {
     async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
-        let theirs = record
-            .header(mlops_events::topics::REGION_HEADER)
-            .and_then(|v| std::str::from_utf8(v).ok());
-        if let Some(reason) = mlops_events::topics::foreign_region(theirs, self.region.as_deref()) {
+        if let Some(reason) = record.foreign_region(self.region.as_deref()) {
             return Err(HandlerError::poison("wrong_region", reason));
         }
         // A tombstone carries no event.

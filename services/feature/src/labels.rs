@@ -54,12 +54,7 @@ impl BatchJob for LabelJob {
         let mut dead_letters = Vec::new();
         let mut labels = Vec::new();
         for (index, record) in records.iter().enumerate() {
-            let theirs = record
-                .header(mlops_events::topics::REGION_HEADER)
-                .and_then(|v| std::str::from_utf8(v).ok());
-            if let Some(reason) =
-                mlops_events::topics::foreign_region(theirs, self.region.as_deref())
-            {
+            if let Some(reason) = record.foreign_region(self.region.as_deref()) {
                 dead_letters.push((index, "wrong_region", reason));
                 continue;
             }

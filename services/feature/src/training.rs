@@ -79,12 +79,15 @@ pub async fn build(
         .read_frames_in(&version.offline_prefix(), &features_range)
         .await?;
     // Erased entities (GDPR) are in no training set built after their erasure.
-    let labels = without_entities(labels, &store.erased_entities(&label_dataset).await?)?;
+    let erased_in_source = store.erased_entities(&version.spec.source).await?;
+    let erased_in_labels = if label_dataset == version.spec.source {
+        erased_in_source.clone()
+    } else {
+        store.erased_entities(&label_dataset).await?
+    };
+    let labels = without_entities(labels, &erased_in_labels)?;
     let features = match features {
-        Some(rows) => Some(without_entities(
-            rows,
-            &store.erased_entities(&version.spec.source).await?,
-        )?),
+        Some(rows) => Some(without_entities(rows, &erased_in_source)?),
         None => None,
     };
     let (owned_version, owned_request) = (version.clone(), request.clone());

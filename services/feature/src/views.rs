@@ -348,10 +348,7 @@ impl BatchJob for ViewJob {
         let mut index_of = std::collections::HashMap::new();
         let mut erased = Vec::new();
         for (index, record) in records.iter().enumerate() {
-            let theirs = record
-                .header(mlops_events::topics::REGION_HEADER)
-                .and_then(|v| std::str::from_utf8(v).ok());
-            if mlops_events::topics::foreign_region(theirs, self.region.as_deref()).is_some() {
+            if record.foreign_region(self.region.as_deref()).is_some() {
                 continue;
             }
             let Some(payload) = record.payload.as_deref() else {

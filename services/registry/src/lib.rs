@@ -89,12 +89,8 @@ pub async fn router(
     models: Arc<models::api::Models>,
     admin: &AdminState,
     auditor: mlops_service::audit::Auditor,
+    audit_log: Arc<audit::AuditLog>,
 ) -> anyhow::Result<axum::Router> {
-    let audit_log = Arc::new(audit::AuditLog {
-        pool: store.pool().clone(),
-        codec: Arc::new(common.codec()),
-        kafka: common.kafka.clone(),
-    });
     Ok(admin.with_http_telemetry(
         common
             .protect(
@@ -166,14 +162,16 @@ pub async fn run(
         wake,
         auditor: auditor.clone(),
     };
+    // One copy of the trail: filled by its consumer, read by the audit API.
+    let audit_log = Arc::new(audit::AuditLog {
+        pool: store.pool().clone(),
+        codec: codec.clone(),
+        kafka: common.kafka.clone(),
+    });
     background.spawn(consume_audit_log(
         common.kafka.clone(),
         producer.clone(),
-        audit::AuditLog {
-            pool: store.pool().clone(),
-            codec: codec.clone(),
-            kafka: common.kafka.clone(),
-        },
+        (*audit_log).clone(),
         cancel.clone(),
     ));
     background.spawn(consume_decisions(
@@ -192,7 +190,7 @@ pub async fn run(
         mlops_service::broker_check(&common.kafka),
     ];
     let admin = AdminState::new(SERVICE, Default::default(), checks);
-    let router = match router(common, store, models, &admin, auditor.clone()).await {
+    let router = match router(common, store, models, &admin, auditor.clone(), audit_log).await {
         Ok(router) => router,
         Err(e) => {
             cancel.cancel();
