@@ -44,6 +44,10 @@ export MLOPS_TEST_PYTHON="$venv/bin/python"
 
 # Build first so the broker does not sit idle through a cold compile.
 cargo test --workspace --locked --no-run "$@"
+# A real Jaeger for the tracing tests, built from the Go module proxy into the cache once
+# (a few minutes). A failed build fails the suite here, loudly.
+export MLOPS_CACHE_DIR="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}"
+cargo run --locked --quiet --bin mlops -- jaeger --install-only
 tests/kafka/kafka.sh start "$work/kafka" "$port"
 export MLOPS_TEST_KAFKA_BOOTSTRAP="127.0.0.1:$port"
 MLOPS_TEST_POSTGRES_URL=$(tests/postgres/postgres.sh start "$work/postgres" "$pg_port")

@@ -63,6 +63,14 @@ impl From<OwnedMessage> for Record {
 }
 
 impl Record {
+    /// The trace context its producer sent it in (`traceparent`), when it carries one.
+    pub fn trace_context(&self) -> Option<opentelemetry::Context> {
+        use opentelemetry::trace::TraceContextExt as _;
+        self.header("traceparent")?;
+        let context = mlops_telemetry::extract_context(self.headers.as_ref());
+        context.span().span_context().is_valid().then_some(context)
+    }
+
     /// The value of header `name`, when present.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -466,9 +474,11 @@ impl ConsumerLoop {
             };
             let span = info_span!(
                 "process",
+                otel.name = %format_args!("process {}", record.topic),
                 otel.kind = "consumer",
                 messaging.system = "kafka",
                 messaging.operation.type = "process",
+                messaging.operation.name = "process",
                 messaging.destination.name = %record.topic,
                 messaging.destination.partition.id = record.partition,
                 messaging.kafka.offset = record.offset,

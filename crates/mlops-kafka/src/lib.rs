@@ -11,7 +11,7 @@ mod metrics;
 mod producer;
 
 pub use admin::{TopicSpec, check_broker, ensure_topics, partition_count, read_partition};
-pub use batch::BatchConsumer;
+pub use batch::{BatchConsumer, batch_span};
 pub use config::{KafkaConfig, SecurityProtocol};
 pub use consumer::{CLOSE_TIMEOUT, ConsumerLoop, DeadLetters, Handler, HandlerError, Record};
 pub use log_producer::LogProducer;

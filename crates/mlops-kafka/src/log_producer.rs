@@ -19,6 +19,7 @@ use std::sync::{
 use rdkafka::{
     ClientContext,
     error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext},
 };
 
@@ -70,10 +71,24 @@ impl LogProducer {
     }
 
     /// Hands a record to the client. `QueueFull` when its local queue has no room.
-    pub fn enqueue(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> Result<()> {
+    /// `traceparent` (W3C) goes into the record's headers, so that its consumer continues
+    /// the trace of the request the record logs.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<()> {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
+        }
+        if let Some(traceparent) = traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(traceparent.as_bytes()),
+            }));
         }
         match self.inner.send(record) {
             Ok(()) => Ok(()),

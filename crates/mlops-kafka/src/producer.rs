@@ -9,7 +9,26 @@ use rdkafka::{
     util::Timeout,
 };
 
+use tracing::{Instrument, info_span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
 use crate::{Error, KafkaConfig, Result};
+
+/// A producer span of OpenTelemetry's messaging conventions for one record to `topic`.
+fn send_span(topic: &str) -> tracing::Span {
+    info_span!(
+        "send",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = %topic,
+        messaging.destination.partition.id = tracing::field::Empty,
+        messaging.kafka.offset = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
 
 /// Where the broker stored an acknowledged record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,27 +94,74 @@ impl Producer {
         payload: &[u8],
         headers: OwnedHeaders,
     ) -> Result<Delivery> {
-        let headers = mlops_telemetry::inject_current_context(headers);
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(payload)
-            .headers(headers);
+        let span = send_span(topic);
+        self.send_in(span, topic, partition, key, Some(payload), headers)
+            .await
+    }
+
+    /// [`Self::send_bytes`] with the `send` span a child of `parent` rather than of the
+    /// current span: a record made on behalf of another (a feature row of a raw event, in a
+    /// batch of many) continues that one's trace.
+    pub async fn send_bytes_under(
+        &self,
+        parent: Option<opentelemetry::Context>,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Delivery> {
+        let span = send_span(topic);
+        if let Some(parent) = parent {
+            let _ = span.set_parent(parent);
+        }
+        self.send_in(span, topic, None, key, Some(payload), headers)
+            .await
+    }
+
+    /// Produces a tombstone (a record without a value) for `key`: what compaction and the
+    /// platform's consumers read as "forget this key".
+    pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Delivery> {
+        let span = send_span(topic);
+        self.send_in(span, topic, None, Some(key), None, OwnedHeaders::new())
+            .await
+    }
+
+    /// Sends in `span` (OpenTelemetry's messaging conventions, a producer span), whose
+    /// context the record's `traceparent` header carries.
+    async fn send_in(
+        &self,
+        span: tracing::Span,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> Result<Delivery> {
+        let headers = {
+            let _entered = span.enter();
+            mlops_telemetry::inject_current_context(headers)
+        };
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
-        self.deliver(record).await
-    }
-
-    /// Produces a tombstone (a record without a value) for `key`: what compaction and the
-    /// platform's consumers read as "forget this key".
-    pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Delivery> {
-        let headers = mlops_telemetry::inject_current_context(OwnedHeaders::new());
-        let record = FutureRecord::<[u8], [u8]>::to(topic)
-            .key(key)
-            .headers(headers);
-        self.deliver(record).await
+        let delivered = self.deliver(record).instrument(span.clone()).await;
+        match &delivered {
+            Ok(delivery) => {
+                span.record("messaging.destination.partition.id", delivery.partition);
+                span.record("messaging.kafka.offset", delivery.offset);
+            }
+            Err(e) => {
+                span.record("error.type", tracing::field::display(e));
+            }
+        }
+        delivered
     }
 
     /// Sends `record` and waits for the broker's acknowledgement.

@@ -4,6 +4,7 @@
 
 use crate::ModelArtifact;
 use ed25519_dalek::VerifyingKey;
+use mlops_telemetry::Traced;
 use reqwest::StatusCode;
 use serde_json::{Value as Json, json};
 use tokio::sync::OnceCell;
@@ -31,6 +32,7 @@ impl RegistryClient {
     async fn get_json(&self, path: &str) -> Result<Json, String> {
         self.http
             .get(format!("{}{path}", self.url))
+            .traced()
             .send()
             .await
             .and_then(|r| r.error_for_status())
@@ -70,6 +72,7 @@ impl RegistryClient {
         let response = self
             .http
             .get(format!("{}/v1/models/{model}", self.url))
+            .traced()
             .send()
             .await
             .map_err(unreachable)?;
@@ -107,6 +110,7 @@ impl RegistryClient {
                 "{}/v1/models/{model}/versions/{version}/artifact",
                 self.url
             ))
+            .traced()
             .send()
             .await
             .map_err(unreachable)?;
@@ -131,6 +135,7 @@ impl RegistryClient {
         let response = self
             .http
             .post(format!("{}/v1/models/{model}/versions", self.url))
+            .traced()
             .json(&registration)
             .send()
             .await

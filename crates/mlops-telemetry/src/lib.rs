@@ -5,9 +5,15 @@
 //! Spans are always recorded by an OpenTelemetry tracer, also when nothing exports them,
 //! so trace context crosses every Kafka hop whether or not a collector is configured.
 
+mod flow;
 mod http_headers;
 mod kafka_headers;
+mod log_format;
 
+pub use flow::{
+    FlowHere, Traced, continue_flow, current_traceparent, flow_here, flow_parent, span_context_of,
+    traceparent_of,
+};
 pub use http_headers::extract_http_context;
 pub use kafka_headers::{HeaderExtractor, HeaderInjector, extract_context, inject_current_context};
 
@@ -57,8 +63,19 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard> {
 /// while an enabled one is recorded and, with OTLP on, exported: this keeps a library
 /// that opens spans per inner call out of the traces unless asked for.
 pub fn init_with_defaults(service: &'static str, defaults: &[&str]) -> Result<TelemetryGuard> {
+    install(service, defaults, true)
+}
+
+/// Like [`init_with_defaults`], but spans are never exported, whatever
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` says: for a process whose spans are its internals (the
+/// embedded broker), which would bury the platform's own in a trace viewer.
+pub fn init_without_export(service: &'static str, defaults: &[&str]) -> Result<TelemetryGuard> {
+    install(service, defaults, false)
+}
+
+fn install(service: &'static str, defaults: &[&str], export: bool) -> Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let provider = tracer_provider(service)?;
+    let provider = tracer_provider(service, export)?;
     let tracer = provider.tracer(service);
     opentelemetry::global::set_tracer_provider(provider.clone());
 
@@ -91,7 +108,8 @@ pub fn init_with_defaults(service: &'static str, defaults: &[&str]) -> Result<Te
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_current_span(false)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .map_event_format(log_format::WithTraceIds),
             )
             .try_init()
     };
@@ -103,7 +121,7 @@ pub fn init_with_defaults(service: &'static str, defaults: &[&str]) -> Result<Te
 /// Kafka hops exactly as in a service.
 pub fn init_traces_only(service: &'static str) -> Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let provider = tracer_provider(service)?;
+    let provider = tracer_provider(service, true)?;
     let tracer = provider.tracer(service);
     opentelemetry::global::set_tracer_provider(provider.clone());
     tracing_subscriber::registry()
@@ -113,7 +131,7 @@ pub fn init_traces_only(service: &'static str) -> Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider })
 }
 
-fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider> {
+fn tracer_provider(service: &'static str, export: bool) -> Result<SdkTracerProvider> {
     let resource = Resource::builder()
         .with_service_name(service)
         .with_attribute(opentelemetry::KeyValue::new(
@@ -123,7 +141,7 @@ fn tracer_provider(service: &'static str) -> Result<SdkTracerProvider> {
         .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
-    if endpoint.trim().is_empty() {
+    if !export || endpoint.trim().is_empty() {
         return Ok(builder.build());
     }
     // The OTLP standard default is http/protobuf; gRPC is chosen the standard way.

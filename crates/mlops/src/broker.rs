@@ -163,7 +163,13 @@ fn tansu(port: u16) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let telemetry = mlops_telemetry::init_with_defaults("broker", QUIET).ok();
+        // The broker's spans are its storage internals: exported only when asked for.
+        let telemetry = if std::env::var("MLOPS_BROKER_TRACES").is_ok_and(|v| v == "1") {
+            mlops_telemetry::init_with_defaults("broker", QUIET)
+        } else {
+            mlops_telemetry::init_without_export("broker", QUIET)
+        }
+        .ok();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let code = match EmbeddedBroker::start(addr, storage.clone()).await {
             Err(e) => {

@@ -46,7 +46,7 @@ pub(crate) fn version() -> &'static str {
 }
 
 /// Where downloaded jars are kept, shared with `tests/kafka/kafka.sh`.
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MLOPS_CACHE_DIR") {
         return PathBuf::from(dir);
     }

@@ -48,7 +48,7 @@ pub(crate) enum Mode {
 
 /// Runs the platform; with `tls`, every service's API over HTTPS with the certificates of
 /// `<data dir>/tls` (created on first use).
-pub(crate) fn main(mode: Mode, tls: bool) -> ExitCode {
+pub(crate) fn main(mode: Mode, tls: bool, jaeger: bool) -> ExitCode {
     let mut layout = match Layout::from_env() {
         Ok(layout) => layout,
         Err(errors) => {
@@ -57,6 +57,7 @@ pub(crate) fn main(mode: Mode, tls: bool) -> ExitCode {
         }
     };
     layout.tls = tls;
+    layout.jaeger = jaeger;
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(run(mode, layout))
 }
@@ -141,6 +142,31 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
             );
             Some(supervised)
         }
+    };
+
+    let jaeger = if layout.jaeger {
+        // Built (once) before anything starts, in the foreground: a failure is the answer.
+        if let Err(e) = crate::jaeger::binary() {
+            eprintln!("mlops: {e}");
+            return ExitCode::FAILURE;
+        }
+        let ports = crate::jaeger::Ports::default();
+        let mut command = Command::new(&exe);
+        command.args([
+            "jaeger",
+            "--config-dir",
+            &layout.data_dir.join("jaeger").display().to_string(),
+        ]);
+        let supervised = supervise("jaeger", command, None, &logs);
+        println!(
+            "mlops: jaeger      http://localhost:{}  (Jaeger {}: the services' traces; OTLP in on {})",
+            ports.ui,
+            crate::jaeger::version(),
+            ports.otlp_http
+        );
+        Some((supervised, ports))
+    } else {
+        None
     };
 
     let certs = crate::certs::Certs::of(&layout.data_dir);
@@ -231,6 +257,14 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                 .env("MLOPS__MONITORING__REGISTRY_URL", layout.url("registry"))
                 .env("MLOPS__MONITORING__FEATURE_URL", layout.url("feature"));
         }
+        if let Some((_, ports)) = &jaeger {
+            command
+                .env(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://127.0.0.1:{}", ports.otlp_http),
+                )
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+        }
         if layout.tls {
             let files = certs.service(service);
             command
@@ -281,6 +315,9 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
     if let Some(broker) = broker {
         println!("mlops: stopping broker");
         broker.stop().await;
+    }
+    if let Some((jaeger, _)) = jaeger {
+        jaeger.stop().await;
     }
     println!("mlops: stopped");
     match outcome {

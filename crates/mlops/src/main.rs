@@ -6,6 +6,7 @@ mod certs;
 mod closed_loop;
 mod credentials;
 mod demo;
+mod jaeger;
 mod kafka;
 mod launcher;
 mod platform;
@@ -34,6 +35,10 @@ enum Command {
         /// (`<data dir>/tls`, created on first use).
         #[arg(long)]
         tls: bool,
+        /// Also run Jaeger (OTLP in on 4317/4318, UI on http://localhost:16686), built once
+        /// from the Go module proxy, and send every service's spans to it.
+        #[arg(long)]
+        jaeger: bool,
     },
     /// `up`, then tell the end-to-end story; keeps running for exploration unless --exit.
     Demo {
@@ -46,6 +51,26 @@ enum Command {
         /// As `up --tls`.
         #[arg(long)]
         tls: bool,
+        /// As `up --jaeger`.
+        #[arg(long)]
+        jaeger: bool,
+    },
+    /// Run Jaeger (all-in-one, in-memory) on loopback, building it from the Go module proxy
+    /// the first time.
+    Jaeger {
+        #[arg(long, default_value_t = 4317)]
+        otlp_grpc_port: u16,
+        #[arg(long, default_value_t = 4318)]
+        otlp_http_port: u16,
+        /// The UI and the query API (`/api/traces`).
+        #[arg(long, default_value_t = 16686)]
+        ui_port: u16,
+        /// Where its configuration file is written.
+        #[arg(long, default_value = ".mlops/jaeger")]
+        config_dir: std::path::PathBuf,
+        /// Only build (when needed) and print the binary's path.
+        #[arg(long)]
+        install_only: bool,
     },
     /// Create a local CA and a certificate per service in `<data dir>/tls`.
     Certs,
@@ -77,13 +102,34 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Service { name } => platform::run_service(&name),
         Command::Broker => broker::main(),
-        Command::Up { tls } => launcher::main(launcher::Mode::Up, tls),
-        Command::Demo { exit, timeout, tls } => launcher::main(
+        Command::Up { tls, jaeger } => launcher::main(launcher::Mode::Up, tls, jaeger),
+        Command::Demo {
+            exit,
+            timeout,
+            tls,
+            jaeger,
+        } => launcher::main(
             launcher::Mode::Demo {
                 exit,
                 timeout: std::time::Duration::from_secs(timeout),
             },
             tls,
+            jaeger,
+        ),
+        Command::Jaeger {
+            otlp_grpc_port,
+            otlp_http_port,
+            ui_port,
+            config_dir,
+            install_only,
+        } => jaeger::main(
+            jaeger::Ports {
+                otlp_grpc: otlp_grpc_port,
+                otlp_http: otlp_http_port,
+                ui: ui_port,
+            },
+            &config_dir,
+            install_only,
         ),
         Command::Certs => certs::main(),
         Command::Status => status::main(),

@@ -78,6 +78,9 @@ pub(crate) struct Layout {
     /// The services speak HTTPS, with the certificates of `<data dir>/tls` (`mlops up
     /// --tls`, or `MLOPS_TLS=1` for the commands that talk to such a platform).
     pub(crate) tls: bool,
+    /// Jaeger runs beside the platform and every service exports its spans to it
+    /// (`mlops up --jaeger`).
+    pub(crate) jaeger: bool,
 }
 
 impl Layout {
@@ -115,6 +118,7 @@ impl Layout {
                 schema_registry_url: non_empty("SCHEMA_REGISTRY_URL"),
                 tls: std::env::var("MLOPS_TLS").is_ok_and(|v| v == "1" || v == "true")
                     || data_dir.join("tls").join("active").exists(),
+                jaeger: false,
                 data_dir,
                 ports,
             })

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Client;
 use serde_json::{Value, json};
-use support::{Launched, Ports, admin_client, mlops, wait_until_ready};
+use support::{Launched, Ports, admin_client, jaeger::Jaeger, mlops, wait_until_ready};
 
 const DATASET: &str = "loop_payments";
 const VIEW: &str = "loop_spend";
@@ -209,9 +209,20 @@ fn secs(ms: i64) -> f64 {
 async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back() {
     let dir = mlops_testkit::temp_dir();
     let ports = Ports::pick();
+    // Every service exports its spans to a real Jaeger (OTLP over gRPC), read back at the
+    // end through Jaeger's query API.
+    let jaeger = Jaeger::start(dir.path()).await;
     let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
     let _launcher = Launched(
         mlops(&["up"], &dir.path().join("data"), &ports)
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", jaeger.otlp_grpc),
+            )
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "500")
+            .env("OTEL_BSP_MAX_QUEUE_SIZE", "200000")
+            .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
             // Small windows and bakes for a test-sized stream; retraining learns from what
             // came since the change (event times here are the wall clock, like predictions).
             .env("MLOPS__MONITORING__POLICY__WINDOW_SIZE", "100")
@@ -451,6 +462,8 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         flow.as_str(),
         "the verdict continues it"
     );
+    remediation_is_one_trace_in_jaeger(&jaeger, &flow).await;
+    event_paths_are_traces_in_jaeger(&jaeger).await;
     stream.answers.clear();
     for _ in 0..3 {
         stream.step().await;
@@ -509,4 +522,186 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         "version 2 serves alone again: {:?}",
         stream.answers
     );
+}
+
+/// The drift remediation as an SRE finds it in Jaeger: one trace from the drift event to
+/// the promotion, every span parented within it, spanning monitoring, training, registry
+/// and serving in the order the loop runs.
+async fn remediation_is_one_trace_in_jaeger(jaeger: &Jaeger, flow: &str) {
+    let trace = mlops_testkit::until("the remediation trace reaches Jaeger", LIMIT, async || {
+        let trace = jaeger.trace(flow).await.ok_or("not found".to_owned())?;
+        // The promotion is the last hop: serving swapping to version 2 in production.
+        let promoted = trace
+            .named("swap")
+            .any(|s| s.tags.get("stage").and_then(Value::as_str) == Some("Production"));
+        // Each service exports on its own schedule: wait until every parent has arrived.
+        let roots: Vec<String> = trace
+            .roots()
+            .iter()
+            .map(|s| format!("{}:{}", s.service, s.name))
+            .collect();
+        (promoted && roots.len() == 1)
+            .then_some(trace.clone())
+            .ok_or_else(|| {
+                format!(
+                    "{} spans, promoted: {promoted}, roots: {roots:?}",
+                    trace.spans.len()
+                )
+            })
+    })
+    .await;
+    let roots = trace.roots();
+    assert_eq!(
+        roots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["drift detected"],
+        "one root, the drift detection; every other span parented in the trace"
+    );
+    assert_eq!(roots[0].service, "monitoring");
+    assert!(
+        !roots[0].links.is_empty(),
+        "the drift detection links to predictions of its window"
+    );
+    let services = trace.services();
+    for service in ["monitoring", "training", "registry", "serving"] {
+        assert!(services.contains(service), "{service} in {services:?}");
+    }
+    // Each hop under the one before it, across processes and Kafka topics.
+    let chain = |name: &str, service: &str| -> Vec<String> {
+        let span = trace
+            .spans
+            .iter()
+            .find(|s| s.name == name && s.service == service)
+            .unwrap_or_else(|| {
+                let names: Vec<_> = trace.spans.iter().map(|s| (&s.service, &s.name)).collect();
+                panic!("no {service}:{name} in the remediation trace: {names:?}")
+            });
+        trace.ancestry(span)
+    };
+    let has = |chain: &[String], hop: &str| chain.iter().any(|h| h == hop);
+    let trial = chain("trial", "training");
+    for hop in [
+        "training:training run",
+        "training:process training.requests",
+        "monitoring:send training.requests",
+        "monitoring:drift detected",
+    ] {
+        assert!(has(&trial, hop), "{hop} in {trial:?}");
+    }
+    let registered = chain("POST /v1/models/{name}/versions", "registry");
+    assert!(has(&registered, "training:training run"), "{registered:?}");
+    let swaps: Vec<Vec<String>> = trace
+        .named("swap")
+        .filter(|s| s.service == "serving")
+        .map(|s| trace.ancestry(s))
+        .collect();
+    let canary = swaps
+        .iter()
+        .find(|c| has(c, "registry:POST /v1/models/{name}/versions"))
+        .unwrap_or_else(|| panic!("serving's canary swap under the registration: {swaps:?}"));
+    assert!(has(canary, "registry:lifecycle event"), "{canary:?}");
+    let promotion = swaps
+        .iter()
+        .find(|c| has(c, "monitoring:canary verdict"))
+        .unwrap_or_else(|| panic!("serving's promotion swap under the verdict: {swaps:?}"));
+    for hop in [
+        "registry:lifecycle event",
+        "registry:process monitoring.canary-decisions",
+        "monitoring:send monitoring.canary-decisions",
+        "monitoring:process models.lifecycle",
+        "registry:POST /v1/models/{name}/versions",
+        "monitoring:drift detected",
+    ] {
+        assert!(has(promotion, hop), "{hop} in {promotion:?}");
+    }
+    let trials = trace.named("trial").count();
+    assert!(trials >= 2, "every trial of the search is a span: {trials}");
+    println!(
+        "closed loop: the remediation is one trace of {} spans in Jaeger; the promotion's path: {}",
+        trace.spans.len(),
+        promotion
+            .iter()
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    );
+}
+
+/// An ingested event's trace runs from ingestion through the feature service (its raw
+/// record checked, its feature row published) to the monitor reading that row; a scored
+/// request's trace runs from serving to the monitor reading its prediction.
+async fn event_paths_are_traces_in_jaeger(jaeger: &Jaeger) {
+    let operation = "POST /v1/datasets/{name}/events";
+    let row_topic = format!("features.{VIEW}");
+    let event = mlops_testkit::until("an event's path is one trace", LIMIT, async || {
+        let traces = jaeger.search("ingestion", operation, 50).await;
+        traces
+            .iter()
+            .find(|t| {
+                t.spans
+                    .iter()
+                    .any(|s| s.service == "monitoring" && s.name == format!("process {row_topic}"))
+            })
+            .cloned()
+            .ok_or_else(|| format!("{} traces, none reaching the monitor", traces.len()))
+    })
+    .await;
+    let row = event
+        .spans
+        .iter()
+        .find(|s| s.service == "monitoring" && s.name == format!("process {row_topic}"))
+        .unwrap();
+    let path = event.ancestry(row);
+    for hop in [
+        format!("feature:send {row_topic}"),
+        format!("ingestion:send raw.{DATASET}"),
+        format!("ingestion:{operation}"),
+    ] {
+        assert!(path.contains(&hop), "{hop} in {path:?}");
+    }
+    let raw_send = format!("send raw.{DATASET}");
+    let send = event.named(&raw_send).next().unwrap();
+    assert_eq!(
+        send.tags.get("messaging.system").and_then(Value::as_str),
+        Some("kafka")
+    );
+    assert_eq!(
+        send.tags.get("span.kind").and_then(Value::as_str),
+        Some("producer")
+    );
+    assert!(
+        event
+            .spans
+            .iter()
+            .any(|s| s.service == "feature" && s.name == format!("process raw.{DATASET}")),
+        "the feature service's intake of the raw record"
+    );
+
+    // The verb (`:predict`) is read by the `{name}` route.
+    let operation = "POST /v1/models/{name}";
+    let scored = mlops_testkit::until("a prediction's path is one trace", LIMIT, async || {
+        let traces = jaeger.search("serving", operation, 50).await;
+        traces
+            .iter()
+            .find(|t| t.services().contains("monitoring"))
+            .cloned()
+            .ok_or_else(|| format!("{} traces, none reaching the monitor", traces.len()))
+    })
+    .await;
+    let logged = scored
+        .spans
+        .iter()
+        .find(|s| s.service == "monitoring")
+        .unwrap();
+    let path = scored.ancestry(logged);
+    assert_eq!(
+        path.last().map(String::as_str),
+        Some(format!("serving:{operation}").as_str()),
+        "{path:?}"
+    );
+    println!("closed loop: an event's path in Jaeger: {}", {
+        let mut path = event.ancestry(row);
+        path.reverse();
+        path.join(" -> ")
+    });
 }

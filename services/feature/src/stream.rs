@@ -19,7 +19,7 @@ use prometheus_client::{
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use crate::store::{FeatureStore, batch_number};
 
@@ -236,7 +236,8 @@ pub async fn run<J: BatchJob>(
         );
         if !fresh.is_empty() {
             let batch = checkpoint.batch + 1;
-            let processed = job.process(store, &fresh, batch).await?;
+            let span = mlops_kafka::batch_span(consumer.group(), &fresh);
+            let processed = job.process(store, &fresh, batch).instrument(span).await?;
             for (index, class, reason) in &processed.dead_letters {
                 consumer.dead_letter(&fresh[*index], class, reason).await?;
             }

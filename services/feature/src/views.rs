@@ -232,8 +232,16 @@ impl ViewJob {
             .collect()
     }
 
-    async fn publish(&self, rows: &DataFrame) -> anyhow::Result<()> {
+    /// Publishes `rows` to the view's topic, each row's record in the trace of the source
+    /// record it was computed from (`source_partition`, `source_offset`), so an event's
+    /// trace runs on from ingestion through its feature row to whoever consumes it.
+    async fn publish(&self, rows: &DataFrame, records: &[Record]) -> anyhow::Result<()> {
         let topic = self.version.topic();
+        let parents: std::collections::HashMap<(i32, i64), opentelemetry::Context> = records
+            .iter()
+            .filter_map(|r| Some(((r.partition, r.offset), r.trace_context()?)))
+            .collect();
+        let mut parent_of = Vec::with_capacity(rows.height());
         let writer = GenericDatumWriter::builder(&self.writer_schema).build()?;
         let mut payloads = Vec::with_capacity(rows.height());
         let columns = rows.columns();
@@ -241,20 +249,38 @@ impl ViewJob {
         for i in 0..rows.height() {
             let mut fields = Vec::with_capacity(columns.len());
             let mut key = Vec::new();
+            let mut source = (None, None);
             for (name, column) in names.iter().zip(columns) {
                 let value = column.get(i)?;
-                if *name == "entity_id" {
-                    key = value.get_str().unwrap_or_default().as_bytes().to_vec();
+                match *name {
+                    "entity_id" => key = value.get_str().unwrap_or_default().as_bytes().to_vec(),
+                    "source_partition" => source.0 = value.extract::<i32>(),
+                    "source_offset" => source.1 = value.extract::<i64>(),
+                    _ => {}
                 }
                 fields.push(((*name).to_owned(), avro_value(name, &value)));
             }
             let body = writer.write_value_to_vec(Value::Record(fields))?;
             payloads.push((key, mlops_schema::frame(self.version.schema_id, &body)));
+            parent_of.push(match source {
+                (Some(partition), Some(offset)) => parents.get(&(partition, offset)).cloned(),
+                _ => None,
+            });
         }
-        try_join_all(payloads.iter().map(|(key, payload)| {
-            self.producer
-                .send_bytes(&topic, Some(key), payload, OwnedHeaders::new())
-        }))
+        try_join_all(
+            payloads
+                .iter()
+                .zip(parent_of)
+                .map(|((key, payload), parent)| {
+                    self.producer.send_bytes_under(
+                        parent,
+                        &topic,
+                        Some(key),
+                        payload,
+                        OwnedHeaders::new(),
+                    )
+                }),
+        )
         .await?;
         Ok(())
     }
@@ -418,7 +444,7 @@ impl BatchJob for ViewJob {
         self.erased = erased;
         let rows = output.rows;
         if rows.height() > 0 {
-            self.publish(&rows).await?;
+            self.publish(&rows, records).await?;
             store
                 .put_batch_by_date(&self.version.offline_prefix(), &rows, batch)
                 .await?;

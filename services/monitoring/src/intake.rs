@@ -5,7 +5,7 @@
 //! tick.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -22,11 +22,14 @@ use mlops_kafka::{
 };
 use mlops_ml::{Manifest, registry::RegistryClient};
 use mlops_schema::AvroCodec;
+use mlops_telemetry::Traced;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tracing::{Instrument, Span, debug, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::monitor::{Action, Monitor, MonitorSettings, VersionInfo};
 
@@ -105,7 +108,19 @@ pub struct Shared {
     provisioned: AtomicBool,
     metrics: Metrics,
     unsent: Mutex<Vec<Outgoing>>,
+    /// The span contexts of a model's latest predictions (their requests' spans): a drift
+    /// event links to them, the sample of the traffic that made up its window.
+    samples: Mutex<HashMap<String, VecDeque<SpanContext>>>,
+    /// Where each flow (by trace id) was last seen here, as a W3C `traceparent`: the drift
+    /// span that opened it, then the span its canary's lifecycle event was processed in. A
+    /// verdict or a repeated request continues the flow as a child of that span.
+    flows: Mutex<HashMap<String, String>>,
 }
+
+/// Predictions a drift event links to, per model.
+const SAMPLE_LINKS: usize = 16;
+/// Flows remembered; beyond this the map starts again (a flow then continues by trace id).
+const MAX_FLOWS: usize = 4096;
 
 /// A monitoring output on its way to the broker, with the span its records are sent in, so
 /// their `traceparent` headers name it. A drift incident opens a new trace — the
@@ -115,44 +130,6 @@ pub struct Shared {
 struct Outgoing {
     action: Action,
     span: Span,
-}
-
-impl Outgoing {
-    fn new(action: Action) -> Self {
-        match action {
-            Action::Drift(mut event, mut request) => {
-                let span = info_span!(parent: None, "drift detected",
-                    model = %event.model_name, version = event.model_version,
-                    severity = ?event.severity, drift_event = %event.event_id);
-                event.trace_id = mlops_telemetry::trace_id_of(&span);
-                if let Some(request) = &mut request {
-                    request.trace_id = event.trace_id.clone();
-                }
-                Self {
-                    action: Action::Drift(event, request),
-                    span,
-                }
-            }
-            Action::Retrain(request) => {
-                let span = info_span!(parent: None, "retraining asked again",
-                    model = %request.model_name,
-                    flow = request.trace_id.as_deref().unwrap_or(""));
-                Self {
-                    action: Action::Retrain(request),
-                    span,
-                }
-            }
-            Action::Decide(decision) => {
-                let span = info_span!(parent: None, "canary verdict",
-                    model = %decision.model_name, version = decision.canary_version,
-                    decision = ?decision.decision, flow = decision.trace_id.as_deref().unwrap_or(""));
-                Self {
-                    action: Action::Decide(decision),
-                    span,
-                }
-            }
-        }
-    }
 }
 
 impl Shared {
@@ -175,6 +152,8 @@ impl Shared {
             provisioned: AtomicBool::new(false),
             metrics: Metrics::new(metrics),
             unsent: Mutex::new(Vec::new()),
+            samples: Mutex::new(HashMap::new()),
+            flows: Mutex::new(HashMap::new()),
         }
     }
 
@@ -193,6 +172,7 @@ impl Shared {
         let response = self
             .http
             .get(&url)
+            .traced()
             .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
@@ -272,7 +252,7 @@ impl Shared {
                 other => other,
             })
             .collect();
-        let outgoing: Vec<Outgoing> = actions.into_iter().map(Outgoing::new).collect();
+        let outgoing: Vec<Outgoing> = actions.into_iter().map(|a| self.traced(a)).collect();
         let mut monitor = self.monitor();
         for out in &outgoing {
             if let Action::Drift(event, _) = &out.action {
@@ -280,6 +260,84 @@ impl Shared {
             }
         }
         outgoing
+    }
+
+    /// `action` in its span: a drift incident opens a new trace, linked to the latest
+    /// predictions of the model; a repeated request and a canary verdict continue the flow
+    /// they belong to.
+    fn traced(&self, action: Action) -> Outgoing {
+        match action {
+            Action::Drift(mut event, mut request) => {
+                let span = info_span!(parent: None, "drift detected",
+                    model = %event.model_name, version = event.model_version,
+                    severity = ?event.severity, drift_event = %event.event_id);
+                let samples = lock(&self.samples);
+                for sample in samples.get(&event.model_name).into_iter().flatten() {
+                    span.add_link(sample.clone());
+                }
+                drop(samples);
+                event.trace_id = mlops_telemetry::trace_id_of(&span);
+                if let Some(request) = &mut request {
+                    request.trace_id = event.trace_id.clone();
+                }
+                if let (Some(trace), Some(parent)) =
+                    (&event.trace_id, mlops_telemetry::traceparent_of(&span))
+                {
+                    self.remember_flow(trace, parent);
+                }
+                Outgoing {
+                    action: Action::Drift(event, request),
+                    span,
+                }
+            }
+            Action::Retrain(request) => {
+                let span = self.continue_flow(
+                    info_span!("retraining asked again", model = %request.model_name),
+                    request.trace_id.as_deref(),
+                );
+                Outgoing {
+                    action: Action::Retrain(request),
+                    span,
+                }
+            }
+            Action::Decide(decision) => {
+                let span = self.continue_flow(
+                    info_span!("canary verdict", model = %decision.model_name,
+                        version = decision.canary_version, decision = ?decision.decision),
+                    decision.trace_id.as_deref(),
+                );
+                Outgoing {
+                    action: Action::Decide(decision),
+                    span,
+                }
+            }
+        }
+    }
+
+    fn continue_flow(&self, span: Span, trace_id: Option<&str>) -> Span {
+        let parent = trace_id.and_then(|t| lock(&self.flows).get(t).cloned());
+        mlops_telemetry::continue_flow(span, parent.as_deref(), trace_id)
+    }
+
+    fn remember_flow(&self, trace_id: &str, traceparent: String) {
+        let mut flows = lock(&self.flows);
+        if flows.len() >= MAX_FLOWS {
+            flows.clear();
+        }
+        flows.insert(trace_id.to_owned(), traceparent);
+    }
+
+    /// Keeps the span context of a prediction's request among the model's latest.
+    fn sample(&self, model: &str, record: &Record) {
+        let Some(context) = record.trace_context() else {
+            return;
+        };
+        let mut samples = lock(&self.samples);
+        let latest = samples.entry(model.to_owned()).or_default();
+        if latest.len() == SAMPLE_LINKS {
+            latest.pop_front();
+        }
+        latest.push_back(context.span().span_context().clone());
     }
 
     /// Publishes `actions` in order; from the first that fails on, they wait for the next
@@ -446,6 +504,13 @@ impl Handler for Intake {
         match self.input {
             Input::Lifecycle => {
                 let event: ModelLifecycleEvent = self.codec.decode(payload).await?;
+                // A canary's verdict will continue its flow from here.
+                if let (Some(trace), Some(here)) =
+                    (&event.trace_id, mlops_telemetry::current_traceparent())
+                    && here.get(3..35) == Some(trace.as_str())
+                {
+                    shared.remember_flow(trace, here);
+                }
                 shared.monitor().lifecycle(&event);
             }
             Input::FeatureRows => {
@@ -471,6 +536,7 @@ impl Handler for Intake {
             }
             Input::Predictions => {
                 let log: PredictionLog = self.codec.decode(payload).await?;
+                shared.sample(&log.model_name, record);
                 let needs = shared
                     .monitor()
                     .needs_info(&log.model_name, log.model_version);
@@ -505,4 +571,8 @@ impl Handler for Intake {
         }
         Ok(())
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "audit",
         sql: include_str!("../migrations/0003_audit.sql"),
     },
+    Migration {
+        version: 4,
+        description: "transition traceparent",
+        sql: include_str!("../migrations/0004_transition_traceparent.sql"),
+    },
 ];
 
 /// The key under which the global compatibility level is stored.

@@ -15,7 +15,7 @@ use std::{
 
 use mlops_events::{ModelLifecycleEvent, ModelStage};
 use mlops_ml::{ModelArtifact, model::Model, registry::RegistryClient};
-use tracing::info;
+use tracing::{Instrument, info};
 
 /// A version ready to answer.
 #[derive(Debug)]
@@ -140,9 +140,16 @@ impl Deployments {
         }
         let version = i64::from(event.version);
         let loaded = match event.stage {
-            ModelStage::Production | ModelStage::Canary => Some(self.load(model, version).await?),
+            ModelStage::Production | ModelStage::Canary => Some(
+                self.load(model, version)
+                    .instrument(tracing::info_span!("load model", model = %model, version))
+                    .await?,
+            ),
             ModelStage::Candidate | ModelStage::Archived => None,
         };
+        let swap = tracing::info_span!("swap", model = %model, version, stage = ?event.stage,
+            sequence = event.sequence);
+        let _swap = swap.enter();
         let mut models = self.models.write().expect("deployments");
         let deployment = models.entry(model.clone()).or_default();
         if event.sequence <= deployment.sequence {

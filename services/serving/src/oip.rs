@@ -591,8 +591,8 @@ fn queue(
         answers,
         latency_us: started.elapsed().as_micros() as i64,
         predicted_at: mlops_events::now_millis(),
-        // The request's trace: a prediction is found from the trace that asked for it.
-        trace_id: mlops_telemetry::current_trace_id(),
+        // The request's span: the record's consumer continues the trace that asked for it.
+        traceparent: mlops_telemetry::current_traceparent(),
         error,
     });
 }

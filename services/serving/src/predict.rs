@@ -5,6 +5,7 @@
 //! view's state kept here. Either way the raw values go through the version's own fitted
 //! transforms, and the answer shows the input vector the model saw.
 
+use mlops_telemetry::Traced;
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -57,6 +58,7 @@ impl OnlineFeatures {
         let response = self
             .http
             .get(&url)
+            .traced()
             .timeout(self.timeout)
             .send()
             .await

@@ -100,7 +100,8 @@ pub struct Answered {
     pub answers: Vec<(f64, Option<String>)>,
     pub latency_us: i64,
     pub predicted_at: i64,
-    pub trace_id: Option<String>,
+    /// The W3C `traceparent` of the request's span (its trace id is the record's `trace_id`).
+    pub traceparent: Option<String>,
     /// Why the version could not answer: logged as one record with a NaN output.
     pub error: Option<String>,
 }
@@ -236,12 +237,17 @@ impl PredictionLogger {
                         predicted_label: label,
                         latency_us: answered.latency_us,
                         predicted_at: answered.predicted_at,
-                        trace_id: answered.trace_id.as_deref(),
+                        trace_id: answered.traceparent.as_deref().and_then(|t| t.get(3..35)),
                         error: answered.error.as_deref(),
                     }
                     .write_avro(&mut record);
                     let key = answered.entity_id.as_deref().unwrap_or(request_id);
-                    match producer.enqueue(&to.topic, Some(key.as_bytes()), &record) {
+                    match producer.enqueue(
+                        &to.topic,
+                        Some(key.as_bytes()),
+                        &record,
+                        answered.traceparent.as_deref(),
+                    ) {
                         Ok(()) => {
                             logged.inc();
                         }

@@ -64,8 +64,12 @@ pub fn train(
     let mut trials = Vec::new();
     let mut best: Option<(usize, f64)> = None;
     let candidates = candidates(spec);
+    // Each trial is a child span of the run's, also on the threads of the search.
+    let run_span = tracing::Span::current();
     let scored = in_parallel(&candidates, |(algorithm, hyperparameters)| {
-        validate_folds(*algorithm, hyperparameters, &examples, &spec.validation)
+        let trial = tracing::info_span!(parent: &run_span, "trial",
+            algorithm = ?algorithm, hyperparameters = ?hyperparameters);
+        trial.in_scope(|| validate_folds(*algorithm, hyperparameters, &examples, &spec.validation))
     });
     for ((algorithm, hyperparameters), metrics) in candidates.into_iter().zip(scored) {
         let (metrics, folds) = metrics.map_err(|e| e.to_string())?;

@@ -15,7 +15,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     run::{GateReport, train},
@@ -82,7 +82,13 @@ impl Runner {
                     break;
                 };
                 if self.store.start(&run.id, now).await? {
-                    running.spawn(self.clone().execute(run, permit));
+                    // The run's span continues the flow of the request that opened it.
+                    let span = mlops_telemetry::continue_flow(
+                        info_span!("training run", run = %run.id, model = %run.model),
+                        run.traceparent.as_deref(),
+                        run.trace_id.as_deref(),
+                    );
+                    running.spawn(self.clone().execute(run, permit).instrument(span));
                 }
             }
             let wait = match self.store.next_due().await? {
@@ -267,6 +273,11 @@ impl Runner {
         }
         for run in pending {
             let result = result_of(&run);
+            let span = mlops_telemetry::continue_flow(
+                info_span!("run result", run = %run.id, model = %run.model),
+                run.traceparent.as_deref(),
+                run.trace_id.as_deref(),
+            );
             self.producer
                 .send_event(
                     topics::TRAINING_RUNS,
@@ -274,6 +285,7 @@ impl Runner {
                     &result,
                     OwnedHeaders::new(),
                 )
+                .instrument(span)
                 .await
                 .map_err(|e| e.to_string())?;
             self.store

@@ -1,6 +1,7 @@
 //! A training snapshot (the feature service's Parquet data, transforms already applied) as
 //! the rows a model is fitted on.
 
+use mlops_telemetry::Traced;
 use ndarray::Array2;
 use polars::prelude::*;
 
@@ -117,6 +118,7 @@ pub async fn fetch(
     let unreachable = |e: reqwest::Error| format!("the feature service is unreachable: {e}");
     let response = http
         .post(format!("{feature_url}/v1/training-sets"))
+        .traced()
         .json(&request)
         .send()
         .await
@@ -139,6 +141,7 @@ pub async fn fetch(
             "{feature_url}/v1/training-sets/{}/data",
             manifest.id
         ))
+        .traced()
         .send()
         .await
         .and_then(|r| r.error_for_status())

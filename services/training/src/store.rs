@@ -12,11 +12,18 @@ use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::spec::ModelSpec;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "run traceparent",
+        sql: include_str!("../migrations/0002_run_traceparent.sql"),
+    },
+];
 
 /// Starts of one run before a restart-interrupted run is given up as failed.
 pub const MAX_ATTEMPTS: i64 = 3;
@@ -47,6 +54,8 @@ pub struct RunRow {
     pub record: Option<Json>,
     pub published: bool,
     pub trace_id: Option<String>,
+    /// The span the run's first request arrived in (W3C), parent of the run's span.
+    pub traceparent: Option<String>,
 }
 
 /// A request as recorded with its run.
@@ -71,7 +80,7 @@ pub fn reason_name(reason: TrainingReason) -> &'static str {
 }
 
 const RUN_COLUMNS: &str = "id, model, status, created_at, not_before, started_at, finished_at, \
-     attempts, record, published, trace_id";
+     attempts, record, published, trace_id, traceparent";
 
 fn run_row(row: &AnyRow) -> Result<RunRow> {
     let record: Option<String> = row.try_get("record")?;
@@ -91,6 +100,7 @@ fn run_row(row: &AnyRow) -> Result<RunRow> {
             .map_err(|e| StoreError::Corrupt(format!("run record: {e}")))?,
         published: published != 0,
         trace_id: row.try_get("trace_id")?,
+        traceparent: row.try_get("traceparent")?,
     })
 }
 
@@ -170,15 +180,19 @@ impl TrainingStore {
             Some(id) => id,
             None => {
                 let id = mlops_events::new_id();
+                // The run continues the flow of the request that opened it, as a child of
+                // the span the request arrived in.
+                let flow = mlops_telemetry::flow_here(request.trace_id.as_deref());
                 sqlx::query(
-                    "INSERT INTO runs (id, model, status, created_at, not_before, trace_id) \
-                     VALUES ($1, $2, 'pending', $3, $4, $5)",
+                    "INSERT INTO runs (id, model, status, created_at, not_before, trace_id, \
+                     traceparent) VALUES ($1, $2, 'pending', $3, $4, $5, $6)",
                 )
                 .bind(&id)
                 .bind(&request.model_name)
                 .bind(now)
                 .bind(not_before)
-                .bind(&request.trace_id)
+                .bind(&flow.trace_id)
+                .bind(&flow.traceparent)
                 .execute(&mut *tx)
                 .await?;
                 id

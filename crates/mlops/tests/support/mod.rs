@@ -10,6 +10,8 @@ use std::{
 
 use mlops_testkit::free_port;
 
+pub(crate) mod jaeger;
+
 pub(crate) const SERVICES: [&str; 6] = [
     "registry",
     "ingestion",

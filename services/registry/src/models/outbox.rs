@@ -11,7 +11,7 @@ use mlops_kafka::{KafkaConfig, Producer, TopicSpec};
 use rdkafka::message::OwnedHeaders;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::store::{ModelStore, TransitionRow, VersionRow};
 
@@ -124,6 +124,14 @@ impl Publisher {
                     .await
                     .map_err(|e| e.to_string())?;
                 let event = event_of(&transition, &version);
+                // Published in the flow that decided the transition, as a child of the
+                // span that decided it.
+                let span = mlops_telemetry::continue_flow(
+                    info_span!("lifecycle event", model = %event.model_name,
+                        version = event.version, stage = ?event.stage, sequence = event.sequence),
+                    transition.traceparent.as_deref(),
+                    transition.trace_id.as_deref(),
+                );
                 self.producer
                     .send_event(
                         topics::MODELS_LIFECYCLE,
@@ -131,6 +139,7 @@ impl Publisher {
                         &event,
                         OwnedHeaders::new(),
                     )
+                    .instrument(span)
                     .await
                     .map_err(|e| e.to_string())?;
                 self.store

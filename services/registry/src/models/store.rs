@@ -84,6 +84,9 @@ pub struct TransitionRow {
     pub event_id: String,
     pub triggering_event_id: Option<String>,
     pub trace_id: Option<String>,
+    /// The span the transition was decided in (W3C), parent of its lifecycle event's.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
     /// Milliseconds since the epoch; the API shows it as RFC 3339.
     #[serde(skip)]
     pub at: i64,
@@ -151,6 +154,7 @@ fn transition_row(row: &AnyRow) -> Result<TransitionRow> {
         event_id: row.try_get("event_id")?,
         triggering_event_id: row.try_get("triggering_event_id")?,
         trace_id: row.try_get("trace_id")?,
+        traceparent: row.try_get("traceparent")?,
         at: row.try_get("at")?,
         published: published != 0,
     })
@@ -159,7 +163,7 @@ fn transition_row(row: &AnyRow) -> Result<TransitionRow> {
 const VERSION_COLUMNS: &str = "model, version, stage, canary_percent, sha256, signature, \
      artifact_uri, metrics, lineage, created_at";
 const TRANSITION_COLUMNS: &str = "model, sequence, version, from_stage, to_stage, \
-     canary_percent, reason, actor, event_id, triggering_event_id, trace_id, at, published";
+     canary_percent, reason, actor, event_id, triggering_event_id, trace_id, at, published, traceparent";
 
 impl ModelStore {
     pub fn new(pool: AnyPool) -> Self {
@@ -408,6 +412,12 @@ impl ModelStore {
         cause: &Cause,
         now: i64,
     ) -> Result<Vec<TransitionRow>> {
+        // The span deciding this (an API request, a canary verdict being applied): kept
+        // when it belongs to the flow the cause names, so the lifecycle event continues it.
+        let mlops_telemetry::FlowHere {
+            trace_id,
+            traceparent,
+        } = mlops_telemetry::flow_here(cause.trace_id.as_deref());
         let mut rows = Vec::new();
         for step in steps {
             let sequence: i64 = sqlx::query(
@@ -446,14 +456,15 @@ impl ModelStore {
                 actor: cause.actor.clone(),
                 event_id: mlops_events::new_id(),
                 triggering_event_id: cause.triggering_event_id.clone(),
-                trace_id: cause.trace_id.clone(),
+                trace_id: trace_id.clone(),
+                traceparent: traceparent.clone(),
                 at: now,
                 published: false,
             };
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO model_transitions ({TRANSITION_COLUMNS}) \
                  VALUES ($1, $2, $3, $4, $5, CASE WHEN $13 = 1 THEN $6 ELSE NULL END, \
-                 $7, $8, $9, $10, $11, $12, 0)"
+                 $7, $8, $9, $10, $11, $12, 0, $14)"
             )))
             .bind(&row.model)
             .bind(row.sequence)
@@ -468,6 +479,7 @@ impl ModelStore {
             .bind(&row.trace_id)
             .bind(row.at)
             .bind(i64::from(row.canary_percent.is_some()))
+            .bind(&row.traceparent)
             .execute(&mut **tx)
             .await?;
             rows.push(row);
