@@ -42,12 +42,20 @@ venv="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}/venv"
 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 export MLOPS_TEST_PYTHON="$venv/bin/python"
 
+# The Go programs some tests run (a real Jaeger, promtool, helm), built from the Go module
+# proxy into the cache once, beside the Rust build. A failed build fails the suite, loudly.
+export MLOPS_CACHE_DIR="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}"
+tests/tools/build.sh > "$work/tools.env" 2> "$work/tools.log" &
+tools=$!
 # Build first so the broker does not sit idle through a cold compile.
 cargo test --workspace --locked --no-run "$@"
-# A real Jaeger for the tracing tests, built from the Go module proxy into the cache once
-# (a few minutes). A failed build fails the suite here, loudly.
-export MLOPS_CACHE_DIR="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}"
-cargo run --locked --quiet --bin mlops -- jaeger --install-only
+if ! wait "$tools"; then
+  cat "$work/tools.log" >&2
+  echo "run.sh: building the Go test tools failed (see above)" >&2
+  exit 1
+fi
+export MLOPS_TEST_PROMTOOL=$(sed -n 's/^PROMTOOL=//p' "$work/tools.env")
+export MLOPS_TEST_HELM=$(sed -n 's/^HELM=//p' "$work/tools.env")
 tests/kafka/kafka.sh start "$work/kafka" "$port"
 export MLOPS_TEST_KAFKA_BOOTSTRAP="127.0.0.1:$port"
 MLOPS_TEST_POSTGRES_URL=$(tests/postgres/postgres.sh start "$work/postgres" "$pg_port")

@@ -64,6 +64,7 @@ impl BatchConsumer {
         metrics: ConsumerMetrics,
     ) -> Result<Self> {
         let group = group.into();
+        metrics.started(topics, &group);
         Ok(Self {
             consumer: Member::new(group_consumer(config, &group, topics, metrics)?),
             dead_letters: DeadLetters::new(config, &group, dead_letters),

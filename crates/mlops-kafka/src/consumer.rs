@@ -148,6 +148,7 @@ pub(crate) fn group_consumer(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
         .set(
             "topic.metadata.refresh.interval.ms",
             if patterns { "5000" } else { "300000" },
@@ -167,6 +168,7 @@ pub(crate) fn group_consumer(
                 positions: Mutex::default(),
                 recommit: AtomicBool::new(false),
                 metrics,
+                lagging: Arc::default(),
             }),
         })?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -306,6 +308,8 @@ pub(crate) struct GroupState {
     /// Set when a commit failed: the next commit carries every owned position again.
     recommit: AtomicBool,
     metrics: ConsumerMetrics,
+    /// The partitions whose lag was last reported.
+    lagging: Arc<Mutex<std::collections::BTreeSet<(String, i32)>>>,
 }
 
 impl GroupState {
@@ -363,7 +367,23 @@ pub(crate) struct GroupContext {
     pub(crate) state: Arc<GroupState>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// The client's statistics (every 5 s): the lag of each partition this member owns.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let state = &self.state;
+        let mut now = Vec::new();
+        for (topic, stats) in statistics.topics {
+            for (partition, p) in stats.partitions {
+                // -1 is the client's bucket of unassigned messages; a lag of -1 is unknown
+                // (nothing consumed yet); "none" is a partition this member does not fetch.
+                if partition >= 0 && p.consumer_lag >= 0 && p.fetch_state != "none" {
+                    now.push((topic.clone(), partition, p.consumer_lag));
+                }
+            }
+        }
+        state.metrics.lagging(&state.group, now, &state.lagging);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     /// Before partitions go to another member, what was processed on them is committed
@@ -410,6 +430,7 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A consumer group member that feeds records to a [`Handler`] one at a time.
+#[derive(Clone)]
 pub struct ConsumerLoop {
     config: KafkaConfig,
     group: String,
@@ -442,6 +463,10 @@ impl ConsumerLoop {
         }
     }
 
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// Reports into `metrics` (see [`ConsumerMetrics::register`]).
     pub fn with_metrics(mut self, metrics: ConsumerMetrics) -> Self {
         self.metrics = metrics;
@@ -458,6 +483,7 @@ impl ConsumerLoop {
         )?);
         let state = consumer.context().state.clone();
         let handler = Arc::new(handler);
+        self.metrics.started(&self.topics, &self.group);
 
         loop {
             let message = tokio::select! {
@@ -555,32 +581,30 @@ impl ConsumerLoop {
     /// Consumes `topic` (created first with `partitions`, so a subscription by name sees
     /// it at once; a `^pattern` subscribes to every matching topic) until `cancel` fires, starting the loop again after a failure (a broker
     /// that went away): a service's consumer never stops for good while the service runs.
+    /// Runs until `cancel` fires, starting the loop again (after creating its topic with
+    /// `partitions` if missing) whenever it stops on an error: a service's consumers
+    /// outlive a broker that goes away.
     pub async fn run_until_cancelled<H: Handler + Clone>(
-        config: &KafkaConfig,
-        group: &str,
-        topic: &str,
+        self,
         partitions: i32,
-        dead_letters: Producer,
         handler: H,
         cancel: CancellationToken,
     ) {
+        let (config, group) = (self.config.clone(), self.group.clone());
+        let topic = self.topics.first().cloned().unwrap_or_default();
         // A pattern (`^...`) names no topic to create: it follows those that appear.
         let spec: Vec<TopicSpec> = if topic.starts_with('^') {
             Vec::new()
         } else {
-            vec![TopicSpec::new(topic, partitions)]
+            vec![TopicSpec::new(&topic, partitions)]
         };
         while !cancel.is_cancelled() {
             let ensured = tokio::select! {
                 () = cancel.cancelled() => return,
-                ensured = ensure_topics(config, &spec) => ensured,
+                ensured = ensure_topics(&config, &spec) => ensured,
             };
             let outcome = match ensured {
-                Ok(()) => {
-                    ConsumerLoop::new(config, group, vec![topic.to_owned()], dead_letters.clone())
-                        .run(handler.clone(), cancel.clone())
-                        .await
-                }
+                Ok(()) => self.clone().run(handler.clone(), cancel.clone()).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {
@@ -596,13 +620,14 @@ impl ConsumerLoop {
 
 /// Writes records that can never be processed to `<topic>.dlq`: the one way dead letters
 /// are made, by consumers (records they read) and by ingestion (requests it refused).
+#[derive(Clone)]
 pub struct DeadLetters {
     config: KafkaConfig,
     /// The consumer group named in the letters; `None` for records refused before they
     /// reached a topic.
     group: Option<String>,
     producer: Producer,
-    topics: std::sync::Mutex<std::collections::HashSet<String>>,
+    topics: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl DeadLetters {

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the consumer loops, registered in a service's registry.
 
+use std::{collections::BTreeSet, sync::Arc};
+
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -15,6 +17,7 @@ pub struct ConsumerMetrics {
     retries: Family<Labels, Counter>,
     commit_failures: Family<Labels, Counter>,
     handler_seconds: Family<Labels, Histogram>,
+    lag: Family<Labels, Gauge>,
 }
 
 impl std::fmt::Debug for ConsumerMetrics {
@@ -47,6 +50,12 @@ impl ConsumerMetrics {
             metrics.commit_failures.clone(),
         );
         registry.register(
+            "mlops_consumer_lag",
+            "Records between a group's position and the end of a partition it owns, by group, \
+             topic and partition (the Kafka client's statistics, every 5 s)",
+            metrics.lag.clone(),
+        );
+        registry.register(
             "mlops_consumer_handler_seconds",
             "Time from a record's arrival to its commit, by topic",
             metrics.handler_seconds.clone(),
@@ -64,6 +73,7 @@ impl ConsumerMetrics {
             handler_seconds: Family::new_with_constructor(|| {
                 Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0])
             }),
+            lag: Family::default(),
         }
     }
 
@@ -78,6 +88,48 @@ impl ConsumerMetrics {
         self.handler_seconds
             .get_or_create(&vec![("topic".to_owned(), topic.to_owned())])
             .observe(seconds);
+    }
+
+    /// Sets the lag of every partition `group` owns now (`(topic, partition, lag)`), and
+    /// forgets those it owned at the last report and no longer does (`owned`), so a
+    /// revoked partition's lag does not stay behind as a stale alarm.
+    pub(crate) fn lagging(
+        &self,
+        group: &str,
+        now: Vec<(String, i32, i64)>,
+        owned: &Arc<std::sync::Mutex<BTreeSet<(String, i32)>>>,
+    ) {
+        let labels = |topic: &str, partition: i32| {
+            vec![
+                ("group".to_owned(), group.to_owned()),
+                ("topic".to_owned(), topic.to_owned()),
+                ("partition".to_owned(), partition.to_string()),
+            ]
+        };
+        let mut owned = owned.lock().unwrap_or_else(|e| e.into_inner());
+        let current: BTreeSet<(String, i32)> =
+            now.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        for (topic, partition) in owned.difference(&current) {
+            self.lag.remove(&labels(topic, *partition));
+        }
+        for (topic, partition, lag) in now {
+            self.lag.get_or_create(&labels(&topic, partition)).set(lag);
+        }
+        *owned = current;
+    }
+
+    /// Makes the series of a consumer of `topics` in `group` exist at 0 from its start,
+    /// so a rate or an alert sees the first retry or failed commit.
+    pub(crate) fn started(&self, topics: &[String], group: &str) {
+        for topic in topics.iter().filter(|t| !t.starts_with('^')) {
+            let _ = self.retries.get_or_create(&vec![
+                ("topic".to_owned(), topic.clone()),
+                ("group".to_owned(), group.to_owned()),
+            ]);
+        }
+        let _ = self
+            .commit_failures
+            .get_or_create(&vec![("group".to_owned(), group.to_owned())]);
     }
 
     pub(crate) fn dead_lettered(&self, topic: &str, class: &str) {

@@ -172,6 +172,12 @@ impl Supervisor {
         let name = name.into();
         let supervisor = self.clone();
         supervisor.update(&name, |status| status.state = JobState::Starting);
+        // Every job's series exist from its start (at 0), so a rate or an alert sees the
+        // first failure rather than a series appearing.
+        let job = label(&name);
+        let _ = supervisor.metrics.failures.get_or_create(&job);
+        let _ = supervisor.metrics.panics.get_or_create(&job);
+        let _ = supervisor.metrics.failing.get_or_create(&job);
         self.tracker.spawn(async move {
             let mut backoff = FIRST_BACKOFF;
             loop {

@@ -470,30 +470,20 @@ impl ServiceConfig for CommonConfig {
     }
 }
 
-/// Consumes `topic` (or every topic of a `^pattern`) as `group` with `handler` for as long
-/// as `tasks` runs, starting the consumer again after a failure (see
-/// [`mlops_kafka::ConsumerLoop::run_until_cancelled`]).
+/// Runs `consumer` beside the service's other `tasks` until they stop, restarted after
+/// errors, its topic created with `partitions` if missing.
 pub fn spawn_consumer<H: mlops_kafka::Handler + Clone>(
     tasks: &mut TaskSet,
-    kafka: &KafkaConfig,
-    group: String,
-    topic: &'static str,
+    consumer: mlops_kafka::ConsumerLoop,
     partitions: i32,
-    dead_letters: mlops_kafka::Producer,
     handler: H,
 ) {
-    let (kafka, token) = (kafka.clone(), tasks.token());
-    tasks.spawn(topic, async move {
-        mlops_kafka::ConsumerLoop::run_until_cancelled(
-            &kafka,
-            &group,
-            topic,
-            partitions,
-            dead_letters,
-            handler,
-            token,
-        )
-        .await;
+    let token = tasks.token();
+    let name = consumer.group().to_owned();
+    tasks.spawn(name, async move {
+        consumer
+            .run_until_cancelled(partitions, handler, token)
+            .await;
         Ok::<(), anyhow::Error>(())
     });
 }

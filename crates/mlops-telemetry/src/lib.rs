@@ -17,7 +17,10 @@ pub use flow::{
 pub use http_headers::extract_http_context;
 pub use kafka_headers::{HeaderExtractor, HeaderInjector, extract_context, inject_current_context};
 
-use std::io::IsTerminal;
+use std::{
+    io::IsTerminal,
+    sync::{Arc, OnceLock},
+};
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
@@ -98,21 +101,26 @@ fn install(service: &'static str, defaults: &[&str], export: bool) -> Result<Tel
     }
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let installed = if std::io::stdout().is_terminal() {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
-            .try_init()
+    let dispatch = if std::io::stdout().is_terminal() {
+        tracing::Dispatch::new(registry.with(tracing_subscriber::fmt::layer().with_target(false)))
     } else {
-        registry
-            .with(
+        let handle = Arc::new(OnceLock::new());
+        let dispatch = tracing::Dispatch::new(
+            registry.with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_current_span(false)
                     .with_span_list(false)
-                    .map_event_format(log_format::WithTraceIds),
-            )
-            .try_init()
+                    .map_event_format(|inner| log_format::WithTraceIds {
+                        inner,
+                        subscriber: handle.clone(),
+                    }),
+            ),
+        );
+        let _ = handle.set(dispatch.downgrade());
+        dispatch
     };
+    let installed = tracing::dispatcher::set_global_default(dispatch);
     installed.map_err(|_| Error::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
 }

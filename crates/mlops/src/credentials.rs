@@ -75,6 +75,31 @@ impl Credentials {
 }
 
 /// Writes `bytes` to a new file of mode 0600 (replacing any), atomically.
+/// `mlops credentials --dir D`.
+pub(crate) fn main(dir: &Path) -> std::process::ExitCode {
+    let credentials = Credentials::of(dir);
+    match std::fs::create_dir_all(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+        .and_then(|()| credentials.ensure())
+    {
+        Ok(issued) => {
+            let word = if issued { "issued" } else { "kept" };
+            println!(
+                "mlops credentials: {word}: {} (hashes), {}, {}, {}",
+                credentials.keys_file.display(),
+                credentials.admin_token.display(),
+                credentials.producer_token.display(),
+                credentials.service_token.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mlops credentials: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     write_file(path, bytes, 0o600)
 }

@@ -74,6 +74,13 @@ enum Command {
     },
     /// Create a local CA and a certificate per service in `<data dir>/tls`.
     Certs,
+    /// Issue the platform's first tokens into a directory (once; kept when present):
+    /// `admin.token`, `producer.token`, `service.token` and the hashes the services check,
+    /// `api-keys.json` — what `up` does for itself, for a deployment's init job.
+    Credentials {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Print the readiness of the broker and every service.
     Status,
     /// Run one service in this process (what `up` launches; also for standalone use).
@@ -132,6 +139,7 @@ fn main() -> ExitCode {
             install_only,
         ),
         Command::Certs => certs::main(),
+        Command::Credentials { dir } => credentials::main(&dir),
         Command::Status => status::main(),
         Command::Audit {
             command: AuditCommand::Verify,

@@ -522,6 +522,32 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         "version 2 serves alone again: {:?}",
         stream.answers
     );
+
+    // Every family an alert rule or a dashboard panel names is exported, now that the loop
+    // has run through drift, training, canary, promotion and rollback (and one record that
+    // is not Avro has been dead-lettered).
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stream.base.bootstrap())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<str, [u8]>::to(&format!("raw.{DATASET}"))
+                .key("c-0")
+                .payload(b"not avro"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("produce a poison record");
+    let exported = mlops_testkit::until("the dead letter is counted", LIMIT, async || {
+        let exported = support::metrics::exported(&stream.base).await;
+        exported
+            .contains("mlops_consumer_dead_letters")
+            .then_some(exported)
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    support::metrics::assert_only_exported_names(&exported);
 }
 
 /// The drift remediation as an SRE finds it in Jaeger: one trace from the drift event to
@@ -635,15 +661,20 @@ async fn event_paths_are_traces_in_jaeger(jaeger: &Jaeger) {
     let row_topic = format!("features.{VIEW}");
     let event = mlops_testkit::until("an event's path is one trace", LIMIT, async || {
         let traces = jaeger.search("ingestion", operation, 50).await;
+        // Each service exports on its own schedule: a trace counts once the monitor's span
+        // and all its ancestors up to the ingestion request are in.
+        let root = format!("ingestion:{operation}");
         traces
             .iter()
             .find(|t| {
-                t.spans
-                    .iter()
-                    .any(|s| s.service == "monitoring" && s.name == format!("process {row_topic}"))
+                t.spans.iter().any(|s| {
+                    s.service == "monitoring"
+                        && s.name == format!("process {row_topic}")
+                        && t.ancestry(s).last() == Some(&root)
+                })
             })
             .cloned()
-            .ok_or_else(|| format!("{} traces, none reaching the monitor", traces.len()))
+            .ok_or_else(|| format!("{} traces, none whole to the monitor yet", traces.len()))
     })
     .await;
     let row = event
@@ -681,11 +712,16 @@ async fn event_paths_are_traces_in_jaeger(jaeger: &Jaeger) {
     let operation = "POST /v1/models/{name}";
     let scored = mlops_testkit::until("a prediction's path is one trace", LIMIT, async || {
         let traces = jaeger.search("serving", operation, 50).await;
+        let root = format!("serving:{operation}");
         traces
             .iter()
-            .find(|t| t.services().contains("monitoring"))
+            .find(|t| {
+                t.spans
+                    .iter()
+                    .any(|s| s.service == "monitoring" && t.ancestry(s).last() == Some(&root))
+            })
             .cloned()
-            .ok_or_else(|| format!("{} traces, none reaching the monitor", traces.len()))
+            .ok_or_else(|| format!("{} traces, none whole to the monitor yet", traces.len()))
     })
     .await;
     let logged = scored

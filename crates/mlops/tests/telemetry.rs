@@ -58,6 +58,10 @@ async fn spans_reach_an_otlp_receiver_in_the_callers_trace() {
         )
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=test,service.namespace=mlops",
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -89,6 +93,40 @@ async fn spans_reach_an_otlp_receiver_in_the_callers_trace() {
     assert!(status.success(), "registry exited with {status}");
 
     let requests = received.lock().unwrap().clone();
+    // The resource: the service's name and version, and what the operator added.
+    let resource = requests
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .filter_map(|rs| rs.resource.as_ref())
+        .find(|resource| {
+            resource.attributes.iter().any(|kv| {
+                kv.key == "service.name"
+                    && matches!(
+                        kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                        Some(Value::StringValue(name)) if name == "registry"
+                    )
+            })
+        })
+        .expect("a resource named registry");
+    let attribute = |key: &str| {
+        resource
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref().and_then(|v| v.value.clone()))
+    };
+    assert_eq!(
+        attribute("service.version"),
+        Some(Value::StringValue(env!("CARGO_PKG_VERSION").to_owned()))
+    );
+    assert_eq!(
+        attribute("deployment.environment"),
+        Some(Value::StringValue("test".to_owned()))
+    );
+    assert_eq!(
+        attribute("service.namespace"),
+        Some(Value::StringValue("mlops".to_owned()))
+    );
     let spans: Vec<_> = requests
         .iter()
         .flat_map(|r| &r.resource_spans)

@@ -17,7 +17,7 @@ pub mod monitor;
 use std::{sync::Arc, time::Duration};
 
 use mlops_events::topics;
-use mlops_kafka::Producer;
+use mlops_kafka::{ConsumerLoop, Producer};
 use mlops_service::{CommonConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -105,6 +105,7 @@ pub async fn run(
     let codec = Arc::new(common.codec());
     let producer = Producer::new(&common.kafka, codec.clone())?;
     let mut metrics = prometheus_client::registry::Registry::default();
+    let consumer_metrics = mlops_kafka::ConsumerMetrics::register(&mut metrics);
     let shared = Arc::new(intake::Shared::new(
         settings.policy.clone(),
         mlops_ml::registry::RegistryClient::new(http.clone(), &settings.registry_url),
@@ -166,11 +167,14 @@ pub async fn run(
         };
         mlops_service::spawn_consumer(
             &mut tasks,
-            &common.kafka,
-            group,
-            topic,
+            ConsumerLoop::new(
+                &common.kafka,
+                group,
+                vec![topic.to_owned()],
+                producer.clone(),
+            )
+            .with_metrics(consumer_metrics.clone()),
             3,
-            producer.clone(),
             handler,
         );
     }

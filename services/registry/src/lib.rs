@@ -144,11 +144,14 @@ pub async fn run(
     let producer = Producer::new(&common.kafka, codec.clone())?;
     let (auditor, audit_writer) =
         mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let consumer_metrics = mlops_kafka::ConsumerMetrics::register(&mut metrics);
     let publisher = models::outbox::Publisher {
         store: model_store.clone(),
         producer: producer.clone(),
         kafka: common.kafka.clone(),
         wake: wake.clone(),
+        stages: models::outbox::stage_gauge(&mut metrics),
     };
     let mut background = tokio::task::JoinSet::new();
     let cancel_writer = cancel.clone();
@@ -172,12 +175,14 @@ pub async fn run(
         common.kafka.clone(),
         producer.clone(),
         (*audit_log).clone(),
+        consumer_metrics.clone(),
         cancel.clone(),
     ));
     background.spawn(consume_decisions(
         common.kafka.clone(),
         producer,
         decisions,
+        consumer_metrics,
         cancel.clone(),
     ));
 
@@ -189,7 +194,7 @@ pub async fn run(
         }),
         mlops_service::broker_check(&common.kafka),
     ];
-    let admin = AdminState::new(SERVICE, Default::default(), checks);
+    let admin = AdminState::new(SERVICE, metrics, checks);
     let router = match router(common, store, models, &admin, auditor.clone(), audit_log).await {
         Ok(router) => router,
         Err(e) => {
@@ -215,17 +220,17 @@ async fn consume_decisions(
     kafka: mlops_kafka::KafkaConfig,
     producer: Producer,
     decisions: models::decisions::Decisions,
+    metrics: mlops_kafka::ConsumerMetrics,
     cancel: CancellationToken,
 ) {
-    ConsumerLoop::run_until_cancelled(
+    ConsumerLoop::new(
         &kafka,
         models::decisions::GROUP,
-        topics::CANARY_DECISIONS,
-        3,
+        vec![topics::CANARY_DECISIONS.to_owned()],
         producer,
-        decisions,
-        cancel,
     )
+    .with_metrics(metrics)
+    .run_until_cancelled(3, decisions, cancel)
     .await;
 }
 
@@ -234,6 +239,7 @@ async fn consume_audit_log(
     kafka: mlops_kafka::KafkaConfig,
     producer: Producer,
     log: audit::AuditLog,
+    metrics: mlops_kafka::ConsumerMetrics,
     cancel: CancellationToken,
 ) {
     // Created here with its settings (kept forever) if no service has written to it yet.
@@ -241,14 +247,13 @@ async fn consume_audit_log(
     {
         warn!(error = %e, "audit.log not created yet; its consumer retries");
     }
-    ConsumerLoop::run_until_cancelled(
+    ConsumerLoop::new(
         &kafka,
         audit::GROUP,
-        topics::AUDIT_LOG,
-        mlops_events::audit::AUDIT_PARTITIONS,
+        vec![topics::AUDIT_LOG.to_owned()],
         producer,
-        log,
-        cancel,
     )
+    .with_metrics(metrics)
+    .run_until_cancelled(mlops_events::audit::AUDIT_PARTITIONS, log, cancel)
     .await;
 }

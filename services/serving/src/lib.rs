@@ -102,6 +102,7 @@ pub async fn run(
 
     let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
     let mut metrics = prometheus_client::registry::Registry::default();
+    let consumer_metrics = mlops_kafka::ConsumerMetrics::register(&mut metrics);
     let (logger, drain) = predictions::PredictionLogger::new(
         &mut metrics,
         mlops_kafka::LogProducer::new(&common.kafka, settings.log_linger_ms)?,
@@ -168,15 +169,14 @@ pub async fn run(
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        ConsumerLoop::run_until_cancelled(
+        ConsumerLoop::new(
             &kafka,
-            &group,
-            topics::MODELS_LIFECYCLE,
-            3,
+            group,
+            vec![topics::MODELS_LIFECYCLE.to_owned()],
             producer,
-            handler,
-            token,
         )
+        .with_metrics(consumer_metrics)
+        .run_until_cancelled(3, handler, token)
         .await;
         Ok::<(), anyhow::Error>(())
     });

@@ -14,7 +14,10 @@ use mlops_events::{PredictionLog, PredictionLogRef, ServingRole, topics};
 use mlops_kafka::{KafkaConfig, LogProducer, TopicSpec};
 use mlops_ml::ModelArtifact;
 use mlops_schema::AvroCodec;
-use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -157,6 +160,22 @@ impl PredictionLogger {
             "Predictions handed to the Kafka client that it could not deliver",
             undelivered.clone(),
         );
+        let served: Family<Vec<(&'static str, String)>, Counter> = Family::default();
+        registry.register(
+            "mlops_serving_predictions",
+            "Rows answered, by model, version, role (production, canary, shadow) and outcome \
+             (ok, error)",
+            served.clone(),
+        );
+        let latency: Family<Vec<(&'static str, String)>, Histogram> =
+            Family::new_with_constructor(|| {
+                Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5])
+            });
+        registry.register(
+            "mlops_serving_inference_seconds",
+            "Time from a request's arrival to its answer, by model and role",
+            latency.clone(),
+        );
         let logger = Self {
             queue,
             logged: logged.clone(),
@@ -182,6 +201,28 @@ impl PredictionLogger {
                         None => break,
                     },
                 };
+                // Counted here, off the request's path (a request the queue had no room
+                // for is counted in `dropped` instead).
+                let role = format!("{:?}", answered.role).to_lowercase();
+                served
+                    .get_or_create(&vec![
+                        ("model", answered.model.clone()),
+                        ("version", answered.loaded.version.to_string()),
+                        ("role", role.clone()),
+                        (
+                            "outcome",
+                            if answered.error.is_some() {
+                                "error"
+                            } else {
+                                "ok"
+                            }
+                            .to_owned(),
+                        ),
+                    ])
+                    .inc_by(answered.records());
+                latency
+                    .get_or_create(&vec![("model", answered.model.clone()), ("role", role)])
+                    .observe(answered.latency_us as f64 / 1e6);
                 if !destinations.contains_key(&answered.model) {
                     match destination(&kafka, &codec, &answered.model).await {
                         Ok(d) => {

@@ -141,7 +141,10 @@ pub async fn run(
     let codec = Arc::new(common.codec());
     let producer = Producer::new(&common.kafka, codec.clone())?;
     let http = common.http_client(std::time::Duration::from_secs(300));
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let consumer_metrics = mlops_kafka::ConsumerMetrics::register(&mut metrics);
     let runner = Arc::new(runner::Runner {
+        metrics: runner::RunMetrics::register(&mut metrics),
         store: store.clone(),
         http: http.clone(),
         feature_url: settings.feature_url.trim_end_matches('/').to_owned(),
@@ -161,7 +164,7 @@ pub async fn run(
         let database = database.clone();
         async move { database.ping().await.map_err(|e| e.to_string()) }
     }));
-    let admin = mlops_runtime::AdminState::new(SERVICE, Default::default(), checks);
+    let admin = mlops_runtime::AdminState::new(SERVICE, metrics, checks);
     let app = Arc::new(api::App {
         store,
         runner: runner.clone(),
@@ -192,11 +195,14 @@ pub async fn run(
     // Requests that arrive before the consumer exists wait in the topic.
     mlops_service::spawn_consumer(
         &mut tasks,
-        &common.kafka,
-        settings.requests_group.clone(),
-        topics::TRAINING_REQUESTS,
+        mlops_kafka::ConsumerLoop::new(
+            &common.kafka,
+            settings.requests_group.clone(),
+            vec![topics::TRAINING_REQUESTS.to_owned()],
+            producer,
+        )
+        .with_metrics(consumer_metrics),
         3,
-        producer,
         requests,
     );
     mlops_service::serve_with(&common, tasks, listener, router, cancel).await

@@ -9,6 +9,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use mlops_events::{TrainingRequest, TrainingRunResult, TrainingRunStatus, now_millis, topics};
 use mlops_kafka::{KafkaConfig, OwnedHeaders, Producer, TopicSpec};
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
 use serde_json::{Value as Json, json};
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
@@ -39,6 +43,43 @@ pub struct Runner {
     pub cooldown_ms: i64,
     /// Residency region of this service: snapshots of another region are refused.
     pub region: Option<String>,
+    pub metrics: RunMetrics,
+}
+
+/// Runs finished, by model and status (`succeeded`, `rejected_by_gate` — the gate's
+/// refusals — and `failed`), and how long they took.
+#[derive(Clone)]
+pub struct RunMetrics {
+    runs: Family<Vec<(&'static str, String)>, Counter>,
+    seconds: Family<Vec<(&'static str, String)>, Histogram>,
+}
+
+impl RunMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            runs: Family::default(),
+            seconds: Family::new_with_constructor(|| {
+                Histogram::new([0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0])
+            }),
+        };
+        registry.register(
+            "mlops_training_runs",
+            "Training runs finished, by model and status (succeeded, rejected_by_gate, failed)",
+            metrics.runs.clone(),
+        );
+        registry.register(
+            "mlops_training_run_seconds",
+            "Duration of training runs from start to finish, by model and status",
+            metrics.seconds.clone(),
+        );
+        metrics
+    }
+
+    fn finished(&self, model: &str, status: &str, seconds: f64) {
+        let labels = vec![("model", model.to_owned()), ("status", status.to_owned())];
+        self.runs.get_or_create(&labels).inc();
+        self.seconds.get_or_create(&labels).observe(seconds);
+    }
 }
 
 impl Runner {
@@ -140,6 +181,8 @@ impl Runner {
             warn!(run = %run.id, error = %e, "run record not saved; it will run again");
             return;
         }
+        self.metrics
+            .finished(&run.model, status, (finished - started) as f64 / 1000.0);
         info!(run = %run.id, model = %run.model, status, "training run finished");
         self.wake.notify_one();
     }

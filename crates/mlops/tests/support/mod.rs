@@ -11,6 +11,7 @@ use std::{
 use mlops_testkit::free_port;
 
 pub(crate) mod jaeger;
+pub(crate) mod metrics;
 
 pub(crate) const SERVICES: [&str; 6] = [
     "registry",

@@ -8,6 +8,10 @@ use std::{sync::Arc, time::Duration};
 
 use mlops_events::{Lineage, ModelLifecycleEvent, topics};
 use mlops_kafka::{KafkaConfig, Producer, TopicSpec};
+use prometheus_client::{
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use rdkafka::message::OwnedHeaders;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +28,20 @@ pub struct Publisher {
     pub kafka: KafkaConfig,
     /// Woken after every commit.
     pub wake: Arc<Notify>,
+    /// `mlops_registry_model_version{model, stage}`: the version in production and in
+    /// canary, refreshed after every drain.
+    pub stages: Family<Vec<(&'static str, String)>, Gauge>,
+}
+
+/// Registers the stage gauge in `registry`.
+pub fn stage_gauge(registry: &mut Registry) -> Family<Vec<(&'static str, String)>, Gauge> {
+    let stages = Family::default();
+    registry.register(
+        "mlops_registry_model_version",
+        "The version of a model in a stage (production, canary); absent when none is",
+        stages.clone(),
+    );
+    stages
 }
 
 /// The event a consumer sees for `transition` of `version`.
@@ -75,7 +93,9 @@ impl Publisher {
                     .map_err(|e| e.to_string())?;
                     topic_ready = true;
                 }
-                self.drain().await
+                let published = self.drain().await?;
+                self.refresh_stages().await?;
+                Ok::<usize, String>(published)
             };
             // A broker that does not answer must not hold the registry's shutdown.
             let outcome = tokio::select! {
@@ -103,6 +123,21 @@ impl Publisher {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    async fn refresh_stages(&self) -> Result<(), String> {
+        let serving = self
+            .store
+            .serving_versions()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.stages.clear();
+        for (model, stage, version) in serving {
+            self.stages
+                .get_or_create(&vec![("model", model), ("stage", stage)])
+                .set(version);
+        }
+        Ok(())
     }
 
     /// Publishes every unpublished transition; returns how many.

@@ -179,6 +179,19 @@ impl ModelStore {
     }
 
     /// Every version of `model`, oldest first (`UnknownModel` when there is no such model).
+    /// `(model, stage, version)` of every version in production or canary.
+    pub async fn serving_versions(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT model, stage, version FROM model_versions \
+             WHERE stage IN ('production', 'canary') ORDER BY model, stage",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     pub async fn versions(&self, model: &str) -> Result<Vec<VersionRow>> {
         let exists = sqlx::query("SELECT 1 FROM models WHERE name = $1")
             .bind(model)
