@@ -24,6 +24,25 @@ pub(crate) struct Ports {
     pub ui: u16,
 }
 
+impl Ports {
+    /// Jaeger's defaults, or `MLOPS_JAEGER_OTLP_GRPC_PORT`, `MLOPS_JAEGER_OTLP_HTTP_PORT`
+    /// and `MLOPS_JAEGER_UI_PORT` (for `up --jaeger`).
+    pub(crate) fn from_env() -> Result<Self, String> {
+        let defaults = Self::default();
+        let port = |name: &str, default: u16| match std::env::var(name) {
+            Err(_) => Ok(default),
+            Ok(text) => text
+                .parse()
+                .map_err(|_| format!("{name}: {text:?} is not a port")),
+        };
+        Ok(Self {
+            otlp_grpc: port("MLOPS_JAEGER_OTLP_GRPC_PORT", defaults.otlp_grpc)?,
+            otlp_http: port("MLOPS_JAEGER_OTLP_HTTP_PORT", defaults.otlp_http)?,
+            ui: port("MLOPS_JAEGER_UI_PORT", defaults.ui)?,
+        })
+    }
+}
+
 impl Default for Ports {
     /// Jaeger's own defaults: OTLP on 4317/4318, UI and query API on 16686.
     fn default() -> Self {

@@ -150,12 +150,24 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
             eprintln!("mlops: {e}");
             return ExitCode::FAILURE;
         }
-        let ports = crate::jaeger::Ports::default();
+        let ports = match crate::jaeger::Ports::from_env() {
+            Ok(ports) => ports,
+            Err(e) => {
+                eprintln!("mlops: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let mut command = Command::new(&exe);
         command.args([
             "jaeger",
             "--config-dir",
             &layout.data_dir.join("jaeger").display().to_string(),
+            "--otlp-grpc-port",
+            &ports.otlp_grpc.to_string(),
+            "--otlp-http-port",
+            &ports.otlp_http.to_string(),
+            "--ui-port",
+            &ports.ui.to_string(),
         ]);
         let supervised = supervise("jaeger", command, None, &logs);
         println!(

@@ -334,3 +334,75 @@ async fn demo_exit_succeeds_when_the_story_is_told_and_names_the_failed_step_oth
     assert!(!output.status.success(), "demo succeeded without a broker");
     assert!(stderr.contains("step 'platform ready' failed"), "{stderr}");
 }
+
+/// `mlops up --jaeger`: Jaeger beside the platform, and every service's spans in it — on
+/// the embedded Tansu broker, whose own storage spans stay out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_jaeger_sends_every_services_spans_to_it() {
+    let dir = mlops_testkit::temp_dir();
+    let data = dir.path().join("data");
+    let ports = Ports::pick();
+    let ui = free_port();
+    let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
+    let _launcher = support::Launched(
+        mlops(&["up", "--jaeger"], &data, &ports)
+            .env("MLOPS_BROKER", "tansu")
+            .env("MLOPS_JAEGER_OTLP_GRPC_PORT", free_port().to_string())
+            .env("MLOPS_JAEGER_OTLP_HTTP_PORT", free_port().to_string())
+            .env("MLOPS_JAEGER_UI_PORT", ui.to_string())
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("mlops up --jaeger"),
+    );
+    wait_until_ready(&ports).await;
+    let http = support::admin_client(&data, Duration::from_secs(30));
+    let reads = [
+        ("ingestion", "/v1/datasets"),
+        ("registry", "/subjects"),
+        ("serving", "/v2/models/none"),
+        ("feature", "/v1/feature-views"),
+        ("training", "/v1/models/specs"),
+        ("monitoring", "/v1/monitoring/models"),
+    ];
+    let plain = reqwest::Client::new();
+    let services = mlops_testkit::until("every service in Jaeger", DEADLINE, async || {
+        for (service, path) in reads {
+            let port = ports
+                .services
+                .iter()
+                .find(|(s, _)| *s == service)
+                .unwrap()
+                .1;
+            let _ = http
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await;
+        }
+        let answer: serde_json::Value = plain
+            .get(format!("http://127.0.0.1:{ui}/api/services"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let listed: Vec<String> = answer["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        SERVICES
+            .iter()
+            .all(|s| listed.iter().any(|l| l == s))
+            .then_some(listed.clone())
+            .ok_or_else(|| format!("listed so far: {listed:?}"))
+    })
+    .await;
+    assert!(
+        !services.iter().any(|s| s == "broker"),
+        "the broker's internals stay out: {services:?}"
+    );
+}
