@@ -11,6 +11,7 @@ mod kafka;
 mod launcher;
 mod platform;
 mod status;
+mod traces;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,26 @@ enum Command {
         /// As `up --jaeger`.
         #[arg(long)]
         jaeger: bool,
+    },
+    /// The platform's traces from Jaeger's query API: the latest of a service, or one trace
+    /// as a tree of spans.
+    Traces {
+        /// A trace id (a drift event's `trace_id`, say): print that trace as a tree.
+        trace: Option<String>,
+        #[arg(long, default_value = "ingestion")]
+        service: String,
+        /// Only traces holding this operation (`"drift detected"`, say).
+        #[arg(long)]
+        operation: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Jaeger's query API.
+        #[arg(
+            long,
+            env = "MLOPS_JAEGER_URL",
+            default_value = "http://127.0.0.1:16686"
+        )]
+        jaeger: String,
     },
     /// Run Jaeger (all-in-one, in-memory) on loopback, building it from the Go module proxy
     /// the first time.
@@ -139,6 +160,19 @@ fn main() -> ExitCode {
             install_only,
         ),
         Command::Certs => certs::main(),
+        Command::Traces {
+            trace,
+            service,
+            operation,
+            limit,
+            jaeger,
+        } => traces::main(traces::Query {
+            jaeger,
+            trace,
+            service,
+            operation,
+            limit,
+        }),
         Command::Credentials { dir } => credentials::main(&dir),
         Command::Status => status::main(),
         Command::Audit {

@@ -463,6 +463,25 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         "the verdict continues it"
     );
     remediation_is_one_trace_in_jaeger(&jaeger, &flow).await;
+    // The same trace in the terminal, as `mlops traces <id>` shows it.
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .args(["traces", &flow, "--jaeger"])
+        .arg(format!("http://127.0.0.1:{}", jaeger.ui))
+        .output()
+        .expect("mlops traces");
+    let tree = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{tree}");
+    assert!(
+        tree.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("monitoring  drift detected")),
+        "the root first: {tree}"
+    );
+    assert!(
+        tree.lines()
+            .any(|l| l.trim_start().starts_with("serving     swap")),
+        "{tree}"
+    );
     event_paths_are_traces_in_jaeger(&jaeger).await;
     stream.answers.clear();
     for _ in 0..3 {
