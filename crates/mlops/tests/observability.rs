@@ -23,15 +23,15 @@ async fn lag_dead_letters_and_refusals_are_on_metrics() {
     let _launcher = Launched(launch(&data, &ports, None));
     wait_until_ready(&ports).await;
     let http = admin_client(&data, Duration::from_secs(30));
-    let url = |service: &str, path: &str| {
-        let port = ports
+    let port = |service: &str| {
+        ports
             .services
             .iter()
             .find(|(s, _)| *s == service)
             .unwrap()
-            .1;
-        format!("http://127.0.0.1:{port}{path}")
+            .1
     };
+    let url = |service: &str, path: &str| format!("http://127.0.0.1:{}{path}", port(service));
 
     // A little traffic, so each consumer owns partitions with something in them.
     let dataset = "obs_events";
@@ -61,20 +61,11 @@ async fn lag_dead_letters_and_refusals_are_on_metrics() {
     // The lag of the feature service's intake, per partition of the raw topic, once the
     // Kafka client has reported its statistics.
     let raw = format!("raw.{dataset}");
-    let plain = reqwest::Client::new();
-    let metrics_url = url("feature", "/metrics");
     let lag = mlops_testkit::until(
         "consumer lag per partition",
         Duration::from_secs(90),
         async || {
-            let page = plain
-                .get(&metrics_url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .text()
-                .await
-                .map_err(|e| e.to_string())?;
+            let page = support::metrics::page(port("feature")).await?;
             let lines: Vec<String> = page
                 .lines()
                 .filter(|l| l.starts_with("mlops_consumer_lag{") && l.contains(&raw))
@@ -113,14 +104,7 @@ async fn lag_dead_letters_and_refusals_are_on_metrics() {
         "the dead letter is counted",
         Duration::from_secs(90),
         async || {
-            let page = plain
-                .get(&metrics_url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .text()
-                .await
-                .map_err(|e| e.to_string())?;
+            let page = support::metrics::page(port("feature")).await?;
             page.lines()
                 .find(|l| l.starts_with("mlops_consumer_dead_letters_total{") && l.contains(&raw))
                 .map(str::to_owned)
@@ -139,14 +123,7 @@ async fn lag_dead_letters_and_refusals_are_on_metrics() {
         .await
         .unwrap();
     assert!(answer.status().is_client_error(), "{}", answer.status());
-    let page = plain
-        .get(url("ingestion", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = support::metrics::page(port("ingestion")).await.unwrap();
     assert!(
         page.lines()
             .any(|l| l.starts_with("mlops_ingestion_rejections_total{") && !l.ends_with(" 0")),

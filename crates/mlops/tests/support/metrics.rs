@@ -89,19 +89,21 @@ pub(crate) fn expressions() -> Vec<(String, String)> {
     out
 }
 
+/// The `/metrics` page of the service on `port` (open to anyone by default).
+pub(crate) async fn page(port: u16) -> Result<String, String> {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Every metric family the six services declare on their `/metrics` now.
 pub(crate) async fn exported(ports: &Ports) -> BTreeSet<String> {
-    let http = reqwest::Client::new();
     let mut exported = BTreeSet::new();
     for (service, port) in &ports.services {
-        let page = http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = page(*port).await.unwrap();
         let declared = families(&page);
         assert!(
             declared.contains("mlops_http_requests"),
