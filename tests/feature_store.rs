@@ -722,4 +722,19 @@ async fn records_of_another_region_are_refused_by_the_feature_service() {
         })
         .unwrap_or_default();
     assert!(reason.contains("region \"ae\""), "{reason}");
+    // The feature row computed from the "eu" payment carries its region on, so that a
+    // consumer of another region refuses it in turn.
+    let rows = mlops_integration_tests::read_topic(
+        &p.broker.bootstrap_servers,
+        &format!("features.{view}"),
+        1,
+    )
+    .await;
+    let region = rows[0].headers().and_then(|h| {
+        (0..h.count())
+            .map(|i| h.get(i))
+            .find(|h| h.key == topics::REGION_HEADER)
+            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+    });
+    assert_eq!(region.as_deref(), Some("eu"));
 }

@@ -43,6 +43,8 @@ impl ProducerContext for FailureCounter {
 pub struct LogProducer {
     inner: BaseProducer<FailureCounter>,
     failed: Arc<AtomicU64>,
+    /// The residency region stamped on every record (`mlops-region`), when set.
+    region: Option<String>,
 }
 
 impl std::fmt::Debug for LogProducer {
@@ -67,7 +69,18 @@ impl LogProducer {
             .set("delivery.report.only.error", "true")
             .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
             .create_with_context(FailureCounter(failed.clone()))?;
-        Ok(Self { inner, failed })
+        Ok(Self {
+            inner,
+            failed,
+            region: None,
+        })
+    }
+
+    /// Stamps every record with `region` (`mlops-region`): what it logs is data of that
+    /// region, which consumers of another refuse.
+    pub fn in_region(mut self, region: Option<String>) -> Self {
+        self.region = region;
+        self
     }
 
     /// Hands a record to the client. `QueueFull` when its local queue has no room.
@@ -84,11 +97,21 @@ impl LogProducer {
         if let Some(key) = key {
             record = record.key(key);
         }
-        if let Some(traceparent) = traceparent {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some(traceparent.as_bytes()),
-            }));
+        if traceparent.is_some() || self.region.is_some() {
+            let mut headers = OwnedHeaders::new();
+            if let Some(traceparent) = traceparent {
+                headers = headers.insert(Header {
+                    key: "traceparent",
+                    value: Some(traceparent.as_bytes()),
+                });
+            }
+            if let Some(region) = &self.region {
+                headers = headers.insert(Header {
+                    key: mlops_events::topics::REGION_HEADER,
+                    value: Some(region.as_bytes()),
+                });
+            }
+            record = record.headers(headers);
         }
         match self.inner.send(record) {
             Ok(()) => Ok(()),

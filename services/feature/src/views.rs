@@ -267,18 +267,22 @@ impl ViewJob {
                 _ => None,
             });
         }
+        // Rows carry the region of the data they were computed from, so that a consumer
+        // of another region refuses them as it refuses the raw events.
+        let headers = || match &self.region {
+            Some(region) => OwnedHeaders::new().insert(mlops_kafka::Header {
+                key: mlops_events::topics::REGION_HEADER,
+                value: Some(region.as_bytes()),
+            }),
+            None => OwnedHeaders::new(),
+        };
         try_join_all(
             payloads
                 .iter()
                 .zip(parent_of)
                 .map(|((key, payload), parent)| {
-                    self.producer.send_bytes_under(
-                        parent,
-                        &topic,
-                        Some(key),
-                        payload,
-                        OwnedHeaders::new(),
-                    )
+                    self.producer
+                        .send_bytes_under(parent, &topic, Some(key), payload, headers())
                 }),
         )
         .await?;

@@ -43,6 +43,7 @@ struct Metrics {
     performance: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     drift_events: Family<Labels, Counter>,
     decisions: Family<Labels, Counter>,
+    foreign: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -57,6 +58,7 @@ impl Metrics {
             performance: Family::default(),
             drift_events: Family::default(),
             decisions: Family::default(),
+            foreign: Family::default(),
         };
         registry.register(
             "mlops_monitoring_predictions",
@@ -92,6 +94,11 @@ impl Metrics {
             "mlops_monitoring_canary_decisions",
             "Canary verdicts published, by model and decision",
             metrics.decisions.clone(),
+        );
+        registry.register(
+            "mlops_monitoring_foreign_records",
+            "Records of another residency region not consumed, by topic",
+            metrics.foreign.clone(),
         );
         metrics
     }
@@ -493,6 +500,9 @@ pub struct Intake {
     pub shared: Arc<Shared>,
     pub codec: Arc<AvroCodec>,
     pub input: Input,
+    /// Residency region of this monitor: predictions, labels and feature rows of another
+    /// region are not consumed (skipped, and counted).
+    pub region: Option<String>,
 }
 
 impl Handler for Intake {
@@ -501,6 +511,15 @@ impl Handler for Intake {
             return Ok(());
         };
         let shared = &self.shared;
+        if let Some(reason) = record.foreign_region(self.region.as_deref()) {
+            shared
+                .metrics
+                .foreign
+                .get_or_create(&vec![("topic", record.topic.clone())])
+                .inc();
+            debug!(topic = %record.topic, %reason, "record of another region not consumed");
+            return Ok(());
+        }
         match self.input {
             Input::Lifecycle => {
                 let event: ModelLifecycleEvent = self.codec.decode(payload).await?;
@@ -575,4 +594,76 @@ impl Handler for Intake {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use mlops_kafka::{Header, OwnedHeaders};
+
+    use super::*;
+
+    fn record(topic: &str, region: &str) -> Record {
+        Record {
+            topic: topic.to_owned(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            // Not Avro: only a record that is read at all can fail on it.
+            payload: Some(b"not avro".to_vec()),
+            headers: Some(OwnedHeaders::new().insert(Header {
+                key: topics::REGION_HEADER,
+                value: Some(region.as_bytes()),
+            })),
+            timestamp_millis: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_of_another_region_are_not_consumed() {
+        // Nothing here is reached: a record of another region is refused before it is read.
+        let unreachable = "http://127.0.0.1:9";
+        let kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9".to_owned(),
+            ..KafkaConfig::default()
+        };
+        let codec = Arc::new(AvroCodec::new(unreachable).unwrap());
+        let mut registry = Registry::default();
+        let shared = Arc::new(Shared::new(
+            MonitorSettings::default(),
+            RegistryClient::new(reqwest::Client::new(), unreachable),
+            reqwest::Client::new(),
+            unreachable.to_owned(),
+            Producer::new(&kafka, codec.clone()).unwrap(),
+            kafka,
+            &mut registry,
+        ));
+        for input in [Input::Labels, Input::Predictions, Input::FeatureRows] {
+            let intake = Intake {
+                shared: shared.clone(),
+                codec: codec.clone(),
+                input,
+                region: Some("eu".to_owned()),
+            };
+            let topic = match input {
+                Input::Labels => "labels",
+                Input::Predictions => "predictions.m",
+                _ => "features.v",
+            };
+            assert!(
+                intake.handle(&record(topic, "ae")).await.is_ok(),
+                "{topic}: skipped unread"
+            );
+            assert!(
+                intake.handle(&record(topic, "eu")).await.is_err()
+                    || matches!(input, Input::FeatureRows),
+                "{topic}: a record of its own region is read (and this one is not Avro)"
+            );
+            let counted = shared
+                .metrics
+                .foreign
+                .get_or_create(&vec![("topic", topic.to_owned())])
+                .get();
+            assert_eq!(counted, 1, "{topic}");
+        }
+    }
 }

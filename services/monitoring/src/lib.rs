@@ -164,6 +164,7 @@ pub async fn run(
             shared: shared.clone(),
             codec: codec.clone(),
             input,
+            region: common.region.clone(),
         };
         mlops_service::spawn_consumer(
             &mut tasks,

@@ -105,7 +105,8 @@ pub async fn run(
     let consumer_metrics = mlops_kafka::ConsumerMetrics::register(&mut metrics);
     let (logger, drain) = predictions::PredictionLogger::new(
         &mut metrics,
-        mlops_kafka::LogProducer::new(&common.kafka, settings.log_linger_ms)?,
+        mlops_kafka::LogProducer::new(&common.kafka, settings.log_linger_ms)?
+            .in_region(common.region.clone()),
         codec.clone(),
         common.kafka.clone(),
         tasks.token(),
