@@ -627,11 +627,15 @@ mod tests {
             ..KafkaConfig::default()
         };
         let codec = Arc::new(AvroCodec::new(unreachable).unwrap());
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(1))
+            .build()
+            .unwrap();
         let mut registry = Registry::default();
         let shared = Arc::new(Shared::new(
             MonitorSettings::default(),
-            RegistryClient::new(reqwest::Client::new(), unreachable),
-            reqwest::Client::new(),
+            RegistryClient::new(http.clone(), unreachable),
+            http,
             unreachable.to_owned(),
             Producer::new(&kafka, codec.clone()).unwrap(),
             kafka,
