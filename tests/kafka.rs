@@ -515,3 +515,93 @@ async fn an_expelled_member_survives_its_refused_commit_and_never_rewinds_its_su
         );
     }
 }
+
+/// Forwards every record's payload.
+#[derive(Clone)]
+struct Payloads(mpsc::UnboundedSender<Vec<u8>>);
+
+impl Handler for Payloads {
+    async fn handle(&self, record: &Record) -> Result<(), HandlerError> {
+        let _ = self.0.send(record.payload.clone().unwrap_or_default());
+        Ok(())
+    }
+}
+
+/// The shared client builder against an Apache Kafka broker that speaks only SASL_SSL
+/// (SCRAM-SHA-512; a certificate of its own CA), started by `tests/run.sh`: topics are
+/// created, a record produced and consumed through a group; the password never shows in
+/// the settings' debug form; a wrong password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_speak_sasl_ssl_with_scram_to_a_secured_broker() {
+    init();
+    if std::env::var("MLOPS_TEST_BROKERS").as_deref() == Ok("tansu") {
+        return;
+    }
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: run the suite with tests/run.sh, which starts a SASL_SSL broker"
+            )
+        })
+    };
+    let secured = |password: &str| KafkaConfig {
+        security_protocol: mlops_kafka::SecurityProtocol::SaslSsl,
+        sasl_mechanism: Some("SCRAM-SHA-512".to_owned()),
+        sasl_username: Some("mlops".to_owned()),
+        sasl_password: Some(mlops_runtime::Secret::new(password)),
+        ssl_ca_location: Some(var("MLOPS_TEST_KAFKA_SECURED_CA")),
+        ..KafkaConfig::with_bootstrap(&var("MLOPS_TEST_KAFKA_SECURED_BOOTSTRAP"))
+    };
+    let password = var("MLOPS_TEST_KAFKA_SECURED_PASSWORD");
+    let kafka = secured(&password);
+    assert!(kafka.validate().is_empty(), "{:?}", kafka.validate());
+    assert!(
+        !format!("{kafka:?}").contains(&password),
+        "the password in the settings' debug form"
+    );
+
+    let topic = unique("secured");
+    ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)])
+        .await
+        .expect("topics over SASL_SSL");
+    // Raw bytes: nothing here asks the (absent) Schema Registry.
+    let codec = Arc::new(AvroCodec::new("http://127.0.0.1:9").unwrap());
+    let producer = Producer::new(&kafka, codec.clone()).unwrap();
+    producer
+        .send_bytes(&topic, Some(b"k"), b"over tls", OwnedHeaders::new())
+        .await
+        .expect("an acknowledged produce over SASL_SSL");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let consumer = ConsumerLoop::new(
+        &kafka,
+        unique("secured-group"),
+        vec![topic.clone()],
+        producer,
+    );
+    let consuming = tokio::spawn(consumer.run(Payloads(tx), cancel.clone()));
+    assert_eq!(next(&mut rx, "the record over SASL_SSL").await, b"over tls");
+    cancel.cancel();
+    consuming.await.unwrap().unwrap();
+
+    // The broker refuses a wrong password: no topic is made, no record accepted.
+    let wrong = KafkaConfig {
+        delivery_timeout_ms: 10_000,
+        ..secured("not-the-password")
+    };
+    let refused = Producer::new(&wrong, codec)
+        .unwrap()
+        .send_bytes(&topic, None, b"refused", OwnedHeaders::new())
+        .await
+        .expect_err("a wrong password is refused");
+    // librdkafka retries a failed authentication until the record's delivery timeout.
+    assert!(refused.to_string().contains("timed out"), "{refused}");
+    let stored = mlops_kafka::read_partition(&kafka, &topic, 0, None, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        [b"over tls".to_vec()],
+        "only the authenticated record"
+    );
+}

@@ -9,8 +9,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# Free loopback ports: Kafka's broker and KRaft controller (adjacent), then PostgreSQL.
-read -r port pg_port < <(python3 - <<'PY'
+# Free loopback ports: Kafka's broker and KRaft controller (adjacent), the same for the
+# SASL_SSL broker, then PostgreSQL.
+read -r port secured_port pg_port < <(python3 - <<'PY'
 import socket
 def free(*ports):
     try:
@@ -22,8 +23,9 @@ def free(*ports):
     finally:
         for s in socks: s.close()
 kafka = next(b for b in range(29092, 39092, 2) if free(b, b + 1))
+secured = next(b for b in range(kafka + 2, 39092, 2) if free(b, b + 1))
 pg = next(p for p in range(25432, 26432) if free(p))
-print(kafka, pg)
+print(kafka, secured, pg)
 PY
 )
 
@@ -31,6 +33,7 @@ work=$(mktemp -d -t mlops-tests.XXXXXX)
 chmod 755 "$work"
 cleanup() {
   tests/kafka/kafka.sh stop "$work/kafka" || true
+  tests/kafka/kafka.sh stop "$work/kafka-secured" || true
   tests/postgres/postgres.sh stop "$work/postgres" || true
   rm -rf "$work"
 }
@@ -58,6 +61,12 @@ export MLOPS_TEST_PROMTOOL=$(sed -n 's/^PROMTOOL=//p' "$work/tools.env")
 export MLOPS_TEST_HELM=$(sed -n 's/^HELM=//p' "$work/tools.env")
 tests/kafka/kafka.sh start "$work/kafka" "$port"
 export MLOPS_TEST_KAFKA_BOOTSTRAP="127.0.0.1:$port"
+# A second broker that speaks only SASL_SSL (SCRAM-SHA-512), for the client's secured path.
+MLOPS_TEST_KAFKA_SECURED_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+export MLOPS_TEST_KAFKA_SECURED_PASSWORD
+tests/kafka/kafka.sh start-secured "$work/kafka-secured" "$secured_port" "$MLOPS_TEST_KAFKA_SECURED_PASSWORD"
+export MLOPS_TEST_KAFKA_SECURED_BOOTSTRAP="127.0.0.1:$secured_port"
+export MLOPS_TEST_KAFKA_SECURED_CA="$work/kafka-secured/tls/ca.pem"
 MLOPS_TEST_POSTGRES_URL=$(tests/postgres/postgres.sh start "$work/postgres" "$pg_port")
 export MLOPS_TEST_POSTGRES_URL
 # A hung test fails its own binary after 20 minutes instead of holding CI to its limit.

@@ -2,6 +2,8 @@
 # Runs a real single-node Apache Kafka broker (KRaft, loopback only) for the test suite.
 #
 #   tests/kafka/kafka.sh start <work-dir> <port>   provision jars if needed, format, start, wait
+#   tests/kafka/kafka.sh start-secured <work-dir> <port> <password>
+#                                                  the same, SASL_SSL + SCRAM-SHA-512 only
 #   tests/kafka/kafka.sh stop <work-dir>           stop the broker started in <work-dir>
 #
 # The jars come from Maven Central through infra/kafka/pom.xml and are kept in
@@ -29,20 +31,14 @@ provision() {
   fi
 }
 
-start() {
-  local dir=$1 port=$2 controller_port=$(( $2 + 1 ))
-  provision
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd)
-  cat > "$dir/server.properties" <<PROPS
+# The settings both kinds of broker share; the listeners come first, from the caller.
+common_properties() {
+  local dir=$1 controller_port=$2
+  cat <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -54,12 +50,76 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 PROPS
+}
+
+start() {
+  local dir=$1 port=$2 controller_port=$(( $2 + 1 ))
+  provision
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  {
+    cat <<PROPS
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+PROPS
+    common_properties "$dir" "$controller_port"
+  } > "$dir/server.properties"
+  run "$dir" "$port"
+}
+
+# A broker that speaks only SASL_SSL with SCRAM-SHA-512: a CA and a certificate for
+# 127.0.0.1 made here (openssl), the user `mlops` with password <password>. The CA is
+# $dir/tls/ca.pem.
+start_secured() {
+  local dir=$1 port=$2 password=$3 controller_port=$(( $2 + 1 ))
+  provision
+  mkdir -p "$dir/tls"
+  dir=$(cd "$dir" && pwd)
+  local tls=$dir/tls
+  if [ ! -f "$tls/keystore.pem" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=mlops-test-ca \
+      -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+      -keyout "$tls/broker.key" -out "$tls/broker.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$tls/san.ext"
+    openssl x509 -req -in "$tls/broker.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+      -CAcreateserial -days 7 -extfile "$tls/san.ext" -out "$tls/broker.pem" 2>/dev/null
+    cat "$tls/broker.key" "$tls/broker.pem" > "$tls/keystore.pem"
+  fi
+  {
+    cat <<PROPS
+listeners=SASL_SSL://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=SASL_SSL://127.0.0.1:$port
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="broker" password="broker-secret";
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+PROPS
+    common_properties "$dir" "$controller_port"
+  } > "$dir/server.properties"
+  run "$dir" "$port" \
+    --add-scram 'SCRAM-SHA-512=[name=broker,password=broker-secret]' \
+    --add-scram "SCRAM-SHA-512=[name=mlops,password=$password]"
+}
+
+# Formats the storage on first use (extra arguments go to the format), starts the broker
+# and waits for its listener.
+run() {
+  local dir=$1 port=$2
+  shift 2
   local java_opts=(-Xms256m -Xmx768m -XX:+UseSerialGC -cp "$libs/*")
   if [ ! -f "$dir/data/meta.properties" ]; then
     local cluster_id
     cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
     java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
-      -c "$dir/server.properties" > "$dir/format.log" 2>&1
+      -c "$dir/server.properties" "$@" > "$dir/format.log" 2>&1
   fi
   nohup java "${java_opts[@]}" kafka.Kafka "$dir/server.properties" > "$dir/kafka.log" 2>&1 &
   echo $! > "$dir/kafka.pid"
@@ -97,7 +157,8 @@ stop() {
 
 case "${1:-}" in
   start) start "$2" "$3" ;;
+  start-secured) start_secured "$2" "$3" "$4" ;;
   stop) stop "$2" ;;
   provision) provision ;;
-  *) echo "usage: $0 start <dir> <port> | stop <dir> | provision" >&2; exit 2 ;;
+  *) echo "usage: $0 start <dir> <port> | start-secured <dir> <port> <password> | stop <dir> | provision" >&2; exit 2 ;;
 esac
