@@ -550,7 +550,7 @@ async fn clients_speak_sasl_ssl_with_scram_to_a_secured_broker() {
         sasl_username: Some("mlops".to_owned()),
         sasl_password: Some(mlops_runtime::Secret::new(password)),
         ssl_ca_location: Some(var("MLOPS_TEST_KAFKA_SECURED_CA")),
-        ..KafkaConfig::with_bootstrap(&var("MLOPS_TEST_KAFKA_SECURED_BOOTSTRAP"))
+        ..KafkaConfig::with_bootstrap(var("MLOPS_TEST_KAFKA_SECURED_BOOTSTRAP"))
     };
     let password = var("MLOPS_TEST_KAFKA_SECURED_PASSWORD");
     let kafka = secured(&password);
