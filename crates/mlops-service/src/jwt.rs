@@ -25,7 +25,9 @@ enum Source {
     Url(String),
 }
 
-/// A JWKS is fetched again for an unknown key at most this often.
+/// A JWKS is fetched again for an unknown key at most this often (the first time at
+/// once: a provider may rotate right after this service started), so that tokens naming
+/// made-up keys cannot make it hammer the provider.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 /// Asymmetric signatures only: a JWKS is public, so a shared secret in it would let anyone
@@ -47,7 +49,8 @@ pub struct JwtVerifier {
     source: Source,
     http: reqwest::Client,
     keys: RwLock<JwkSet>,
-    last_fetch: Mutex<Instant>,
+    /// When the keys were last read again for an unknown `kid` (`None`: not yet).
+    last_refresh: Mutex<Option<Instant>>,
     issuer: Option<String>,
     audience: Option<String>,
     roles_claim: String,
@@ -81,7 +84,7 @@ impl JwtVerifier {
             source,
             http,
             keys: RwLock::new(keys),
-            last_fetch: Mutex::new(Instant::now()),
+            last_refresh: Mutex::new(None),
             issuer,
             audience,
             roles_claim,
@@ -148,11 +151,11 @@ impl JwtVerifier {
         if let Some(key) = self.known(kid)? {
             return Ok(key);
         }
-        let mut last = self.last_fetch.lock().await;
-        if last.elapsed() >= REFRESH_EVERY {
+        let mut last = self.last_refresh.lock().await;
+        if last.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
             let fresh = fetch(&self.source, &self.http).await?;
             *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-            *last = Instant::now();
+            *last = Some(Instant::now());
         }
         drop(last);
         self.known(kid)?.ok_or_else(|| {
@@ -325,5 +328,91 @@ mod tests {
             let refused = verifier.verify(&bad).await;
             assert!(refused.is_err(), "{why} was accepted");
         }
+    }
+
+    /// An identity provider's JWKS URL, as OIDC providers publish it: keys are fetched
+    /// over HTTP, and a token signed with a key the provider rotated in (an unknown `kid`)
+    /// makes the verifier read the URL again — once, not for every token.
+    #[tokio::test]
+    async fn keys_are_read_from_the_providers_url_and_again_after_a_rotation() {
+        use std::sync::{
+            Arc, Mutex,
+            atomic::{AtomicUsize, Ordering},
+        };
+        let (first, first_key) = provider_key("k1");
+        let (second, second_key) = provider_key("k2");
+        let published = Arc::new(Mutex::new(vec![first]));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let app = {
+            let (published, fetches) = (published.clone(), fetches.clone());
+            axum::Router::new().route(
+                "/.well-known/jwks.json",
+                axum::routing::get(move || {
+                    let keys = published.lock().unwrap().clone();
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    async move { axum::Json(json!({ "keys": keys })) }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        #[allow(clippy::disallowed_methods)] // the provider, outside the platform
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let verifier = JwtVerifier::load(
+            &url,
+            None,
+            None,
+            "roles".into(),
+            reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let claims = json!({"sub": "bob", "exp": now() + 600, "roles": ["sre"]});
+        for _ in 0..3 {
+            let bob = verifier
+                .verify(&token(&first_key, "k1", claims.clone()))
+                .await
+                .unwrap();
+            assert_eq!(bob.subject, "bob");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "read once at start");
+
+        published.lock().unwrap().push(second);
+        let rotated = verifier
+            .verify(&token(&second_key, "k2", claims.clone()))
+            .await
+            .expect("a key rotated in at the provider");
+        assert_eq!(rotated.roles, BTreeSet::from([PlatformRole::Sre]));
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "read again for the new kid"
+        );
+        verifier
+            .verify(&token(&second_key, "k2", claims))
+            .await
+            .unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "and then known");
+        // A made-up key right after is refused without asking the provider again.
+        let (_, stranger) = provider_key("k9");
+        let refused = verifier
+            .verify(&token(
+                &stranger,
+                "k9",
+                json!({"sub": "eve", "exp": now() + 600}),
+            ))
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "refreshes are rate-limited"
+        );
     }
 }
