@@ -243,14 +243,11 @@ fn bad(message: impl Into<String>) -> OipError {
     OipError(StatusCode::BAD_REQUEST, message.into())
 }
 
-/// The raw values of every row, by feature name.
-fn rows_of(request: &InferRequest, loaded: &Loaded) -> Result<Vec<Vec<(String, Json)>>, OipError> {
-    let features: Vec<&str> = loaded
-        .artifact
-        .transforms
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect();
+/// The raw values of every row, by feature name, for a model taking `features`.
+fn rows_of(
+    request: &InferRequest,
+    features: &[&str],
+) -> Result<Vec<Vec<(String, Json)>>, OipError> {
     let tensors: Vec<(&Tensor, Vec<Json>)> = request
         .inputs
         .iter()
@@ -269,7 +266,7 @@ fn rows_of(request: &InferRequest, loaded: &Loaded) -> Result<Vec<Vec<(String, J
         && tensor.shape.len() == 2
     {
         let columns = features.len();
-        if tensor.shape[1] as usize != columns {
+        if usize::try_from(tensor.shape[1]).ok() != Some(columns) {
             return Err(bad(format!(
                 "input {:?}: shape {:?} should be [rows, {columns}] (columns: {})",
                 tensor.name,
@@ -277,7 +274,10 @@ fn rows_of(request: &InferRequest, loaded: &Loaded) -> Result<Vec<Vec<(String, J
                 features.join(", ")
             )));
         }
-        if values.len() != tensor.shape[0].max(0) as usize * columns {
+        let cells = usize::try_from(tensor.shape[0])
+            .ok()
+            .and_then(|rows| rows.checked_mul(columns));
+        if cells != Some(values.len()) {
             return Err(bad(format!(
                 "input {:?}: {} values do not fill shape {:?}",
                 tensor.name,
@@ -307,8 +307,12 @@ fn rows_of(request: &InferRequest, loaded: &Loaded) -> Result<Vec<Vec<(String, J
                 features.len()
             )));
         }
-        let declared: i64 = tensor.shape.iter().product();
-        if declared < 0 || declared as usize != values.len() {
+        // Checked: a client's shape may be anything, its product beyond any integer.
+        let declared = tensor
+            .shape
+            .iter()
+            .try_fold(1usize, |n, d| n.checked_mul(usize::try_from(*d).ok()?));
+        if declared != Some(values.len()) {
             return Err(bad(format!(
                 "input {:?}: {} values do not fill shape {:?}",
                 tensor.name,
@@ -399,7 +403,13 @@ fn score(
     ids: &Ids,
     started: std::time::Instant,
 ) -> Result<Json, OipError> {
-    let rows = rows_of(request, loaded)?;
+    let features: Vec<&str> = loaded
+        .artifact
+        .transforms
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let rows = rows_of(request, &features)?;
     let (outputs, answers, inputs) = answer(loaded, &rows).map_err(bad)?;
     log(
         serving,
@@ -658,4 +668,99 @@ async fn infer_version(
     })?;
     let ids = ids_of(&request);
     score(&serving, &name, &request, (&loaded, role), &ids, started).map(Body)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::from),
+            any::<f64>()
+                .prop_map(|x| serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number)),
+            any::<i64>().prop_map(Json::from),
+            "[a-z]{0,4}".prop_map(Json::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop::collection::vec(inner, 0..6).prop_map(Json::Array)
+        })
+    }
+
+    fn tensor() -> impl Strategy<Value = Json> {
+        (
+            prop_oneof![Just("amount".to_owned()), Just("count".to_owned()), "[a-z]{1,6}"],
+            prop::collection::vec(
+                prop_oneof![
+                    -2i64..6,
+                    Just(i64::MAX),
+                    Just(i64::MIN),
+                    Just(1i64 << 40)
+                ],
+                0..4,
+            ),
+            json_value(),
+        )
+            .prop_map(|(name, shape, data)| {
+                serde_json::json!({"name": name, "shape": shape, "datatype": "FP64", "data": data})
+            })
+    }
+
+    proptest! {
+        /// Any tensors a client sends: never a panic (no shape overflows), and either rows
+        /// that all hold the model's features or a 400 naming what is wrong.
+        #[test]
+        fn any_tensors_become_rows_or_a_reasoned_400(
+            inputs in prop::collection::vec(tensor(), 0..4),
+        ) {
+            let body = serde_json::json!({"inputs": inputs});
+            let request: InferRequest = serde_json::from_value(body).unwrap();
+            let features = ["amount", "count"];
+            match rows_of(&request, &features) {
+                Ok(rows) => {
+                    for row in rows {
+                        prop_assert!(!row.is_empty());
+                        for (name, _) in &row {
+                            prop_assert!(features.contains(&name.as_str()), "{name}");
+                        }
+                    }
+                }
+                Err(OipError(status, message)) => {
+                    prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+                    prop_assert!(!message.is_empty());
+                }
+            }
+        }
+
+        /// Any bytes as a request body: parsed, or refused as not an inference request.
+        #[test]
+        fn any_body_is_parsed_or_refused(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(OipError(status, message)) = parse(&Bytes::from(body)) {
+                prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+                prop_assert!(message.starts_with("not an inference request"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_shape_beyond_any_integer_is_refused_not_overflowed() {
+        let request: InferRequest = serde_json::from_value(serde_json::json!({"inputs": [
+            {"name": "amount", "shape": [i64::MAX, 4], "datatype": "FP64", "data": [1.0]}
+        ]}))
+        .unwrap();
+        let refused = rows_of(&request, &["amount"]).unwrap_err();
+        assert_eq!(refused.0, StatusCode::BAD_REQUEST);
+        assert!(refused.1.contains("do not fill shape"), "{}", refused.1);
+        let request: InferRequest = serde_json::from_value(serde_json::json!({"inputs": [
+            {"name": "x", "shape": [i64::MAX, 1], "datatype": "FP64", "data": [1.0]}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            rows_of(&request, &["amount"]).unwrap_err().0,
+            StatusCode::BAD_REQUEST
+        );
+    }
 }
