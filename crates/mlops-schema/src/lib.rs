@@ -133,6 +133,7 @@ impl AvroCodec {
     }
 
     pub fn with_registry(registry: SchemaRegistry) -> Self {
+        limit_allocations();
         Self {
             registry,
             by_id: RwLock::default(),
@@ -212,9 +213,7 @@ impl AvroCodec {
     pub async fn decode_record(&self, bytes: &[u8]) -> Result<DecodedRecord> {
         let (schema_id, mut body) = split_frame(bytes)?;
         let schema = self.writer_schema(schema_id).await?;
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
-            .build()
-            .and_then(|reader| reader.read_value(&mut body))
+        let value = read_datum(&schema, &mut body)
             .map_err(|e| Error::poison(format!("schema id {schema_id}: does not decode: {e}")))?;
         let name = match schema.as_ref() {
             Schema::Record(record) => Some(record.name.fullname(None)),
@@ -252,6 +251,30 @@ impl AvroCodec {
     }
 }
 
+/// The largest single allocation a record being decoded may ask for (a string, bytes or
+/// a collection's declared length). A Kafka record is at most a few megabytes; without
+/// this, a hostile length field could make the reader reserve the library's default of
+/// 512 MiB for each poison record before finding it short.
+pub const MAX_DECODE_ALLOCATION: usize = 64 * 1024 * 1024;
+
+/// Applies [`MAX_DECODE_ALLOCATION`]: a process-wide setting of the Avro library, fixed at
+/// its first use, so it is made when the first codec is (every service's other Avro
+/// readers, such as the feature pipeline's, come after).
+fn limit_allocations() {
+    static LIMIT: std::sync::Once = std::sync::Once::new();
+    LIMIT.call_once(|| {
+        apache_avro::max_allocation_bytes(MAX_DECODE_ALLOCATION);
+    });
+}
+
+/// Reads one Avro datum of `schema` from `body`.
+fn read_datum(schema: &Schema, body: &mut &[u8]) -> Result<Value, apache_avro::Error> {
+    limit_allocations();
+    apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()
+        .and_then(|reader| reader.read_value(body))
+}
+
 /// The subject an event type is registered under for a topic.
 pub fn subject_for(topic: &str) -> String {
     topics::value_subject(topic)
@@ -280,7 +303,43 @@ mod tests {
         assert_eq!(frame(258, &[42]), [0, 0, 0, 1, 2, 42]);
     }
 
+    /// The platform's event schemas with strings, arrays and maps.
+    fn event_schemas() -> Vec<Schema> {
+        use mlops_events::Event as _;
+        [
+            mlops_events::PredictionLog::SCHEMA,
+            mlops_events::DriftEvent::SCHEMA,
+            mlops_events::ModelLifecycleEvent::SCHEMA,
+            mlops_events::DeadLetter::SCHEMA,
+        ]
+        .iter()
+        .map(|text| Schema::parse_str(text).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn a_length_beyond_the_record_is_refused_without_reserving_it() {
+        // A string whose length says 1 GiB (zig-zag varint), in a record of a few bytes.
+        let mut body: &[u8] = &[0x80, 0x80, 0x80, 0x80, 0x08, b'a'];
+        let schema = Schema::parse_str(r#"{"type": "string"}"#).unwrap();
+        let refused = read_datum(&schema, &mut body).unwrap_err();
+        assert!(
+            refused.to_string().contains("allocat") || refused.to_string().contains("1073741824"),
+            "{refused}"
+        );
+    }
+
     proptest::proptest! {
+        /// Any bytes in a frame's body, read as any event of the platform: a value or an
+        /// error, never a panic.
+        #[test]
+        fn any_body_decodes_or_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            for schema in event_schemas() {
+                let mut rest: &[u8] = &body;
+                let _ = read_datum(&schema, &mut rest);
+            }
+        }
+
         /// Any bytes from a topic: a frame, or a poison error; never a panic.
         #[test]
         fn any_bytes_are_a_frame_or_poison(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
