@@ -263,7 +263,7 @@ pub const MAX_DECODE_ALLOCATION: usize = 64 * 1024 * 1024;
 fn limit_allocations() {
     static LIMIT: std::sync::Once = std::sync::Once::new();
     LIMIT.call_once(|| {
-        apache_avro::max_allocation_bytes(MAX_DECODE_ALLOCATION);
+        apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
     });
 }
 
