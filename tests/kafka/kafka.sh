@@ -2,14 +2,16 @@
 # Runs a real single-node Apache Kafka broker (KRaft, loopback only) for the test suite.
 #
 #   tests/kafka/kafka.sh start <work-dir> <port>   provision jars if needed, format, start, wait
-#   tests/kafka/kafka.sh start-secured <work-dir> <port> <password>
-#                                                  the same, SASL_SSL + SCRAM-SHA-512 only
+#   tests/kafka/kafka.sh start-secured <work-dir> <port> <password> [<jwks url>]
+#                                                  the same, SASL_SSL only: SCRAM-SHA-512,
+#                                                  and OAUTHBEARER when given a JWKS URL
 #   tests/kafka/kafka.sh stop <work-dir>           stop the broker started in <work-dir>
 #
 # The jars come from Maven Central through infra/kafka/pom.xml and are kept in
 # $MLOPS_CACHE_DIR (default ~/.cache/mlops) so a second run starts at once — the same
 # place `mlops up` keeps them.
 set -euo pipefail
+java_properties=()
 
 pom=$(cd "$(dirname "$0")/../../infra/kafka" && pwd)/pom.xml
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
@@ -73,11 +75,12 @@ PROPS
 # 127.0.0.1 made here (openssl), the user `mlops` with password <password>. The CA is
 # $dir/tls/ca.pem.
 start_secured() {
-  local dir=$1 port=$2 password=$3 controller_port=$(( $2 + 1 ))
+  local dir=$1 port=$2 password=$3 jwks=${4:-} controller_port=$(( $2 + 1 ))
   provision
   mkdir -p "$dir/tls"
   dir=$(cd "$dir" && pwd)
-  local tls=$dir/tls
+  local tls=$dir/tls mechanisms=SCRAM-SHA-512
+  [ -n "$jwks" ] && mechanisms=SCRAM-SHA-512,OAUTHBEARER
   if [ ! -f "$tls/keystore.pem" ]; then
     openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=mlops-test-ca \
       -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
@@ -94,7 +97,7 @@ listeners=SASL_SSL://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
 advertised.listeners=SASL_SSL://127.0.0.1:$port
 inter.broker.listener.name=SASL_SSL
 listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
-sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.enabled.mechanisms=$mechanisms
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="broker" password="broker-secret";
 ssl.keystore.type=PEM
@@ -102,8 +105,20 @@ ssl.keystore.location=$tls/keystore.pem
 ssl.truststore.type=PEM
 ssl.truststore.location=$tls/ca.pem
 PROPS
+    if [ -n "$jwks" ]; then
+      # OAUTHBEARER too: tokens of an OpenID Connect provider, checked against its JWKS.
+      cat <<PROPS
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler
+listener.name.sasl_ssl.oauthbearer.sasl.oauthbearer.jwks.endpoint.url=$jwks
+listener.name.sasl_ssl.oauthbearer.sasl.oauthbearer.expected.audience=mlops-kafka
+listener.name.sasl_ssl.oauthbearer.sasl.oauthbearer.expected.issuer=${jwks%/jwks.json}
+PROPS
+    fi
     common_properties "$dir" "$controller_port"
   } > "$dir/server.properties"
+  # Kafka fetches only from URLs it is told it may.
+  [ -n "$jwks" ] && java_properties=(-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="$jwks")
   run "$dir" "$port" \
     --add-scram 'SCRAM-SHA-512=[name=broker,password=broker-secret]' \
     --add-scram "SCRAM-SHA-512=[name=mlops,password=$password]"
@@ -114,7 +129,7 @@ PROPS
 run() {
   local dir=$1 port=$2
   shift 2
-  local java_opts=(-Xms256m -Xmx768m -XX:+UseSerialGC -cp "$libs/*")
+  local java_opts=(-Xms256m -Xmx768m -XX:+UseSerialGC "${java_properties[@]}" -cp "$libs/*")
   if [ ! -f "$dir/data/meta.properties" ]; then
     local cluster_id
     cluster_id=$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
@@ -157,7 +172,7 @@ stop() {
 
 case "${1:-}" in
   start) start "$2" "$3" ;;
-  start-secured) start_secured "$2" "$3" "$4" ;;
+  start-secured) start_secured "$2" "$3" "$4" "${5:-}" ;;
   stop) stop "$2" ;;
   provision) provision ;;
   *) echo "usage: $0 start <dir> <port> | start-secured <dir> <port> <password> | stop <dir> | provision" >&2; exit 2 ;;
