@@ -8,6 +8,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# What a fresh machine lacks (Debian packages), installed first.
+tests/setup.sh
 
 # Free loopback ports: Kafka's broker and KRaft controller (adjacent), the same for the
 # SASL_SSL broker, then PostgreSQL and the test identity provider.
