@@ -289,6 +289,48 @@ async fn bad_feature_views_are_refused_with_every_field_at_fault() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("view_not_found"))
     );
+
+    // Memory is bounded by configuration, not by what is declared: a window the service
+    // could not keep in memory is refused, naming the setting.
+    let (status, body) = p
+        .post(
+            "/v1/feature-views",
+            &json!({"name": "huge", "source": p.dataset, "entity_key": "customer_id",
+                    "event_time": "ts", "allowed_lateness": "1d",
+                    "aggregations": [
+                        {"name": "n_1h", "function": "count", "window": "1h"},
+                        {"name": "n_forever", "function": "count", "window": "100000d"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let field = &body["error"]["fields"][0];
+    assert_eq!(field["field"], "aggregations[1].window", "{body}");
+    let reason = field["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("100000d plus the allowed lateness 1d")
+            && reason.contains("feature.max_window"),
+        "{reason}"
+    );
+    // And one lookup asks for at most 10,000 entities.
+    let view = unique("bounded").replace('-', "_");
+    let (status, body) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert!(status.is_success(), "{body}");
+    let ids: Vec<String> = (0..10_001).map(|i| format!("c-{i}")).collect();
+    let (status, body) = p
+        .post(
+            &format!("/v1/feature-views/{view}/entities:lookup"),
+            &json!({"entity_ids": ids}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "entity_ids");
+    let (status, body) = p
+        .post(
+            &format!("/v1/feature-views/{view}/entities:lookup"),
+            &json!({"entity_ids": ids[..10_000]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// A record whose schema the feature service has never seen arrives while the Schema

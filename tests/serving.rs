@@ -287,6 +287,25 @@ async fn infer_applies_the_artifacts_own_transforms_in_the_protocols_shapes() {
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert!(missing.json::<Value>().await.unwrap()["error"].is_string());
+    // One request holds at most 10,000 rows (serving.max_rows_per_request).
+    let rows = 10_001;
+    let (status, refused) = s
+        .infer(
+            &serving.url,
+            &json!({"inputs": [
+                {"name": "amount", "shape": [rows], "datatype": "FP64", "data": vec![1.0; rows]},
+                {"name": "currency", "shape": [rows], "datatype": "BYTES", "data": vec!["USD"; rows]}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10000 (serving.max_rows_per_request)"),
+        "{refused}"
+    );
     mlops_integration_tests::assert_routes_served(&s.http, &serving.url, serving::oip::ROUTES)
         .await;
 }

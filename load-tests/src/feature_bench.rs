@@ -240,6 +240,7 @@ async fn lookups(online: Arc<OnlineStore>, entities: u64, count: usize) -> anyho
         ..Default::default()
     };
     let app = Arc::new(App {
+        limits: Default::default(),
         region: None,
         catalog: Catalog::new(store.clone()),
         store,

@@ -51,6 +51,65 @@ pub struct App {
     pub cancel: CancellationToken,
     /// Residency region of this service: records of another region are not handled.
     pub region: Option<String>,
+    pub limits: Limits,
+}
+
+/// What one declaration or request may ask of this service (`feature.max_window`,
+/// `feature.max_lookup_ids`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_window_ms: i64,
+    pub max_lookup_ids: usize,
+}
+
+impl Default for Limits {
+    /// The service's defaults: 90 days of history, 10,000 ids per lookup.
+    fn default() -> Self {
+        Self {
+            max_window_ms: 90 * 86_400_000,
+            max_lookup_ids: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Each aggregation whose window, with the view's allowed lateness, is longer than
+    /// this service keeps history for.
+    fn refuse(&self, spec: &FeatureViewSpec) -> Vec<FieldError> {
+        let lateness = spec.lateness_ms();
+        spec.aggregations
+            .iter()
+            .enumerate()
+            .filter_map(|(i, aggregation)| {
+                let window = mlops_service::parse_duration(&aggregation.window).ok()?;
+                (window.saturating_add(lateness) > self.max_window_ms).then(|| FieldError {
+                    field: format!("aggregations[{i}].window"),
+                    reason: format!(
+                        "{} plus the allowed lateness {} is longer than the {} of history this \
+                         service keeps per entity in memory (feature.max_window)",
+                        aggregation.window,
+                        spec.allowed_lateness,
+                        human(self.max_window_ms)
+                    ),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A duration in the largest whole unit.
+fn human(ms: i64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 impl App {
@@ -61,6 +120,10 @@ impl App {
         spec: FeatureViewSpec,
     ) -> Result<(ViewVersion, bool), DeclareError> {
         spec.check().map_err(DeclareError::Invalid)?;
+        let refused = self.limits.refuse(&spec);
+        if !refused.is_empty() {
+            return Err(DeclareError::Invalid(refused));
+        }
         let source_schema = self.source_schema(&spec.source).await?;
         let (version, created) = self
             .catalog
@@ -406,6 +469,21 @@ async fn lookup_entities(
             reason: e.to_string(),
         }])
     })?;
+    if request.entity_ids.len() > app.limits.max_lookup_ids {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_ids",
+            format!(
+                "{} entity ids in one lookup; at most {} (feature.max_lookup_ids)",
+                request.entity_ids.len(),
+                app.limits.max_lookup_ids
+            ),
+        )
+        .with_fields(vec![FieldError {
+            field: "entity_ids".into(),
+            reason: format!("at most {} per lookup", app.limits.max_lookup_ids),
+        }]));
+    }
     ensure_view(&app, &view).await?;
     let results: Vec<Json> = request
         .entity_ids

@@ -68,6 +68,12 @@ pub struct Settings {
     pub compact_every_batches: u64,
     /// ...in each date partition holding at least this many batch files.
     pub compact_min_files: usize,
+    /// The longest window plus allowed lateness a view may declare (a duration): a view
+    /// job keeps that much history per entity in memory, so this bounds its memory by
+    /// configuration rather than by what a user declares.
+    pub max_window: String,
+    /// The most entity ids one `entities:lookup` may ask for.
+    pub max_lookup_ids: usize,
 }
 
 impl Default for Settings {
@@ -83,6 +89,8 @@ impl Default for Settings {
             labels_group: labels::LABELS_GROUP.to_owned(),
             compact_every_batches: 50,
             compact_min_files: 16,
+            max_window: "90d".to_owned(),
+            max_lookup_ids: 10_000,
         }
     }
 }
@@ -141,6 +149,11 @@ pub async fn run(
 
     let mut tasks = TaskSet::new(cancel.child_token());
     let app = Arc::new(api::App {
+        limits: api::Limits {
+            max_window_ms: mlops_service::parse_duration(&settings.max_window)
+                .map_err(|e| anyhow::anyhow!("feature.max_window: {e}"))?,
+            max_lookup_ids: settings.max_lookup_ids,
+        },
         region: config.region.clone(),
         catalog: Catalog::new(store.clone()),
         store: store.clone(),

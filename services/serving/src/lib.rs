@@ -42,6 +42,9 @@ pub struct Settings {
     /// the log is read by the monitor in windows of seconds, so it trades latency for far
     /// fewer, fuller batches.
     pub log_linger_ms: u32,
+    /// The most rows one inference request may hold (413 beyond): a request's rows are
+    /// scored in one piece, so this bounds what one request may take.
+    pub max_rows_per_request: usize,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             feature_url: format!("http://127.0.0.1:{}", mlops_service::ports::FEATURE),
             feature_timeout_ms: 250,
             log_linger_ms: 50,
+            max_rows_per_request: 10_000,
         }
     }
 }
@@ -126,6 +130,7 @@ pub async fn run(
     }));
     let admin = mlops_runtime::AdminState::new(SERVICE, metrics, checks);
     let serving = Arc::new(oip::Serving {
+        max_rows: settings.max_rows_per_request,
         deployments: deployments.clone(),
         logger,
         online: predict::OnlineFeatures {

@@ -32,6 +32,8 @@ use crate::{
 
 /// What the handlers share.
 pub struct Serving {
+    /// The most rows one request may hold (`serving.max_rows_per_request`).
+    pub max_rows: usize,
     pub deployments: Arc<Deployments>,
     pub logger: PredictionLogger,
     pub online: crate::predict::OnlineFeatures,
@@ -410,6 +412,16 @@ fn score(
         .map(|(n, _)| n.as_str())
         .collect();
     let rows = rows_of(request, &features)?;
+    if rows.len() > serving.max_rows {
+        return Err(OipError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} rows in one request; at most {} (serving.max_rows_per_request)",
+                rows.len(),
+                serving.max_rows
+            ),
+        ));
+    }
     let (outputs, answers, inputs) = answer(loaded, &rows).map_err(bad)?;
     log(
         serving,
