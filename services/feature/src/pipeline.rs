@@ -279,21 +279,25 @@ impl ViewPipeline {
             .filter(col("__late").not())
             .select(columns.clone())
             .with_column(lit(true).alias(NEW));
-        let buffered = self
-            .state
-            .buffer
-            .clone()
-            .lazy()
-            .with_column(lit(false).alias(NEW));
-        let combined = concat([buffered, on_time], UnionArgs::default())?
+        let on_time = on_time.collect()?;
+        // Windows are per entity: only the buffered events of entities with new events take
+        // part in this batch. The rest of the buffer is set aside unsorted and untouched, so
+        // a small batch costs in proportion to itself, not to the whole buffer.
+        let touched_entities = on_time.column(ENTITY)?.as_materialized_series().unique()?;
+        let is_touched = col(ENTITY).is_in(lit(touched_entities).implode(false), false);
+        let buffer = self.state.buffer.clone().lazy();
+        let untouched = buffer.clone().filter(is_touched.clone().not());
+        let buffered = buffer.filter(is_touched).with_column(lit(false).alias(NEW));
+        let combined = concat([buffered, on_time.clone().lazy()], UnionArgs::default())?
             .sort(
                 [ENTITY, TIME, PARTITION, OFFSET],
                 SortMultipleOptions::default().with_maintain_order(true),
             )
             .collect()?;
 
-        let newest = combined
-            .clone()
+        // Buffered events are all older than the watermarks already: the new events alone
+        // move them.
+        let newest = on_time
             .lazy()
             .group_by([col(PARTITION)])
             .agg([col(TIME).max()])
@@ -327,14 +331,8 @@ impl ViewPipeline {
             col(OFFSET).alias("source_offset"),
             lit(revision).alias("revision"),
         ]);
-        // Windows are per entity, so only the entities with new events need computing:
-        // with small batches that is a small part of the buffer.
-        let touched = combined
-            .clone()
-            .lazy()
-            .filter(col(NEW).any(false).over([col(ENTITY)])?);
         let rows = self
-            .compute(touched)?
+            .compute(combined.clone().lazy())?
             .filter(emit)
             .select(output)
             .collect()?;
@@ -344,8 +342,8 @@ impl ViewPipeline {
             self.empty_input()
         } else {
             // Kept: what a later on-time event of the same partition can still see.
-            combined
-                .lazy()
+            let combined = combined.lazy().select(columns.clone());
+            concat([untouched, combined], UnionArgs::default())?
                 .join(
                     marks_frame(&watermarks)?.lazy(),
                     [col(PARTITION)],
