@@ -62,6 +62,18 @@ impl From<OwnedMessage> for Record {
     }
 }
 
+/// The headers of a record of data of `region`: its residency travels with it, so that a
+/// service of another region refuses it ([`Record::foreign_region`]).
+pub fn region_headers(region: Option<&str>) -> OwnedHeaders {
+    match region {
+        Some(region) => OwnedHeaders::new().insert(Header {
+            key: mlops_events::topics::REGION_HEADER,
+            value: Some(region),
+        }),
+        None => OwnedHeaders::new(),
+    }
+}
+
 impl Record {
     /// The trace context its producer sent it in (`traceparent`), when it carries one.
     pub fn trace_context(&self) -> Option<opentelemetry::Context> {

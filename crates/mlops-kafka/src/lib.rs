@@ -13,7 +13,9 @@ mod producer;
 pub use admin::{TopicSpec, check_broker, ensure_topics, partition_count, read_partition};
 pub use batch::{BatchConsumer, batch_span};
 pub use config::{KafkaConfig, SecurityProtocol};
-pub use consumer::{CLOSE_TIMEOUT, ConsumerLoop, DeadLetters, Handler, HandlerError, Record};
+pub use consumer::{
+    CLOSE_TIMEOUT, ConsumerLoop, DeadLetters, Handler, HandlerError, Record, region_headers,
+};
 pub use log_producer::LogProducer;
 pub use metrics::ConsumerMetrics;
 pub use producer::{Delivery, Producer};

@@ -19,7 +19,7 @@ use std::sync::{
 use rdkafka::{
     ClientContext,
     error::{KafkaError, RDKafkaErrorCode},
-    message::{Header, OwnedHeaders},
+    message::Header,
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext},
 };
 
@@ -98,17 +98,11 @@ impl LogProducer {
             record = record.key(key);
         }
         if traceparent.is_some() || self.region.is_some() {
-            let mut headers = OwnedHeaders::new();
+            let mut headers = crate::consumer::region_headers(self.region.as_deref());
             if let Some(traceparent) = traceparent {
                 headers = headers.insert(Header {
                     key: "traceparent",
                     value: Some(traceparent.as_bytes()),
-                });
-            }
-            if let Some(region) = &self.region {
-                headers = headers.insert(Header {
-                    key: mlops_events::topics::REGION_HEADER,
-                    value: Some(region.as_bytes()),
                 });
             }
             record = record.headers(headers);

@@ -59,10 +59,7 @@ pub struct FlowHere {
 /// The flow named by `trace_id` (or the current span's own), as it stands in this span.
 pub fn flow_here(trace_id: Option<&str>) -> FlowHere {
     let here = current_traceparent();
-    let here_trace = here
-        .as_deref()
-        .and_then(|t| t.get(3..35))
-        .map(str::to_owned);
+    let here_trace = here.as_deref().and_then(trace_id_in).map(str::to_owned);
     let trace_id = trace_id.map(str::to_owned).or_else(|| here_trace.clone());
     FlowHere {
         traceparent: here.filter(|_| here_trace == trace_id),
@@ -75,6 +72,11 @@ pub fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
     let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then_some(span_context)
+}
+
+/// The trace id a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) names.
+pub fn trace_id_in(traceparent: &str) -> Option<&str> {
+    traceparent.get(3..35)
 }
 
 /// The parent to continue a flow under: the span written down as `traceparent` when there is

@@ -12,7 +12,7 @@ mod log_format;
 
 pub use flow::{
     FlowHere, Traced, continue_flow, current_traceparent, flow_here, flow_parent, span_context_of,
-    traceparent_of,
+    trace_id_in, traceparent_of,
 };
 pub use http_headers::extract_http_context;
 pub use kafka_headers::{HeaderExtractor, HeaderInjector, extract_context, inject_current_context};

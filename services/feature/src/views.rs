@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use apache_avro::{Schema, types::Value, writer::datum::GenericDatumWriter};
 use futures::future::try_join_all;
-use mlops_kafka::{OwnedHeaders, Producer, Record};
+use mlops_kafka::{Producer, Record};
 use mlops_schema::{AvroCodec, json::FieldError};
 use polars::prelude::*;
 use serde_json::json;
@@ -269,13 +269,7 @@ impl ViewJob {
         }
         // Rows carry the region of the data they were computed from, so that a consumer
         // of another region refuses them as it refuses the raw events.
-        let headers = || match &self.region {
-            Some(region) => OwnedHeaders::new().insert(mlops_kafka::Header {
-                key: mlops_events::topics::REGION_HEADER,
-                value: Some(region.as_bytes()),
-            }),
-            None => OwnedHeaders::new(),
-        };
+        let headers = || mlops_kafka::region_headers(self.region.as_deref());
         try_join_all(
             payloads
                 .iter()

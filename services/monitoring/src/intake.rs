@@ -526,7 +526,7 @@ impl Handler for Intake {
                 // A canary's verdict will continue its flow from here.
                 if let (Some(trace), Some(here)) =
                     (&event.trace_id, mlops_telemetry::current_traceparent())
-                    && here.get(3..35) == Some(trace.as_str())
+                    && mlops_telemetry::trace_id_in(&here) == Some(trace.as_str())
                 {
                     shared.remember_flow(trace, here);
                 }

@@ -278,7 +278,10 @@ impl PredictionLogger {
                         predicted_label: label,
                         latency_us: answered.latency_us,
                         predicted_at: answered.predicted_at,
-                        trace_id: answered.traceparent.as_deref().and_then(|t| t.get(3..35)),
+                        trace_id: answered
+                            .traceparent
+                            .as_deref()
+                            .and_then(mlops_telemetry::trace_id_in),
                         error: answered.error.as_deref(),
                     }
                     .write_avro(&mut record);

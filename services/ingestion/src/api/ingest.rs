@@ -14,7 +14,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use mlops_events::now_millis;
-use mlops_kafka::OwnedHeaders;
 use mlops_schema::json::FieldError;
 use serde_json::{Value as Json, json};
 use tokio::sync::OwnedSemaphorePermit;
@@ -368,7 +367,7 @@ async fn produce(
             &topic,
             p.key.as_deref().map(str::as_bytes),
             &p.payload,
-            region_headers(dataset.spec.region.as_deref()),
+            mlops_kafka::region_headers(dataset.spec.region.as_deref()),
         )
     });
     let deliveries = futures::future::join_all(sends).await;
@@ -547,17 +546,5 @@ pub(super) async fn dead_letter_rejections(
         {
             tracing::error!(topic, index, error = %e, "rejected record not dead-lettered");
         }
-    }
-}
-
-/// The headers of a record of a dataset of `region`: its residency travels with it, so
-/// that a service of another region refuses it.
-pub(crate) fn region_headers(region: Option<&str>) -> OwnedHeaders {
-    match region {
-        Some(region) => OwnedHeaders::new().insert(mlops_kafka::Header {
-            key: mlops_events::topics::REGION_HEADER,
-            value: Some(region),
-        }),
-        None => OwnedHeaders::new(),
     }
 }

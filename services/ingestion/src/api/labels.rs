@@ -103,7 +103,7 @@ async fn ingest_labels(
             topics::LABELS,
             Some(label.entity_id.as_bytes()),
             *label,
-            super::ingest::region_headers(dataset.spec.region.as_deref()),
+            mlops_kafka::region_headers(dataset.spec.region.as_deref()),
         )
     });
     let deliveries = futures::future::join_all(sends).await;
