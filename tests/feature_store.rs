@@ -569,6 +569,46 @@ async fn labels_posted_over_http_reach_the_training_snapshot() {
     assert_eq!(labels, [Some(1.0), Some(0.0)], "booleans train as 1 and 0");
 }
 
+/// Read-your-writes: a training set asked for right after its events and labels were
+/// accepted holds every label, each joined to its own event — never to the entity's
+/// previous one because the view or the labels had not caught up yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_training_set_asked_for_at_once_holds_every_label_joined_to_its_own_event() {
+    let p = Platform::start().await;
+    let view = unique("spend").replace('-', "_");
+    let (status, declared) = p.post("/v1/feature-views", &p.view_spec(&view, "1h")).await;
+    assert_eq!(status, StatusCode::CREATED, "{declared}");
+    const EVENTS: i64 = 2_000;
+    // 40 customers, each paying every 40 minutes: the entity's previous payment always
+    // exists, with another amount, so a stale join shows.
+    let events: Vec<Value> = (0..EVENTS)
+        .map(|i| payment(&format!("t{i}"), &format!("c{}", i % 40), i, i as f64, "EUR"))
+        .collect();
+    for chunk in events.chunks(500) {
+        p.events(chunk).await;
+    }
+    let labels: Vec<(String, String, i64, f64)> = (0..EVENTS)
+        .map(|i| (format!("l{i}"), format!("c{}", i % 40), T0 + i * MINUTE, i as f64))
+        .collect();
+    let labels: Vec<(&str, &str, i64, f64)> = labels
+        .iter()
+        .map(|(id, entity, time, value)| (id.as_str(), entity.as_str(), *time, *value))
+        .collect();
+    p.labels(&labels).await;
+    let (status, body) = p.post("/v1/training-sets", &json!({"view": view})).await;
+    assert_eq!(status, StatusCode::CREATED, "{}", body["message"]);
+    assert_eq!(body["rows"], EVENTS, "rows in a training set asked for at once");
+    let data = p.snapshot_data(body["id"].as_str().unwrap()).await;
+    let amounts = data.column("raw.amount").unwrap().f64().unwrap().to_vec();
+    let labels = data.column("label").unwrap().f64().unwrap().to_vec();
+    let mismatched = amounts
+        .iter()
+        .zip(&labels)
+        .filter(|(amount, label)| amount != label)
+        .count();
+    assert_eq!(mismatched, 0, "labels joined to another event's features");
+}
+
 /// The route tables (one per service, the role each route requires) list exactly routes the
 /// services serve: each answers from its handler, not with the router's bare 404 or 405.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

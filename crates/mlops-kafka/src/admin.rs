@@ -1,4 +1,7 @@
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -181,6 +184,30 @@ pub async fn partition_count(config: &KafkaConfig, topic: &str, timeout: Duratio
             .map(|t| t.partitions().len() as i32)
             .filter(|n| *n > 0)
             .ok_or_else(|| Error::Unreachable(format!("topic {topic} does not exist")))
+    })
+    .await
+    .map_err(|e| Error::Unreachable(e.to_string()))?
+}
+
+/// The end (next offset to be written) of every partition of `topic`: what a consumer has
+/// to reach to have read everything the topic held when asked.
+pub async fn end_offsets(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>> {
+    let partitions = partition_count(config, topic, timeout).await?;
+    let (config, topic) = (config.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.client_config("admin-offsets").create()?;
+        (0..partitions)
+            .map(|partition| {
+                consumer
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .map(|(_, high)| (partition, high))
+                    .map_err(|e| Error::Unreachable(format!("{topic}[{partition}]: {e}")))
+            })
+            .collect()
     })
     .await
     .map_err(|e| Error::Unreachable(e.to_string()))?

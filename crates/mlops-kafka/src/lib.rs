@@ -10,7 +10,9 @@ mod log_producer;
 mod metrics;
 mod producer;
 
-pub use admin::{TopicSpec, check_broker, ensure_topics, partition_count, read_partition};
+pub use admin::{
+    TopicSpec, check_broker, end_offsets, ensure_topics, partition_count, read_partition,
+};
 pub use batch::{BatchConsumer, batch_span};
 pub use config::{KafkaConfig, SecurityProtocol};
 pub use consumer::{

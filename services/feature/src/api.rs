@@ -1,6 +1,6 @@
 //! The feature service's HTTP API: feature views, online lookups, training sets.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use apache_avro::Schema;
 use axum::{
@@ -60,6 +60,7 @@ pub struct App {
 pub struct Limits {
     pub max_window_ms: i64,
     pub max_lookup_ids: usize,
+    pub training_set_catch_up: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +69,7 @@ impl Default for Limits {
         Self {
             max_window_ms: 90 * 86_400_000,
             max_lookup_ids: 10_000,
+            training_set_catch_up: Duration::from_secs(30),
         }
     }
 }
@@ -530,6 +532,36 @@ async fn create_training_set(
             ),
         )
     })?;
+    // Read-your-writes: what was accepted before this request (events, then their labels)
+    // is in the training set; a label never joins a stale row because the view lagged.
+    let deadline = tokio::time::Instant::now() + app.limits.training_set_catch_up;
+    let running = app
+        .jobs
+        .lock()
+        .await
+        .get(&version.name)
+        .is_some_and(|(number, _)| *number == version.version);
+    if running {
+        let source = mlops_events::topics::raw(&version.spec.source);
+        stream::wait_caught_up(
+            &app.store,
+            &app.kafka,
+            &version.state_prefix(),
+            &source,
+            deadline,
+        )
+        .await
+        .map_err(|e| catch_up_error(&format!("feature view {:?}", version.name), e))?;
+    }
+    stream::wait_caught_up(
+        &app.store,
+        &app.kafka,
+        crate::labels::LABELS_STATE_PREFIX,
+        mlops_events::topics::LABELS,
+        deadline,
+    )
+    .await
+    .map_err(|e| catch_up_error("the labels", e))?;
     let (manifest, created) =
         training::build(&app.store, &version, &request, app.region.as_deref())
             .await
@@ -545,6 +577,26 @@ async fn create_training_set(
         StatusCode::OK
     };
     Ok((status, axum::Json(manifest)).into_response())
+}
+
+fn catch_up_error(what: &str, error: stream::CatchUpError) -> ApiError {
+    match error {
+        stream::CatchUpError::Behind { records, topic } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_caught_up",
+            format!(
+                "{what} still {records} records behind {topic} (feature.training_set_catch_up \
+                 elapsed); a training set built now would miss or mis-join them, retry later"
+            ),
+        )
+        .retry_after(5),
+        stream::CatchUpError::Unavailable(reason) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            format!("cannot tell how far {what} has to read: {reason}"),
+        )
+        .retry_after(5),
+    }
 }
 
 async fn list_training_sets(State(app): State<Arc<App>>) -> Result<axum::Json<Json>, ApiError> {

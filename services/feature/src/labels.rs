@@ -15,6 +15,8 @@ use crate::{
 
 pub const LABELS_PREFIX: &str = "labels/";
 pub const LABELS_GROUP: &str = "feature.labels";
+/// Where the labels job keeps its checkpoint.
+pub const LABELS_STATE_PREFIX: &str = "state/labels/";
 
 pub struct LabelJob {
     codec: Arc<AvroCodec>,
@@ -34,7 +36,7 @@ impl BatchJob for LabelJob {
     }
 
     fn state_prefix(&self) -> String {
-        "state/labels/".into()
+        LABELS_STATE_PREFIX.into()
     }
 
     fn output_prefix(&self) -> String {

@@ -74,6 +74,10 @@ pub struct Settings {
     pub max_window: String,
     /// The most entity ids one `entities:lookup` may ask for.
     pub max_lookup_ids: usize,
+    /// How long a training-set request waits for the view and the labels to have
+    /// processed everything their topics held when it arrived (a duration); past that it
+    /// is refused with 503 rather than built from a stale view.
+    pub training_set_catch_up: String,
 }
 
 impl Default for Settings {
@@ -91,6 +95,7 @@ impl Default for Settings {
             compact_min_files: 16,
             max_window: "90d".to_owned(),
             max_lookup_ids: 10_000,
+            training_set_catch_up: "30s".to_owned(),
         }
     }
 }
@@ -153,6 +158,11 @@ pub async fn run(
             max_window_ms: mlops_service::parse_duration(&settings.max_window)
                 .map_err(|e| anyhow::anyhow!("feature.max_window: {e}"))?,
             max_lookup_ids: settings.max_lookup_ids,
+            training_set_catch_up: std::time::Duration::from_millis(
+                mlops_service::parse_duration(&settings.training_set_catch_up)
+                    .map_err(|e| anyhow::anyhow!("feature.training_set_catch_up: {e}"))?
+                    as u64,
+            ),
         },
         region: config.region.clone(),
         catalog: Catalog::new(store.clone()),

@@ -57,6 +57,66 @@ impl Checkpoint {
     }
 }
 
+/// Why [`wait_caught_up`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error("{records} records behind {topic}")]
+    Behind { records: i64, topic: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Waits until the job checkpointed under `state_prefix` has made durable every record
+/// `topic` held when called (its end offsets then), or `deadline` passes. A job reading a
+/// topic that stays quiet is caught up as soon as it has read what is there, which an
+/// event-time watermark would never say of an idle partition.
+pub async fn wait_caught_up(
+    store: &FeatureStore,
+    kafka: &KafkaConfig,
+    state_prefix: &str,
+    topic: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), CatchUpError> {
+    let timeout = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_secs(1));
+    let ends = mlops_kafka::end_offsets(kafka, topic, timeout)
+        .await
+        .map_err(|e| CatchUpError::Unavailable(e.to_string()))?;
+    let path = format!("{state_prefix}checkpoint.json");
+    // The checkpoint is the job's durable position; it is rewritten once per batch, so a
+    // short poll of it costs one small read.
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        poll.tick().await;
+        let checkpoint: Checkpoint = store
+            .get_json(&path)
+            .await
+            .map_err(|e| CatchUpError::Unavailable(e.to_string()))?
+            .unwrap_or_default();
+        let behind: i64 = ends
+            .iter()
+            .map(|(partition, end)| {
+                let next = checkpoint
+                    .offsets
+                    .get(&format!("{topic}/{partition}"))
+                    .copied()
+                    .unwrap_or(0);
+                (end - next).max(0)
+            })
+            .sum();
+        if behind == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CatchUpError::Behind {
+                records: behind,
+                topic: topic.to_owned(),
+            });
+        }
+    }
+}
+
 /// What a job made of one batch, besides the files it wrote.
 #[derive(Default)]
 pub struct Processed {
