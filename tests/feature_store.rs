@@ -582,13 +582,28 @@ async fn a_training_set_asked_for_at_once_holds_every_label_joined_to_its_own_ev
     // 40 customers, each paying every 40 minutes: the entity's previous payment always
     // exists, with another amount, so a stale join shows.
     let events: Vec<Value> = (0..EVENTS)
-        .map(|i| payment(&format!("t{i}"), &format!("c{}", i % 40), i, i as f64, "EUR"))
+        .map(|i| {
+            payment(
+                &format!("t{i}"),
+                &format!("c{}", i % 40),
+                i,
+                i as f64,
+                "EUR",
+            )
+        })
         .collect();
     for chunk in events.chunks(500) {
         p.events(chunk).await;
     }
     let labels: Vec<(String, String, i64, f64)> = (0..EVENTS)
-        .map(|i| (format!("l{i}"), format!("c{}", i % 40), T0 + i * MINUTE, i as f64))
+        .map(|i| {
+            (
+                format!("l{i}"),
+                format!("c{}", i % 40),
+                T0 + i * MINUTE,
+                i as f64,
+            )
+        })
         .collect();
     let labels: Vec<(&str, &str, i64, f64)> = labels
         .iter()
@@ -597,7 +612,10 @@ async fn a_training_set_asked_for_at_once_holds_every_label_joined_to_its_own_ev
     p.labels(&labels).await;
     let (status, body) = p.post("/v1/training-sets", &json!({"view": view})).await;
     assert_eq!(status, StatusCode::CREATED, "{}", body["message"]);
-    assert_eq!(body["rows"], EVENTS, "rows in a training set asked for at once");
+    assert_eq!(
+        body["rows"], EVENTS,
+        "rows in a training set asked for at once"
+    );
     let data = p.snapshot_data(body["id"].as_str().unwrap()).await;
     let amounts = data.column("raw.amount").unwrap().f64().unwrap().to_vec();
     let labels = data.column("label").unwrap().f64().unwrap().to_vec();

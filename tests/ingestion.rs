@@ -671,17 +671,31 @@ async fn request_bodies_in_flight_are_bounded_in_bytes() {
         j += 1;
     }
     let url = format!("{}/v1/datasets/{name}/events", ingestion.url);
-    let refused = mlops_integration_tests::eventually(Duration::from_secs(30), || {
-        let request = p
-            .http
-            .post(&url)
-            .header("content-type", "application/x-ndjson")
-            .body(other.clone())
-            .send();
-        async move { matches!(request.await, Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS) }
-    })
+    // Until the slow request's share is held (its headers read): the last answer (or the
+    // client's error) is what a failure shows.
+    mlops_testkit::until(
+        "the second request is refused",
+        Duration::from_secs(30),
+        async || {
+            let answer = p
+                .http
+                .post(&url)
+                .header("content-type", "application/x-ndjson")
+                .body(other.clone())
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => Ok(()),
+                Ok(r) => Err(format!(
+                    "{}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )),
+                Err(e) => Err(format!("{e:?}")),
+            }
+        },
+    )
     .await;
-    assert!(refused.is_ok(), "the second request was never refused");
     let (status, body, headers) = p.post(&url, "application/x-ndjson", other.clone()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["code"], "backpressure");

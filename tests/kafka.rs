@@ -528,11 +528,13 @@ impl Handler for Payloads {
 }
 
 /// The shared client builder against an Apache Kafka broker that speaks only SASL_SSL
-/// (SCRAM-SHA-512; a certificate of its own CA), started by `tests/run.sh`: topics are
-/// created, a record produced and consumed through a group; the password never shows in
-/// the settings' debug form; a wrong password is refused.
+/// (SCRAM-SHA-512 and OAUTHBEARER; a certificate of its own CA), started by
+/// `tests/run.sh` beside a small OpenID Connect provider: topics are created, a record
+/// produced and consumed through a group; with an OIDC token (client credentials) a
+/// record is produced too; secrets never show in the settings' debug form; a wrong
+/// password or client secret gets nothing in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clients_speak_sasl_ssl_with_scram_to_a_secured_broker() {
+async fn clients_speak_sasl_ssl_with_scram_and_oauthbearer_to_a_secured_broker() {
     init();
     if std::env::var("MLOPS_TEST_BROKERS").as_deref() == Ok("tansu") {
         return;
@@ -589,19 +591,51 @@ async fn clients_speak_sasl_ssl_with_scram_to_a_secured_broker() {
         delivery_timeout_ms: 10_000,
         ..secured("not-the-password")
     };
-    let refused = Producer::new(&wrong, codec)
+    let refused = Producer::new(&wrong, codec.clone())
         .unwrap()
         .send_bytes(&topic, None, b"refused", OwnedHeaders::new())
         .await
         .expect_err("a wrong password is refused");
     // librdkafka retries a failed authentication until the record's delivery timeout.
     assert!(refused.to_string().contains("timed out"), "{refused}");
+
+    // OAUTHBEARER: a token of the OpenID Connect provider (client credentials), which the
+    // broker checks against the provider's JWKS.
+    let client_secret = var("MLOPS_TEST_OIDC_CLIENT_SECRET");
+    let oidc = KafkaConfig {
+        sasl_mechanism: Some("OAUTHBEARER".to_owned()),
+        sasl_username: None,
+        sasl_password: None,
+        oauthbearer_token_endpoint_url: Some(var("MLOPS_TEST_OIDC_TOKEN_URL")),
+        oauthbearer_client_id: Some(var("MLOPS_TEST_OIDC_CLIENT_ID")),
+        oauthbearer_client_secret: Some(mlops_runtime::Secret::new(client_secret.clone())),
+        oauthbearer_scope: Some("kafka".to_owned()),
+        ..secured(&password)
+    };
+    assert!(oidc.validate().is_empty(), "{:?}", oidc.validate());
+    assert!(!format!("{oidc:?}").contains(&client_secret));
+    Producer::new(&oidc, codec.clone())
+        .unwrap()
+        .send_bytes(&topic, Some(b"k"), b"over oauth", OwnedHeaders::new())
+        .await
+        .expect("an acknowledged produce with an OIDC token");
+    let guessed = KafkaConfig {
+        oauthbearer_client_secret: Some(mlops_runtime::Secret::new("guessed")),
+        delivery_timeout_ms: 10_000,
+        ..oidc.clone()
+    };
+    Producer::new(&guessed, codec)
+        .unwrap()
+        .send_bytes(&topic, None, b"refused", OwnedHeaders::new())
+        .await
+        .expect_err("no token for a wrong client secret, no record");
+
     let stored = mlops_kafka::read_partition(&kafka, &topic, 0, None, WAIT)
         .await
         .unwrap();
     assert_eq!(
         stored,
-        [b"over tls".to_vec()],
-        "only the authenticated record"
+        [b"over tls".to_vec(), b"over oauth".to_vec()],
+        "only the authenticated records"
     );
 }

@@ -12,8 +12,8 @@ cd "$root"
 tests/setup.sh
 
 # Free loopback ports: Kafka's broker and KRaft controller (adjacent), the same for the
-# SASL_SSL broker, then PostgreSQL.
-read -r port secured_port pg_port < <(python3 - <<'PY'
+# SASL_SSL broker, then PostgreSQL and the test identity provider.
+read -r port secured_port pg_port idp_port < <(python3 - <<'PY'
 import socket
 def free(*ports):
     try:
@@ -27,7 +27,8 @@ def free(*ports):
 kafka = next(b for b in range(29092, 39092, 2) if free(b, b + 1))
 secured = next(b for b in range(kafka + 2, 39092, 2) if free(b, b + 1))
 pg = next(p for p in range(25432, 26432) if free(p))
-print(kafka, secured, pg)
+idp = next(p for p in range(pg + 1, 26432) if free(p))
+print(kafka, secured, pg, idp)
 PY
 )
 
@@ -36,6 +37,7 @@ chmod 755 "$work"
 cleanup() {
   tests/kafka/kafka.sh stop "$work/kafka" || true
   tests/kafka/kafka.sh stop "$work/kafka-secured" || true
+  if [ -n "${idp_pid:-}" ]; then kill "$idp_pid" 2>/dev/null || true; fi
   tests/postgres/postgres.sh stop "$work/postgres" || true
   rm -rf "$work"
 }
@@ -63,10 +65,24 @@ export MLOPS_TEST_PROMTOOL=$(sed -n 's/^PROMTOOL=//p' "$work/tools.env")
 export MLOPS_TEST_HELM=$(sed -n 's/^HELM=//p' "$work/tools.env")
 tests/kafka/kafka.sh start "$work/kafka" "$port"
 export MLOPS_TEST_KAFKA_BOOTSTRAP="127.0.0.1:$port"
-# A second broker that speaks only SASL_SSL (SCRAM-SHA-512), for the client's secured path.
-MLOPS_TEST_KAFKA_SECURED_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-export MLOPS_TEST_KAFKA_SECURED_PASSWORD
-tests/kafka/kafka.sh start-secured "$work/kafka-secured" "$secured_port" "$MLOPS_TEST_KAFKA_SECURED_PASSWORD"
+# A second broker that speaks only SASL_SSL (SCRAM-SHA-512, and OAUTHBEARER with tokens of
+# a small OpenID Connect provider started here), for the client's secured paths.
+secret() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
+MLOPS_TEST_KAFKA_SECURED_PASSWORD=$(secret)
+MLOPS_TEST_OIDC_CLIENT_SECRET=$(secret)
+export MLOPS_TEST_KAFKA_SECURED_PASSWORD MLOPS_TEST_OIDC_CLIENT_SECRET
+export MLOPS_TEST_OIDC_CLIENT_ID=mlops-tests
+export MLOPS_TEST_OIDC_TOKEN_URL="http://127.0.0.1:$idp_port/token"
+"$venv/bin/python" tests/kafka/idp.py "$idp_port" "$MLOPS_TEST_OIDC_CLIENT_ID" \
+  "$MLOPS_TEST_OIDC_CLIENT_SECRET" > "$work/idp.log" 2>&1 &
+idp_pid=$!
+until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$idp_port/jwks.json')" \
+  > /dev/null 2>&1; do
+  kill -0 "$idp_pid" 2>/dev/null || { cat "$work/idp.log" >&2; exit 1; }
+  sleep 0.2
+done
+tests/kafka/kafka.sh start-secured "$work/kafka-secured" "$secured_port" \
+  "$MLOPS_TEST_KAFKA_SECURED_PASSWORD" "http://127.0.0.1:$idp_port/jwks.json"
 export MLOPS_TEST_KAFKA_SECURED_BOOTSTRAP="127.0.0.1:$secured_port"
 export MLOPS_TEST_KAFKA_SECURED_CA="$work/kafka-secured/tls/ca.pem"
 MLOPS_TEST_POSTGRES_URL=$(tests/postgres/postgres.sh start "$work/postgres" "$pg_port")
