@@ -501,8 +501,30 @@ async fn retries_are_idempotent_across_a_restart() {
         assert_eq!(batch["results"][1]["status"], "duplicate");
         assert_eq!(batch["results"][1]["offset"], batch["results"][0]["offset"]);
 
+        let (_, produced) = p.send(&ingestion, &name, &payment(9)).await;
+        assert_eq!(produced["results"][0]["status"], "accepted");
+        // Another request, finished later on the same partition (same customer).
+        let (_, later) = p.send(&ingestion, &name, &payment(26)).await;
+        assert_eq!(
+            later["results"][0]["partition"],
+            produced["results"][0]["partition"]
+        );
         ingestion.stop().await;
+        // A process killed after the broker acknowledged an event but before it
+        // remembered its id leaves exactly this: the record in the topic, the id unknown,
+        // while a concurrent request that finished after it was remembered. The client
+        // got no answer and retries it after the restart.
+        forget_accepted(&p, &name, "t-9").await;
         let ingestion = TestIngestion::start(p.config()).await;
+        let (_, retried) = p.send(&ingestion, &name, &payment(9)).await;
+        assert_eq!(
+            retried["results"][0]["status"], "duplicate",
+            "a retry of an event produced before a crash: {retried}"
+        );
+        assert_eq!(
+            retried["results"][0]["offset"],
+            produced["results"][0]["offset"]
+        );
         let (status, again) = p.send(&ingestion, &name, &payment(7)).await;
         assert_eq!(status, StatusCode::OK, "{again}");
         assert_eq!(again["results"][0]["status"], "duplicate");
@@ -513,10 +535,27 @@ async fn retries_are_idempotent_across_a_restart() {
         assert_eq!(again["results"][0]["offset"], first["results"][0]["offset"]);
         assert_eq!(
             records_on(&p.broker.bootstrap_servers, &format!("raw.{name}"), 3).await,
-            2
+            4
         );
         ingestion.stop().await;
     }
+}
+
+/// Forgets that `event_id` of `dataset` was accepted, as a process killed between the
+/// broker's acknowledgement and remembering the id would have left it.
+async fn forget_accepted(p: &Platform, dataset: &str, event_id: &str) {
+    let url = p.config().common.database_url("ingestion");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let forgotten =
+        sqlx::query("DELETE FROM ingestion_accepted WHERE dataset = $1 AND event_id = $2")
+            .bind(dataset)
+            .bind(event_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    assert_eq!(forgotten.rows_affected(), 1);
+    pool.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,6 +20,10 @@ pub const AUDIT_LOG: &str = "audit.log";
 /// that declare one); a service of another region refuses the record.
 pub const REGION_HEADER: &str = "mlops-region";
 
+/// Header carrying the event id of a raw record (set by ingestion for datasets with an
+/// event id): ingestion reads it back after a crash to remember what it had produced.
+pub const EVENT_ID_HEADER: &str = "mlops-event-id";
+
 /// Why a record carrying `region` may not be handled by a service of region `here`, if
 /// it may not.
 pub fn foreign_region(region: Option<&str>, here: Option<&str>) -> Option<String> {

@@ -116,6 +116,18 @@ pub async fn check_broker(config: &KafkaConfig, timeout: Duration) -> Result<()>
     .map_err(|e| Error::Unreachable(e.to_string()))?
 }
 
+/// Where [`read_records`] starts in a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The first record still kept.
+    Start,
+    /// This many records before the end.
+    Tail(i64),
+    /// This offset, or the first kept after it; and no record older than `not_before`
+    /// (epoch milliseconds), found by the broker's time index.
+    Offset { offset: i64, not_before: i64 },
+}
+
 /// The payloads of `partition` of `topic` from `from_end` records before its end (every
 /// record when `None`) up to the end it had when asked, in offset order. For reading a
 /// log back whole or its tail (an audit chain's last hash), not for consuming.
@@ -126,28 +138,65 @@ pub async fn read_partition(
     from_end: Option<i64>,
     timeout: Duration,
 ) -> Result<Vec<Vec<u8>>> {
+    let from = from_end.map_or(ReadFrom::Start, ReadFrom::Tail);
+    let records = read_records(config, topic, partition, from, timeout).await?;
+    Ok(records
+        .into_iter()
+        .map(|r| r.payload.unwrap_or_default())
+        .collect())
+}
+
+/// The records of `partition` of `topic` from `from` up to the end it had when asked, in
+/// offset order, headers included. Reads back, without a consumer group. The end is the
+/// later of the partition's listed end offset and where a fetch first reports the end of
+/// the partition: some brokers (Tansu 0.6) list an end behind records they already serve.
+pub async fn read_records(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from: ReadFrom,
+    timeout: Duration,
+) -> Result<Vec<crate::Record>> {
     let (config, topic) = (config.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        use rdkafka::{Message, Offset, TopicPartitionList};
+        use rdkafka::{Offset, TopicPartitionList};
         let consumer: BaseConsumer = config
             .client_config("reader")
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .set("group.id", "mlops-reader")
             .create()?;
         let (low, high) = consumer
             .fetch_watermarks(&topic, partition, timeout)
             .map_err(|e| Error::Unreachable(e.to_string()))?;
-        let start = from_end.map_or(low, |n| (high - n).max(low));
-        if start >= high {
-            return Ok(Vec::new());
-        }
+        let start = match from {
+            ReadFrom::Start => low,
+            ReadFrom::Tail(n) => (high - n).max(low),
+            ReadFrom::Offset { offset, not_before } => {
+                let mut times = TopicPartitionList::new();
+                times.add_partition_offset(&topic, partition, Offset::Offset(not_before))?;
+                let by_time = consumer
+                    .offsets_for_times(times, timeout)
+                    .map_err(|e| Error::Unreachable(e.to_string()))?
+                    .find_partition(&topic, partition)
+                    .and_then(|p| match p.offset() {
+                        Offset::Offset(o) => Some(o),
+                        // No record that recent: nothing to read.
+                        Offset::End => Some(high),
+                        _ => None,
+                    })
+                    .unwrap_or(low);
+                offset.max(by_time).max(low)
+            }
+        };
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, partition, Offset::Offset(start))?;
         consumer.assign(&assignment)?;
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         let mut next = start;
-        while next < high {
+        let mut at_end = false;
+        while next < high || !at_end {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(Error::Unreachable(format!(
@@ -156,10 +205,13 @@ pub async fn read_partition(
             }
             match consumer.poll(remaining.min(Duration::from_millis(500))) {
                 None => {}
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => at_end = true,
                 Some(Err(e)) => return Err(Error::Kafka(e)),
                 Some(Ok(message)) => {
-                    next = message.offset() + 1;
-                    out.push(message.payload().unwrap_or_default().to_vec());
+                    let record = crate::Record::from(message.detach());
+                    next = record.offset + 1;
+                    at_end = false;
+                    out.push(record);
                 }
             }
         }

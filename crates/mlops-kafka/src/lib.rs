@@ -11,7 +11,8 @@ mod metrics;
 mod producer;
 
 pub use admin::{
-    TopicSpec, check_broker, end_offsets, ensure_topics, partition_count, read_partition,
+    ReadFrom, TopicSpec, check_broker, end_offsets, ensure_topics, partition_count, read_partition,
+    read_records,
 };
 pub use batch::{BatchConsumer, batch_span};
 pub use config::{KafkaConfig, SecurityProtocol};

@@ -35,6 +35,7 @@ use crate::{
 
 mod ingest;
 mod labels;
+mod recovery;
 
 type Labels = Vec<(String, String)>;
 

@@ -127,6 +127,8 @@ pub async fn run(
         &mut registry,
     ));
     app.load().await?;
+    let window_ms = (config.ingestion.idempotency_window_secs as i64) * 1000;
+    recover_accepted_ids(&app, window_ms, &cancel).await;
 
     // The audit trail is shared by every service (each on its own partition).
     // Labels are shared with the feature service, which creates the topic the same way.
@@ -141,7 +143,6 @@ pub async fn run(
         }
     };
 
-    let window_ms = (config.ingestion.idempotency_window_secs as i64) * 1000;
     let pruning = prune_accepted_ids(store.clone(), window_ms, cancel.clone());
 
     let mut checks = common.readiness_checks();
@@ -168,6 +169,37 @@ pub async fn run(
     );
     served?;
     Ok(())
+}
+
+/// Before serving: remembers what the last run produced but died before remembering (see
+/// `api::recovery`). The broker may still be starting (the embedded one starts beside
+/// this service), so this retries for a while; if it never succeeds the service serves
+/// anyway, saying that a retry of such an event could be written twice.
+async fn recover_accepted_ids(app: &api::App, window_ms: i64, cancel: &CancellationToken) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match app.recover_accepted(window_ms).await {
+            Ok(0) => return,
+            Ok(recovered) => {
+                tracing::warn!(
+                    recovered,
+                    "accepted event ids recovered from the raw topics"
+                );
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "reading back the raw topics' tails; retrying");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the raw topics' tails could not be read back: a retry of an event produced just before the last stop may be written twice");
+                return;
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Forgets accepted event ids older than the idempotency window, at start and every ten

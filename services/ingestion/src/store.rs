@@ -160,6 +160,17 @@ impl Store {
 
     /// Forgets events accepted before `before` (epoch ms): past the idempotency window
     /// they can no longer be duplicates. Returns how many were forgotten.
+    /// When the latest event id of `dataset` was remembered, if any is.
+    pub async fn last_accepted_at(&self, dataset: &str) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MAX(accepted_at) AS last FROM ingestion_accepted WHERE dataset = $1",
+        )
+        .bind(dataset)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>("last")?)
+    }
+
     pub async fn prune(&self, before: i64) -> Result<u64> {
         let done = sqlx::query("DELETE FROM ingestion_accepted WHERE accepted_at < $1")
             .bind(before)

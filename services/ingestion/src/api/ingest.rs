@@ -363,11 +363,19 @@ async fn produce(
 ) -> (Vec<(String, Accepted)>, bool) {
     let topic = dataset.topic();
     let sends = checked.prepared.iter().map(|p| {
+        let mut headers = mlops_kafka::region_headers(dataset.spec.region.as_deref());
+        if let Some(id) = &p.event_id {
+            // Read back by `recover_accepted` if this process dies before remembering it.
+            headers = headers.insert(mlops_kafka::Header {
+                key: mlops_events::topics::EVENT_ID_HEADER,
+                value: Some(id.as_str()),
+            });
+        }
         app.producer.send_bytes(
             &topic,
             p.key.as_deref().map(str::as_bytes),
             &p.payload,
-            mlops_kafka::region_headers(dataset.spec.region.as_deref()),
+            headers,
         )
     });
     let deliveries = futures::future::join_all(sends).await;
