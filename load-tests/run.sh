@@ -3,7 +3,10 @@
 # the FastAPI + aiokafka peer (peers/fastapi_ingest.py, 2 workers), both on the same
 # Apache Kafka broker (aiokafka cannot talk to the embedded Tansu broker) and the same
 # Schema Registry, driven by the same load generator, one after the other. Prints one
-# JSON line per run; compare ratios, not absolute numbers.
+# JSON line per run and a table of both measures: events per second, and CPU seconds of
+# the measured server process alone (its workers included) per 1,000 events over the
+# measured window, from /proc — the fair one when broker, load generator and servers
+# share the cores. Compare ratios, not absolute numbers.
 #
 #   load-tests/run.sh            (builds release binaries, installs the peer in a venv)
 set -euo pipefail
@@ -57,10 +60,34 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-for target_url in "platform http://127.0.0.1:39180" "fastapi-aiokafka http://127.0.0.1:39190"; do
-  set -- $target_url
+# The measured server processes: the platform's ingestion service alone (not the broker,
+# not the other services), the peer's uvicorn with its workers.
+ingestion=$(pgrep -f "mlops service ingestion" | head -1)
+for side in "platform http://127.0.0.1:39180 $ingestion" "fastapi-aiokafka http://127.0.0.1:39190 $peer"; do
+  set -- $side
   for clients in ${BENCH_SINGLE_CONCURRENCY:-32 256}; do
-    "$target/ingest-load" --label "$1" --url "$2" --dataset "single_${clients}_$1" --mode single --concurrency "$clients" --duration "$duration"
+    "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "single_${clients}_$1" --mode single --concurrency "$clients" --duration "$duration"
   done
-  "$target/ingest-load" --label "$1" --url "$2" --dataset "batch_$1" --mode batch --batch-size 100 --concurrency 8 --duration "$duration"
-done
+  "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "batch_$1" --mode batch --batch-size 100 --concurrency 8 --duration "$duration"
+done | tee "$work/results.jsonl"
+
+# One table: both measures, platform against peer.
+"$venv/bin/python" - "$work/results.jsonl" <<'PY'
+import json, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
+by = {(r["label"], r["mode"], r["concurrency"]): r for r in runs}
+print("| run | platform events/s | peer events/s | throughput ratio | platform CPU s / 1k events | peer CPU s / 1k events | CPU ratio | platform p50 / p99 ms | peer p50 / p99 ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+for (label, mode, concurrency), p in by.items():
+    if label != "platform":
+        continue
+    m = by[("fastapi-aiokafka", mode, concurrency)]
+    name = "single event" if mode == "single" else f"{p['batch_size']}-event batch"
+    print(f"| {name}, {concurrency} connections | {p['events_per_second']:,.0f} | {m['events_per_second']:,.0f} | "
+          f"**{p['events_per_second'] / max(m['events_per_second'], 1):.1f}×** | {p['cpu_seconds_per_1000_events']:.3f} | "
+          f"{m['cpu_seconds_per_1000_events']:.3f} | **{m['cpu_seconds_per_1000_events'] / max(p['cpu_seconds_per_1000_events'], 1e-9):.1f}×** | "
+          f"{p['p50_ms']} / {p['p99_ms']} | {m['p50_ms']} / {m['p99_ms']} |")
+errors = sum(r["errors"] for r in runs)
+if errors:
+    sys.exit(f"{errors} requests failed")
+PY

@@ -38,6 +38,10 @@ struct Args {
     /// Seconds of warm-up, not measured.
     #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// The server process under test (its descendants included): its CPU seconds over
+    /// the measured window are reported, per 1,000 events.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// A label for the report line.
     #[arg(long, default_value = "target")]
     label: String,
@@ -135,10 +139,24 @@ async fn main() -> anyhow::Result<()> {
 
     let warm_until = Instant::now() + Duration::from_secs(args.warmup);
     let stop_at = warm_until + Duration::from_secs(args.duration);
-    let tallies = futures::future::join_all(
-        (0..args.concurrency).map(|id| worker(client.clone(), &args, id, warm_until, stop_at)),
-    )
-    .await;
+    // The server's CPU over exactly the measured window.
+    let server_cpu = async {
+        let pid = args.server_pid?;
+        tokio::time::sleep_until(warm_until.into()).await;
+        let before = mlops_load_tests::cpu_seconds(pid);
+        tokio::time::sleep_until(stop_at.into()).await;
+        Some(mlops_load_tests::cpu_seconds(pid) - before)
+    };
+    let (tallies, server_cpu) = tokio::join!(
+        futures::future::join_all((0..args.concurrency).map(|id| worker(
+            client.clone(),
+            &args,
+            id,
+            warm_until,
+            stop_at
+        )),),
+        server_cpu
+    );
     let all = Tally::merge(tallies)?;
     let report = json!({
         "label": args.label,
@@ -153,6 +171,8 @@ async fn main() -> anyhow::Result<()> {
         "p99_ms": all.ms(0.99),
         "p999_ms": all.ms(0.999),
         "errors": all.errors,
+        "server_cpu_seconds": server_cpu,
+        "cpu_seconds_per_1000_events": server_cpu.map(|cpu| 1000.0 * cpu / all.ok.max(1) as f64),
     });
     println!("{report}");
     Ok(())

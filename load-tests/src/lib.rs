@@ -1,5 +1,5 @@
-//! What the load generators share: a tally of a timed run's requests, and the platform's
-//! token their clients present.
+//! What the load generators share: a tally of a timed run's requests, the platform's
+//! token their clients present, and the CPU time of the server under test.
 
 use std::time::Instant;
 
@@ -67,4 +67,40 @@ impl Tally {
     pub fn ms(&self, q: f64) -> f64 {
         self.latencies_us.value_at_quantile(q) as f64 / 1000.0
     }
+}
+
+/// User + system CPU seconds used so far by `pid` and all its live descendants (a
+/// multi-worker peer's workers), from `/proc/<pid>/stat`. The fair measure when the broker,
+/// the load generator and the servers share the machine's cores: what the server itself
+/// spent. Processes that have exited are not counted (sample while they run).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    /// `/proc` counts in USER_HZ, which Linux fixes at 100 for user space.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stats: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name: state, ppid, ... utime (14th), stime (15th).
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+            let ppid = fields.get(1)?.parse().ok()?;
+            let ticks =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some((pid, ppid, ticks))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(stats.iter().filter(|s| s.1 == parent).map(|s| s.0));
+        i += 1;
+    }
+    let ticks: u64 = stats
+        .iter()
+        .filter(|s| tree.contains(&s.0))
+        .map(|s| s.2)
+        .sum();
+    ticks as f64 / TICKS_PER_SECOND
 }

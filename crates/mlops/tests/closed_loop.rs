@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Client;
 use serde_json::{Value, json};
-use support::{Launched, Ports, admin_client, jaeger::Jaeger, mlops, wait_until_ready};
+use support::{Launched, Ports, admin_client, jaeger::Jaeger, mlops, post, wait_until_ready};
 
 const DATASET: &str = "loop_payments";
 const VIEW: &str = "loop_spend";
@@ -45,14 +45,7 @@ struct Stream {
 
 impl Stream {
     fn url(&self, service: &str, path: &str) -> String {
-        let port = self
-            .base
-            .services
-            .iter()
-            .find(|(s, _)| *s == service)
-            .map(|(_, p)| *p)
-            .unwrap();
-        format!("http://127.0.0.1:{port}{path}")
+        self.base.url(service, path)
     }
 
     fn amount(&mut self) -> f64 {
@@ -153,14 +146,6 @@ fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-async fn post(http: &Client, url: &str, body: &Value) -> Value {
-    let response = http.post(url).json(body).send().await.expect(url);
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{url}: {status} {answer}");
-    answer
 }
 
 async fn get(http: &Client, url: &str) -> Option<Value> {

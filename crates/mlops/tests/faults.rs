@@ -34,7 +34,7 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use polars::prelude::*;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use serde_json::{Value, json};
-use support::{Launched, Ports, admin_client, children_of, launch, wait_until_ready};
+use support::{Launched, Ports, admin_client, children_of, launch, post, wait_until_ready};
 
 const DATASET: &str = "payments";
 const VIEW: &str = "spend";
@@ -173,13 +173,6 @@ async fn send_until_accepted(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
-
-async fn post(http: &reqwest::Client, url: &str, body: &Value) {
-    let response = http.post(url).json(body).send().await.expect("answer");
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    assert!(status.is_success(), "{url}: {status} {text}");
 }
 
 /// One platform at a time: two on two cores would measure each other.

@@ -41,6 +41,30 @@ impl Ports {
     pub(crate) fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.broker)
     }
+
+    /// `path` on `service`'s API.
+    pub(crate) fn url(&self, service: &str, path: &str) -> String {
+        let port = self
+            .services
+            .iter()
+            .find(|(s, _)| *s == service)
+            .expect(service)
+            .1;
+        format!("http://127.0.0.1:{port}{path}")
+    }
+}
+
+/// POSTs `body` as JSON and returns the answer; anything but a success fails the test.
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let response = http.post(url).json(body).send().await.expect(url);
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    assert!(status.is_success(), "{url}: {status} {answer}");
+    answer
 }
 
 /// `mlops <args>` on this platform's data directory and ports, on the default broker engine.

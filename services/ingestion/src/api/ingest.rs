@@ -235,6 +235,7 @@ pub(super) async fn accepted_before(
             "database_unavailable",
             e.to_string(),
         )
+        .retry_after(1)
     })
 }
 
