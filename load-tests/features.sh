@@ -38,5 +38,6 @@ print(json.dumps({
     "same_output": True,
     "rows_per_s_ratio": round(platform["events_per_s"] / peer["events_per_s"], 2),
     "batch_p99_ratio": round(peer["batch_ms"]["p99"] / platform["batch_ms"]["p99"], 2),
+    "cpu_per_event_ratio": round(peer["cpu_seconds_per_1000_events"] / platform["cpu_seconds_per_1000_events"], 2),
 }))
 PY

@@ -1049,3 +1049,72 @@ async fn labels_arrive_over_http_and_inline_each_once() {
     );
     ingestion.stop().await;
 }
+
+/// The database down for ten seconds under a running ingestion service (PostgreSQL, the
+/// production store of accepted ids): requests are answered 503 with `Retry-After` and
+/// the reason within seconds — not held — and once the database is back the same
+/// service accepts again, without a restart; nothing accepted before is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/postgres/postgres.sh");
+    let dir = mlops_testkit::temp_dir();
+    let pg_dir = dir.path().join("postgres");
+    let port = mlops_testkit::free_port().to_string();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let postgres = |args: &[&str]| {
+        let output = std::process::Command::new(script)
+            .args(args)
+            .output()
+            .expect("run postgres.sh (PostgreSQL's server is installed by tests/setup.sh)");
+        assert!(
+            output.status.success(),
+            "postgres.sh {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let pg = pg_dir.display().to_string();
+    let url = postgres(&["start", &pg, &port]);
+    struct Stop(String, &'static str);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(self.1).args(["stop", &self.0]).output();
+        }
+    }
+    let _stop = Stop(pg.clone(), script);
+
+    let p = Platform::new(mlops_testkit::tansu().await).await;
+    let mut config = p.config();
+    config.common.database.url = Some(url);
+    let ingestion = TestIngestion::start(config).await;
+    let name = unique("payments");
+    p.declare(&ingestion, &payments(&name)).await;
+    let (status, before) = p.send(&ingestion, &name, &payment(1)).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+
+    postgres(&["stop", &pg]);
+    let url = format!("{}/v1/datasets/{name}/events", ingestion.url);
+    let asked = std::time::Instant::now();
+    let (status, body, headers) = p
+        .post(&url, "application/json", payment(2).to_string())
+        .await;
+    let waited = asked.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert!(waited < Duration::from_secs(10), "held {waited:?} before answering");
+
+    postgres(&["resume", &pg, &port]);
+    mlops_testkit::until("accepted again", Duration::from_secs(60), async || {
+        let (status, body, _) = p
+            .post(&url, "application/json", payment(2).to_string())
+            .await;
+        (status == StatusCode::OK).then_some(()).ok_or(format!("{status} {body}"))
+    })
+    .await;
+    // The event accepted before the outage is still known: a retry is a duplicate.
+    let (_, again) = p.send(&ingestion, &name, &payment(1)).await;
+    assert_eq!(again["results"][0]["status"], "duplicate", "{again}");
+    ingestion.stop().await;
+}

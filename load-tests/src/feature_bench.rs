@@ -111,6 +111,8 @@ fn main() -> anyhow::Result<()> {
 
     let mut batch_micros = Histogram::<u64>::new(3)?;
     let mut busy = Duration::ZERO;
+    // CPU of this process (all polars threads) over the batches only.
+    let mut cpu = 0.0;
     let mut checksum = Checksum::default();
     let mut offset = 0;
     let mut revision = 0;
@@ -118,9 +120,11 @@ fn main() -> anyhow::Result<()> {
         let batch = events.slice(offset as i64, args.batch);
         offset += batch.height();
         revision += 1;
+        let cpu_before = mlops_load_tests::own_cpu_seconds();
         let started = Instant::now();
         let output = pipeline.process(batch, revision)?;
         let took = started.elapsed();
+        cpu += mlops_load_tests::own_cpu_seconds() - cpu_before;
         busy += took;
         batch_micros.record(took.as_micros() as u64)?;
         checksum.add(&output.rows, output.late.len())?;
@@ -136,6 +140,8 @@ fn main() -> anyhow::Result<()> {
             "batches": revision,
             "events_per_s": (events.height() as f64 / busy.as_secs_f64()).round(),
             "seconds": busy.as_secs_f64(),
+            "cpu_seconds": cpu,
+            "cpu_seconds_per_1000_events": 1000.0 * cpu / events.height().max(1) as f64,
             "batch_ms": {
                 "p50": batch_micros.value_at_quantile(0.5) as f64 / 1000.0,
                 "p99": batch_micros.value_at_quantile(0.99) as f64 / 1000.0,

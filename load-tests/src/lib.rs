@@ -74,8 +74,6 @@ impl Tally {
 /// the load generator and the servers share the machine's cores: what the server itself
 /// spent. Processes that have exited are not counted (sample while they run).
 pub fn cpu_seconds(pid: u32) -> f64 {
-    /// `/proc` counts in USER_HZ, which Linux fixes at 100 for user space.
-    const TICKS_PER_SECOND: f64 = 100.0;
     let stats: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -103,4 +101,20 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .map(|s| s.2)
         .sum();
     ticks as f64 / TICKS_PER_SECOND
+}
+
+/// `/proc` counts in USER_HZ, which Linux fixes at 100 for user space.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU seconds used so far by this process (all its threads): one read of
+/// `/proc/self/stat`, cheap enough to take around each batch of an in-process benchmark.
+pub fn own_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0) as f64
+        / TICKS_PER_SECOND
 }

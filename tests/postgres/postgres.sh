@@ -3,6 +3,7 @@
 #
 #   tests/postgres/postgres.sh start <work-dir> <port>   init, start, print the admin URL
 #   tests/postgres/postgres.sh stop <work-dir>
+#   tests/postgres/postgres.sh resume <work-dir> <port>  start a stopped server again
 set -euo pipefail
 
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
@@ -28,6 +29,13 @@ start() {
   echo "postgres://mlops@127.0.0.1:$port/postgres"
 }
 
+resume() {
+  local dir=$1 port=$2
+  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null || {
+    tail -n 30 "$dir/postgres.log" >&2; exit 1; }
+}
+
 stop() {
   local dir=$1
   [ -f "$dir/data/postmaster.pid" ] || return 0
@@ -37,5 +45,6 @@ stop() {
 case "${1:-}" in
   start) start "$2" "$3" ;;
   stop) stop "$2" ;;
-  *) echo "usage: $0 start <dir> <port> | stop <dir>" >&2; exit 2 ;;
+  resume) resume "$2" "$3" ;;
+  *) echo "usage: $0 start <dir> <port> | stop <dir> | resume <dir> <port>" >&2; exit 2 ;;
 esac

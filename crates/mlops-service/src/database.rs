@@ -56,7 +56,13 @@ pub async fn connect(url: &str, migrations: &[Migration]) -> Result<AnyPool, Dat
         // "database is locked" between our own connections.
         options.max_connections(1).connect(&url).await?
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        options.max_connections(8).connect(url).await?
+        // A database that cannot give a connection within seconds is down for this request:
+        // it is answered 503 rather than held for sqlx's default 30 s.
+        options
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?
     } else {
         return Err(DatabaseError::UnsupportedUrl(url.to_owned()));
     };
