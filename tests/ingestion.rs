@@ -1060,8 +1060,11 @@ async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
     let dir = mlops_testkit::temp_dir();
     let pg_dir = dir.path().join("postgres");
     let port = mlops_testkit::free_port().to_string();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let postgres = |args: &[&str]| {
         let output = std::process::Command::new(script)
             .args(args)
@@ -1079,7 +1082,9 @@ async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
     struct Stop(String, &'static str);
     impl Drop for Stop {
         fn drop(&mut self) {
-            let _ = std::process::Command::new(self.1).args(["stop", &self.0]).output();
+            let _ = std::process::Command::new(self.1)
+                .args(["stop", &self.0])
+                .output();
         }
     }
     let _stop = Stop(pg.clone(), script);
@@ -1103,14 +1108,19 @@ async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
     assert!(headers.contains_key("retry-after"));
-    assert!(waited < Duration::from_secs(10), "held {waited:?} before answering");
+    assert!(
+        waited < Duration::from_secs(10),
+        "held {waited:?} before answering"
+    );
 
     postgres(&["resume", &pg, &port]);
     mlops_testkit::until("accepted again", Duration::from_secs(60), async || {
         let (status, body, _) = p
             .post(&url, "application/json", payment(2).to_string())
             .await;
-        (status == StatusCode::OK).then_some(()).ok_or(format!("{status} {body}"))
+        (status == StatusCode::OK)
+            .then_some(())
+            .ok_or(format!("{status} {body}"))
     })
     .await;
     // The event accepted before the outage is still known: a retry is a duplicate.
