@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Client;
 use serde_json::{Value, json};
-use support::{Launched, Ports, admin_client, jaeger::Jaeger, mlops, post, wait_until_ready};
+use support::{
+    Launched, Ports, admin_client, jaeger::Jaeger, mlops, payments_dataset, post, wait_until_ready,
+};
 
 const DATASET: &str = "loop_payments";
 const VIEW: &str = "loop_spend";
@@ -237,15 +239,7 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
     post(
         &http,
         &stream.url("ingestion", "/v1/datasets"),
-        &json!({
-            "name": DATASET, "key": "customer_id", "event_time": "ts", "event_id": "txn_id",
-            "partitions": 2,
-            "schema": {"type": "record", "name": "Payment", "namespace": "loop", "fields": [
-                {"name": "txn_id", "type": "string"},
-                {"name": "customer_id", "type": "string"},
-                {"name": "amount", "type": "double"},
-                {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
-        }),
+        &payments_dataset(DATASET, "loop"),
     )
     .await;
     post(

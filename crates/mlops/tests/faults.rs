@@ -34,7 +34,10 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use polars::prelude::*;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use serde_json::{Value, json};
-use support::{Launched, Ports, admin_client, children_of, launch, post, wait_until_ready};
+use support::{
+    Launched, Ports, admin_client, children_of, env_number, launch, payments_dataset, post,
+    wait_until_ready,
+};
 
 const DATASET: &str = "payments";
 const VIEW: &str = "spend";
@@ -44,13 +47,6 @@ const SENDERS: usize = 4;
 /// Every phase (the stream, catching up) ends within this.
 const LIMIT: Duration = Duration::from_secs(600);
 const KILLED: [&str; 5] = ["ingestion", "feature", "training", "serving", "monitoring"];
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn amount(i: usize) -> f64 {
     (i % 97) as f64 + 0.5
@@ -214,27 +210,11 @@ async fn faults(engine: Option<&str>) {
     let pid = launcher.0.id();
     wait_until_ready(&ports).await;
     let http = admin_client(&data_dir, Duration::from_secs(30));
-    let url = |service: &str, path: &str| {
-        let port = ports
-            .services
-            .iter()
-            .find(|(s, _)| *s == service)
-            .unwrap()
-            .1;
-        format!("http://127.0.0.1:{port}{path}")
-    };
+    let url = |service: &str, path: &str| ports.url(service, path);
     post(
         &http,
         &url("ingestion", "/v1/datasets"),
-        &json!({
-            "name": DATASET, "key": "customer_id", "event_time": "ts", "event_id": "txn_id",
-            "partitions": 2,
-            "schema": {"type": "record", "name": "Payment", "namespace": "faults", "fields": [
-                {"name": "txn_id", "type": "string"},
-                {"name": "customer_id", "type": "string"},
-                {"name": "amount", "type": "double"},
-                {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
-        }),
+        &payments_dataset(DATASET, "faults"),
     )
     .await;
     post(

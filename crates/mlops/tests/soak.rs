@@ -15,7 +15,10 @@ mod support;
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{Value, json};
-use support::{Launched, Ports, admin_client, children_of, launch, post, wait_until_ready};
+use support::{
+    Launched, Ports, admin_client, children_of, env_number, launch, payments_dataset, post,
+    wait_until_ready,
+};
 
 const DATASET: &str = "payments";
 const VIEW: &str = "spend";
@@ -23,13 +26,6 @@ const CUSTOMERS: usize = 500;
 const BATCH: usize = 50;
 /// How often the processes are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Per process (by what it runs): resident memory (KiB) and open file descriptors.
 type Footprints = BTreeMap<String, (u64, usize)>;
@@ -120,15 +116,7 @@ async fn a_steady_stream_keeps_memory_descriptors_and_lag_flat() {
     post(
         &http,
         &ports.url("ingestion", "/v1/datasets"),
-        &json!({
-            "name": DATASET, "key": "customer_id", "event_time": "ts", "event_id": "txn_id",
-            "partitions": 2,
-            "schema": {"type": "record", "name": "Payment", "namespace": "soak", "fields": [
-                {"name": "txn_id", "type": "string"},
-                {"name": "customer_id", "type": "string"},
-                {"name": "amount", "type": "double"},
-                {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
-        }),
+        &payments_dataset(DATASET, "soak"),
     )
     .await;
     // A window shorter than the warm-up: the view's state is full before measuring starts.

@@ -54,6 +54,28 @@ impl Ports {
     }
 }
 
+/// The payments dataset the scenarios stream (declared with `POST /v1/datasets`): keyed by
+/// customer, event ids in `txn_id`, event time in `ts`, two partitions.
+pub(crate) fn payments_dataset(name: &str, namespace: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "key": "customer_id", "event_time": "ts", "event_id": "txn_id",
+        "partitions": 2,
+        "schema": {"type": "record", "name": "Payment", "namespace": namespace, "fields": [
+            {"name": "txn_id", "type": "string"},
+            {"name": "customer_id", "type": "string"},
+            {"name": "amount", "type": "double"},
+            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+    })
+}
+
+/// A number from the environment (a run's size), or `default`.
+pub(crate) fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// POSTs `body` as JSON and returns the answer; anything but a success fails the test.
 pub(crate) async fn post(
     http: &reqwest::Client,
