@@ -79,12 +79,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .flatten()
         .filter_map(|entry| {
             let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the command name: state, ppid, ... utime (14th), stime (15th).
-            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-            let ppid = fields.get(1)?.parse().ok()?;
-            let ticks =
-                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            let (ppid, ticks) = parent_and_ticks(&format!("/proc/{pid}/stat"))?;
             Some((pid, ppid, ticks))
         })
         .collect();
@@ -109,12 +104,15 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// User + system CPU seconds used so far by this process (all its threads): one read of
 /// `/proc/self/stat`, cheap enough to take around each batch of an in-process benchmark.
 pub fn own_cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0) as f64
-        / TICKS_PER_SECOND
+    parent_and_ticks("/proc/self/stat").map_or(0, |(_, ticks)| ticks) as f64 / TICKS_PER_SECOND
+}
+
+/// The parent pid and user + system ticks in a `/proc/<pid>/stat` file.
+fn parent_and_ticks(path: &str) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name: state, ppid, ... utime (14th), stime (15th).
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((ppid, ticks))
 }

@@ -130,7 +130,7 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                     "MLOPS_BROKER_CONTROLLER_PORT",
                     layout.controller_port.to_string(),
                 );
-            let supervised = supervise("broker", command, Some(dir.clone()), &logs).start();
+            let supervised = supervise("broker", command, Some(dir.clone()), &logs, Duration::ZERO);
             let what = match engine {
                 Engine::Kafka => format!("Apache Kafka {}", kafka::version()),
                 Engine::Tansu => "embedded Tansu".to_owned(),
@@ -169,7 +169,7 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
             "--ui-port",
             &ports.ui.to_string(),
         ]);
-        let supervised = supervise("jaeger", command, None, &logs).start();
+        let supervised = supervise("jaeger", command, None, &logs, Duration::ZERO);
         println!(
             "mlops: jaeger      http://localhost:{}  (Jaeger {}: the services' traces; OTLP in on {})",
             ports.ui,
@@ -284,11 +284,11 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                 .env("MLOPS_TLS_KEY_FILE", &files.key)
                 .env("MLOPS_TLS_CA_FILE", certs.ca());
         }
-        let mut supervised = supervise(service, command, None, &logs);
-        if engine == Some(Engine::Tansu) {
-            supervised = supervised.restarting_after(tansu_rejoin_delay());
-        }
-        services.push(supervised.start());
+        let restart_floor = match engine {
+            Some(Engine::Tansu) => tansu_rejoin_delay(),
+            _ => Duration::ZERO,
+        };
+        services.push(supervise(service, command, None, &logs, restart_floor));
         println!("mlops: {service:<11} {}", layout.url(service));
     }
     if layout.schema_registry_url.is_none() {
@@ -473,58 +473,16 @@ fn tansu_rejoin_delay() -> Duration {
     Duration::from_millis(u64::from(session)) + Duration::from_secs(1)
 }
 
-/// A child to supervise, not started yet.
-struct Supervision {
-    name: &'static str,
-    command: Command,
-    workdir: Option<PathBuf>,
-    logs: PathBuf,
-    min_backoff: Duration,
-}
-
-/// Runs `command` as a child, restarting it with backoff whenever it dies, until stopped
-/// (once [`Supervision::start`]ed).
+/// Runs `command` as a child, restarting it with backoff whenever it dies, never sooner
+/// than `restart_floor`, until stopped.
 fn supervise(
-    name: &'static str,
-    command: Command,
-    workdir: Option<PathBuf>,
-    logs: &Path,
-) -> Supervision {
-    Supervision {
-        name,
-        command,
-        workdir,
-        logs: logs.to_path_buf(),
-        min_backoff: Duration::from_secs(1),
-    }
-}
-
-impl Supervision {
-    /// Waits at least `delay` before each restart.
-    fn restarting_after(mut self, delay: Duration) -> Self {
-        self.min_backoff = self.min_backoff.max(delay);
-        self
-    }
-
-    fn start(self) -> Supervised {
-        let Supervision {
-            name,
-            command,
-            workdir,
-            logs,
-            min_backoff,
-        } = self;
-        run_supervised(name, command, workdir, logs, min_backoff)
-    }
-}
-
-fn run_supervised(
     name: &'static str,
     mut command: Command,
     workdir: Option<PathBuf>,
-    logs: PathBuf,
-    min_backoff: Duration,
+    logs: &Path,
+    restart_floor: Duration,
 ) -> Supervised {
+    let logs = logs.to_path_buf();
     let stop = CancellationToken::new();
     let token = stop.clone();
     // A child in its own process group does not receive the terminal's Ctrl-C: the
@@ -557,7 +515,7 @@ fn run_supervised(
                     eprintln!("mlops: {name} could not start: {e}");
                     tokio::select! {
                         () = token.cancelled() => return,
-                        () = tokio::time::sleep(backoff.max(min_backoff)) => {}
+                        () = tokio::time::sleep(backoff.max(restart_floor)) => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -570,7 +528,7 @@ fn run_supervised(
                     if started.elapsed() > Duration::from_secs(60) {
                         backoff = Duration::from_secs(1);
                     }
-                    let wait = backoff.max(min_backoff);
+                    let wait = backoff.max(restart_floor);
                     eprintln!(
                         "mlops: {name} exited ({status}); restarting in {}s (log: {})",
                         wait.as_secs(),

@@ -64,24 +64,25 @@ impl App {
                 let records =
                     mlops_kafka::read_records(&self.kafka, &topic, partition, from, READ_TIMEOUT)
                         .await?;
-                let ids: Vec<&str> = records
-                    .iter()
-                    .filter_map(|r| std::str::from_utf8(r.header(EVENT_ID_HEADER)?).ok())
-                    .collect();
-                let known = self.store.accepted(name, &ids, window_start).await?;
-                let found: Vec<(String, Accepted, i64)> = records
+                // Each record that names its event, with that id.
+                let named: Vec<(&str, &mlops_kafka::Record)> = records
                     .iter()
                     .filter_map(|r| {
-                        let id = std::str::from_utf8(r.header(EVENT_ID_HEADER)?).ok()?;
-                        if known.contains_key(id) {
-                            return None;
-                        }
+                        Some((std::str::from_utf8(r.header(EVENT_ID_HEADER)?).ok()?, r))
+                    })
+                    .collect();
+                let ids: Vec<&str> = named.iter().map(|(id, _)| *id).collect();
+                let known = self.store.accepted(name, &ids, window_start).await?;
+                let found: Vec<(String, Accepted, i64)> = named
+                    .into_iter()
+                    .filter(|(id, _)| !known.contains_key(*id))
+                    .map(|(id, r)| {
                         let at = r.timestamp_millis.unwrap_or_else(mlops_events::now_millis);
                         let accepted = Accepted {
                             partition: r.partition,
                             offset: r.offset,
                         };
-                        Some((id.to_owned(), accepted, at))
+                        (id.to_owned(), accepted, at)
                     })
                     .collect();
                 if found.is_empty() {
