@@ -8,7 +8,8 @@
 # measured window, from /proc — the fair one when broker, load generator and servers
 # share the cores. Compare ratios, not absolute numbers.
 #
-#   load-tests/run.sh            (builds release binaries, installs the peer in a venv)
+#   load-tests/run.sh            (builds release binaries, installs the peer in a venv;
+#                                 BENCH_PROFILE=1 adds a perf profile of ingestion)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -32,10 +33,6 @@ export MLOPS_DATA_DIR="$work/data" MLOPS_INGESTION_PORT=39180 \
   MLOPS__KAFKA__LINGER_MS="$linger"
 "$target/mlops" up > "$work/up.log" 2>&1 &
 platform=$!
-# The load generators present the admin token `mlops up` writes on its first start.
-for _ in $(seq 600); do [ -s "$MLOPS_DATA_DIR/admin.token" ] && break; sleep 0.1; done
-MLOPS_TOKEN=$(cat "$MLOPS_DATA_DIR/admin.token")
-export MLOPS_TOKEN
 peer=""
 cleanup() {
   [ -n "$peer" ] && kill "$peer" 2>/dev/null || true
@@ -45,6 +42,15 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# The load generators present the admin token `mlops up` writes on its first start.
+for _ in $(seq 1200); do [ -s "$MLOPS_DATA_DIR/admin.token" ] && break; sleep 0.1; done
+if [ ! -s "$MLOPS_DATA_DIR/admin.token" ]; then
+  echo "run.sh: mlops up wrote no admin token; its log:" >&2
+  tail -n 30 "$work/up.log" >&2
+  exit 1
+fi
+MLOPS_TOKEN=$(cat "$MLOPS_DATA_DIR/admin.token")
+export MLOPS_TOKEN
 for _ in $(seq 1 240); do
   "$target/mlops" status > /dev/null 2>&1 && break
   sleep 0.5
@@ -66,7 +72,15 @@ ingestion=$(pgrep -f "mlops service ingestion" | head -1)
 for side in "platform http://127.0.0.1:39180 $ingestion" "fastapi-aiokafka http://127.0.0.1:39190 $peer"; do
   set -- $side
   for clients in ${BENCH_SINGLE_CONCURRENCY:-32 256}; do
+    # BENCH_PROFILE=1: a CPU profile of the platform's ingestion process during its
+    # single-event runs (perf, call graphs), summarised after the table.
+    perf_pid=""
+    if [ -n "${BENCH_PROFILE:-}" ] && [ "$1" = platform ]; then
+      perf record -q -F 499 -g -p "$3" -o "$work/perf-$clients.data" -- sleep "$((duration + 2))" 2>/dev/null &
+      perf_pid=$!
+    fi
     "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "single_${clients}_$1" --mode single --concurrency "$clients" --duration "$duration"
+    if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
   done
   "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "batch_$1" --mode batch --batch-size 100 --concurrency 8 --duration "$duration"
 done | tee "$work/results.jsonl"
@@ -91,3 +105,13 @@ errors = sum(r["errors"] for r in runs)
 if errors:
     sys.exit(f"{errors} requests failed")
 PY
+
+if [ -n "${BENCH_PROFILE:-}" ]; then
+  for data in "$work"/perf-*.data; do
+    echo "== $(basename "$data" .data): where the ingestion process spends its CPU (self time)"
+    perf report -i "$data" --stdio --no-children --sort dso,symbol --percent-limit 1 2>&1 \
+      | grep -v '^#' | grep '%' | head -40
+    echo "== by shared object"
+    perf report -i "$data" --stdio --no-children --sort dso 2>&1 | grep -v '^#' | grep '%' | head -12
+  done
+fi

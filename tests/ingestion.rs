@@ -1128,3 +1128,247 @@ async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
     assert_eq!(again["results"][0]["status"], "duplicate", "{again}");
     ingestion.stop().await;
 }
+
+/// The Schema Registry down under load (its process gone, its port closed): producers of a
+/// declared dataset keep being accepted — its schema is known, nothing waits on the
+/// registry — while what needs the registry (declaring a dataset) is answered 503 with
+/// the reason and `Retry-After` at once; once it is back the same ingestion service
+/// declares again without a restart, and every accepted event is on the raw topic once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schema_registry_outage_fails_declarations_fast_and_loses_no_event() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let mut p = Platform::new(mlops_testkit::tansu().await).await;
+    let ingestion = TestIngestion::start(p.config()).await;
+    let name = unique("payments");
+    let (status, body) = p.declare(&ingestion, &payments(&name)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // The load: batches of 20 events, one after the other, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        let (http, url) = (
+            p.http.clone(),
+            format!("{}/v1/datasets/{name}/events", ingestion.url),
+        );
+        tokio::spawn(async move {
+            let mut refused = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let first = sent.load(Ordering::Relaxed);
+                let batch: Vec<Value> = (first..first + 20).map(payment).collect();
+                let response = http.post(&url).json(&batch).send().await.expect("answer");
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let accepted = body["results"].as_array().map_or(0, |r| {
+                    r.iter().filter(|r| r["status"] == "accepted").count()
+                });
+                if status != StatusCode::OK || accepted != 20 {
+                    refused.push(format!("{status} {body}"));
+                }
+                sent.fetch_add(20, Ordering::Relaxed);
+            }
+            refused
+        })
+    };
+    let until_sent = async |n: usize| {
+        mlops_testkit::until("the load moves on", WAIT, async || {
+            (sent.load(Ordering::Relaxed) >= n)
+                .then_some(())
+                .ok_or(format!("{} sent", sent.load(Ordering::Relaxed)))
+        })
+        .await;
+    };
+    until_sent(200).await;
+
+    p.registry.pause().await;
+    let during_from = sent.load(Ordering::Relaxed);
+    let other = unique("payments");
+    let asked = std::time::Instant::now();
+    let (status, body, headers) = p
+        .post(
+            &format!("{}/v1/datasets", ingestion.url),
+            "application/json",
+            payments(&other).to_string(),
+        )
+        .await;
+    let waited = asked.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body["error"]["code"], "schema_registry_unavailable",
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "held {waited:?} before answering"
+    );
+    // The outage lasts while the load sends another 1,000 events, all of them accepted.
+    until_sent(during_from + 1_000).await;
+    let during = sent.load(Ordering::Relaxed) - during_from;
+
+    p.registry.resume().await;
+    let (status, body) = p.declare(&ingestion, &payments(&other)).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "declared once it is back: {body}"
+    );
+    let (status, body) = p.send(&ingestion, &other, &payment(0)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    stop.store(true, Ordering::Relaxed);
+    let refused = load.await.unwrap();
+    assert!(
+        refused.is_empty(),
+        "events refused around the outage: {:?}",
+        &refused[..refused.len().min(3)]
+    );
+    let total = sent.load(Ordering::Relaxed);
+    println!("{total} events accepted, {during} of them while the registry was down");
+    assert_eq!(
+        records_on(&p.broker.bootstrap_servers, &format!("raw.{name}"), 3).await,
+        total,
+        "every accepted event on the raw topic, once"
+    );
+    ingestion.stop().await;
+}
+
+/// A private Apache Kafka broker (`tests/kafka/kafka.sh`), to stall: its JVM stopped with
+/// SIGSTOP, as in a long pause or a frozen machine, and continued with SIGCONT.
+struct PrivateKafka {
+    dir: tempfile::TempDir,
+    pid: i32,
+    port: u16,
+}
+
+impl PrivateKafka {
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/kafka.sh");
+
+    fn start() -> Self {
+        // kafka.sh takes the port after the broker's for its controller.
+        let port = loop {
+            let port = mlops_testkit::free_port();
+            if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break port;
+            }
+        };
+        let dir = mlops_testkit::temp_dir();
+        let output = std::process::Command::new(Self::SCRIPT)
+            .arg("start")
+            .arg(dir.path().join("kafka"))
+            .arg(port.to_string())
+            .output()
+            .expect("run kafka.sh (Java and the jars come with tests/run.sh)");
+        assert!(
+            output.status.success(),
+            "kafka.sh start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let pid = std::fs::read_to_string(dir.path().join("kafka/kafka.pid"))
+            .expect("kafka.pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        Self { dir, pid, port }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the broker's JVM.
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid);
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.pid.to_string()])
+            .status();
+        let _ = std::process::Command::new(Self::SCRIPT)
+            .arg("stop")
+            .arg(self.dir.path().join("kafka"))
+            .output();
+    }
+}
+
+/// The broker stalls for longer than the delivery timeout under a running ingestion
+/// service: requests are answered 503 with `Retry-After` once their events could not be
+/// acknowledged in time — never 200 for an unacknowledged event — and once the broker
+/// continues, the same service accepts again without a restart. Every event answered
+/// `accepted` is on the raw topic; an event answered 503 may be there too (the broker may
+/// have written it before it stalled: the client cannot tell, so its retry can leave a
+/// second copy, the case the README states), never more than once per 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_broker_is_answered_503_and_recovered_from_without_a_restart() {
+    let kafka = PrivateKafka::start();
+    let p = Platform::new(mlops_testkit::kafka_at(format!("127.0.0.1:{}", kafka.port))).await;
+    let mut config = p.config();
+    config.common.kafka.delivery_timeout_ms = 3_000;
+    let ingestion = TestIngestion::start(config).await;
+    let name = unique("payments");
+    let (status, body) = p.declare(&ingestion, &payments(&name)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = p.send(&ingestion, &name, &payment(0)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    kafka.signal("STOP");
+    let stalled: Vec<Value> = (1..=10).map(payment).collect();
+    let url = format!("{}/v1/datasets/{name}/events", ingestion.url);
+    let asked = std::time::Instant::now();
+    let (status, body, headers) = p
+        .post(
+            &url,
+            "application/json",
+            Value::Array(stalled.clone()).to_string(),
+        )
+        .await;
+    let waited = asked.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    let results = body["results"].as_array().expect("a result per event");
+    assert!(
+        results.iter().all(|r| r["status"] == "failed"),
+        "no event of a stalled broker is accepted: {body}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered after {waited:?}, with a 3 s delivery timeout"
+    );
+
+    kafka.signal("CONT");
+    // The client retries the same events, as a 503 asks, until they are taken.
+    let retried = mlops_testkit::until("accepted again", WAIT, async || {
+        let (status, body, _) = p
+            .post(
+                &url,
+                "application/json",
+                Value::Array(stalled.clone()).to_string(),
+            )
+            .await;
+        let taken = body["results"].as_array().is_some_and(|r| {
+            r.iter()
+                .all(|r| r["status"] == "accepted" || r["status"] == "duplicate")
+        });
+        (status == StatusCode::OK && taken)
+            .then_some(body.clone())
+            .ok_or(format!("{status} {body}"))
+    })
+    .await;
+    assert_eq!(retried["results"].as_array().unwrap().len(), 10);
+    let (status, body) = p.send(&ingestion, &name, &payment(11)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let on_topic = records_on(&p.broker.bootstrap_servers, &format!("raw.{name}"), 3).await;
+    assert!(
+        (12..=22).contains(&on_topic),
+        "12 events accepted, 10 of them once answered 503: {on_topic} records"
+    );
+    println!("stalled broker: 12 events accepted, {on_topic} records on the raw topic");
+    ingestion.stop().await;
+}

@@ -24,6 +24,9 @@ from fastavro.validation import validate
 BOOTSTRAP = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
 LINGER_MS = int(os.environ.get("LINGER_MS", "5"))
 REGISTRY = os.environ["SCHEMA_REGISTRY_URL"].rstrip("/")
+# The platform's registry asks for a token, as basic auth `token:<token>` (what Confluent's
+# clients send).
+REGISTRY_AUTH = ("token", os.environ["MLOPS_TOKEN"]) if os.environ.get("MLOPS_TOKEN") else None
 SR_JSON = "application/vnd.schemaregistry.v1+json"
 
 app = FastAPI()
@@ -35,7 +38,7 @@ async def startup():
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True, linger_ms=LINGER_MS)
     await producer.start()
     state["producer"] = producer
-    state["http"] = httpx.AsyncClient()
+    state["http"] = httpx.AsyncClient(auth=REGISTRY_AUTH)
 
 
 @app.on_event("shutdown")

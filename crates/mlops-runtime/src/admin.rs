@@ -84,6 +84,18 @@ struct Inner {
     registry: Registry,
     http_requests: Family<Labels, Counter>,
     http_duration: Family<Labels, Histogram>,
+    /// The series of every (route, method, status) answered so far, by route: a request
+    /// finds its histogram and counter with one lookup instead of building label vectors
+    /// and hashing them into the families on every call.
+    http_series: std::sync::RwLock<std::collections::HashMap<String, Vec<HttpSeries>>>,
+}
+
+/// One route's metrics for one method and status (handles onto the families' series).
+struct HttpSeries {
+    method: axum::http::Method,
+    status: u16,
+    duration: Histogram,
+    requests: Counter,
 }
 
 impl AdminState {
@@ -129,6 +141,7 @@ impl AdminState {
                 registry,
                 http_requests,
                 http_duration,
+                http_series: Default::default(),
             }),
         }
     }
@@ -211,14 +224,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 async fn track_http(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     // Label by route template, never by raw path: paths carry ids and would explode cardinality.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().clone();
     let started = std::time::Instant::now();
     // Probes and scrapes arrive every few seconds: counted, but not traced.
-    let response = if ADMIN_ROUTES.contains(&route.as_str()) {
+    let response = if ADMIN_ROUTES.contains(&route) {
         next.run(request).await
     } else {
         let span = tracing::info_span!(
@@ -229,30 +240,73 @@ async fn track_http(State(state): State<AdminState>, request: Request, next: Nex
             http.route = %route,
             http.response.status_code = tracing::field::Empty,
         );
-        let _ = span.set_parent(mlops_telemetry::extract_http_context(request.headers()));
+        if !span.is_disabled() {
+            let _ = span.set_parent(mlops_telemetry::extract_http_context(request.headers()));
+        }
         let response = next.run(request).instrument(span.clone()).await;
         span.record("http.response.status_code", response.status().as_u16());
         response
     };
-    let status = response.status().as_u16().to_string();
-    state
-        .inner
-        .http_duration
-        .get_or_create(&vec![
-            ("method".to_owned(), method.clone()),
-            ("route".to_owned(), route.clone()),
-        ])
-        .observe(started.elapsed().as_secs_f64());
-    state
-        .inner
-        .http_requests
-        .get_or_create(&vec![
-            ("method".to_owned(), method),
-            ("route".to_owned(), route),
-            ("status".to_owned(), status),
-        ])
-        .inc();
+    state.observe_http(
+        route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
+}
+
+impl AdminState {
+    /// Counts one answered request and its latency.
+    fn observe_http(&self, route: &str, method: &axum::http::Method, status: u16, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let record = |series: &HttpSeries| {
+            series.duration.observe(seconds);
+            series.requests.inc();
+        };
+        let found = |all: &[HttpSeries]| {
+            all.iter()
+                .position(|s| s.status == status && s.method == *method)
+        };
+        {
+            let known = self.inner.http_series.read().expect("http series lock");
+            if let Some(all) = known.get(route)
+                && let Some(i) = found(all)
+            {
+                record(&all[i]);
+                return;
+            }
+        }
+        // First time for this route, method and status: make its series.
+        let labels = |extra: Option<u16>| {
+            let mut labels = vec![
+                ("method".to_owned(), method.as_str().to_owned()),
+                ("route".to_owned(), route.to_owned()),
+            ];
+            labels.extend(extra.map(|s| ("status".to_owned(), s.to_string())));
+            labels
+        };
+        let series = HttpSeries {
+            method: method.clone(),
+            status,
+            duration: self
+                .inner
+                .http_duration
+                .get_or_create(&labels(None))
+                .clone(),
+            requests: self
+                .inner
+                .http_requests
+                .get_or_create(&labels(Some(status)))
+                .clone(),
+        };
+        record(&series);
+        let mut known = self.inner.http_series.write().expect("http series lock");
+        let all = known.entry(route.to_owned()).or_default();
+        if found(all).is_none() {
+            all.push(series);
+        }
+    }
 }
 
 /// Serves `router` until `cancel` fires, then lets in-flight requests finish.

@@ -91,26 +91,29 @@ impl Route {
     /// How specifically this route's path matches a request path (more literal text,
     /// higher), or `None` when it does not.
     fn specificity(&self, path: &str) -> Option<usize> {
-        let (template, actual): (Vec<_>, Vec<_>) =
-            (self.path.split('/').collect(), path.split('/').collect());
-        if template.len() != actual.len() {
-            return None;
-        }
+        // Segment by segment, without collecting: this runs for every route of the table
+        // on every request.
+        let (mut template, mut actual) = (self.path.split('/'), path.split('/'));
         let mut score = 0;
-        for (t, a) in template.iter().zip(&actual) {
-            score += segment_match(t, a)?;
+        loop {
+            match (template.next(), actual.next()) {
+                (Some(t), Some(a)) => score += segment_match(t, a)?,
+                (None, None) => return Some(score),
+                _ => return None,
+            }
         }
-        Some(score)
     }
 
     /// The value of `{parameter}` in a request `path` this route matches.
     pub fn parameter<'p>(&self, path: &'p str, parameter: &str) -> Option<&'p str> {
-        let wanted = format!("{{{parameter}}}");
         self.path
             .split('/')
             .zip(path.split('/'))
             .find_map(|(t, a)| {
-                let suffix = t.strip_prefix(&wanted)?;
+                let suffix = t
+                    .strip_prefix('{')?
+                    .strip_prefix(parameter)?
+                    .strip_prefix('}')?;
                 a.strip_suffix(suffix)
             })
     }

@@ -117,6 +117,16 @@ pub fn apache_kafka() -> TestBroker {
     }
 }
 
+/// An Apache Kafka broker the calling test runs itself (to stop or stall it).
+pub fn kafka_at(bootstrap_servers: String) -> TestBroker {
+    TestBroker {
+        kind: BrokerKind::ApacheKafka,
+        bootstrap_servers,
+        _embedded: None,
+        _storage: None,
+    }
+}
+
 /// Every broker the suite must pass on: Tansu and Apache Kafka, unless
 /// `MLOPS_TEST_BROKERS` narrows the list (comma-separated `tansu`, `kafka`).
 pub async fn brokers() -> Vec<TestBroker> {

@@ -13,179 +13,25 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reqwest::Client;
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::{
-    Launched, Ports, admin_client, jaeger::Jaeger, mlops, payments_dataset, post, wait_until_ready,
+    Launched, Ports, admin_client,
+    jaeger::Jaeger,
+    mlops,
+    traffic::{LIMIT, Names, Traffic, get, small_windows},
+    wait_until_ready,
 };
 
-const DATASET: &str = "loop_payments";
-const VIEW: &str = "loop_spend";
-const MODEL: &str = "loop_big_spender";
-/// A payment is a big one from this amount on: the concept, the same in every phase.
-const BIG: f64 = 30.0;
-const CUSTOMERS: u64 = 300;
-/// Everything in one scenario happens within this.
-const LIMIT: Duration = Duration::from_secs(240);
-
-/// The stream: deterministic amounts, uniform in the phase's range.
-struct Stream {
-    http: Client,
-    base: Ports,
-    seed: u64,
-    sent: u64,
-    range: (f64, f64),
-    /// Labels of the last step, posted with the next one (labels come late).
-    late: Vec<Value>,
-    /// Label the canary's answers wrong (a candidate worse in canary than in training).
-    contradict_canary: bool,
-    /// (version, role) of every answer.
-    answers: Vec<(i64, String)>,
-}
-
-impl Stream {
-    fn url(&self, service: &str, path: &str) -> String {
-        self.base.url(service, path)
-    }
-
-    fn amount(&mut self) -> f64 {
-        // splitmix64: a fixed, well-spread sequence.
-        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let unit = (z ^ (z >> 31)) as f64 / u64::MAX as f64;
-        self.range.0 + unit * (self.range.1 - self.range.0)
-    }
-
-    /// One step: ten payments ingested, each scored by serving, last step's labels posted.
-    async fn step(&mut self) {
-        let now = now_millis();
-        let mut events = Vec::new();
-        for _ in 0..10 {
-            let n = self.sent;
-            self.sent += 1;
-            let amount = self.amount();
-            events.push(
-                json!({"txn_id": format!("t-{n}"), "customer_id": format!("c-{}", n % CUSTOMERS),
-                               "amount": amount, "ts": now}),
-            );
-        }
-        post(
-            &self.http,
-            &self.url("ingestion", &format!("/v1/datasets/{DATASET}/events")),
-            &Value::Array(events.clone()),
-        )
-        .await;
-        let late = std::mem::take(&mut self.late);
-        if !late.is_empty() {
-            post(
-                &self.http,
-                &self.url("ingestion", &format!("/v1/datasets/{DATASET}/labels")),
-                &Value::Array(late),
-            )
-            .await;
-        }
-        for event in events {
-            let amount = event["amount"].as_f64().unwrap();
-            let id = event["txn_id"].as_str().unwrap();
-            let customer = event["customer_id"].as_str().unwrap();
-            let answer = post(
-                &self.http,
-                &self.url("serving", &format!("/v1/models/{MODEL}:predict")),
-                &json!({"features": {"amount": amount}, "entity_id": customer, "request_id": id}),
-            )
-            .await;
-            let role = answer["role"].as_str().unwrap_or_default().to_owned();
-            let predicted = answer["prediction"]["label"].as_i64() == Some(1);
-            let truth = if self.contradict_canary && role == "canary" {
-                !predicted
-            } else {
-                amount >= BIG
-            };
-            self.answers
-                .push((answer["version"].as_i64().unwrap_or_default(), role));
-            self.late.push(
-                json!({"entity_id": customer, "label": truth, "event_time": now,
-                                  "request_id": id, "label_id": format!("l-{id}")}),
-            );
-        }
-    }
-
-    /// Streams until `done` answers with something, checking it every few steps.
-    async fn until<T>(
-        &mut self,
-        what: &str,
-        mut done: impl AsyncFnMut(&Client, &Stream) -> Option<T>,
-    ) -> T {
-        let started = Instant::now();
-        loop {
-            for _ in 0..3 {
-                self.step().await;
-            }
-            if let Some(found) = done(&self.http, self).await {
-                return found;
-            }
-            if started.elapsed() > LIMIT {
-                let monitored = monitoring(self).await;
-                panic!(
-                    "{what}: not within {LIMIT:?} ({} payments streamed)\nruns: {:#}\nmodel: {:#}\ndrift: {:#}\ndecisions: {:#}",
-                    self.sent,
-                    Value::Array(runs(self).await),
-                    model(self).await,
-                    monitored["drift_events"],
-                    monitored["canary_decisions"]
-                );
-            }
-        }
-    }
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-async fn get(http: &Client, url: &str) -> Option<Value> {
-    let response = http.get(url).send().await.ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    response.json().await.ok()
-}
-
-/// The runs of the model, newest first.
-async fn runs(stream: &Stream) -> Vec<Value> {
-    get(
-        &stream.http,
-        &stream.url("training", &format!("/v1/training-runs?model={MODEL}")),
-    )
-    .await
-    .and_then(|b| b["runs"].as_array().cloned())
-    .unwrap_or_default()
-}
-
-async fn model(stream: &Stream) -> Value {
-    get(
-        &stream.http,
-        &stream.url("registry", &format!("/v1/models/{MODEL}")),
-    )
-    .await
-    .unwrap_or(Value::Null)
-}
-
-async fn monitoring(stream: &Stream) -> Value {
-    get(
-        &stream.http,
-        &stream.url("monitoring", &format!("/v1/monitoring/models/{MODEL}")),
-    )
-    .await
-    .unwrap_or(Value::Null)
-}
+const NAMES: Names = Names {
+    dataset: "loop_payments",
+    view: "loop_spend",
+    model: "loop_big_spender",
+};
+const DATASET: &str = NAMES.dataset;
+const VIEW: &str = NAMES.view;
+const MODEL: &str = NAMES.model;
 
 /// Milliseconds as seconds, for the timeline.
 fn secs(ms: i64) -> f64 {
@@ -201,7 +47,7 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
     let jaeger = Jaeger::start(dir.path()).await;
     let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
     let _launcher = Launched(
-        mlops(&["up"], &dir.path().join("data"), &ports)
+        small_windows(&mut mlops(&["up"], &dir.path().join("data"), &ports))
             .env(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://127.0.0.1:{}", jaeger.otlp_grpc),
@@ -210,13 +56,6 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
             .env("OTEL_BSP_SCHEDULE_DELAY", "500")
             .env("OTEL_BSP_MAX_QUEUE_SIZE", "200000")
             .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
-            // Small windows and bakes for a test-sized stream; retraining learns from what
-            // came since the change (event times here are the wall clock, like predictions).
-            .env("MLOPS__MONITORING__POLICY__WINDOW_SIZE", "100")
-            .env("MLOPS__MONITORING__POLICY__RETRAIN_LOOKBACK_MS", "0")
-            .env("MLOPS__MONITORING__POLICY__CANARY__MIN_REQUESTS", "30")
-            .env("MLOPS__MONITORING__POLICY__CANARY__MIN_LABELS", "20")
-            .env("MLOPS__MONITORING__POLICY__CANARY__MIN_SECONDS", "3")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -224,114 +63,15 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
     );
     wait_until_ready(&ports).await;
     let http = admin_client(&dir.path().join("data"), Duration::from_secs(60));
-    let mut stream = Stream {
-        http: http.clone(),
-        base: ports,
-        seed: 42,
-        sent: 0,
-        range: (0.0, 60.0),
-        late: Vec::new(),
-        contradict_canary: false,
-        answers: Vec::new(),
-    };
-
-    // Declarations, and version 1 trained on 400 labelled payments of the first phase.
-    post(
-        &http,
-        &stream.url("ingestion", "/v1/datasets"),
-        &payments_dataset(DATASET, "loop"),
-    )
-    .await;
-    post(
-        &http,
-        &stream.url("feature", "/v1/feature-views"),
-        &json!({"name": VIEW, "source": DATASET, "entity_key": "customer_id",
-                "event_time": "ts", "features": [{"name": "amount"}]}),
-    )
-    .await;
-    post(
-        &http,
-        &stream.url("training", "/v1/models/specs"),
-        &json!({"name": MODEL, "view": VIEW, "task": "binary_classification",
-                "primary_metric": "accuracy",
-                "algorithms": {"logistic_regression": {"alpha": [0.01, 1.0]}},
-                "gate": {"min": 0.8, "max_loss": 0.05}}),
-    )
-    .await;
-    let started = now_millis() - 1;
-    let mut history = Vec::new();
-    for step in 0..40 {
-        let mut events = Vec::new();
-        let mut labels = Vec::new();
-        for _ in 0..10 {
-            let n = stream.sent;
-            stream.sent += 1;
-            let amount = stream.amount();
-            let id = format!("t-{n}");
-            let customer = format!("c-{}", n % CUSTOMERS);
-            let ts = started - 400_000 + step * 10_000;
-            events.push(json!({"txn_id": id, "customer_id": customer, "amount": amount, "ts": ts}));
-            labels.push(json!({"entity_id": customer, "label": amount >= BIG,
-                               "event_time": ts, "label_id": format!("l-{id}")}));
-        }
-        history.push((events, labels));
-    }
-    for (events, labels) in &history {
-        let url = stream.url("ingestion", &format!("/v1/datasets/{DATASET}/events"));
-        post(&http, &url, &Value::Array(events.clone())).await;
-        let url = stream.url("ingestion", &format!("/v1/datasets/{DATASET}/labels"));
-        post(&http, &url, &Value::Array(labels.clone())).await;
-    }
-    let rows_url = stream.url("feature", "/v1/training-sets");
-    mlops_testkit::until("the history reaches the training set", LIMIT, async || {
-        let set = http
-            .post(&rows_url)
-            .json(&json!({"view": VIEW}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let body: Value = set.json().await.map_err(|e| e.to_string())?;
-        (body["rows"] == 400).then_some(()).ok_or(body.to_string())
-    })
-    .await;
-    let run = post(
-        &http,
-        &stream.url("training", "/v1/training-runs"),
-        &json!({"model": MODEL}),
-    )
-    .await;
-    let run_url = stream.url(
-        "training",
-        &format!("/v1/training-runs/{}", run["id"].as_str().unwrap()),
-    );
-    let run = mlops_testkit::until("version 1 is trained", LIMIT, async || {
-        let run = get(&http, &run_url).await.ok_or("no answer".to_owned())?;
-        match run["status"].as_str() {
-            Some("pending" | "running") | None => Err(run.to_string()),
-            Some(_) => Ok(run),
-        }
-    })
-    .await;
-    assert_eq!(run["status"], "succeeded", "{run}");
-    let predict_url = stream.url("serving", &format!("/v1/models/{MODEL}:predict"));
-    mlops_testkit::until("serving answers with version 1", LIMIT, async || {
-        let answer = http
-            .post(&predict_url)
-            .json(&json!({"features": {"amount": 10.0}}))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let body: Value = answer.json().await.map_err(|e| e.to_string())?;
-        (body["version"] == 1).then_some(()).ok_or(body.to_string())
-    })
-    .await;
+    let mut stream = Traffic::new(http.clone(), &ports, NAMES, 42);
+    stream.first_version().await;
 
     // Phase 1: traffic like the training data. No alarm.
     for _ in 0..30 {
         stream.step().await;
     }
     let report = mlops_testkit::until("the stationary windows are reported", LIMIT, async || {
-        let report = monitoring(&stream).await;
+        let report = stream.monitoring().await;
         let windows = report["versions"][0]["windows"]
             .as_array()
             .map_or(0, Vec::len);
@@ -347,21 +87,15 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
     );
     // The view's rows are watched as well, scored or not.
     mlops_testkit::until("feature rows reach the monitor", LIMIT, async || {
-        let report = monitoring(&stream).await;
+        let report = stream.monitoring().await;
         let rows = report["versions"][0]["feature_rows"].as_u64().unwrap_or(0);
         (rows > 0).then_some(()).ok_or(report.to_string())
     })
     .await;
 
-    // Phase 2: payments grow (covariate shift; the labels stay right).
-    stream.range = (20.0, 100.0);
-    let drift = stream
-        .until("drift is detected", async |_, s| {
-            monitoring(s).await["drift_events"]
-                .as_array()
-                .and_then(|e| e.first().cloned())
-        })
-        .await;
+    // Phase 2: payments grow (covariate shift; the labels stay right): drift, one
+    // retraining, version 2 in canary, promoted, serving alone.
+    let (drift, canary_seen, promoted) = stream.drift_to_promotion(2).await;
     assert_eq!(drift["model_version"], 1, "{drift}");
     assert!(
         drift["features"]
@@ -374,26 +108,13 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         "{drift}"
     );
     let detected_at = drift["detected_at"].as_i64().unwrap();
-    let canary_seen = stream
-        .until("version 2 serves in canary", async |_, s| {
-            s.answers
-                .iter()
-                .any(|(v, r)| *v == 2 && r == "canary")
-                .then(now_millis)
-        })
-        .await;
-    let promoted = stream
-        .until("version 2 is promoted", async |_, s| {
-            let model = model(s).await;
-            (model["production"] == 2).then(now_millis)
-        })
-        .await;
     println!(
         "closed loop: drift event -> canary serving {:.1} s; canary -> promotion {:.1} s",
         secs(canary_seen - detected_at),
         secs(promoted - canary_seen)
     );
-    let drift_runs: Vec<Value> = runs(&stream)
+    let drift_runs: Vec<Value> = stream
+        .runs()
         .await
         .into_iter()
         .filter(|r| {
@@ -421,7 +142,7 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         secs(search),
         secs(canary_seen - detected_at - search)
     );
-    let decisions = monitoring(&stream).await["canary_decisions"].clone();
+    let decisions = stream.monitoring().await["canary_decisions"].clone();
     assert_eq!(decisions[0]["decision"], "promote", "{decisions}");
     assert_eq!(decisions[0]["canary_version"], 2, "{decisions}");
     // One remediation flow, one trace id: the drift event opens it, the run and the
@@ -462,18 +183,6 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         "{tree}"
     );
     event_paths_are_traces_in_jaeger(&jaeger).await;
-    stream.answers.clear();
-    for _ in 0..3 {
-        stream.step().await;
-    }
-    assert!(
-        stream
-            .answers
-            .iter()
-            .all(|(v, r)| *v == 2 && r == "production"),
-        "serving answers with version 2: {:?}",
-        stream.answers
-    );
 
     // Phase 3: the stream moves again; version 3 is trained on it, but in canary its
     // answers prove wrong. The monitor rolls it back; version 2 keeps serving.
@@ -497,7 +206,7 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
             (versions["stage"] == "archived").then_some(versions)
         })
         .await;
-    let decisions = monitoring(&stream).await["canary_decisions"].clone();
+    let decisions = stream.monitoring().await["canary_decisions"].clone();
     let rollback = decisions
         .as_array()
         .unwrap()
@@ -510,7 +219,7 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         rollback["evidence"]["loss_p_value"].as_f64().unwrap() < 0.05,
         "{rollback}"
     );
-    assert_eq!(model(&stream).await["production"], 2, "{rolled_back}");
+    assert_eq!(stream.model().await["production"], 2, "{rolled_back}");
     stream.answers.clear();
     for _ in 0..3 {
         stream.step().await;
@@ -538,7 +247,7 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         .await
         .expect("produce a poison record");
     let exported = mlops_testkit::until("the dead letter is counted", LIMIT, async || {
-        let exported = support::metrics::exported(&stream.base).await;
+        let exported = support::metrics::exported(stream.base).await;
         exported
             .contains("mlops_consumer_dead_letters")
             .then_some(exported)

@@ -7,7 +7,10 @@
 //! Afterwards nothing accepted is lost and nothing is written twice: every event is in the
 //! raw topic exactly once (by event id), in the offline store exactly once (by source
 //! position), and the online store holds, for every customer, the count and sum of
-//! exactly its events, equal to the latest row of the offline store.
+//! exactly its events, equal to the latest row of the offline store. And the loop still
+//! closes: a model put in production before the faults (on a dataset of its own) sees its
+//! traffic drift after them, and the restarted monitor, training, registry and serving
+//! take it through one retraining, a canary and the promotion.
 //!
 //! `MLOPS_FAULTS_EVENTS` (default 20,000; the full run is 100,000), `MLOPS_FAULTS_RATE`
 //! (events per second offered, default 1,500), `MLOPS_FAULTS_KILLS` (kills per service,
@@ -35,12 +38,19 @@ use polars::prelude::*;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use serde_json::{Value, json};
 use support::{
-    Launched, Ports, admin_client, children_of, env_number, launch, payments_dataset, post,
+    Launched, Ports, admin_client, children_of, env_number, launch_with, payments_dataset, post,
+    traffic::{Names, Traffic, small_windows},
     wait_until_ready,
 };
 
 const DATASET: &str = "payments";
 const VIEW: &str = "spend";
+/// The model whose loop must close after the faults.
+const LOOP: Names = Names {
+    dataset: "loop_payments",
+    view: "loop_spend",
+    model: "loop_big_spender",
+};
 const CUSTOMERS: usize = 1_000;
 const BATCH: usize = 100;
 const SENDERS: usize = 4;
@@ -206,10 +216,16 @@ async fn faults(engine: Option<&str>) {
     let dir = mlops_testkit::temp_dir();
     let data_dir = dir.path().join("data");
     let ports = Ports::pick();
-    let launcher = Launched(launch(&data_dir, &ports, engine));
+    let launcher = Launched(launch_with(&data_dir, &ports, engine, |c| {
+        small_windows(c);
+    }));
     let pid = launcher.0.id();
     wait_until_ready(&ports).await;
     let http = admin_client(&data_dir, Duration::from_secs(30));
+    // A model in production before the faults, on a dataset of its own: after them a drift
+    // must still close the loop.
+    let mut traffic = Traffic::new(http.clone(), &ports, LOOP, seed);
+    traffic.first_version().await;
     let url = |service: &str, path: &str| ports.url(service, path);
     post(
         &http,
@@ -501,4 +517,26 @@ async fn faults(engine: Option<&str>) {
         );
     }
     println!("faults: raw topic, offline store and online store each hold the {total} events once");
+
+    // The loop after the kills: drift detected on the restarted monitor, one retraining by
+    // the restarted training service, version 2 in canary on the restarted serving
+    // processes, promoted by the monitor's verdict.
+    let (drift, canary_seen, promoted) = traffic.drift_to_promotion(2).await;
+    let drift_runs = traffic
+        .runs()
+        .await
+        .into_iter()
+        .filter(|r| {
+            r["requests"]
+                .as_array()
+                .is_some_and(|q| q.iter().any(|q| q["reason"] == "drift"))
+        })
+        .count();
+    assert_eq!(drift_runs, 1, "exactly one retraining");
+    let detected_at = drift["detected_at"].as_i64().unwrap_or(canary_seen);
+    println!(
+        "faults: after the kills, drift -> version 2 in canary {:.1} s -> promoted {:.1} s",
+        (canary_seen - detected_at) as f64 / 1000.0,
+        (promoted - canary_seen) as f64 / 1000.0
+    );
 }

@@ -53,6 +53,9 @@ pub struct App {
     /// Request bodies being read or worked on, in KiB (`max_body_bytes_in_flight`).
     body_kib_in_flight: Arc<Semaphore>,
     events: Family<Labels, Counter>,
+    /// Handles onto `events`' series by dataset and outcome, so that counting a request's
+    /// outcomes is a lookup, not label vectors built and hashed on every request.
+    event_series: RwLock<HashMap<String, Vec<(&'static str, Counter)>>>,
     rejections: Family<Labels, Counter>,
 }
 
@@ -72,6 +75,8 @@ impl App {
             events.clone(),
         );
         let rejections = Family::<Labels, Counter>::default();
+        // Exported at zero from the start, so a rate over it (the alert) has a series.
+        drop(rejections.get_or_create(&vec![("reason".to_owned(), "invalid_record".to_owned())]));
         registry.register(
             "mlops_ingestion_rejections",
             "Refused events and requests, by reason",
@@ -90,22 +95,44 @@ impl App {
             schema_registry,
             datasets: RwLock::new(HashMap::new()),
             events,
+            event_series: RwLock::default(),
             rejections,
         }
     }
 
-    fn count(&self, dataset: &str, outcome: &str, n: usize) {
-        if n > 0 {
-            self.events
-                .get_or_create(&vec![
-                    ("dataset".to_owned(), dataset.to_owned()),
-                    ("outcome".to_owned(), outcome.to_owned()),
-                ])
-                .inc_by(n as u64);
+    fn count(&self, dataset: &str, outcome: &'static str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        {
+            let known = self.event_series.read().expect("event series lock");
+            if let Some((_, counter)) = known
+                .get(dataset)
+                .and_then(|all| all.iter().find(|(o, _)| *o == outcome))
+            {
+                counter.inc_by(n as u64);
+                return;
+            }
+        }
+        let counter = self
+            .events
+            .get_or_create(&vec![
+                ("dataset".to_owned(), dataset.to_owned()),
+                ("outcome".to_owned(), outcome.to_owned()),
+            ])
+            .clone();
+        counter.inc_by(n as u64);
+        let mut known = self.event_series.write().expect("event series lock");
+        let all = known.entry(dataset.to_owned()).or_default();
+        if !all.iter().any(|(o, _)| *o == outcome) {
+            all.push((outcome, counter));
         }
     }
 
     fn reject(&self, reason: &str, n: usize) {
+        if n == 0 {
+            return;
+        }
         self.rejections
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
             .inc_by(n as u64);
@@ -308,7 +335,8 @@ async fn register_schema(app: &App, subject: &str, schema: &Json) -> Result<(u32
             StatusCode::SERVICE_UNAVAILABLE,
             "schema_registry_unavailable",
             other.to_string(),
-        ),
+        )
+        .retry_after(5),
     };
     let id = app
         .schema_registry

@@ -12,6 +12,7 @@ use mlops_testkit::free_port;
 
 pub(crate) mod jaeger;
 pub(crate) mod metrics;
+pub(crate) mod traffic;
 
 pub(crate) const SERVICES: [&str; 6] = [
     "registry",
@@ -111,11 +112,22 @@ pub(crate) fn mlops(args: &[&str], data_dir: &Path, ports: &Ports) -> Command {
 }
 
 pub(crate) fn launch(data_dir: &Path, ports: &Ports, engine: Option<&str>) -> Child {
+    launch_with(data_dir, ports, engine, |_| {})
+}
+
+/// [`launch`], with the command changed by `change` first (environment variables).
+pub(crate) fn launch_with(
+    data_dir: &Path,
+    ports: &Ports,
+    engine: Option<&str>,
+    change: impl FnOnce(&mut Command),
+) -> Child {
     let log = std::fs::File::create(data_dir.with_extension("log")).expect("launcher log");
     let mut command = mlops(&["up"], data_dir, ports);
     if let Some(engine) = engine {
         command.env("MLOPS_BROKER", engine);
     }
+    change(&mut command);
     command
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -15,7 +15,7 @@ use axum::{
 };
 use mlops_events::now_millis;
 use mlops_schema::json::FieldError;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ApiError, App, check_region, read_body, unknown_dataset};
@@ -413,44 +413,83 @@ pub(super) fn respond(
     outcomes: &[Option<Outcome>],
     queue_full: bool,
 ) -> Response {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    let results: Vec<Json> = outcomes
+    // Serialized straight from these structs (fields in alphabetical order, as the JSON
+    // objects were before): no tree of JSON values per record on every request.
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        accepted: usize,
+        duplicates: usize,
+        rejected: usize,
+        results: Vec<RecordResult<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct RecordResult<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        errors: Option<&'a [FieldError]>,
+        index: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        partition: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        status: &'static str,
+    }
+    let (mut accepted, mut duplicates, mut rejected, mut skipped, mut failed) = (0, 0, 0, 0, 0);
+    let results: Vec<RecordResult<'_>> = outcomes
         .iter()
         .enumerate()
         .map(|(index, outcome)| {
-            let (status, body) = match outcome {
-                Some(Outcome::Accepted(a)) => (
-                    "accepted",
-                    json!({"partition": a.partition, "offset": a.offset}),
-                ),
-                Some(Outcome::Duplicate(a)) => (
-                    "duplicate",
-                    json!({"partition": a.partition, "offset": a.offset}),
-                ),
-                Some(Outcome::Rejected(errors)) => ("rejected", json!({"errors": errors})),
-                Some(Outcome::Skipped(reason)) => ("skipped", json!({"reason": reason})),
-                Some(Outcome::Failed(reason)) => ("failed", json!({"reason": reason})),
-                None => ("failed", json!({"reason": "not processed"})),
+            let mut result = RecordResult {
+                errors: None,
+                index,
+                offset: None,
+                partition: None,
+                reason: None,
+                status: "failed",
             };
-            *counts.entry(status).or_default() += 1;
-            let mut result = json!({"index": index, "status": status});
-            if let (Json::Object(target), Json::Object(extra)) = (&mut result, body) {
-                target.extend(extra);
+            match outcome {
+                Some(Outcome::Accepted(a)) => {
+                    accepted += 1;
+                    (result.status, result.partition, result.offset) =
+                        ("accepted", Some(a.partition), Some(a.offset));
+                }
+                Some(Outcome::Duplicate(a)) => {
+                    duplicates += 1;
+                    (result.status, result.partition, result.offset) =
+                        ("duplicate", Some(a.partition), Some(a.offset));
+                }
+                Some(Outcome::Rejected(errors)) => {
+                    rejected += 1;
+                    (result.status, result.errors) = ("rejected", Some(errors.as_slice()));
+                }
+                Some(Outcome::Skipped(reason)) => {
+                    skipped += 1;
+                    (result.status, result.reason) = ("skipped", Some(reason.as_str()));
+                }
+                Some(Outcome::Failed(reason)) => {
+                    failed += 1;
+                    result.reason = Some(reason.as_str());
+                }
+                None => {
+                    failed += 1;
+                    result.reason = Some("not processed");
+                }
             }
             result
         })
         .collect();
-    for (status, n) in &counts {
-        app.count(name, status, *n);
+    for (status, n) in [
+        ("accepted", accepted),
+        ("duplicate", duplicates),
+        ("rejected", rejected),
+        ("skipped", skipped),
+        ("failed", failed),
+    ] {
+        app.count(name, status, n);
     }
-    app.reject(
-        "invalid_record",
-        counts.get("rejected").copied().unwrap_or(0),
-    );
+    app.reject("invalid_record", rejected);
 
-    let accepted = counts.get("accepted").copied().unwrap_or(0);
-    let duplicates = counts.get("duplicate").copied().unwrap_or(0);
-    let failed = counts.get("failed").copied().unwrap_or(0);
     let status = if failed > 0 && queue_full {
         StatusCode::TOO_MANY_REQUESTS
     } else if failed > 0 {
@@ -460,12 +499,12 @@ pub(super) fn respond(
     } else {
         StatusCode::OK
     };
-    let body = json!({
-        "accepted": accepted,
-        "rejected": counts.get("rejected").copied().unwrap_or(0),
-        "duplicates": duplicates,
-        "results": results,
-    });
+    let body = Answer {
+        accepted,
+        duplicates,
+        rejected,
+        results,
+    };
     let mut response = (status, axum::Json(body)).into_response();
     if failed > 0 {
         response
