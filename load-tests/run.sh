@@ -73,10 +73,10 @@ for side in "platform http://127.0.0.1:39180 $ingestion" "fastapi-aiokafka http:
   set -- $side
   for clients in ${BENCH_SINGLE_CONCURRENCY:-32 256}; do
     # BENCH_PROFILE=1: a CPU profile of the platform's ingestion process during its
-    # single-event runs (perf, call graphs), summarised after the table.
+    # single-event runs (perf, self time by function), summarised after the table.
     perf_pid=""
     if [ -n "${BENCH_PROFILE:-}" ] && [ "$1" = platform ]; then
-      perf record -q -F 499 -g -p "$3" -o "$work/perf-$clients.data" -- sleep "$((duration + 2))" 2>/dev/null &
+      perf record -F 999 -p "$3" -o "$work/perf-$clients.data" -- sleep "$((duration + 2))" > "$work/perf-$clients.log" 2>&1 &
       perf_pid=$!
     fi
     "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "single_${clients}_$1" --mode single --concurrency "$clients" --duration "$duration"
@@ -109,9 +109,9 @@ PY
 if [ -n "${BENCH_PROFILE:-}" ]; then
   for data in "$work"/perf-*.data; do
     echo "== $(basename "$data" .data): where the ingestion process spends its CPU (self time)"
-    perf report -i "$data" --stdio --no-children --sort dso,symbol --percent-limit 1 2>&1 \
+    perf report -i "$data" --stdio --no-children -g none --sort dso,symbol --percent-limit 1 2>/dev/null \
       | grep -v '^#' | grep '%' | head -40
     echo "== by shared object"
-    perf report -i "$data" --stdio --no-children --sort dso 2>&1 | grep -v '^#' | grep '%' | head -12
+    perf report -i "$data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^#' | grep '%' | head -12
   done
 fi

@@ -33,6 +33,7 @@ use crate::{
     store::Store,
 };
 
+mod in_doubt;
 mod ingest;
 mod labels;
 mod recovery;
@@ -50,6 +51,8 @@ pub struct App {
     pub(crate) dead_letters: DeadLetters,
     pub(crate) datasets: RwLock<HashMap<String, Arc<Dataset>>>,
     pub(crate) in_flight: Arc<Semaphore>,
+    /// Events whose produce got no verdict (timed out), checked when they come again.
+    pub(crate) in_doubt: in_doubt::InDoubt,
     /// Request bodies being read or worked on, in KiB (`max_body_bytes_in_flight`).
     body_kib_in_flight: Arc<Semaphore>,
     events: Family<Labels, Counter>,
@@ -85,6 +88,7 @@ impl App {
         Self {
             dead_letters: DeadLetters::without_group(&kafka, producer.clone()),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            in_doubt: Default::default(),
             body_kib_in_flight: Arc::new(Semaphore::new(
                 settings.max_body_bytes_in_flight.div_ceil(1024),
             )),

@@ -90,7 +90,8 @@ pub(super) async fn ingest(
                 .or_else(|| idempotency_key.clone())
         })
         .collect();
-    let known = accepted_before(app, name, &event_ids).await?;
+    let mut known = accepted_before(app, name, &event_ids).await?;
+    known.extend(app.resolve_in_doubt(&dataset, &event_ids).await?);
 
     let items = Arc::new(items);
     let mut checked = if large {
@@ -363,6 +364,7 @@ async fn produce(
     checked: &mut Checked,
 ) -> (Vec<(String, Accepted)>, bool) {
     let topic = dataset.topic();
+    let tried_at = now_millis();
     let sends = checked.prepared.iter().map(|p| {
         let mut headers = mlops_kafka::region_headers(dataset.spec.region.as_deref());
         if let Some(id) = &p.event_id {
@@ -381,14 +383,20 @@ async fn produce(
     });
     let deliveries = futures::future::join_all(sends).await;
     let mut remembered = Vec::new();
+    let mut in_doubt = Vec::new();
     let mut queue_full = false;
     for (p, delivery) in checked.prepared.iter().zip(deliveries) {
+        // Refused by the local queue: never sent. Any other failure may have been written.
+        let never_sent = matches!(delivery, Err(mlops_kafka::Error::QueueFull));
         let outcome = delivered(delivery, &mut queue_full);
-        if let (Outcome::Accepted(accepted), Some(id)) = (&outcome, &p.event_id) {
-            remembered.push((id.clone(), *accepted));
+        match (&outcome, &p.event_id) {
+            (Outcome::Accepted(accepted), Some(id)) => remembered.push((id.clone(), *accepted)),
+            (Outcome::Failed(_), Some(id)) if !never_sent => in_doubt.push(id.clone()),
+            _ => {}
         }
         checked.outcomes[p.index] = Some(outcome);
     }
+    app.in_doubt.add(&dataset.spec.name, tried_at, in_doubt);
     (remembered, queue_full)
 }
 
