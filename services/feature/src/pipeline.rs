@@ -62,7 +62,14 @@ pub struct ViewPipeline {
     aggregations: Vec<Expr>,
     feature_names: Vec<String>,
     state: PipelineState,
+    /// Rows of the buffer after it was last pruned to the horizon.
+    pruned_rows: usize,
 }
+
+/// The buffer is pruned to the horizon once it has grown by an eighth (or gathered
+/// [`PRUNE_AT_CHUNKS`] appended chunks) since it last was: `1 / PRUNE_AT_GROWTH`.
+const PRUNE_AT_GROWTH: usize = 8;
+const PRUNE_AT_CHUNKS: usize = 64;
 
 impl ViewPipeline {
     /// `source` lists every column of [`FeatureViewSpec::source_columns`] with its type.
@@ -124,6 +131,7 @@ impl ViewPipeline {
                 buffer: DataFrame::empty(),
                 watermarks: BTreeMap::new(),
             },
+            pruned_rows: 0,
         };
         pipeline.state.buffer = pipeline.empty_input();
         Ok(pipeline)
@@ -144,6 +152,7 @@ impl ViewPipeline {
 
     /// Resumes from a checkpoint's state.
     pub fn restore(&mut self, state: PipelineState) {
+        self.pruned_rows = state.buffer.height();
         self.state = state;
     }
 
@@ -281,13 +290,16 @@ impl ViewPipeline {
             .with_column(lit(true).alias(NEW));
         let on_time = on_time.collect()?;
         // Windows are per entity: only the buffered events of entities with new events take
-        // part in this batch. The rest of the buffer is set aside unsorted and untouched, so
-        // a small batch costs in proportion to itself, not to the whole buffer.
+        // part in this batch, gathered from the buffer; the buffer itself is not rebuilt.
         let touched_entities = on_time.column(ENTITY)?.as_materialized_series().unique()?;
         let is_touched = col(ENTITY).is_in(lit(touched_entities).implode(false), false);
-        let buffer = self.state.buffer.clone().lazy();
-        let untouched = buffer.clone().filter(is_touched.clone().not());
-        let buffered = buffer.filter(is_touched).with_column(lit(false).alias(NEW));
+        let buffered = self
+            .state
+            .buffer
+            .clone()
+            .lazy()
+            .filter(is_touched)
+            .with_column(lit(false).alias(NEW));
         let combined = concat([buffered, on_time.clone().lazy()], UnionArgs::default())?
             .sort(
                 [ENTITY, TIME, PARTITION, OFFSET],
@@ -298,6 +310,7 @@ impl ViewPipeline {
         // Buffered events are all older than the watermarks already: the new events alone
         // move them.
         let newest = on_time
+            .clone()
             .lazy()
             .group_by([col(PARTITION)])
             .agg([col(TIME).max()])
@@ -341,18 +354,32 @@ impl ViewPipeline {
         let buffer = if self.max_window == 0 {
             self.empty_input()
         } else {
-            // Kept: what a later on-time event of the same partition can still see.
-            let combined = combined.lazy().select(columns.clone());
-            concat([untouched, combined], UnionArgs::default())?
-                .join(
-                    marks_frame(&watermarks)?.lazy(),
-                    [col(PARTITION)],
-                    [col(PARTITION)],
-                    JoinArgs::new(JoinType::Left),
-                )
-                .filter(col(TIME).gt(col(MARK) - lit(horizon)))
-                .select(columns)
-                .collect()?
+            // Kept: what a later on-time event of the same partition can still see. The
+            // batch's on-time events are appended as a chunk of their own, and what fell
+            // behind the horizon is dropped only once the buffer has grown by an eighth
+            // (or gathered many chunks) since the last pruning: an event older than the
+            // horizon is outside every window a later on-time event computes and is never
+            // emitted again, so keeping it a while changes no row, and a batch does not
+            // copy the whole buffer (its strings above all) every time.
+            let mut buffer = self.state.buffer.clone();
+            buffer.vstack_mut(&on_time.drop(NEW)?)?;
+            if buffer.height() > self.pruned_rows + self.pruned_rows / PRUNE_AT_GROWTH
+                || buffer.first_col_n_chunks() > PRUNE_AT_CHUNKS
+            {
+                buffer = buffer
+                    .lazy()
+                    .join(
+                        marks_frame(&watermarks)?.lazy(),
+                        [col(PARTITION)],
+                        [col(PARTITION)],
+                        JoinArgs::new(JoinType::Left),
+                    )
+                    .filter(col(TIME).gt(col(MARK) - lit(horizon)))
+                    .select(columns)
+                    .collect()?;
+                self.pruned_rows = buffer.height();
+            }
+            buffer
         };
         self.state = PipelineState { buffer, watermarks };
         Ok(BatchOutput {
