@@ -113,16 +113,7 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
         secs(canary_seen - detected_at),
         secs(promoted - canary_seen)
     );
-    let drift_runs: Vec<Value> = stream
-        .runs()
-        .await
-        .into_iter()
-        .filter(|r| {
-            r["requests"]
-                .as_array()
-                .is_some_and(|q| q.iter().any(|q| q["reason"] == "drift"))
-        })
-        .collect();
+    let drift_runs = stream.drift_runs().await;
     assert_eq!(
         drift_runs.len(),
         1,

@@ -522,17 +522,11 @@ async fn faults(engine: Option<&str>) {
     // the restarted training service, version 2 in canary on the restarted serving
     // processes, promoted by the monitor's verdict.
     let (drift, canary_seen, promoted) = traffic.drift_to_promotion(2).await;
-    let drift_runs = traffic
-        .runs()
-        .await
-        .into_iter()
-        .filter(|r| {
-            r["requests"]
-                .as_array()
-                .is_some_and(|q| q.iter().any(|q| q["reason"] == "drift"))
-        })
-        .count();
-    assert_eq!(drift_runs, 1, "exactly one retraining");
+    assert_eq!(
+        traffic.drift_runs().await.len(),
+        1,
+        "exactly one retraining"
+    );
     let detected_at = drift["detected_at"].as_i64().unwrap_or(canary_seen);
     println!(
         "faults: after the kills, drift -> version 2 in canary {:.1} s -> promoted {:.1} s",

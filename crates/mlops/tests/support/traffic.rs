@@ -179,6 +179,19 @@ impl<'a> Traffic<'a> {
         .unwrap_or_default()
     }
 
+    /// The runs a drift event asked for, newest first.
+    pub(crate) async fn drift_runs(&self) -> Vec<Value> {
+        self.runs()
+            .await
+            .into_iter()
+            .filter(|r| {
+                r["requests"]
+                    .as_array()
+                    .is_some_and(|q| q.iter().any(|q| q["reason"] == "drift"))
+            })
+            .collect()
+    }
+
     /// The model as the registry tells it.
     pub(crate) async fn model(&self) -> Value {
         let model = self.names.model;

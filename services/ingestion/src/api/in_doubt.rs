@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use mlops_events::topics::EVENT_ID_HEADER;
 use mlops_kafka::ReadFrom;
 
-use super::{ApiError, App};
+use super::{ApiError, App, database_unavailable};
 use crate::{dataset::Dataset, store::Accepted};
 
 /// Event ids in doubt per dataset, at most.
@@ -165,14 +165,7 @@ impl App {
         self.store
             .remember(name, &remembered, mlops_events::now_millis())
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    e.to_string(),
-                )
-                .retry_after(1)
-            })?;
+            .map_err(database_unavailable)?;
         self.in_doubt.settle(name, &doubtful);
         tracing::info!(
             dataset = %name,

@@ -230,14 +230,10 @@ pub(super) async fn accepted_before(
 ) -> Result<HashMap<String, Accepted>, ApiError> {
     let since = now_millis() - (app.settings.idempotency_window_secs as i64) * 1000;
     let ids: Vec<&str> = event_ids.iter().flatten().map(String::as_str).collect();
-    app.store.accepted(dataset, &ids, since).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            e.to_string(),
-        )
-        .retry_after(1)
-    })
+    app.store
+        .accepted(dataset, &ids, since)
+        .await
+        .map_err(super::database_unavailable)
 }
 
 /// Each record: a duplicate (of an earlier request or of a record before it in this one),
