@@ -66,8 +66,6 @@ window = "1h"
 const PARTITIONS: u64 = 3;
 /// Mean spacing of event times.
 const STEP_MS: i64 = 36;
-/// The view's window plus its allowed lateness: how far back the buffer reaches.
-const WINDOW_AND_LATENESS_MS: i64 = 70 * 60_000;
 /// Every this many events, one is two hours behind: past the allowed lateness.
 const LATE_EVERY: usize = 100_000;
 const T0: i64 = 1_767_225_600_000;
@@ -114,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     let mut batch_micros = Histogram::<u64>::new(3)?;
     // Once the stream's event time has covered the window and the lateness, the buffer
     // is as large as it gets: batches from then on cost what a running service pays.
-    let steady_from = (WINDOW_AND_LATENESS_MS / STEP_MS) as usize;
+    let steady_from = ((spec.max_window_ms() + spec.lateness_ms()) / STEP_MS) as usize;
     let mut steady_micros = Histogram::<u64>::new(3)?;
     let (mut steady_events, mut steady_cpu) = (0, 0.0);
     let mut busy = Duration::ZERO;

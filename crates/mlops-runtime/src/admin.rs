@@ -4,6 +4,7 @@
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use crate::series::SeriesCache;
 use axum::{
     Json, Router,
     extract::{MatchedPath, Request, State},
@@ -84,18 +85,8 @@ struct Inner {
     registry: Registry,
     http_requests: Family<Labels, Counter>,
     http_duration: Family<Labels, Histogram>,
-    /// The series of every (route, method, status) answered so far, by route: a request
-    /// finds its histogram and counter with one lookup instead of building label vectors
-    /// and hashing them into the families on every call.
-    http_series: std::sync::RwLock<std::collections::HashMap<String, Vec<HttpSeries>>>,
-}
-
-/// One route's metrics for one method and status (handles onto the families' series).
-struct HttpSeries {
-    method: axum::http::Method,
-    status: u16,
-    duration: Histogram,
-    requests: Counter,
+    /// Each route's latency and request series, by method and status.
+    http_series: SeriesCache<(axum::http::Method, u16), (Histogram, Counter)>,
 }
 
 impl AdminState {
@@ -259,25 +250,6 @@ async fn track_http(State(state): State<AdminState>, request: Request, next: Nex
 impl AdminState {
     /// Counts one answered request and its latency.
     fn observe_http(&self, route: &str, method: &axum::http::Method, status: u16, took: Duration) {
-        let seconds = took.as_secs_f64();
-        let record = |series: &HttpSeries| {
-            series.duration.observe(seconds);
-            series.requests.inc();
-        };
-        let found = |all: &[HttpSeries]| {
-            all.iter()
-                .position(|s| s.status == status && s.method == *method)
-        };
-        {
-            let known = self.inner.http_series.read().expect("http series lock");
-            if let Some(all) = known.get(route)
-                && let Some(i) = found(all)
-            {
-                record(&all[i]);
-                return;
-            }
-        }
-        // First time for this route, method and status: make its series.
         let labels = |extra: Option<u16>| {
             let mut labels = vec![
                 ("method".to_owned(), method.as_str().to_owned()),
@@ -286,26 +258,23 @@ impl AdminState {
             labels.extend(extra.map(|s| ("status".to_owned(), s.to_string())));
             labels
         };
-        let series = HttpSeries {
-            method: method.clone(),
-            status,
-            duration: self
-                .inner
-                .http_duration
-                .get_or_create(&labels(None))
-                .clone(),
-            requests: self
-                .inner
-                .http_requests
-                .get_or_create(&labels(Some(status)))
-                .clone(),
-        };
-        record(&series);
-        let mut known = self.inner.http_series.write().expect("http series lock");
-        let all = known.entry(route.to_owned()).or_default();
-        if found(all).is_none() {
-            all.push(series);
-        }
+        let (duration, requests) =
+            self.inner
+                .http_series
+                .get(route, (method.clone(), status), || {
+                    (
+                        self.inner
+                            .http_duration
+                            .get_or_create(&labels(None))
+                            .clone(),
+                        self.inner
+                            .http_requests
+                            .get_or_create(&labels(Some(status)))
+                            .clone(),
+                    )
+                });
+        duration.observe(took.as_secs_f64());
+        requests.inc();
     }
 }
 

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod cpu;
 mod secret;
+pub mod series;
 pub mod supervisor;
 pub mod tasks;
 pub mod tls;

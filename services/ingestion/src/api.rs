@@ -16,6 +16,7 @@ use axum::{
 };
 use mlops_events::topics;
 use mlops_kafka::{DeadLetters, KafkaConfig, Producer, TopicSpec, ensure_topics};
+use mlops_runtime::series::SeriesCache;
 use mlops_schema::{RegistryError, SchemaRegistry, json::FieldError};
 pub use mlops_service::ApiError;
 use mlops_service::routes::{Api, Role, Route};
@@ -56,9 +57,8 @@ pub struct App {
     /// Request bodies being read or worked on, in KiB (`max_body_bytes_in_flight`).
     body_kib_in_flight: Arc<Semaphore>,
     events: Family<Labels, Counter>,
-    /// Handles onto `events`' series by dataset and outcome, so that counting a request's
-    /// outcomes is a lookup, not label vectors built and hashed on every request.
-    event_series: RwLock<HashMap<String, Vec<(&'static str, Counter)>>>,
+    /// `events`' series by dataset and outcome.
+    event_series: SeriesCache<&'static str, Counter>,
     rejections: Family<Labels, Counter>,
 }
 
@@ -99,7 +99,7 @@ impl App {
             schema_registry,
             datasets: RwLock::new(HashMap::new()),
             events,
-            event_series: RwLock::default(),
+            event_series: SeriesCache::default(),
             rejections,
         }
     }
@@ -108,29 +108,21 @@ impl App {
         if n == 0 {
             return;
         }
-        {
-            let known = self.event_series.read().expect("event series lock");
-            if let Some((_, counter)) = known
-                .get(dataset)
-                .and_then(|all| all.iter().find(|(o, _)| *o == outcome))
-            {
-                counter.inc_by(n as u64);
-                return;
-            }
-        }
-        let counter = self
-            .events
-            .get_or_create(&vec![
-                ("dataset".to_owned(), dataset.to_owned()),
-                ("outcome".to_owned(), outcome.to_owned()),
-            ])
-            .clone();
-        counter.inc_by(n as u64);
-        let mut known = self.event_series.write().expect("event series lock");
-        let all = known.entry(dataset.to_owned()).or_default();
-        if !all.iter().any(|(o, _)| *o == outcome) {
-            all.push((outcome, counter));
-        }
+        self.event_series
+            .get(dataset, outcome, || {
+                self.events
+                    .get_or_create(&vec![
+                        ("dataset".to_owned(), dataset.to_owned()),
+                        ("outcome".to_owned(), outcome.to_owned()),
+                    ])
+                    .clone()
+            })
+            .inc_by(n as u64);
+    }
+
+    /// The start (ms) of the idempotency window: ids accepted since are remembered.
+    fn window_start(&self) -> i64 {
+        mlops_events::now_millis() - (self.settings.idempotency_window_secs as i64) * 1000
     }
 
     fn reject(&self, reason: &str, n: usize) {

@@ -16,12 +16,9 @@ use std::{
     time::Duration,
 };
 
-use axum::http::StatusCode;
-use mlops_events::topics::EVENT_ID_HEADER;
-use mlops_kafka::ReadFrom;
-
-use super::{ApiError, App, database_unavailable};
+use super::{ApiError, App, database_unavailable, recovery::events_written};
 use crate::{dataset::Dataset, store::Accepted};
+use axum::http::StatusCode;
 
 /// Event ids in doubt per dataset, at most.
 const MAX_IN_DOUBT: usize = 100_000;
@@ -113,8 +110,7 @@ impl App {
         event_ids: &[Option<String>],
     ) -> Result<HashMap<String, Accepted>, ApiError> {
         let name = &dataset.spec.name;
-        let window_start =
-            mlops_events::now_millis() - (self.settings.idempotency_window_secs as i64) * 1000;
+        let window_start = self.window_start();
         if self.in_doubt.among(name, event_ids, window_start).is_none() {
             return Ok(HashMap::new());
         }
@@ -138,26 +134,14 @@ impl App {
         let wanted: HashSet<&str> = doubtful.iter().map(String::as_str).collect();
         let mut found: HashMap<String, Accepted> = HashMap::new();
         for partition in 0..partitions {
-            let from = ReadFrom::Offset {
-                offset: 0,
-                not_before: since - CLOCK_SLACK_MS,
-            };
-            let records =
-                mlops_kafka::read_records(&self.kafka, &topic, partition, from, READ_TIMEOUT)
-                    .await
-                    .map_err(unavailable)?;
-            for record in &records {
-                let Some(id) = record
-                    .header(EVENT_ID_HEADER)
-                    .and_then(|id| std::str::from_utf8(id).ok())
-                    .filter(|id| wanted.contains(id))
-                else {
-                    continue;
-                };
-                found.entry(id.to_owned()).or_insert(Accepted {
-                    partition: record.partition,
-                    offset: record.offset,
-                });
+            let not_before = since - CLOCK_SLACK_MS;
+            let written = events_written(&self.kafka, &topic, partition, not_before, READ_TIMEOUT)
+                .await
+                .map_err(unavailable)?;
+            for w in written {
+                if wanted.contains(w.id.as_str()) {
+                    found.entry(w.id).or_insert(w.accepted);
+                }
             }
         }
         let remembered: Vec<(String, Accepted)> =

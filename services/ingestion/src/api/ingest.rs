@@ -228,10 +228,9 @@ pub(super) async fn accepted_before(
     dataset: &str,
     event_ids: &[Option<String>],
 ) -> Result<HashMap<String, Accepted>, ApiError> {
-    let since = now_millis() - (app.settings.idempotency_window_secs as i64) * 1000;
     let ids: Vec<&str> = event_ids.iter().flatten().map(String::as_str).collect();
     app.store
-        .accepted(dataset, &ids, since)
+        .accepted(dataset, &ids, app.window_start())
         .await
         .map_err(super::database_unavailable)
 }

@@ -57,45 +57,22 @@ impl App {
                 None => window_start,
             };
             for partition in 0..partitions {
-                let from = ReadFrom::Offset {
-                    offset: 0,
-                    not_before,
-                };
-                let records =
-                    mlops_kafka::read_records(&self.kafka, &topic, partition, from, READ_TIMEOUT)
+                let written =
+                    events_written(&self.kafka, &topic, partition, not_before, READ_TIMEOUT)
                         .await?;
-                // Each record that names its event, with that id.
-                let named: Vec<(&str, &mlops_kafka::Record)> = records
-                    .iter()
-                    .filter_map(|r| {
-                        Some((std::str::from_utf8(r.header(EVENT_ID_HEADER)?).ok()?, r))
-                    })
-                    .collect();
-                let ids: Vec<&str> = named.iter().map(|(id, _)| *id).collect();
+                let ids: Vec<&str> = written.iter().map(|w| w.id.as_str()).collect();
                 let known = self.store.accepted(name, &ids, window_start).await?;
-                let found: Vec<(String, Accepted, i64)> = named
+                let found: Vec<Written> = written
                     .into_iter()
-                    .filter(|(id, _)| !known.contains_key(*id))
-                    .map(|(id, r)| {
-                        let at = r.timestamp_millis.unwrap_or_else(mlops_events::now_millis);
-                        let accepted = Accepted {
-                            partition: r.partition,
-                            offset: r.offset,
-                        };
-                        (id.to_owned(), accepted, at)
-                    })
+                    .filter(|w| !known.contains_key(&w.id))
                     .collect();
                 if found.is_empty() {
                     continue;
                 }
                 // Remembered as of when each was produced, so the window ages them right.
-                let oldest = found
-                    .iter()
-                    .map(|(_, _, at)| *at)
-                    .min()
-                    .unwrap_or(not_before);
+                let oldest = found.iter().map(|w| w.at).min().unwrap_or(not_before);
                 let ids: Vec<(String, Accepted)> =
-                    found.into_iter().map(|(id, a, _)| (id, a)).collect();
+                    found.into_iter().map(|w| (w.id, w.accepted)).collect();
                 self.store.remember(name, &ids, oldest).await?;
                 tracing::warn!(
                     dataset = %name,
@@ -108,4 +85,41 @@ impl App {
         }
         Ok(recovered)
     }
+}
+
+/// An event found in a raw topic by the `mlops-event-id` header of its record.
+pub(super) struct Written {
+    pub(super) id: String,
+    pub(super) accepted: Accepted,
+    /// When the record was written (ms).
+    pub(super) at: i64,
+}
+
+/// Every record of `topic`'s `partition` written from `not_before` on that names its event.
+pub(super) async fn events_written(
+    kafka: &mlops_kafka::KafkaConfig,
+    topic: &str,
+    partition: i32,
+    not_before: i64,
+    timeout: Duration,
+) -> mlops_kafka::Result<Vec<Written>> {
+    let from = ReadFrom::Offset {
+        offset: 0,
+        not_before,
+    };
+    let records = mlops_kafka::read_records(kafka, topic, partition, from, timeout).await?;
+    Ok(records
+        .iter()
+        .filter_map(|r| {
+            let id = std::str::from_utf8(r.header(EVENT_ID_HEADER)?).ok()?;
+            Some(Written {
+                id: id.to_owned(),
+                accepted: Accepted {
+                    partition: r.partition,
+                    offset: r.offset,
+                },
+                at: r.timestamp_millis.unwrap_or_else(mlops_events::now_millis),
+            })
+        })
+        .collect())
 }
