@@ -11,6 +11,9 @@
 # broker, serving samples it (and counts the rest) rather than slow the answers.
 #
 #   load-tests/serving.sh     (BENCH_SECONDS=10, BENCH_CONCURRENCY="1 16", BENCH_RATE=300)
+#   BENCH_RATE_ONLY=1         only the fixed-rate runs (where every row is logged)
+#   BENCH_PROFILE=1           a CPU profile (perf, self time by function) of the platform's
+#                             serving process during its fixed-rate runs, after the table
 # Needs the default ports (8080-8085, 9092) and 18080-18082 free.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -100,10 +103,15 @@ measure() {
     ${rate:+--rate "$rate"} --label "$side $model" > "$work/run.json" &
   local load=$!
   sleep "$warmup"
-  local before logged_before dropped_before after
+  local before logged_before dropped_before after perf_pid=""
+  if [ -n "${BENCH_PROFILE:-}" ] && [ -n "$rate" ] && [ "$side" = platform ]; then
+    perf record -F 999 -p "$pid" -o "$work/perf-$model.data" -- sleep "$seconds" > /dev/null 2>&1 &
+    perf_pid=$!
+  fi
   before=$(cpu "$pid"); logged_before=$(log_counter logged); dropped_before=$(log_counter dropped)
   sleep "$seconds"
   after=$(cpu "$pid")
+  if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
   local logged=$(( $(log_counter logged) - logged_before )) dropped=$(( $(log_counter dropped) - dropped_before ))
   wait "$load"
   "$venv/bin/python" - "$work/run.json" "$before" "$after" "$model" "$side" "$logged" "$dropped" <<'PY'
@@ -121,6 +129,7 @@ PY
 
 {
   for model in bench_lr bench_rf; do
+    [ -z "${BENCH_RATE_ONLY:-}" ] || break
     for rows in 1 32; do
       for concurrency in $concurrencies; do
         for side in platform mlserver; do measure "$side" "$model" "$rows" "$concurrency"; done
@@ -151,3 +160,13 @@ errors = sum(r["errors"] for r in runs)
 if errors:
     sys.exit(f"{errors} requests failed")
 PY
+
+if [ -n "${BENCH_PROFILE:-}" ]; then
+  for data in "$work"/perf-*.data; do
+    echo "== $(basename "$data" .data): the serving process at $rate requests/s, by dso"
+    perf report -i "$data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^#' | grep '%' | head -12
+    echo "== by function (>= 0.7 %)"
+    perf report -i "$data" --stdio --no-children -g none --sort dso,symbol --percent-limit 0.7 2>/dev/null \
+      | grep -v '^#' | grep '%' | head -60
+  done
+fi

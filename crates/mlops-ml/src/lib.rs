@@ -6,6 +6,7 @@
 
 pub mod artifact;
 pub mod drift;
+pub mod input_plan;
 pub mod kolmogorov;
 pub mod manifest;
 pub mod metrics;
@@ -18,6 +19,7 @@ use polars::prelude::*;
 use serde_json::Value as Json;
 
 pub use artifact::{ArtifactError, ModelArtifact, Signer};
+pub use input_plan::InputPlan;
 pub use manifest::{Manifest, RAW_PREFIX, TimeRange};
 pub use statistics::{ReferenceStatistics, reference_statistics};
 pub use transforms::{

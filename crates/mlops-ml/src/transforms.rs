@@ -163,11 +163,11 @@ pub fn apply(name: &str, state: &FittedState) -> (Vec<Expr>, Vec<String>) {
                     .eq(lit(category.as_str()))
                     .fill_null(lit(false));
                 known = known.or(is.clone());
-                let output = format!("{name}__{category}");
+                let output = onehot_name(name, category);
                 exprs.push(is.cast(DataType::Int32).alias(output.as_str()));
                 outputs.push(output);
             }
-            let unknown = format!("{name}__unknown");
+            let unknown = onehot_name(name, "unknown");
             exprs.push(known.not().cast(DataType::Int32).alias(unknown.as_str()));
             outputs.push(unknown);
             (exprs, outputs)
@@ -254,18 +254,23 @@ pub fn apply_row(name: &str, state: &FittedState, value: &Json) -> Vec<(String, 
                 .iter()
                 .map(|c| {
                     let is = text.as_deref() == Some(c.as_str());
-                    (format!("{name}__{c}"), Json::from(i32::from(is)))
+                    (onehot_name(name, c), Json::from(i32::from(is)))
                 })
                 .collect();
             let known = outputs.iter().any(|(_, v)| v == &Json::from(1));
-            outputs.push((format!("{name}__unknown"), Json::from(i32::from(!known))));
+            outputs.push((onehot_name(name, "unknown"), Json::from(i32::from(!known))));
             outputs
         }
     }
 }
 
+/// The model input a one-hot encoded feature makes for one of its categories.
+pub(crate) fn onehot_name(feature: &str, category: &str) -> String {
+    format!("{feature}__{category}")
+}
+
 /// A value as polars casts it to a float: numbers, booleans as 1 and 0, numeric text.
-fn as_f64(value: &Json) -> Option<f64> {
+pub(crate) fn as_f64(value: &Json) -> Option<f64> {
     match value {
         Json::Number(n) => n.as_f64(),
         Json::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),

@@ -23,6 +23,8 @@ pub struct Loaded {
     pub version: i64,
     pub artifact: ModelArtifact,
     pub model: Model,
+    /// Its fitted transforms compiled into a plan over columns, once.
+    pub plan: mlops_ml::InputPlan,
     /// What its prediction log records carry, worked out once.
     pub log_columns: crate::predictions::LogColumns,
 }
@@ -98,6 +100,7 @@ impl Deployments {
         Ok(Arc::new(Loaded {
             version,
             log_columns: crate::predictions::LogColumns::of(&artifact),
+            plan: mlops_ml::InputPlan::of(&artifact),
             artifact,
             model: fitted,
         }))

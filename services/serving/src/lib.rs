@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod oip;
 pub mod predict;
 pub mod predictions;
+pub mod rows;
 
 use std::{sync::Arc, time::Duration};
 

@@ -21,13 +21,14 @@ use axum::{
 };
 use mlops_service::routes::{Api, Role, Route};
 use ndarray::Array2;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
     deployments::{Deployments, Loaded},
     predictions::{Answered, PredictionLogger},
+    rows::{Flat, Rows},
 };
 
 /// What the handlers share.
@@ -231,42 +232,26 @@ struct Tensor {
     shape: Vec<i64>,
     #[allow(dead_code)]
     datatype: String,
-    data: Json,
-}
-
-fn flatten(data: &Json, out: &mut Vec<Json>) {
-    match data {
-        Json::Array(items) => items.iter().for_each(|i| flatten(i, out)),
-        other => out.push(other.clone()),
-    }
+    /// Flattened while parsed: no tree of JSON values per request.
+    data: Flat,
 }
 
 fn bad(message: impl Into<String>) -> OipError {
     OipError(StatusCode::BAD_REQUEST, message.into())
 }
 
-/// The raw values of every row, by feature name, for a model taking `features`.
-fn rows_of(
-    request: &InferRequest,
-    features: &[&str],
-) -> Result<Vec<Vec<(String, Json)>>, OipError> {
-    let tensors: Vec<(&Tensor, Vec<Json>)> = request
-        .inputs
-        .iter()
-        .map(|t| {
-            let mut values = Vec::new();
-            flatten(&t.data, &mut values);
-            (t, values)
-        })
-        .collect();
+/// The raw values of every row, in the order of `features` (the version's transforms).
+fn rows_of(request: &InferRequest, features: &[&str]) -> Result<Rows, OipError> {
+    let tensors = &request.inputs;
     if tensors.is_empty() {
         return Err(bad("the request has no inputs"));
     }
     // One tensor holding every feature as columns.
-    if let [(tensor, values)] = tensors.as_slice()
+    if let [tensor] = tensors.as_slice()
         && !features.contains(&tensor.name.as_str())
         && tensor.shape.len() == 2
     {
+        let values = &tensor.data.0;
         let columns = features.len();
         if usize::try_from(tensor.shape[1]).ok() != Some(columns) {
             return Err(bad(format!(
@@ -287,20 +272,14 @@ fn rows_of(
                 tensor.shape
             )));
         }
-        return Ok(values
-            .chunks(columns.max(1))
-            .map(|row| {
-                features
-                    .iter()
-                    .zip(row)
-                    .map(|(f, v)| ((*f).to_owned(), v.clone()))
-                    .collect()
-            })
-            .collect());
+        // Row-major with the columns in the metadata's order: already the rows' layout.
+        let rows = values.len() / columns.max(1);
+        return Ok(Rows::new(rows, columns, values[..rows * columns].to_vec()));
     }
     // One tensor per feature.
     let mut rows: Option<usize> = None;
-    for (tensor, values) in &tensors {
+    for tensor in tensors {
+        let values = &tensor.data.0;
         if !features.contains(&tensor.name.as_str()) {
             return Err(bad(format!(
                 "unknown input {:?}: the model takes {} (or one [rows, {}] tensor of them)",
@@ -334,14 +313,25 @@ fn rows_of(
         }
     }
     let rows = rows.unwrap_or(0);
-    Ok((0..rows)
-        .map(|r| {
+    // Each feature's tensor (the first of its name), or none: then its values are missing.
+    let sources: Vec<Option<&[Json]>> = features
+        .iter()
+        .map(|f| {
             tensors
                 .iter()
-                .map(|(t, values)| (t.name.clone(), values[r].clone()))
-                .collect()
+                .find(|t| t.name == *f)
+                .map(|t| t.data.0.as_slice())
         })
-        .collect())
+        .collect();
+    let mut cells = Vec::with_capacity(rows * features.len());
+    for r in 0..rows {
+        cells.extend(
+            sources
+                .iter()
+                .map(|source| source.map_or(Json::Null, |values| values[r].clone())),
+        );
+    }
+    Ok(Rows::new(rows, features.len(), cells))
 }
 
 /// Which version answers: the canary for the share of ids its percentage covers.
@@ -384,9 +374,6 @@ fn bucket(key: &str) -> f64 {
     (u64::from_be_bytes(digest[..8].try_into().unwrap_or_default()) % 10_000) as f64
 }
 
-/// One row of a request: raw values by feature name.
-pub type Row = Vec<(String, Json)>;
-
 /// A request's ids: its own (made up when it has none) and its entity's.
 pub type Ids = (String, Option<String>);
 
@@ -401,10 +388,10 @@ fn score(
     serving: &Serving,
     name: &str,
     request: &InferRequest,
-    (loaded, role): (&Arc<Loaded>, &str),
+    (loaded, role): (&Arc<Loaded>, &'static str),
     ids: &Ids,
     started: std::time::Instant,
-) -> Result<Json, OipError> {
+) -> Result<InferResponse, OipError> {
     let features: Vec<&str> = loaded
         .artifact
         .transforms
@@ -435,68 +422,103 @@ fn score(
     if role == "production" {
         shadow(serving, name, ids, &rows, started);
     }
-    let mut response = json!({
-        "model_name": name,
-        "model_version": loaded.version.to_string(),
-        "parameters": {"role": role},
-        "outputs": outputs,
-    });
-    if let Some(id) = &request.id {
-        response["id"] = json!(id);
-    }
-    Ok(response)
+    Ok(InferResponse {
+        model_name: name.to_owned(),
+        model_version: loaded.version.to_string(),
+        id: request.id.clone(),
+        parameters: Parameters { role },
+        outputs,
+    })
 }
 
+/// The protocol's inference answer, serialized as it is (no tree of JSON values).
+#[derive(Debug, Serialize)]
+pub struct InferResponse {
+    model_name: String,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    parameters: Parameters,
+    outputs: Vec<Output>,
+}
+
+#[derive(Debug, Serialize)]
+struct Parameters {
+    role: &'static str,
+}
+
+/// One output tensor.
+#[derive(Debug, Serialize)]
+pub struct Output {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: Vec<usize>,
+    pub data: OutputData,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum OutputData {
+    Numbers(Vec<f64>),
+    Integers(Vec<i64>),
+    Texts(Vec<String>),
+}
+
+/// Each row's answer for the log: (score, label).
+pub type Answers = Vec<(f64, Option<String>)>;
+
 /// The protocol's output tensors for `rows` of raw values, each row's (score, label) for
-/// the log, and the model inputs the rows became (through the artifact's transforms).
-#[allow(clippy::type_complexity)]
-pub fn answer(
-    loaded: &Loaded,
-    rows: &[Vec<(String, Json)>],
-) -> Result<(Vec<Json>, Vec<(f64, Option<String>)>, Array2<f64>), String> {
-    let width = loaded.artifact.features.len();
-    let mut inputs = Array2::<f64>::zeros((rows.len(), width));
-    for (r, row) in rows.iter().enumerate() {
-        let vector = loaded
-            .artifact
-            .inputs(|feature| {
-                row.iter()
-                    .find(|(n, _)| n == feature)
-                    .map(|(_, v)| v.clone())
-            })
+/// the log, and the model inputs the rows became (through the version's compiled fitted
+/// transforms).
+pub fn answer(loaded: &Loaded, rows: &Rows) -> Result<(Vec<Output>, Answers, Array2<f64>), String> {
+    let mut inputs = Array2::<f64>::zeros((rows.len(), loaded.plan.width()));
+    for (r, mut row) in inputs.rows_mut().into_iter().enumerate() {
+        let out = row
+            .as_slice_mut()
+            .ok_or("the input matrix is not in standard layout")?;
+        loaded
+            .plan
+            .fill(rows.row(r), out)
             .map_err(|e| format!("row {r}: {e}"))?;
-        for (c, value) in vector.into_iter().enumerate() {
-            inputs[[r, c]] = value;
-        }
     }
     let n = rows.len();
-    // Each row's answer for the log: (score, label).
-    let mut logged: Vec<(f64, Option<String>)> = Vec::with_capacity(n);
+    let mut logged: Answers = Vec::with_capacity(n);
     let outputs = match loaded.artifact.task.as_str() {
         "multiclass_classification" => {
             let classes = &loaded.artifact.classes;
             let probabilities = loaded.model.probabilities(inputs.view(), classes.len());
             let likely = mlops_ml::model::most_likely(&probabilities);
-            let labels: Vec<&str> = likely
+            let labels: Vec<String> = likely
                 .iter()
-                .map(|&c| classes.get(c).map_or("", String::as_str))
+                .map(|&c| classes.get(c).cloned().unwrap_or_default())
                 .collect();
             for (r, (&c, label)) in likely.iter().zip(&labels).enumerate() {
-                logged.push((probabilities[[r, c]], Some((*label).to_owned())));
+                logged.push((probabilities[[r, c]], Some(label.clone())));
             }
             vec![
-                json!({"name": "probabilities", "datatype": "FP64",
-                       "shape": [n, probabilities.ncols()],
-                       "data": probabilities.iter().copied().collect::<Vec<f64>>()}),
-                json!({"name": "label", "datatype": "BYTES", "shape": [n], "data": labels}),
+                Output {
+                    name: "probabilities",
+                    datatype: "FP64",
+                    shape: vec![n, probabilities.ncols()],
+                    data: OutputData::Numbers(probabilities.iter().copied().collect()),
+                },
+                Output {
+                    name: "label",
+                    datatype: "BYTES",
+                    shape: vec![n],
+                    data: OutputData::Texts(labels),
+                },
             ]
         }
         "regression" => {
             let predictions = loaded.model.scores(inputs.view());
             logged.extend(predictions.iter().map(|p| (*p, None)));
-            vec![
-                json!({"name": "prediction", "datatype": "FP64", "shape": [n], "data": predictions}),
-            ]
+            vec![Output {
+                name: "prediction",
+                datatype: "FP64",
+                shape: vec![n],
+                data: OutputData::Numbers(predictions),
+            }]
         }
         _ => {
             let probabilities = loaded.model.scores(inputs.view());
@@ -508,8 +530,18 @@ pub fn answer(
                     .map(|(p, l)| (*p, Some(l.to_string()))),
             );
             vec![
-                json!({"name": "probability", "datatype": "FP64", "shape": [n], "data": probabilities}),
-                json!({"name": "label", "datatype": "INT64", "shape": [n], "data": labels}),
+                Output {
+                    name: "probability",
+                    datatype: "FP64",
+                    shape: vec![n],
+                    data: OutputData::Numbers(probabilities),
+                },
+                Output {
+                    name: "label",
+                    datatype: "INT64",
+                    shape: vec![n],
+                    data: OutputData::Integers(labels),
+                },
             ]
         }
     };
@@ -517,13 +549,7 @@ pub fn answer(
 }
 
 /// A canary at 0 % is a shadow: it scores what production answered, for the log only.
-pub fn shadow(
-    serving: &Serving,
-    name: &str,
-    ids: &Ids,
-    rows: &[Vec<(String, Json)>],
-    started: std::time::Instant,
-) {
+pub fn shadow(serving: &Serving, name: &str, ids: &Ids, rows: &Rows, started: std::time::Instant) {
     let Some((candidate, percent)) = serving.deployments.get(name).and_then(|d| d.canary) else {
         return;
     };
@@ -559,14 +585,14 @@ pub fn log(
     name: &str,
     ids: &Ids,
     answering: (&Arc<Loaded>, &str),
-    (rows, inputs): (&[Row], &Array2<f64>),
-    answers: Vec<(f64, Option<String>)>,
+    (rows, inputs): (&Rows, &Array2<f64>),
+    answers: Answers,
     started: std::time::Instant,
 ) {
     let columns = &answering.0.log_columns;
     let mut values = Vec::with_capacity(rows.len() * columns.width());
-    for (r, row) in rows.iter().enumerate() {
-        columns.values(row, inputs, r, &mut values);
+    for r in 0..rows.len() {
+        columns.values(rows.row(r), inputs, r, &mut values);
     }
     queue(
         serving,
@@ -593,7 +619,7 @@ pub fn log_failure(
 }
 
 /// What a request's log records carry: (logged values, answers, why it failed).
-type Outcome = (Vec<f64>, Vec<(f64, Option<String>)>, Option<String>);
+type Outcome = (Vec<f64>, Answers, Option<String>);
 
 fn queue(
     serving: &Serving,
@@ -627,7 +653,7 @@ async fn infer(
     State(serving): State<Arc<Serving>>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Body<Json>, OipError> {
+) -> Result<Body<InferResponse>, OipError> {
     let started = std::time::Instant::now();
     let request = parse(&body)?;
     let ids = ids_of(&request);
@@ -658,7 +684,7 @@ async fn infer_version(
     State(serving): State<Arc<Serving>>,
     Path((name, version)): Path<(String, String)>,
     body: Bytes,
-) -> Result<Body<Json>, OipError> {
+) -> Result<Body<InferResponse>, OipError> {
     let started = std::time::Instant::now();
     let request = parse(&body)?;
     let number = version_number(&version)?;
@@ -733,11 +759,8 @@ mod tests {
             let features = ["amount", "count"];
             match rows_of(&request, &features) {
                 Ok(rows) => {
-                    for row in rows {
-                        prop_assert!(!row.is_empty());
-                        for (name, _) in &row {
-                            prop_assert!(features.contains(&name.as_str()), "{name}");
-                        }
+                    for r in 0..rows.len() {
+                        prop_assert_eq!(rows.row(r).len(), features.len());
                     }
                 }
                 Err(OipError(status, message)) => {

@@ -21,6 +21,7 @@ use serde_json::{Map, Value as Json, json};
 use crate::{
     deployments::Loaded,
     oip::{Ids, Serving, answer, log, log_failure, route_by},
+    rows::Rows,
 };
 
 #[derive(Debug, Deserialize)]
@@ -189,8 +190,10 @@ async fn predict_with(
             ));
         }
     };
-    let row: Vec<(String, Json)> = features.into_iter().collect();
-    let rows = vec![row];
+    let rows = Rows::named(
+        loaded.artifact.transforms.iter().map(|(n, _)| n.as_str()),
+        &features,
+    );
     let (outputs, answers, inputs) = answer(loaded, &rows).map_err(|reason| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_features", reason)
     })?;
@@ -206,17 +209,16 @@ async fn predict_with(
     if role == "production" {
         crate::oip::shadow(serving, model, ids, &rows, started);
     }
+    // One row: a value per output, or the row's vector for a [1, n] output.
     let prediction: Map<String, Json> = outputs
         .iter()
-        .filter_map(|o| {
-            let name = o["name"].as_str()?.to_owned();
-            let value = match o["data"].as_array() {
-                Some(data) if o["shape"].as_array().is_some_and(|s| s.len() == 1) => {
-                    data.first().cloned().unwrap_or(Json::Null)
-                }
-                _ => o["data"].clone(),
+        .map(|o| {
+            let data = json!(o.data);
+            let value = match data.as_array() {
+                Some(values) if o.shape.len() == 1 => values.first().cloned().unwrap_or(Json::Null),
+                _ => data,
             };
-            Some((name, value))
+            (o.name.to_owned(), value)
         })
         .collect();
     let vector: Map<String, Json> = loaded

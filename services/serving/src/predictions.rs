@@ -13,6 +13,7 @@ use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 use mlops_events::{PredictionLog, PredictionLogRef, ServingRole, topics};
 use mlops_kafka::{KafkaConfig, LogProducer, TopicSpec};
 use mlops_ml::ModelArtifact;
+use mlops_runtime::series::SeriesCache;
 use mlops_schema::AvroCodec;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -39,8 +40,8 @@ pub struct LogColumns {
 
 #[derive(Debug, Clone)]
 enum Source {
-    /// The request's raw value of this feature.
-    Raw(String),
+    /// The request's raw value of the feature at this position among the transforms.
+    Raw(usize),
     /// Column `i` of the model's input vector.
     Input(usize),
 }
@@ -48,10 +49,10 @@ enum Source {
 impl LogColumns {
     pub fn of(artifact: &ModelArtifact) -> Self {
         let mut columns = Self::default();
-        for (feature, state) in &artifact.transforms {
+        for (position, (feature, state)) in artifact.transforms.iter().enumerate() {
             if state.encode.is_none() {
                 columns.names.push(feature.clone());
-                columns.sources.push(Source::Raw(feature.clone()));
+                columns.sources.push(Source::Raw(position));
                 continue;
             }
             // The encoded inputs a value of this feature becomes, by name.
@@ -69,20 +70,20 @@ impl LogColumns {
         self.names.len()
     }
 
-    /// Appends row `r`'s values (NaN where the request had no number) to `out`.
+    /// Appends row `r`'s values (NaN where the request had no number) to `out`; `raw` is the
+    /// row's raw values in the transforms' order.
     pub fn values(
         &self,
-        raw: &[(String, Json)],
+        raw: &[Json],
         inputs: &ndarray::Array2<f64>,
         r: usize,
         out: &mut Vec<f64>,
     ) {
         for source in &self.sources {
             out.push(match source {
-                Source::Raw(feature) => raw
-                    .iter()
-                    .find(|(name, _)| name == feature)
-                    .and_then(|(_, v)| v.as_f64())
+                Source::Raw(position) => raw
+                    .get(*position)
+                    .and_then(Json::as_f64)
                     .unwrap_or(f64::NAN),
                 Source::Input(i) => inputs[[r, *i]],
             });
@@ -100,7 +101,7 @@ pub struct Answered {
     /// Row-major values of `loaded.log_columns` (NaN where a row had no number).
     pub values: Vec<f64>,
     /// Each row's (score, label); empty when the version failed.
-    pub answers: Vec<(f64, Option<String>)>,
+    pub answers: crate::oip::Answers,
     pub latency_us: i64,
     pub predicted_at: i64,
     /// The W3C `traceparent` of the request's span (its trace id is the record's `trace_id`).
@@ -183,6 +184,9 @@ impl PredictionLogger {
         };
         let drain = async move {
             let mut destinations: HashMap<String, Destination> = HashMap::new();
+            let rows_served: SeriesCache<(i64, ServingRole, bool), Counter> =
+                SeriesCache::default();
+            let latencies: SeriesCache<ServingRole, Histogram> = SeriesCache::default();
             let mut record = Vec::with_capacity(1024);
             let mut row_id = String::new();
             let mut complaints = Complaints::default();
@@ -202,26 +206,32 @@ impl PredictionLogger {
                     },
                 };
                 // Counted here, off the request's path (a request the queue had no room
-                // for is counted in `dropped` instead).
-                let role = format!("{:?}", answered.role).to_lowercase();
-                served
-                    .get_or_create(&vec![
-                        ("model", answered.model.clone()),
-                        ("version", answered.loaded.version.to_string()),
-                        ("role", role.clone()),
-                        (
-                            "outcome",
-                            if answered.error.is_some() {
-                                "error"
-                            } else {
-                                "ok"
-                            }
-                            .to_owned(),
-                        ),
-                    ])
+                // for is counted in `dropped` instead), through handles found with one
+                // lookup rather than label sets built per request.
+                let ok = answered.error.is_none();
+                let role = answered.role;
+                let version = answered.loaded.version;
+                rows_served
+                    .get(&answered.model, (version, role, ok), || {
+                        served
+                            .get_or_create(&vec![
+                                ("model", answered.model.clone()),
+                                ("version", version.to_string()),
+                                ("role", role_label(role).to_owned()),
+                                ("outcome", if ok { "ok" } else { "error" }.to_owned()),
+                            ])
+                            .clone()
+                    })
                     .inc_by(answered.records());
-                latency
-                    .get_or_create(&vec![("model", answered.model.clone()), ("role", role)])
+                latencies
+                    .get(&answered.model, role, || {
+                        latency
+                            .get_or_create(&vec![
+                                ("model", answered.model.clone()),
+                                ("role", role_label(role).to_owned()),
+                            ])
+                            .clone()
+                    })
                     .observe(answered.latency_us as f64 / 1e6);
                 if !destinations.contains_key(&answered.model) {
                     match destination(&kafka, &codec, &answered.model).await {
@@ -322,6 +332,15 @@ impl PredictionLogger {
 
     pub fn logged(&self) -> u64 {
         self.logged.get()
+    }
+}
+
+/// A role as the metrics' `role` label names it.
+fn role_label(role: ServingRole) -> &'static str {
+    match role {
+        ServingRole::Production => "production",
+        ServingRole::Canary => "canary",
+        ServingRole::Shadow => "shadow",
     }
 }
 

@@ -371,6 +371,7 @@ where
     let mut forest = Forest {
         trees: Vec::with_capacity(settings.trees),
         features: Vec::with_capacity(settings.trees),
+        flat: Default::default(),
     };
     for _ in 0..settings.trees {
         let picked: Vec<usize> = (0..sample).map(|_| rng.gen_range(0..rows)).collect();
