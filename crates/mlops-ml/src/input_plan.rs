@@ -334,7 +334,8 @@ mod tests {
                 if add_unmade {
                     features.push("never_made".to_owned());
                 }
-                features.rotate_left((seed % features.len() as u64) as usize);
+                let turn = (seed % features.len() as u64) as usize;
+                features.rotate_left(turn);
                 ModelArtifact {
                     model_name: "m".to_owned(),
                     algorithm: "logistic_regression".to_owned(),
