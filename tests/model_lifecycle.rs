@@ -6,7 +6,15 @@
 // Tests drive the services from outside, as a user would: plain tasks and clients.
 #![allow(clippy::disallowed_methods)]
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::response::IntoResponse;
 
 use mlops_events::{
     TrainingReason, TrainingRequest, TrainingRunResult, TrainingRunStatus, new_id, now_millis,
@@ -517,6 +525,115 @@ async fn the_served_input_vector_is_the_training_row_of_the_same_event() {
     assert_eq!(by_name["prediction"], served["prediction"]);
     let (status, unknown) = predict(json!({"entity_id": "nobody"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+}
+
+/// A gateway in front of the feature service that answers its first `refusals` training-set
+/// requests as a feature service whose view is still catching up does (503
+/// `not_caught_up`), and passes everything else through. Returns its URL and how many
+/// training-set requests it has seen.
+async fn catching_up_at_first(
+    feature_url: String,
+    refusals: usize,
+) -> (String, Arc<AtomicUsize>, tokio_util::sync::DropGuard) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let upstream = reqwest::Client::new();
+    let pass = move |method: axum::http::Method,
+                     uri: axum::http::Uri,
+                     headers: axum::http::HeaderMap,
+                     body: axum::body::Bytes| {
+        let (counter, upstream, feature_url) =
+            (counter.clone(), upstream.clone(), feature_url.clone());
+        async move {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            if method == axum::http::Method::POST
+                && path == "/v1/training-sets"
+                && counter.fetch_add(1, Ordering::SeqCst) < refusals
+            {
+                let body = json!({"error": "not_caught_up",
+                                  "message": "feature view still 240 records behind"});
+                return (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    body.to_string(),
+                )
+                    .into_response();
+            }
+            let mut request = upstream.request(method, format!("{feature_url}{path}"));
+            for (name, value) in &headers {
+                if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
+                    request = request.header(name, value);
+                }
+            }
+            let answer = request.body(body).send().await.unwrap();
+            let status = answer.status();
+            let content_type = answer.headers().get("content-type").cloned();
+            let bytes = answer.bytes().await.unwrap();
+            let mut response = (status, bytes).into_response();
+            if let Some(content_type) = content_type {
+                response.headers_mut().insert("content-type", content_type);
+            }
+            response
+        }
+    };
+    let gateway = axum::Router::new().fallback(pass);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, gateway)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    (url, seen, cancel.drop_guard())
+}
+
+/// A feature service that is not ready (its view catching up after a restart, say) does
+/// not fail the run: it waits, is tried again with its request, and trains once the
+/// training set is built — saying why it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_waits_out_a_feature_service_still_catching_up() {
+    let p = Platform::start().await;
+    let view = p.labelled_spend().await;
+    let (gateway, seen, _gateway) = catching_up_at_first(p.feature.url.clone(), 2).await;
+    let mut config = p.training_config(0);
+    config.training.feature_url = gateway;
+    let training =
+        TestService::run(|listener, cancel| training::run(config, listener, cancel)).await;
+    let model = unique("patient");
+    declare(&p, &training, good_spec(&model, &view)).await;
+    let run = manual_run(&p, &training, &model).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["attempts"], 3,
+        "two refusals, then the training set: {run}"
+    );
+    assert!(
+        run["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503") && e.contains("not_caught_up")),
+        "{run}"
+    );
+    assert_eq!(run["registered_version"], 1, "{run}");
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    let metrics = p
+        .http
+        .get(format!("{}/metrics", training.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mlops_training_run_retries_total")
+                && l.contains(&model)
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
+    training.stop().await;
 }
 
 /// Residency: a training set carries the region of the feature service that built it; a

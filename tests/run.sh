@@ -91,7 +91,8 @@ export MLOPS_TEST_POSTGRES_URL
 host=$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')
 export "CARGO_TARGET_${host}_RUNNER=timeout --kill-after=30 1200"
 status=0
-cargo test --workspace --locked "$@" 2>&1 | tee "$work/test.log" || status=$?
+# Every binary runs even after one fails: one run shows every failure, not the first.
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$work/test.log" || status=$?
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 }
      END { printf "%d passed, %d failed\n", passed, failed }' "$work/test.log"

@@ -150,6 +150,17 @@ pub enum ServingRole {
     Shadow,
 }
 
+impl ServingRole {
+    /// Its name, as the API, the metrics and the log's JSON spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Production => "production",
+            Self::Canary => "canary",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionLog {
     pub request_id: String,

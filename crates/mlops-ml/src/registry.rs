@@ -15,8 +15,16 @@ pub struct RegistryClient {
     key: OnceCell<VerifyingKey>,
 }
 
+const UNREACHABLE: &str = "the model registry is unreachable";
+
 fn unreachable(e: reqwest::Error) -> String {
-    format!("the model registry is unreachable: {e}")
+    format!("{UNREACHABLE}: {e}")
+}
+
+/// Whether `error` (from this client) says the registry was not reached or failed to
+/// answer — worth trying again later — rather than that it refused.
+pub fn is_unreachable(error: &str) -> bool {
+    error.contains(UNREACHABLE)
 }
 
 impl RegistryClient {

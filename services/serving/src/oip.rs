@@ -19,6 +19,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use mlops_events::ServingRole;
 use mlops_service::routes::{Api, Role, Route};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -339,7 +340,7 @@ fn route(
     deployments: &Deployments,
     name: &str,
     request: &InferRequest,
-) -> Result<(Arc<Loaded>, &'static str), OipError> {
+) -> Result<(Arc<Loaded>, ServingRole), OipError> {
     let key = entity_of(request).or_else(|| request.id.clone());
     route_by(deployments, name, key.as_deref()).ok_or_else(|| not_found(name))
 }
@@ -357,15 +358,15 @@ pub fn route_by(
     deployments: &Deployments,
     name: &str,
     key: Option<&str>,
-) -> Option<(Arc<Loaded>, &'static str)> {
+) -> Option<(Arc<Loaded>, ServingRole)> {
     let deployment = deployments.get(name)?;
     if let Some((canary, percent)) = &deployment.canary {
         let in_canary = key.is_some_and(|key| bucket(key) < percent * 100.0);
         if in_canary || deployment.production.is_none() {
-            return Some((canary.clone(), "canary"));
+            return Some((canary.clone(), ServingRole::Canary));
         }
     }
-    deployment.production.map(|p| (p, "production"))
+    deployment.production.map(|p| (p, ServingRole::Production))
 }
 
 /// A stable bucket in [0, 10000) for `key`.
@@ -388,7 +389,7 @@ fn score(
     serving: &Serving,
     name: &str,
     request: &InferRequest,
-    (loaded, role): (&Arc<Loaded>, &'static str),
+    (loaded, role): (&Arc<Loaded>, ServingRole),
     ids: &Ids,
     started: std::time::Instant,
 ) -> Result<InferResponse, OipError> {
@@ -419,7 +420,7 @@ fn score(
         answers,
         started,
     );
-    if role == "production" {
+    if role == ServingRole::Production {
         shadow(serving, name, ids, &rows, started);
     }
     Ok(InferResponse {
@@ -444,7 +445,7 @@ pub struct InferResponse {
 
 #[derive(Debug, Serialize)]
 struct Parameters {
-    role: &'static str,
+    role: ServingRole,
 }
 
 /// One output tensor.
@@ -561,20 +562,12 @@ pub fn shadow(serving: &Serving, name: &str, ids: &Ids, rows: &Rows, started: st
             serving,
             name,
             ids,
-            (&candidate, "shadow"),
+            (&candidate, ServingRole::Shadow),
             (rows, &inputs),
             answers,
             started,
         ),
-        Err(reason) => log_failure(serving, name, ids, (&candidate, "shadow"), &reason, started),
-    }
-}
-
-fn serving_role(role: &str) -> mlops_events::ServingRole {
-    match role {
-        "canary" => mlops_events::ServingRole::Canary,
-        "shadow" => mlops_events::ServingRole::Shadow,
-        _ => mlops_events::ServingRole::Production,
+        Err(reason) => log_failure(serving, name, ids, (&candidate, ServingRole::Shadow), &reason, started),
     }
 }
 
@@ -584,7 +577,7 @@ pub fn log(
     serving: &Serving,
     name: &str,
     ids: &Ids,
-    answering: (&Arc<Loaded>, &str),
+    answering: (&Arc<Loaded>, ServingRole),
     (rows, inputs): (&Rows, &Array2<f64>),
     answers: Answers,
     started: std::time::Instant,
@@ -610,7 +603,7 @@ pub fn log_failure(
     serving: &Serving,
     name: &str,
     ids: &Ids,
-    answering: (&Arc<Loaded>, &str),
+    answering: (&Arc<Loaded>, ServingRole),
     reason: &str,
     started: std::time::Instant,
 ) {
@@ -625,14 +618,14 @@ fn queue(
     serving: &Serving,
     name: &str,
     (id, entity): &Ids,
-    (loaded, role): (&Arc<Loaded>, &str),
+    (loaded, role): (&Arc<Loaded>, ServingRole),
     (values, answers, error): Outcome,
     started: std::time::Instant,
 ) {
     serving.logger.log(Answered {
         model: name.to_owned(),
         loaded: loaded.clone(),
-        role: serving_role(role),
+        role,
         request_id: id.clone(),
         entity_id: entity.clone(),
         values,
@@ -661,7 +654,7 @@ async fn infer(
     match score(&serving, &name, &request, (&loaded, role), &ids, started) {
         // A canary that fails where production answers must not cost the caller: production
         // answers, and the failure is logged against the canary, whose analysis counts it.
-        Err(failure) if role == "canary" => {
+        Err(failure) if role == ServingRole::Canary => {
             let Some(production) = serving.deployments.get(&name).and_then(|d| d.production) else {
                 return Err(failure);
             };
@@ -669,7 +662,7 @@ async fn infer(
                 &serving,
                 &name,
                 &request,
-                (&production, "production"),
+                (&production, ServingRole::Production),
                 &ids,
                 started,
             )?;
@@ -694,9 +687,9 @@ async fn infer_version(
         .as_ref()
         .is_some_and(|p| p.version == number)
     {
-        "production"
+        ServingRole::Production
     } else {
-        "canary"
+        ServingRole::Canary
     };
     let loaded = deployment.version(number).ok_or_else(|| {
         OipError(

@@ -14,6 +14,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
+use mlops_events::ServingRole;
 use mlops_service::ApiError;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
@@ -142,7 +143,7 @@ pub async fn model_verb(
     match predict_with(&serving, model, &request, (&loaded, role), &ids, started).await {
         // As over OIP: a canary that fails where production answers is logged against the
         // canary, and production answers.
-        Err(failure) if role == "canary" => {
+        Err(failure) if role == ServingRole::Canary => {
             let Some(production) = serving.deployments.get(model).and_then(|d| d.production) else {
                 return Err(failure);
             };
@@ -150,7 +151,7 @@ pub async fn model_verb(
                 &serving,
                 model,
                 &request,
-                (&production, "production"),
+                (&production, ServingRole::Production),
                 &ids,
                 started,
             )
@@ -175,7 +176,7 @@ async fn predict_with(
     serving: &Serving,
     model: &str,
     request: &PredictRequest,
-    (loaded, role): (&Arc<Loaded>, &str),
+    (loaded, role): (&Arc<Loaded>, ServingRole),
     ids: &Ids,
     started: std::time::Instant,
 ) -> Result<Body<Json>, ApiError> {
@@ -206,7 +207,7 @@ async fn predict_with(
         answers,
         started,
     );
-    if role == "production" {
+    if role == ServingRole::Production {
         crate::oip::shadow(serving, model, ids, &rows, started);
     }
     // One row: a value per output, or the row's vector for a [1, n] output.
@@ -231,7 +232,7 @@ async fn predict_with(
     Ok(Body(json!({
         "model": model,
         "version": loaded.version,
-        "role": role,
+        "role": role.as_str(),
         "request_id": ids.0,
         "entity_id": request.entity_id,
         "prediction": prediction,

@@ -217,7 +217,7 @@ impl PredictionLogger {
                             .get_or_create(&vec![
                                 ("model", answered.model.clone()),
                                 ("version", version.to_string()),
-                                ("role", role_label(role).to_owned()),
+                                ("role", role.as_str().to_owned()),
                                 ("outcome", if ok { "ok" } else { "error" }.to_owned()),
                             ])
                             .clone()
@@ -228,7 +228,7 @@ impl PredictionLogger {
                         latency
                             .get_or_create(&vec![
                                 ("model", answered.model.clone()),
-                                ("role", role_label(role).to_owned()),
+                                ("role", role.as_str().to_owned()),
                             ])
                             .clone()
                     })
@@ -336,14 +336,6 @@ impl PredictionLogger {
 }
 
 /// A role as the metrics' `role` label names it.
-fn role_label(role: ServingRole) -> &'static str {
-    match role {
-        ServingRole::Production => "production",
-        ServingRole::Canary => "canary",
-        ServingRole::Shadow => "shadow",
-    }
-}
-
 /// Warnings about records not logged, at most one per interval: under pressure every
 /// record may fail the same way, and a warning per record would cost more than the record.
 #[derive(Default)]

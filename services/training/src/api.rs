@@ -183,6 +183,7 @@ async fn run_json(store: &TrainingStore, row: &RunRow) -> Result<Json, ApiError>
         "not_before": row.not_before,
         "started_at": row.started_at,
         "attempts": row.attempts,
+        "last_error": row.last_error,
         "request_ids": requests.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>(),
         "trace_id": row.trace_id,
     }))

@@ -2,8 +2,9 @@
 //! a burst coalesces into one), a pending run starts once its cooldown has passed, on a
 //! bounded number of slots, and its work — snapshot, search, gate against production,
 //! registration — happens off the consumer and off the HTTP handlers, with the CPU-heavy
-//! part on the blocking pool. Each finished run's `TrainingRunResult` goes to
-//! `training.runs`, retried until the broker takes it.
+//! part on the blocking pool. An attempt stopped by a peer that is not ready (see
+//! [`Stop`]) puts the run back to wait, with backoff. Each finished run's
+//! `TrainingRunResult` goes to `training.runs`, retried until the broker takes it.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -23,8 +24,29 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     run::{GateReport, train},
-    store::{RequestRow, RunRow, StoreError, TrainingStore},
+    store::{MAX_TRANSIENT_ATTEMPTS, RequestRow, RunRow, StoreError, TrainingStore},
 };
+
+/// Why an attempt at a run stopped: for good (the run fails), or for now — a peer
+/// restarting or still catching up — after which the run waits and is tried again, its
+/// requests kept, up to [`MAX_TRANSIENT_ATTEMPTS`] starts.
+#[derive(Debug)]
+pub enum Stop {
+    Failed(String),
+    Transient(String),
+}
+
+impl From<String> for Stop {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+/// How long a run waits before its next start after `attempts` starts that stopped on a
+/// transient failure: 2 s, doubling, at most 30 s — a minute in all for the first five.
+fn backoff_ms(attempts: i64) -> i64 {
+    (2_000i64 << (attempts - 1).clamp(0, 10)).min(30_000)
+}
 
 /// The code that trains, baked in at build time (see `build.rs`).
 pub const CODE_VERSION: &str = env!("MLOPS_CODE_VERSION");
@@ -52,12 +74,14 @@ pub struct Runner {
 pub struct RunMetrics {
     runs: Family<Vec<(&'static str, String)>, Counter>,
     seconds: Family<Vec<(&'static str, String)>, Histogram>,
+    retries: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl RunMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             runs: Family::default(),
+            retries: Family::default(),
             seconds: Family::new_with_constructor(|| {
                 Histogram::new([0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0])
             }),
@@ -72,7 +96,19 @@ impl RunMetrics {
             "Duration of training runs from start to finish, by model and status",
             metrics.seconds.clone(),
         );
+        registry.register(
+            "mlops_training_run_retries",
+            "Attempts at training runs that stopped on a transient failure (a peer restarting \
+             or catching up) and were put back to wait, by model",
+            metrics.retries.clone(),
+        );
         metrics
+    }
+
+    fn retried(&self, model: &str) {
+        self.retries
+            .get_or_create(&vec![("model", model.to_owned())])
+            .inc();
     }
 
     fn finished(&self, model: &str, status: &str, seconds: f64) {
@@ -149,9 +185,27 @@ impl Runner {
 
     async fn execute(self: Arc<Self>, run: RunRow, _slot: OwnedSemaphorePermit) {
         let started = now_millis();
+        let attempts = run.attempts + 1;
         let (status, record) = match self.attempt(&run, started).await {
             Ok(done) => done,
-            Err(reason) => {
+            Err(Stop::Transient(reason)) if attempts < MAX_TRANSIENT_ATTEMPTS => {
+                let at = now_millis() + backoff_ms(attempts);
+                warn!(run = %run.id, model = %run.model, %reason, attempts, retry_at = at,
+                    "training run stopped short; it will be tried again");
+                if let Err(e) = self.store.retry_later(&run.id, &reason, at).await {
+                    // Left running, the run is resumed by the next start of the service.
+                    warn!(run = %run.id, error = %e, "run not put back to pending");
+                }
+                self.metrics.retried(&run.model);
+                self.wake.notify_one();
+                return;
+            }
+            Err(Stop::Transient(reason)) => {
+                let reason = format!("{reason} (after {attempts} attempts)");
+                warn!(run = %run.id, model = %run.model, %reason, "training run failed");
+                ("failed", json!({"reason": reason}))
+            }
+            Err(Stop::Failed(reason)) => {
                 warn!(run = %run.id, model = %run.model, %reason, "training run failed");
                 ("failed", json!({"reason": reason}))
             }
@@ -163,7 +217,9 @@ impl Runner {
             "model": run.model,
             "status": status,
             "code_version": CODE_VERSION,
-            "attempts": run.attempts + 1,
+            "attempts": attempts,
+            // Why the attempt before this one stopped short, when there was one.
+            "last_error": run.last_error,
             "requests": requests.iter().map(request_json).collect::<Vec<_>>(),
             "request_ids": requests.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>(),
             "trace_id": run.trace_id,
@@ -188,7 +244,7 @@ impl Runner {
     }
 
     /// The run's work; `(status, record parts)` or why it failed.
-    async fn attempt(&self, run: &RunRow, started: i64) -> Result<(&'static str, Json), String> {
+    async fn attempt(&self, run: &RunRow, started: i64) -> Result<(&'static str, Json), Stop> {
         let spec = self
             .store
             .specs()
@@ -213,7 +269,13 @@ impl Runner {
         )
         .await?;
         let t1 = now_millis();
-        let production = self.registry.production(&spec.name).await?;
+        let production = self.registry.production(&spec.name).await.map_err(|e| {
+            if mlops_ml::registry::is_unreachable(&e) {
+                Stop::Transient(e)
+            } else {
+                Stop::Failed(e)
+            }
+        })?;
         let (production_version, production_artifact) = match production {
             Some((v, a)) => (Some(v), Some(a)),
             None => (None, None),

@@ -5,7 +5,7 @@ use mlops_telemetry::Traced;
 use ndarray::Array2;
 use polars::prelude::*;
 
-use crate::{spec::Task, trainer::Examples};
+use crate::{runner::Stop, spec::Task, trainer::Examples};
 
 /// The model inputs `features` (the manifest's order) and the target of every row, in
 /// the snapshot's order (event time), for `task`: a binary label (0/1, or booleans), a
@@ -94,14 +94,16 @@ pub fn examples(
 
 /// The training snapshot of `spec` (limited to `[start, end)` of label event time when
 /// given), from the feature service: built (or found, snapshots are content-addressed)
-/// and read.
+/// and read. A feature service that cannot be reached or is not ready (502–504: restarting,
+/// or its view still catching up with the raw topic) stops the attempt for now, not for
+/// good.
 pub async fn fetch(
     http: &reqwest::Client,
     feature_url: &str,
     spec: &crate::spec::ModelSpec,
     window: (Option<i64>, Option<i64>),
     region: Option<&str>,
-) -> Result<(mlops_ml::Manifest, DataFrame), String> {
+) -> Result<(mlops_ml::Manifest, DataFrame), Stop> {
     let mut request = serde_json::json!({"view": spec.view});
     if let Some(version) = spec.view_version {
         request["view_version"] = version.into();
@@ -115,7 +117,8 @@ pub async fn fetch(
     if let Some(end) = window.1 {
         request["end"] = end.into();
     }
-    let unreachable = |e: reqwest::Error| format!("the feature service is unreachable: {e}");
+    let unreachable =
+        |e: reqwest::Error| Stop::Transient(format!("the feature service is unreachable: {e}"));
     let response = http
         .post(format!("{feature_url}/v1/training-sets"))
         .traced()
@@ -126,15 +129,21 @@ pub async fn fetch(
     let status = response.status();
     let body: serde_json::Value = response.json().await.map_err(unreachable)?;
     if !status.is_success() {
-        return Err(format!(
-            "the feature service built no training set ({status}): {body}"
-        ));
+        let reason = format!("the feature service built no training set ({status}): {body}");
+        return Err(if is_transient(status) {
+            Stop::Transient(reason)
+        } else {
+            Stop::Failed(reason)
+        });
     }
     let manifest: mlops_ml::Manifest =
         serde_json::from_value(body).map_err(|e| format!("snapshot manifest: {e}"))?;
     // Residency: a model is trained only on data of this service's region.
     if let Some(reason) = mlops_events::topics::foreign_region(manifest.region.as_deref(), region) {
-        return Err(format!("training set {}: {reason}", manifest.id));
+        return Err(Stop::Failed(format!(
+            "training set {}: {reason}",
+            manifest.id
+        )));
     }
     let data = http
         .get(format!(
@@ -154,6 +163,15 @@ pub async fn fetch(
             .await
             .map_err(|e| format!("snapshot data: {e}"))?;
     Ok((manifest, frame))
+}
+
+/// Statuses that say "not now" rather than "no": a gateway or the service not ready.
+fn is_transient(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode;
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 #[cfg(test)]

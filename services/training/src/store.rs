@@ -23,10 +23,19 @@ const MIGRATIONS: &[Migration] = &[
         description: "run traceparent",
         sql: include_str!("../migrations/0002_run_traceparent.sql"),
     },
+    Migration {
+        version: 3,
+        description: "run last error",
+        sql: include_str!("../migrations/0003_run_last_error.sql"),
+    },
 ];
 
 /// Starts of one run before a restart-interrupted run is given up as failed.
 pub const MAX_ATTEMPTS: i64 = 3;
+
+/// Starts of one run before one that keeps stopping on a transient failure (a peer
+/// restarting or catching up) is given up as failed.
+pub const MAX_TRANSIENT_ATTEMPTS: i64 = 6;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -56,6 +65,8 @@ pub struct RunRow {
     pub trace_id: Option<String>,
     /// The span the run's first request arrived in (W3C), parent of the run's span.
     pub traceparent: Option<String>,
+    /// Why its last attempt stopped short, while it waits to be tried again.
+    pub last_error: Option<String>,
 }
 
 /// A request as recorded with its run.
@@ -80,7 +91,7 @@ pub fn reason_name(reason: TrainingReason) -> &'static str {
 }
 
 const RUN_COLUMNS: &str = "id, model, status, created_at, not_before, started_at, finished_at, \
-     attempts, record, published, trace_id, traceparent";
+     attempts, record, published, trace_id, traceparent, last_error";
 
 fn run_row(row: &AnyRow) -> Result<RunRow> {
     let record: Option<String> = row.try_get("record")?;
@@ -101,6 +112,7 @@ fn run_row(row: &AnyRow) -> Result<RunRow> {
         published: published != 0,
         trace_id: row.try_get("trace_id")?,
         traceparent: row.try_get("traceparent")?,
+        last_error: row.try_get("last_error")?,
     })
 }
 
@@ -267,6 +279,21 @@ impl TrainingStore {
              WHERE id = $2 AND status = 'pending'",
         )
         .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts a running run back to pending, due at `not_before`, with why its attempt
+    /// stopped short; `false` when it was not running.
+    pub async fn retry_later(&self, id: &str, reason: &str, not_before: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'pending', not_before = $1, last_error = $2 \
+             WHERE id = $3 AND status = 'running'",
+        )
+        .bind(not_before)
+        .bind(reason)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -449,6 +476,40 @@ mod tests {
         let next = store.attach(&request("e", "fraud"), 99).await.unwrap();
         assert_ne!(next, run);
         assert_eq!(store.last_finished("fraud").await.unwrap(), Some(12));
+    }
+
+    #[tokio::test]
+    async fn a_run_stopped_by_a_transient_failure_waits_with_its_reason_and_keeps_its_requests() {
+        let (store, _dir) = store().await;
+        let run = store.attach(&request("a", "fraud"), 0).await.unwrap();
+        assert!(store.start(&run, 1).await.unwrap());
+        assert!(
+            store
+                .retry_later(&run, "feature view behind", 5_000)
+                .await
+                .unwrap()
+        );
+        let row = store.run(&run).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status.as_str(), row.not_before, row.attempts),
+            ("pending", 5_000, 1)
+        );
+        assert_eq!(row.last_error.as_deref(), Some("feature view behind"));
+        assert!(
+            store.due(4_999).await.unwrap().is_empty(),
+            "not before its backoff"
+        );
+        // Requests arriving meanwhile still join it, and it starts again once due.
+        assert_eq!(store.attach(&request("b", "fraud"), 0).await.unwrap(), run);
+        assert_eq!(store.due(5_000).await.unwrap().len(), 1);
+        assert!(store.start(&run, 5_000).await.unwrap());
+        assert_eq!(store.requests(&run).await.unwrap().len(), 2);
+        // Only a running run is put back.
+        store
+            .finish(&run, "succeeded", &serde_json::json!({}), 6_000)
+            .await
+            .unwrap();
+        assert!(!store.retry_later(&run, "late", 7_000).await.unwrap());
     }
 
     #[tokio::test]
