@@ -567,7 +567,14 @@ pub fn shadow(serving: &Serving, name: &str, ids: &Ids, rows: &Rows, started: st
             answers,
             started,
         ),
-        Err(reason) => log_failure(serving, name, ids, (&candidate, ServingRole::Shadow), &reason, started),
+        Err(reason) => log_failure(
+            serving,
+            name,
+            ids,
+            (&candidate, ServingRole::Shadow),
+            &reason,
+            started,
+        ),
     }
 }
 
