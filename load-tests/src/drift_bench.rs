@@ -77,12 +77,11 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// (feature, PSI, KS D, KS p) of one feature.
-fn statistics(
-    name: &str,
-    reference: &Column,
-    current: &Column,
-) -> anyhow::Result<(String, f64, f64, f64)> {
+/// One feature's statistics: (feature, PSI, KS D, KS p, PSI p).
+type Statistics = (String, f64, f64, f64, f64);
+
+/// The statistics of one feature.
+fn statistics(name: &str, reference: &Column, current: &Column) -> anyhow::Result<Statistics> {
     let ReferenceStatistics::Numeric {
         bin_edges,
         bin_counts,
@@ -94,9 +93,15 @@ fn statistics(
     let mut live: Vec<f64> = current.f64()?.into_no_null_iter().collect();
     let counts = drift::histogram(&bin_edges, live.iter().copied());
     let psi = drift::psi(&bin_counts, &counts);
+    let psi_p = drift::psi_p_value(
+        psi,
+        bin_counts.len(),
+        bin_counts.iter().sum(),
+        counts.iter().sum(),
+    );
     let mut reference: Vec<f64> = reference.f64()?.into_no_null_iter().collect();
     let (d, p) = drift::ks_two_sample(&mut reference, &mut live);
-    Ok((name.to_owned(), psi, d, p))
+    Ok((name.to_owned(), psi, d, p, psi_p))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -144,7 +149,9 @@ fn main() -> anyhow::Result<()> {
     results.sort_by_key(|(name, ..)| name[1..].parse::<usize>().unwrap_or(0));
     let drifted = results
         .iter()
-        .filter(|r| r.1 > 0.2 || (r.3 < 0.01 && r.2 >= 0.1))
+        // The monitor's default rule: PSI > 0.2 and significant, or KS significant with
+        // D ≥ 0.1, each at p < 0.001.
+        .filter(|r| (r.1 > 0.2 && r.4 < 0.001) || (r.3 < 0.001 && r.2 >= 0.1))
         .count();
     println!(
         "{}",
@@ -155,7 +162,7 @@ fn main() -> anyhow::Result<()> {
             "seconds": seconds,
             "cpu_seconds": cpu,
             "drifted": drifted,
-            "statistics": results.iter().map(|(n, psi, d, p)| json!({"feature": n, "psi": psi, "ks": d, "ks_p": p})).collect::<Vec<_>>(),
+            "statistics": results.iter().map(|(n, psi, d, p, psi_p)| json!({"feature": n, "psi": psi, "psi_p": psi_p, "ks": d, "ks_p": p})).collect::<Vec<_>>(),
         })
     );
     Ok(())

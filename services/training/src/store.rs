@@ -3,7 +3,8 @@
 //! it arrives and joins the model's pending or running run if there is one, so a burst
 //! becomes one run that lists every request; a run left `running` by a restart is put
 //! back to `pending` and run again (results are deterministic), or failed after
-//! [`MAX_ATTEMPTS`] starts.
+//! [`MAX_ATTEMPTS`] starts cut short that way; a run whose attempt stopped on a transient
+//! failure waits as `pending` too, with the reason.
 
 use mlops_events::{TrainingReason, TrainingRequest};
 use mlops_service::database::Migration;
@@ -67,6 +68,8 @@ pub struct RunRow {
     pub traceparent: Option<String>,
     /// Why its last attempt stopped short, while it waits to be tried again.
     pub last_error: Option<String>,
+    /// Starts that stopped short on a transient failure (of `attempts`).
+    pub retries: i64,
 }
 
 /// A request as recorded with its run.
@@ -91,7 +94,7 @@ pub fn reason_name(reason: TrainingReason) -> &'static str {
 }
 
 const RUN_COLUMNS: &str = "id, model, status, created_at, not_before, started_at, finished_at, \
-     attempts, record, published, trace_id, traceparent, last_error";
+     attempts, record, published, trace_id, traceparent, last_error, retries";
 
 fn run_row(row: &AnyRow) -> Result<RunRow> {
     let record: Option<String> = row.try_get("record")?;
@@ -113,6 +116,7 @@ fn run_row(row: &AnyRow) -> Result<RunRow> {
         trace_id: row.try_get("trace_id")?,
         traceparent: row.try_get("traceparent")?,
         last_error: row.try_get("last_error")?,
+        retries: row.try_get("retries")?,
     })
 }
 
@@ -289,8 +293,8 @@ impl TrainingStore {
     /// stopped short; `false` when it was not running.
     pub async fn retry_later(&self, id: &str, reason: &str, not_before: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE runs SET status = 'pending', not_before = $1, last_error = $2 \
-             WHERE id = $3 AND status = 'running'",
+            "UPDATE runs SET status = 'pending', not_before = $1, last_error = $2, \
+             retries = retries + 1 WHERE id = $3 AND status = 'running'",
         )
         .bind(not_before)
         .bind(reason)
@@ -331,7 +335,8 @@ impl TrainingStore {
     }
 
     /// After a restart: runs left `running` go back to `pending` (due now), or fail once
-    /// they were started [`MAX_ATTEMPTS`] times. Returns (resumed, failed) run ids.
+    /// [`MAX_ATTEMPTS`] of their starts were cut short by a restart (starts that stopped on
+    /// a transient failure do not count). Returns (resumed, failed) run ids.
     pub async fn recover(&self, now: i64) -> Result<(Vec<String>, Vec<String>)> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running'"
@@ -341,10 +346,11 @@ impl TrainingStore {
         let (mut resumed, mut failed) = (Vec::new(), Vec::new());
         for run in rows.iter().map(run_row) {
             let run = run?;
-            if run.attempts >= MAX_ATTEMPTS {
+            let interrupted = run.attempts - run.retries;
+            if interrupted >= MAX_ATTEMPTS {
                 let record = serde_json::json!({
                     "id": run.id, "model": run.model, "status": "failed",
-                    "reason": format!("interrupted by a restart {} times; given up", run.attempts),
+                    "reason": format!("interrupted by a restart {interrupted} times; given up"),
                 });
                 self.finish(&run.id, "failed", &record, now).await?;
                 failed.push(run.id);
@@ -504,6 +510,19 @@ mod tests {
         assert_eq!(store.due(5_000).await.unwrap().len(), 1);
         assert!(store.start(&run, 5_000).await.unwrap());
         assert_eq!(store.requests(&run).await.unwrap().len(), 2);
+        // A start cut short by a restart after two that stopped short is its first such:
+        // resumed, not given up.
+        assert!(
+            store
+                .retry_later(&run, "still behind", 5_000)
+                .await
+                .unwrap()
+        );
+        assert!(store.start(&run, 5_000).await.unwrap());
+        let (resumed, failed) = store.recover(6_000).await.unwrap();
+        assert_eq!((resumed, failed), (vec![run.clone()], vec![]));
+        assert_eq!(store.run(&run).await.unwrap().unwrap().attempts, 3);
+        assert!(store.start(&run, 6_000).await.unwrap());
         // Only a running run is put back.
         store
             .finish(&run, "succeeded", &serde_json::json!({}), 6_000)
