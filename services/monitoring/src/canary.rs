@@ -7,8 +7,10 @@
 //! also rolled back when it fails more often than production — requests it could not answer
 //! where production could (serving logs those against it), or answers that are not finite
 //! numbers — by a one-sided two-proportion z-test at `alpha` and by at least one point, or
-//! when its p99 latency is `latency_factor` times production's (and above a floor, so that
-//! microsecond noise does not decide). Otherwise, once it has served `min_requests`, has
+//! when its tail latency is `latency_factor` times production's at the same quantile (and
+//! above a floor, so that microsecond noise does not decide): p99 once the canary has served
+//! a thousand requests, a lower quantile before — one with at least [`TAIL_SAMPLES`] of the
+//! canary's requests above it, so that a single slow request never decides. Otherwise, once it has served `min_requests`, has
 //! `min_labels` labelled predictions and `min_seconds` have passed, it is widened to the
 //! next of `widen_steps` above its share, or promoted. The output distributions (KS) are
 //! part of the evidence, not of the verdict: a retrained model is expected to answer
@@ -51,6 +53,17 @@ impl Default for CanarySettings {
 
 /// Bound on the samples kept per arm (latencies, outputs).
 const SAMPLES: usize = 10_000;
+
+/// Fewest of the canary's requests above the latency quantile compared: the p99 of 55
+/// requests is their slowest, one request that met a busy core; the 0.82 quantile has ten
+/// above it.
+pub const TAIL_SAMPLES: usize = 10;
+
+/// The latency quantile compared for a canary of `samples` requests: 0.99, or lower while
+/// fewer than [`TAIL_SAMPLES`] would lie above it.
+pub fn latency_quantile(samples: usize) -> f64 {
+    (1.0 - TAIL_SAMPLES as f64 / samples.max(1) as f64).clamp(0.0, 0.99)
+}
 
 /// What one side of the comparison has shown since the canary started.
 #[derive(Debug, Clone, Default)]
@@ -101,10 +114,16 @@ impl Arm {
     }
 
     fn p99_latency(&self) -> f64 {
+        self.latency(0.99)
+    }
+
+    /// The `q` quantile of its latencies (the smallest sample with a share `q` at or below
+    /// it), 0 when it has none.
+    fn latency(&self, q: f64) -> f64 {
         let mut sorted: Vec<f64> = self.latencies_ms.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
         sorted
-            .get(((sorted.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
+            .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
             .copied()
             .unwrap_or(0.0)
     }
@@ -195,6 +214,9 @@ pub fn judge(
 ) -> Option<Verdict> {
     let empty = Arm::default();
     let baseline = production.unwrap_or(&empty);
+    // Both sides at the same quantile, one the canary's count of requests can measure.
+    let quantile = latency_quantile(canary.latencies_ms.len());
+    let (canary_latency, baseline_latency) = (canary.latency(quantile), baseline.latency(quantile));
     let mut evidence = HashMap::from([
         ("canary_requests".to_owned(), canary.requests as f64),
         ("production_requests".to_owned(), baseline.requests as f64),
@@ -209,6 +231,9 @@ pub fn judge(
             "production_p99_latency_ms".to_owned(),
             baseline.p99_latency(),
         ),
+        ("latency_quantile".to_owned(), quantile),
+        ("canary_latency_ms".to_owned(), canary_latency),
+        ("production_latency_ms".to_owned(), baseline_latency),
         ("elapsed_seconds".to_owned(), elapsed_ms as f64 / 1000.0),
         ("percent".to_owned(), percent),
     ]);
@@ -251,14 +276,13 @@ pub fn judge(
     if rollback.is_none()
         && production.is_some()
         && canary.requests >= settings.min_requests
-        && canary.p99_latency() > settings.latency_floor_ms
-        && canary.p99_latency() > settings.latency_factor * baseline.p99_latency()
+        && canary_latency > settings.latency_floor_ms
+        && canary_latency > settings.latency_factor * baseline_latency
     {
         rollback = Some(format!(
-            "the canary's p99 latency {:.1} ms is more than {} times production's {:.1} ms",
-            canary.p99_latency(),
+            "the canary's latency at quantile {quantile:.2} (of its {} requests) {canary_latency:.1} ms is more than {} times production's {baseline_latency:.1} ms",
+            canary.latencies_ms.len(),
             settings.latency_factor,
-            baseline.p99_latency()
         ));
     }
     if let Some(reason) = rollback {
@@ -439,6 +463,47 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn a_few_slow_requests_of_a_young_canary_do_not_decide() {
+        // 55 requests, three of them met a busy core: their p99 is 13 ms against
+        // production's 3.8 ms, but the quantile compared has ten requests above it.
+        let mut canary = Arm::default();
+        let mut production = Arm::default();
+        for i in 0..55 {
+            canary.prediction(Some(0.5), if i % 20 == 7 { 13.0 } else { 3.0 });
+        }
+        for i in 0..500 {
+            production.prediction(Some(0.5), if i % 100 == 3 { 3.8 } else { 3.0 });
+        }
+        let settings = CanarySettings {
+            min_requests: 50,
+            ..settings()
+        };
+        assert_eq!(canary.p99_latency(), 13.0);
+        assert!((latency_quantile(55) - 0.818).abs() < 1e-3);
+        let verdict = judge(&settings, &canary, Some(&production), 10.0, 1_000);
+        assert!(
+            verdict
+                .as_ref()
+                .is_none_or(|v| v.decision != CanaryVerdict::Rollback),
+            "{verdict:?}"
+        );
+        // Ten slow ones are a tail, not an accident: rolled back.
+        for _ in 0..10 {
+            canary.prediction(Some(0.5), 13.0);
+        }
+        let verdict = judge(&settings, &canary, Some(&production), 10.0, 1_000).unwrap();
+        assert_eq!(verdict.decision, CanaryVerdict::Rollback, "{verdict:?}");
+        assert!(
+            verdict.reason.contains("latency at quantile"),
+            "{}",
+            verdict.reason
+        );
+        // With a thousand requests and more it is the p99.
+        assert_eq!(latency_quantile(1_000), 0.99);
+        assert_eq!(latency_quantile(100_000), 0.99);
     }
 
     #[test]
