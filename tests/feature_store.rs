@@ -391,15 +391,7 @@ async fn a_registry_outage_delays_feature_rows_but_loses_none() {
     let failing = format!("view {view} v1");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = p
-            .http
-            .get(format!("{}/metrics", p.feature.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = mlops_integration_tests::metrics(&p.http, &p.feature.url).await;
         if metrics.lines().any(|line| {
             line.starts_with("mlops_feature_stream_failing{")
                 && line.contains(&failing)

@@ -616,15 +616,7 @@ async fn a_run_waits_out_a_feature_service_still_catching_up() {
     );
     assert_eq!(run["registered_version"], 1, "{run}");
     assert_eq!(seen.load(Ordering::SeqCst), 3);
-    let metrics = p
-        .http
-        .get(format!("{}/metrics", training.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mlops_integration_tests::metrics(&p.http, &training.url).await;
     assert!(
         metrics
             .lines()

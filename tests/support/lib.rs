@@ -284,6 +284,12 @@ pub async fn get_json(
     answer(http.get(url)).await
 }
 
+/// The Prometheus exposition a service at `base` answers on `/metrics`.
+pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
+    let response = http.get(format!("{base}/metrics")).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
 async fn answer(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, serde_json::Value) {
     let response = request.send().await.unwrap();
     let status = response.status();
