@@ -92,13 +92,7 @@ fn statistics(name: &str, reference: &Column, current: &Column) -> anyhow::Resul
     };
     let mut live: Vec<f64> = current.f64()?.into_no_null_iter().collect();
     let counts = drift::histogram(&bin_edges, live.iter().copied());
-    let psi = drift::psi(&bin_counts, &counts);
-    let psi_p = drift::psi_p_value(
-        psi,
-        bin_counts.len(),
-        bin_counts.iter().sum(),
-        counts.iter().sum(),
-    );
+    let (psi, psi_p) = drift::psi_test(&bin_counts, &counts);
     let mut reference: Vec<f64> = reference.f64()?.into_no_null_iter().collect();
     let (d, p) = drift::ks_two_sample(&mut reference, &mut live);
     Ok((name.to_owned(), psi, d, p, psi_p))

@@ -61,6 +61,15 @@ pub fn psi_p_value(psi: f64, bins: usize, expected_rows: u64, actual_rows: u64) 
     chi_square_sf(psi / scale, (bins - 1) as f64)
 }
 
+/// The PSI of `actual` against `expected` (see [`psi`]) and its p-value at the two
+/// samples' sizes (see [`psi_p_value`]).
+pub fn psi_test(expected: &[u64], actual: &[u64]) -> (f64, f64) {
+    let value = psi(expected, actual);
+    let rows = |counts: &[u64]| counts.iter().sum();
+    let p = psi_p_value(value, expected.len(), rows(expected), rows(actual));
+    (value, p)
+}
+
 /// Two-sample Kolmogorov–Smirnov: the largest distance between the samples' empirical
 /// distribution functions, and its p-value from the finite-n Kolmogorov distribution at
 /// n = round(n·m/(n+m)) — scipy's `ks_2samp(a, b, method="asymp")`, which is also its default
@@ -306,8 +315,7 @@ mod tests {
         let windows = 4_000;
         for _ in 0..windows {
             let live = histogram(&edges, (0..100).map(|_| uniform(&mut seed)));
-            let value = psi(&expected, &live);
-            let p = psi_p_value(value, 10, 400, 100);
+            let (value, p) = psi_test(&expected, &live);
             above_threshold += usize::from(value > 0.2);
             below_5 += usize::from(p < 0.05);
             below_1 += usize::from(p < 0.01);
@@ -322,11 +330,8 @@ mod tests {
             &edges,
             (0..100).map(|i| if i < 25 { 0.95 } else { uniform(&mut seed) }),
         );
-        let value = psi(&expected, &shifted);
-        assert!(
-            value > 0.2 && psi_p_value(value, 10, 400, 100) < 1e-3,
-            "{value}"
-        );
+        let (value, p) = psi_test(&expected, &shifted);
+        assert!(value > 0.2 && p < 1e-3, "{value} {p}");
     }
 
     #[test]

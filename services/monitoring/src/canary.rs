@@ -10,8 +10,8 @@
 //! when its tail latency is `latency_factor` times production's at the same quantile (and
 //! above a floor, so that microsecond noise does not decide): p99 once the canary has served
 //! a thousand requests, a lower quantile before — one with at least [`TAIL_SAMPLES`] of the
-//! canary's requests above it, so that a single slow request never decides. Otherwise, once it has served `min_requests`, has
-//! `min_labels` labelled predictions and `min_seconds` have passed, it is widened to the
+//! canary's requests above it, so that a single slow request never decides. Otherwise, once
+//! it has served `min_requests`, has `min_labels` labelled predictions and `min_seconds` have passed, it is widened to the
 //! next of `widen_steps` above its share, or promoted. The output distributions (KS) are
 //! part of the evidence, not of the verdict: a retrained model is expected to answer
 //! differently.
@@ -113,19 +113,23 @@ impl Arm {
         ((self.loss_squares - n * mean * mean) / (n - 1.0)).max(0.0)
     }
 
+    #[cfg(test)]
     fn p99_latency(&self) -> f64 {
-        self.latency(0.99)
+        let [p99] = self.latencies([0.99]);
+        p99
     }
 
-    /// The `q` quantile of its latencies (the smallest sample with a share `q` at or below
-    /// it), 0 when it has none.
-    fn latency(&self, q: f64) -> f64 {
+    /// The quantiles `qs` of its latencies (each the smallest sample with a share `q` at or
+    /// below it; 0 when it has none), from one sort.
+    fn latencies<const N: usize>(&self, qs: [f64; N]) -> [f64; N] {
         let mut sorted: Vec<f64> = self.latencies_ms.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
-        sorted
-            .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0)
+        qs.map(|q| {
+            sorted
+                .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(0.0)
+        })
     }
 
     fn error_rate(&self) -> f64 {
@@ -216,7 +220,8 @@ pub fn judge(
     let baseline = production.unwrap_or(&empty);
     // Both sides at the same quantile, one the canary's count of requests can measure.
     let quantile = latency_quantile(canary.latencies_ms.len());
-    let (canary_latency, baseline_latency) = (canary.latency(quantile), baseline.latency(quantile));
+    let [canary_p99, canary_latency] = canary.latencies([0.99, quantile]);
+    let [baseline_p99, baseline_latency] = baseline.latencies([0.99, quantile]);
     let mut evidence = HashMap::from([
         ("canary_requests".to_owned(), canary.requests as f64),
         ("production_requests".to_owned(), baseline.requests as f64),
@@ -226,11 +231,8 @@ pub fn judge(
         ("production_loss".to_owned(), baseline.mean_loss()),
         ("canary_error_rate".to_owned(), canary.error_rate()),
         ("production_error_rate".to_owned(), baseline.error_rate()),
-        ("canary_p99_latency_ms".to_owned(), canary.p99_latency()),
-        (
-            "production_p99_latency_ms".to_owned(),
-            baseline.p99_latency(),
-        ),
+        ("canary_p99_latency_ms".to_owned(), canary_p99),
+        ("production_p99_latency_ms".to_owned(), baseline_p99),
         ("latency_quantile".to_owned(), quantile),
         ("canary_latency_ms".to_owned(), canary_latency),
         ("production_latency_ms".to_owned(), baseline_latency),

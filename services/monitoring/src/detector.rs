@@ -243,13 +243,7 @@ impl Detector {
                         continue;
                     }
                     let live = drift::histogram(bin_edges, values.iter().copied());
-                    let psi = drift::psi(bin_counts, &live);
-                    let p = drift::psi_p_value(
-                        psi,
-                        bin_counts.len(),
-                        bin_counts.iter().sum(),
-                        live.iter().sum(),
-                    );
+                    let (psi, p) = drift::psi_test(bin_counts, &live);
                     statistics.push((
                         feature(name, DriftStatistic::Psi, psi, t.psi, Some(p)),
                         psi > t.psi && p < t.psi_p,

@@ -335,7 +335,6 @@ impl PredictionLogger {
     }
 }
 
-/// A role as the metrics' `role` label names it.
 /// Warnings about records not logged, at most one per interval: under pressure every
 /// record may fail the same way, and a warning per record would cost more than the record.
 #[derive(Default)]
