@@ -639,3 +639,70 @@ async fn clients_speak_sasl_ssl_with_scram_and_oauthbearer_to_a_secured_broker()
         "only the authenticated records"
     );
 }
+
+/// A pattern subscription follows the topics that appear: a member that had its
+/// partitions revoked for a new matching topic gets them back (with the new topic's), and
+/// records of the old and the new topic keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pattern_subscription_keeps_consuming_when_a_matching_topic_appears() {
+    init();
+    for broker in brokers().await {
+        let s = setup(broker).await;
+        let kind = s.broker.kind;
+        let prefix = unique("pattern");
+        let (first, second) = (format!("{prefix}.first"), format!("{prefix}.second"));
+        ensure_topics(&s.kafka, &[TopicSpec::new(&first, 2)])
+            .await
+            .expect("topic");
+        let send = async |topic: &str, feature: &str| {
+            s.producer
+                .send_event(topic, None, &drift_event(feature), OwnedHeaders::new())
+                .await
+                .unwrap();
+        };
+        send(&first, "before").await;
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let consumer = ConsumerLoop::new(
+            &s.kafka,
+            unique("group"),
+            vec![format!("^{}\\..+", regex_escape(&prefix))],
+            s.producer.clone(),
+        );
+        let task = tokio::spawn(consumer.run(
+            Collect {
+                codec: s.codec.clone(),
+                seen: tx,
+            },
+            cancel.clone(),
+        ));
+        let (_, event, _) = next(&mut rx, "the first topic's record").await;
+        assert_eq!(event.features[0].feature, "before", "{kind}");
+
+        ensure_topics(&s.kafka, &[TopicSpec::new(&second, 2)])
+            .await
+            .expect("topic");
+        send(&second, "new topic").await;
+        send(&first, "old topic").await;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (_, event, _) = next(&mut rx, "records after the new topic appeared").await;
+            seen.push(event.features[0].feature.clone());
+        }
+        seen.sort();
+        assert_eq!(seen, ["new topic", "old topic"], "{kind}");
+
+        cancel.cancel();
+        task.await.unwrap().expect("consumer loop ends cleanly");
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = !c.is_ascii_alphanumeric() && c != '_';
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}

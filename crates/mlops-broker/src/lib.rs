@@ -6,8 +6,10 @@
 //! rest of it, or stalls when it is the partition's last.
 //!
 //! Tansu's SQLite schema lacks an index its fetch path needs; [`indexes`] adds it on
-//! every start.
+//! every start. Its group coordinator can leave a group without a leader for good;
+//! [`groups`] mends that.
 
+mod groups;
 mod indexes;
 
 pub use indexes::indexes_on;
@@ -18,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tansu_broker::{broker::Broker, coordinator::group::administrator::Controller};
+use tansu_broker::broker::Broker;
 use tansu_storage::StorageContainer;
 use tokio::task::JoinHandle;
 use url::Url;
@@ -85,6 +87,9 @@ impl BrokerStorage {
     }
 }
 
+const NODE: i32 = 111;
+const CLUSTER: &str = "mlops";
+
 /// A running broker. Dropping it stops the broker.
 #[derive(Debug)]
 pub struct EmbeddedBroker {
@@ -97,17 +102,27 @@ impl EmbeddedBroker {
     pub async fn start(addr: SocketAddr, storage: BrokerStorage) -> Result<Self> {
         let listener =
             Url::parse(&format!("tcp://{addr}")).map_err(|e| Error::Start(e.to_string()))?;
-        let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
-            .node_id(111)
-            .cluster_id("mlops")
-            .incarnation_id(uuid::Uuid::now_v7())
+        // What Tansu's broker builder does, with our group coordinator in place of its own.
+        let store = StorageContainer::builder()
+            .cluster_id(CLUSTER)
+            .node_id(NODE)
             .advertised_listener(listener.clone())
-            .listener(listener)
             .storage(storage.url()?)
             .silent(true)
             .build()
             .await
             .map_err(|e| Error::Start(format!("{e:?}")))?;
+        let groups =
+            groups::Groups::new(store.clone()).map_err(|e| Error::Start(format!("{e:?}")))?;
+        let broker = Broker::new(
+            NODE,
+            CLUSTER,
+            listener.clone(),
+            listener,
+            store,
+            groups,
+            uuid::Uuid::now_v7(),
+        );
         // Tansu has created its tables by now; nothing is served before the indexes exist.
         if let Some(path) = storage.database_path()? {
             indexes::ensure(&path).await?;

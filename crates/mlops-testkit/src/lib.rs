@@ -161,10 +161,12 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-/// A temporary directory removed when dropped.
+/// A temporary directory removed when dropped — unless `MLOPS_TEST_KEEP_DIRS` is set, for
+/// reading a failed run's data and service logs afterwards.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("mlops-test-")
+        .disable_cleanup(std::env::var_os("MLOPS_TEST_KEEP_DIRS").is_some())
         .tempdir()
         .expect("create temp dir")
 }

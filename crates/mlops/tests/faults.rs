@@ -215,6 +215,7 @@ async fn faults(engine: Option<&str>) {
 
     let dir = mlops_testkit::temp_dir();
     let data_dir = dir.path().join("data");
+    println!("faults: data and logs in {}", data_dir.display());
     let ports = Ports::pick();
     let launcher = Launched(launch_with(&data_dir, &ports, engine, |c| {
         small_windows(c);
