@@ -516,6 +516,68 @@ async fn an_expelled_member_survives_its_refused_commit_and_never_rewinds_its_su
     }
 }
 
+/// A member commits on a clock, not after every record: while it keeps running, its last
+/// position becomes durable within a couple of intervals of the last record, so when it is
+/// killed its successor redelivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_member_commits_its_progress_on_a_clock() {
+    init();
+    const RECORDS: i64 = 300;
+    for broker in brokers().await {
+        let s = setup(broker).await;
+        let kind = s.broker.kind;
+        let topic = unique("clocked");
+        let group = unique("group");
+        ensure_topics(&s.kafka, &[TopicSpec::new(&topic, 1)])
+            .await
+            .expect("topic");
+        for n in 0..RECORDS {
+            s.producer
+                .send_bytes(&topic, None, n.to_string().as_bytes(), OwnedHeaders::new())
+                .await
+                .unwrap();
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let member = tokio::spawn(
+            ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone())
+                .run(Payloads(tx), CancellationToken::new()),
+        );
+        for n in 0..RECORDS {
+            assert_eq!(next(&mut rx, "a record").await, n.to_string().as_bytes());
+        }
+        let committed = mlops_integration_tests::eventually(WAIT, || {
+            let at = committed_offset(&s.broker.bootstrap_servers, &group, &topic);
+            async move { at == Some(RECORDS) }
+        })
+        .await;
+        assert!(
+            committed.is_ok(),
+            "{kind}: the running member's position was not committed"
+        );
+
+        // Killed without a chance to commit: its successor starts after the last record.
+        member.abort();
+        let _ = member.await;
+        s.producer
+            .send_bytes(&topic, None, b"after", OwnedHeaders::new())
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let successor = tokio::spawn(
+            ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone())
+                .run(Payloads(tx), cancel.clone()),
+        );
+        assert_eq!(
+            next(&mut rx, "the successor's first record").await,
+            b"after",
+            "{kind}: records were delivered again"
+        );
+        cancel.cancel();
+        successor.await.unwrap().expect("clean stop");
+    }
+}
+
 /// Forwards every record's payload.
 #[derive(Clone)]
 struct Payloads(mpsc::UnboundedSender<Vec<u8>>);

@@ -61,15 +61,15 @@ impl Groups {
             },
             ..GroupDetail::default()
         };
-        let (mut detail, version) =
-            match self.storage.update_group(group, empty, Some(probe)).await {
-                Err(UpdateError::Outdated { current, version }) => (*current, version),
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::debug!(group, error = ?e, "group not inspected");
-                    return;
-                }
-            };
+        let (mut detail, version) = match self.storage.update_group(group, empty, Some(probe)).await
+        {
+            Err(UpdateError::Outdated { current, version }) => (*current, version),
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(group, error = ?e, "group not inspected");
+                return;
+            }
+        };
         let GroupState::Forming { leader, .. } = &mut detail.state else {
             return;
         };

@@ -179,6 +179,7 @@ pub(crate) fn group_consumer(
                 group: group.to_owned(),
                 positions: Mutex::default(),
                 recommit: AtomicBool::new(false),
+                unsent: AtomicBool::new(false),
                 metrics,
                 lagging: Arc::default(),
             }),
@@ -319,6 +320,8 @@ pub(crate) struct GroupState {
     positions: Mutex<BTreeMap<(String, i32), i64>>,
     /// Set when a commit failed: the next commit carries every owned position again.
     recommit: AtomicBool,
+    /// Set when a position was recorded that no commit has carried yet.
+    unsent: AtomicBool,
     metrics: ConsumerMetrics,
     /// The partitions whose lag was last reported.
     lagging: Arc<Mutex<std::collections::BTreeSet<(String, i32)>>>,
@@ -362,8 +365,31 @@ impl GroupState {
         }
     }
 
+    /// Records `next` positions as processed; [`Self::commit_unsent`] commits them.
+    pub(crate) fn record(&self, next: impl IntoIterator<Item = ((String, i32), i64)>) {
+        self.positions.lock().expect("positions").extend(next);
+        self.unsent.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a recorded position waits for a commit.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.unsent.load(Ordering::Relaxed)
+    }
+
+    /// Commits every owned position without waiting, if one was recorded since the last
+    /// commit.
+    pub(crate) fn commit_unsent<C: Consumer<GroupContext>>(&self, consumer: &C) {
+        let owned = !self.positions.lock().expect("positions").is_empty();
+        if self.unsent.swap(false, Ordering::Relaxed) && owned {
+            self.recommit.store(true, Ordering::Relaxed);
+            self.commit(consumer, []);
+        }
+    }
+
     fn commit_failed(&self, error: &str) {
         self.recommit.store(true, Ordering::Relaxed);
+        // A member that commits on a clock tries again on its next tick.
+        self.unsent.store(true, Ordering::Relaxed);
         self.metrics.commit_failed(&self.group);
         warn!(group = %self.group, error, "offset commit failed; the next commit retries it");
     }
@@ -438,6 +464,14 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// How often a [`ConsumerLoop`] commits its positions while records flow (or while a
+/// handler is busy with a slow one). Not after each record: every commit is a write at the group coordinator, and a member committing
+/// thousands of times a second outran Tansu's, whose queue then held the member's
+/// heartbeats past its session timeout — the member was expelled, and waited for its
+/// queued commits before it could rejoin. A crash redelivers at most this much more, as
+/// at-least-once allows; a rebalance and a clean stop commit at once.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -497,9 +531,16 @@ impl ConsumerLoop {
         let handler = Arc::new(handler);
         self.metrics.started(&self.topics, &self.group);
 
+        let mut committed_at = tokio::time::Instant::now();
         loop {
+            let commit_due = state.has_unsent().then_some(committed_at + COMMIT_INTERVAL);
             let message = tokio::select! {
                 () = cancel.cancelled() => break,
+                () = sleep_until(commit_due) => {
+                    state.commit_unsent(&*consumer);
+                    committed_at = tokio::time::Instant::now();
+                    continue;
+                }
                 message = consumer.recv() => message,
             };
             let record = match message {
@@ -524,19 +565,31 @@ impl ConsumerLoop {
             );
             let _ = span.set_parent(mlops_telemetry::extract_context(record.headers.as_ref()));
             let started = std::time::Instant::now();
-            let outcome = match self
+            let processing = self
                 .process(handler.as_ref(), &record, &cancel)
-                .instrument(span)
-                .await
-            {
+                .instrument(span);
+            tokio::pin!(processing);
+            // A slow handler does not hold back the commit of the records before it.
+            let outcome = loop {
+                let commit_due = state.has_unsent().then_some(committed_at + COMMIT_INTERVAL);
+                tokio::select! {
+                    outcome = &mut processing => break outcome,
+                    () = sleep_until(commit_due) => {
+                        state.commit_unsent(&*consumer);
+                        committed_at = tokio::time::Instant::now();
+                    }
+                }
+            };
+            let outcome = match outcome {
                 Outcome::Cancelled => break,
                 Outcome::Processed => "processed",
                 Outcome::DeadLettered => "dead_lettered",
             };
-            state.commit(
-                &*consumer,
-                [((record.topic.clone(), record.partition), record.offset + 1)],
-            );
+            state.record([((record.topic.clone(), record.partition), record.offset + 1)]);
+            if committed_at.elapsed() >= COMMIT_INTERVAL {
+                state.commit_unsent(&*consumer);
+                committed_at = tokio::time::Instant::now();
+            }
             self.metrics.finished(
                 &record.topic,
                 &self.group,
@@ -586,6 +639,14 @@ impl ConsumerLoop {
             }
             backoff = (backoff * 2).min(RETRY_MAX);
         }
+    }
+}
+
+/// Sleeps until `due`, or for ever when there is nothing due.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

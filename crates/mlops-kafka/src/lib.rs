@@ -17,7 +17,8 @@ pub use admin::{
 pub use batch::{BatchConsumer, batch_span};
 pub use config::{KafkaConfig, SecurityProtocol};
 pub use consumer::{
-    CLOSE_TIMEOUT, ConsumerLoop, DeadLetters, Handler, HandlerError, Record, region_headers,
+    CLOSE_TIMEOUT, COMMIT_INTERVAL, ConsumerLoop, DeadLetters, Handler, HandlerError, Record,
+    region_headers,
 };
 pub use log_producer::LogProducer;
 pub use metrics::ConsumerMetrics;

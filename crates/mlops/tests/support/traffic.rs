@@ -155,12 +155,25 @@ impl<'a> Traffic<'a> {
             }
             if started.elapsed() > LIMIT {
                 let monitored = self.monitoring().await;
+                // What the monitor counted per version: which of its inputs fell behind.
+                let counted: Vec<Value> = monitored["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| {
+                        json!({"version": v["version"], "stage": v["stage"],
+                               "predictions": v["predictions"], "labels": v["labels"],
+                               "feature_rows": v["feature_rows"]})
+                    })
+                    .collect();
                 panic!(
-                    "{what}: not within {LIMIT:?} ({} payments streamed)\nruns: {:#}\nmodel: {:#}\ndrift: {:#}\ndecisions: {:#}",
+                    "{what}: not within {LIMIT:?} ({} payments streamed)\nruns: {:#}\nmodel: {:#}\ndrift: {:#}\ncanary: {:#}\nmonitored versions: {:#}\ndecisions: {:#}",
                     self.sent,
                     Value::Array(self.runs().await),
                     self.model().await,
                     monitored["drift_events"],
+                    monitored["canary"],
+                    Value::Array(counted),
                     monitored["canary_decisions"]
                 );
             }
