@@ -21,6 +21,29 @@ fn unreachable(e: reqwest::Error) -> String {
     format!("{UNREACHABLE}: {e}")
 }
 
+/// `response` if it is a success; otherwise why not: a gateway's or an overloaded
+/// registry's answer (502, 503, 504) is worded as unreachable (worth trying again), any
+/// other as the registry's refusal.
+fn answered(response: reqwest::Response) -> Result<reqwest::Response, String> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let url = response.url().path().to_owned();
+    if is_unavailable(status) {
+        Err(format!("{UNREACHABLE}: {url} answered {status}"))
+    } else {
+        Err(format!("the model registry refused {url}: {status}"))
+    }
+}
+
+fn is_unavailable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
 /// Whether `error` (from this client) says the registry was not reached or failed to
 /// answer — worth trying again later — rather than that it refused.
 pub fn is_unreachable(error: &str) -> bool {
@@ -43,8 +66,8 @@ impl RegistryClient {
             .traced()
             .send()
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(unreachable)?
+            .map_err(unreachable)
+            .and_then(answered)?
             .json()
             .await
             .map_err(unreachable)
@@ -87,9 +110,7 @@ impl RegistryClient {
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        response
-            .error_for_status()
-            .map_err(unreachable)?
+        answered(response)?
             .json()
             .await
             .map(Some)
@@ -125,8 +146,13 @@ impl RegistryClient {
         let status = response.status();
         let bytes = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
+            let why = if is_unavailable(status) {
+                UNREACHABLE
+            } else {
+                "the model registry refused"
+            };
             return Err(format!(
-                "the artifact of version {version} could not be fetched ({status}): {}",
+                "the artifact of version {version} could not be fetched: {why} ({status}): {}",
                 String::from_utf8_lossy(&bytes)
             ));
         }
@@ -161,5 +187,62 @@ impl RegistryClient {
         body["version"]
             .as_i64()
             .ok_or_else(|| format!("the registry's answer names no version: {body}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    /// A server answering every request with `status` and nothing else; its base URL.
+    async fn answering(status: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // A plain task: the test's runtime ends it.
+        #[allow(clippy::disallowed_methods)]
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buffer = [0; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn only_a_registry_not_reached_or_unavailable_is_worth_trying_again() {
+        for (status, again) in [
+            ("503 Service Unavailable", true),
+            ("502 Bad Gateway", true),
+            ("504 Gateway Timeout", true),
+            ("403 Forbidden", false),
+            ("500 Internal Server Error", false),
+        ] {
+            let client = RegistryClient::new(http(), &answering(status).await);
+            let error = client.production("fraud").await.unwrap_err();
+            assert_eq!(is_unreachable(&error), again, "{status}: {error}");
+        }
+        // Nothing listens on the discard port.
+        let client = RegistryClient::new(http(), "http://127.0.0.1:9");
+        let error = client.production("fraud").await.unwrap_err();
+        assert!(is_unreachable(&error), "{error}");
     }
 }
