@@ -94,6 +94,30 @@ impl Handler for Collect {
     }
 }
 
+/// A consumer loop of `group` on `topics` decoding DriftEvents: what it sees (offset,
+/// event, trace id), its stop, and its task.
+fn collecting(
+    s: &Setup,
+    group: &str,
+    topics: Vec<String>,
+) -> (
+    mpsc::UnboundedReceiver<(i64, DriftEvent, Option<String>)>,
+    CancellationToken,
+    tokio::task::JoinHandle<mlops_kafka::Result<()>>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let consumer = ConsumerLoop::new(&s.kafka, group, topics, s.producer.clone());
+    let task = tokio::spawn(consumer.run(
+        Collect {
+            codec: s.codec.clone(),
+            seen: tx,
+        },
+        cancel.clone(),
+    ));
+    (rx, cancel, task)
+}
+
 async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
     tokio::time::timeout(WAIT, rx.recv())
         .await
@@ -124,21 +148,7 @@ async fn avro_events_and_trace_context_cross_the_broker() {
         .instrument(span)
         .await;
 
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
-        let consumer = ConsumerLoop::new(
-            &s.kafka,
-            unique("group"),
-            vec![topic.clone()],
-            s.producer.clone(),
-        );
-        let task = tokio::spawn(consumer.run(
-            Collect {
-                codec: s.codec.clone(),
-                seen: tx,
-            },
-            cancel.clone(),
-        ));
+        let (mut rx, cancel, task) = collecting(&s, &unique("group"), vec![topic.clone()]);
         let (_, received, consumer_trace) = next(&mut rx, "event").await;
         assert_eq!(received, sent, "{kind}: event changed in transit");
         assert_eq!(
@@ -321,17 +331,7 @@ async fn a_record_processed_but_not_committed_is_redelivered() {
         let _ = doomed.await;
 
         // The next member of the group gets the same record again, and commits it.
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
-        let survivor = tokio::spawn(
-            ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone()).run(
-                Collect {
-                    codec: s.codec.clone(),
-                    seen: tx,
-                },
-                cancel.clone(),
-            ),
-        );
+        let (mut rx, cancel, survivor) = collecting(&s, &group, vec![topic.clone()]);
         let (offset, event, _) = next(&mut rx, "redelivery").await;
         assert_eq!(
             (offset, &event),
@@ -347,17 +347,7 @@ async fn a_record_processed_but_not_committed_is_redelivered() {
             .send_event(&topic, None, &marker, OwnedHeaders::new())
             .await
             .unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
-        let third = tokio::spawn(
-            ConsumerLoop::new(&s.kafka, &group, vec![topic.clone()], s.producer.clone()).run(
-                Collect {
-                    codec: s.codec.clone(),
-                    seen: tx,
-                },
-                cancel.clone(),
-            ),
-        );
+        let (mut rx, cancel, third) = collecting(&s, &group, vec![topic.clone()]);
         let (offset, event, _) = next(&mut rx, "record after the commit").await;
         assert_eq!(
             (offset, &event),
@@ -724,21 +714,8 @@ async fn a_pattern_subscription_keeps_consuming_when_a_matching_topic_appears() 
         };
         send(&first, "before").await;
 
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
-        let consumer = ConsumerLoop::new(
-            &s.kafka,
-            unique("group"),
-            vec![format!("^{}\\..+", regex_escape(&prefix))],
-            s.producer.clone(),
-        );
-        let task = tokio::spawn(consumer.run(
-            Collect {
-                codec: s.codec.clone(),
-                seen: tx,
-            },
-            cancel.clone(),
-        ));
+        let pattern = format!("^{}\\..+", regex_escape(&prefix));
+        let (mut rx, cancel, task) = collecting(&s, &unique("group"), vec![pattern]);
         let (_, event, _) = next(&mut rx, "the first topic's record").await;
         assert_eq!(event.features[0].feature, "before", "{kind}");
 
