@@ -465,11 +465,12 @@ impl ConsumerContext for GroupContext {
 }
 
 /// How often a [`ConsumerLoop`] commits its positions while records flow (or while a
-/// handler is busy with a slow one). Not after each record: every commit is a write at the group coordinator, and a member committing
-/// thousands of times a second outran Tansu's, whose queue then held the member's
-/// heartbeats past its session timeout — the member was expelled, and waited for its
-/// queued commits before it could rejoin. A crash redelivers at most this much more, as
-/// at-least-once allows; a rebalance and a clean stop commit at once.
+/// handler is busy with a slow one). Not after each record: every commit is a write at
+/// the group coordinator, and a member committing thousands of times a second outran
+/// Tansu's, whose queue then held the member's heartbeats past its session timeout — the
+/// member was expelled, and waited for its queued commits before it could rejoin. A crash
+/// redelivers at most this much more, as at-least-once allows; a rebalance and a clean
+/// stop commit at once.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
