@@ -77,10 +77,13 @@ async fn setup(broker: TestBroker) -> Setup {
     }
 }
 
+/// A record's offset, its DriftEvent, and the trace id it was processed under.
+type Seen = (i64, DriftEvent, Option<String>);
+
 /// Decodes every record as a DriftEvent and reports it with the trace id it ran under.
 struct Collect {
     codec: Arc<AvroCodec>,
-    seen: mpsc::UnboundedSender<(i64, DriftEvent, Option<String>)>,
+    seen: mpsc::UnboundedSender<Seen>,
 }
 
 impl Handler for Collect {
@@ -101,7 +104,7 @@ fn collecting(
     group: &str,
     topics: Vec<String>,
 ) -> (
-    mpsc::UnboundedReceiver<(i64, DriftEvent, Option<String>)>,
+    mpsc::UnboundedReceiver<Seen>,
     CancellationToken,
     tokio::task::JoinHandle<mlops_kafka::Result<()>>,
 ) {
