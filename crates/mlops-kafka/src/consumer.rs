@@ -180,6 +180,7 @@ pub(crate) fn group_consumer(
                 positions: Mutex::default(),
                 recommit: AtomicBool::new(false),
                 unsent: AtomicBool::new(false),
+                committed_at: Mutex::new(tokio::time::Instant::now()),
                 metrics,
                 lagging: Arc::default(),
             }),
@@ -322,6 +323,8 @@ pub(crate) struct GroupState {
     recommit: AtomicBool,
     /// Set when a position was recorded that no commit has carried yet.
     unsent: AtomicBool,
+    /// When [`Self::commit_unsent`] last committed: the clock a [`ConsumerLoop`] commits on.
+    committed_at: Mutex<tokio::time::Instant>,
     metrics: ConsumerMetrics,
     /// The partitions whose lag was last reported.
     lagging: Arc<Mutex<std::collections::BTreeSet<(String, i32)>>>,
@@ -371,14 +374,19 @@ impl GroupState {
         self.unsent.store(true, Ordering::Relaxed);
     }
 
-    /// Whether a recorded position waits for a commit.
-    pub(crate) fn has_unsent(&self) -> bool {
-        self.unsent.load(Ordering::Relaxed)
+    /// When the recorded positions are due for a commit ([`COMMIT_INTERVAL`] after the
+    /// last one); `None` while every position is committed.
+    pub(crate) fn commit_due(&self) -> Option<tokio::time::Instant> {
+        let committed_at = *self.committed_at.lock().expect("committed_at");
+        self.unsent
+            .load(Ordering::Relaxed)
+            .then_some(committed_at + COMMIT_INTERVAL)
     }
 
     /// Commits every owned position without waiting, if one was recorded since the last
-    /// commit.
+    /// commit, and starts the commit clock again.
     pub(crate) fn commit_unsent<C: Consumer<GroupContext>>(&self, consumer: &C) {
+        *self.committed_at.lock().expect("committed_at") = tokio::time::Instant::now();
         let owned = !self.positions.lock().expect("positions").is_empty();
         if self.unsent.swap(false, Ordering::Relaxed) && owned {
             self.recommit.store(true, Ordering::Relaxed);
@@ -532,14 +540,11 @@ impl ConsumerLoop {
         let handler = Arc::new(handler);
         self.metrics.started(&self.topics, &self.group);
 
-        let mut committed_at = tokio::time::Instant::now();
         loop {
-            let commit_due = state.has_unsent().then_some(committed_at + COMMIT_INTERVAL);
             let message = tokio::select! {
                 () = cancel.cancelled() => break,
-                () = sleep_until(commit_due) => {
+                () = sleep_until(state.commit_due()) => {
                     state.commit_unsent(&*consumer);
-                    committed_at = tokio::time::Instant::now();
                     continue;
                 }
                 message = consumer.recv() => message,
@@ -572,13 +577,9 @@ impl ConsumerLoop {
             tokio::pin!(processing);
             // A slow handler does not hold back the commit of the records before it.
             let outcome = loop {
-                let commit_due = state.has_unsent().then_some(committed_at + COMMIT_INTERVAL);
                 tokio::select! {
                     outcome = &mut processing => break outcome,
-                    () = sleep_until(commit_due) => {
-                        state.commit_unsent(&*consumer);
-                        committed_at = tokio::time::Instant::now();
-                    }
+                    () = sleep_until(state.commit_due()) => state.commit_unsent(&*consumer),
                 }
             };
             let outcome = match outcome {
@@ -587,9 +588,11 @@ impl ConsumerLoop {
                 Outcome::DeadLettered => "dead_lettered",
             };
             state.record([((record.topic.clone(), record.partition), record.offset + 1)]);
-            if committed_at.elapsed() >= COMMIT_INTERVAL {
+            if state
+                .commit_due()
+                .is_some_and(|due| due <= tokio::time::Instant::now())
+            {
                 state.commit_unsent(&*consumer);
-                committed_at = tokio::time::Instant::now();
             }
             self.metrics.finished(
                 &record.topic,
