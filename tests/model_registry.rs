@@ -271,6 +271,63 @@ async fn history_answers_which_version_served_when_on_postgres() {
     history_across_promote_rollback_and_promote_again(true).await;
 }
 
+/// A training run whose registration answer was lost (a proxy's 504, the trainer killed
+/// after registering) sends it again: the run gets one version, however many times and
+/// however concurrently it asks; another run gets the next version.
+async fn a_training_run_registers_one_version_however_often_it_asks(postgres: bool) {
+    let r = Registry::start(postgres).await;
+    let model = unique("retried");
+    let body = json!({
+        "artifact": artifact(&model, 0.8),
+        "lineage": {"training_run_id": "run-lost-answer", "snapshot_id": "snap"},
+        "reason": "passed the gate", "actor": "training",
+    });
+    let path = format!("/v1/models/{model}/versions");
+    let answers = futures::future::join_all((0..4).map(|_| r.post(&path, &body))).await;
+    let created = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .count();
+    assert_eq!(
+        created, 1,
+        "exactly one registration makes a version: {answers:?}"
+    );
+    for (status, answer) in &answers {
+        assert!(
+            *status == StatusCode::CREATED || *status == StatusCode::OK,
+            "{status} {answer}"
+        );
+        assert_eq!(
+            answer["version"], 1,
+            "every answer names the run's version: {answer}"
+        );
+        assert_eq!(
+            answer["lineage"]["training_run_id"], "run-lost-answer",
+            "{answer}"
+        );
+    }
+    let (_, history) = r.get(&format!("/v1/models/{model}/history")).await;
+    let registrations = history["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["from"].is_null())
+        .count();
+    assert_eq!(registrations, 1, "{history}");
+    // Another run is another version.
+    assert_eq!(r.register(&model, 0.9).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_training_run_registers_one_version_on_sqlite() {
+    a_training_run_registers_one_version_however_often_it_asks(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_training_run_registers_one_version_on_postgres() {
+    a_training_run_registers_one_version_however_often_it_asks(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn illegal_transitions_are_refused_naming_the_rule() {
     let r = Registry::start(false).await;

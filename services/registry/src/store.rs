@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "transition traceparent",
         sql: include_str!("../migrations/0004_transition_traceparent.sql"),
     },
+    Migration {
+        version: 5,
+        description: "version training run",
+        sql: include_str!("../migrations/0005_version_training_run.sql"),
+    },
 ];
 
 /// The key under which the global compatibility level is stored.

@@ -25,8 +25,8 @@ use tokio::sync::Notify;
 use super::{
     rules::{Refusal, parse_stage, stage_name},
     store::{
-        Cause, LineageRecord, ModelStore, ModelStoreError, NewVersion, TransitionRow, VersionRow,
-        state_at,
+        Cause, LineageRecord, ModelStore, ModelStoreError, NewVersion, Registered, TransitionRow,
+        VersionRow, state_at,
     },
 };
 
@@ -468,14 +468,25 @@ async fn register(
             .canary_percent
             .unwrap_or(models.first_canary_percent)
     });
-    let version = models
+    let registered = models
         .store
         .register(&name, new, deploy, &cause)
         .await
         .map_err(error)?;
-    models.wake.notify_one();
-    let v = models.store.version(&name, version).await.map_err(error)?;
-    Ok((StatusCode::CREATED, Body(version_json(&v))))
+    let status = match registered {
+        Registered::New(_) => {
+            models.wake.notify_one();
+            StatusCode::CREATED
+        }
+        // The same training run registering again (a retry): its version, unchanged.
+        Registered::Existing(_) => StatusCode::OK,
+    };
+    let v = models
+        .store
+        .version(&name, registered.version())
+        .await
+        .map_err(error)?;
+    Ok((status, Body(version_json(&v))))
 }
 
 #[derive(Debug, Deserialize)]

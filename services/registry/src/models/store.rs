@@ -103,6 +103,23 @@ pub struct Cause {
     pub trace_id: Option<String>,
 }
 
+/// What a registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// A new version, with this number.
+    New(i64),
+    /// The training run had registered this version already; nothing changed.
+    Existing(i64),
+}
+
+impl Registered {
+    pub fn version(self) -> i64 {
+        match self {
+            Self::New(v) | Self::Existing(v) => v,
+        }
+    }
+}
+
 /// A new version's stored artifact and what is known of it.
 #[derive(Debug, Clone)]
 pub struct NewVersion {
@@ -284,14 +301,16 @@ impl ModelStore {
     }
 
     /// Registers a new version of `model` (created on first use) as a candidate and, when
-    /// `deploy`, moves it on by [`rules::deploy`]. Returns the version number.
+    /// `deploy`, moves it on by [`rules::deploy`]. A registration from a training run that
+    /// already registered a version of `model` changes nothing and names that version
+    /// (`Registered::Existing`): a run retried after its answer was lost registers once.
     pub async fn register(
         &self,
         model: &str,
         new: NewVersion,
         deploy: Option<f64>,
         cause: &Cause,
-    ) -> Result<i64> {
+    ) -> Result<Registered> {
         let now = mlops_events::now_millis();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -302,6 +321,25 @@ impl ModelStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        // After the model's row is written (locked until the commit), so two registrations
+        // of one run wait for each other and the second sees the first's version.
+        sqlx::query("UPDATE models SET last_version = last_version WHERE name = $1")
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(run) = &new.lineage.training_run_id {
+            let existing = sqlx::query(
+                "SELECT version FROM model_versions WHERE model = $1 AND training_run_id = $2",
+            )
+            .bind(model)
+            .bind(run)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                tx.rollback().await?;
+                return Ok(Registered::Existing(row.try_get(0)?));
+            }
+        }
         let version: i64 = sqlx::query(
             "UPDATE models SET last_version = last_version + 1 WHERE name = $1 RETURNING last_version",
         )
@@ -310,8 +348,8 @@ impl ModelStore {
         .await?
         .try_get(0)?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO model_versions ({VERSION_COLUMNS}) \
-             VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO model_versions ({VERSION_COLUMNS}, training_run_id) \
+             VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, $10)"
         )))
         .bind(model)
         .bind(version)
@@ -322,6 +360,7 @@ impl ModelStore {
         .bind(serde_json::to_string(&new.metrics).unwrap_or_default())
         .bind(serde_json::to_string(&new.lineage).unwrap_or_default())
         .bind(now)
+        .bind(new.lineage.training_run_id.as_deref())
         .execute(&mut *tx)
         .await?;
         let registered = Step {
@@ -338,7 +377,7 @@ impl ModelStore {
         }
         Self::apply(&mut tx, model, &steps, cause, now).await?;
         tx.commit().await?;
-        Ok(version)
+        Ok(Registered::New(version))
     }
 
     /// Moves `version` to `to` by the rules; returns the transitions recorded.
