@@ -99,23 +99,15 @@ fn install(service: &'static str, defaults: &[&str], export: bool) -> Result<Tel
             );
         }
     }
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_layer(tracer));
     let dispatch = if std::io::stdout().is_terminal() {
         tracing::Dispatch::new(registry.with(tracing_subscriber::fmt::layer().with_target(false)))
     } else {
         let handle = Arc::new(OnceLock::new());
         let dispatch = tracing::Dispatch::new(
-            registry.with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .map_event_format(|inner| log_format::WithTraceIds {
-                        inner,
-                        subscriber: handle.clone(),
-                    }),
-            ),
+            registry.with(log_format::json_lines(handle.clone(), std::io::stdout)),
         );
         let _ = handle.set(dispatch.downgrade());
         dispatch
@@ -133,10 +125,28 @@ pub fn init_traces_only(service: &'static str) -> Result<TelemetryGuard> {
     let tracer = provider.tracer(service);
     opentelemetry::global::set_tracer_provider(provider.clone());
     tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(otel_layer(tracer))
         .try_init()
         .map_err(|_| Error::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The layer that turns `tracing` spans into OpenTelemetry spans, at a cost per span
+/// rather than per poll: no busy / idle timings (two clock reads on every poll of an
+/// instrumented future), no thread attributes (the thread's name copied into every span),
+/// and no OpenTelemetry context made current on every enter (the platform reads a span's
+/// context through the span, never through `Context::current()`).
+fn otel_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_context_activation(false)
 }
 
 fn tracer_provider(service: &'static str, export: bool) -> Result<SdkTracerProvider> {

@@ -9,9 +9,32 @@ use std::{
 use opentelemetry::trace::TraceContextExt;
 use tracing::{Event, Subscriber, dispatcher::WeakDispatch};
 use tracing_subscriber::{
-    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    Layer,
+    filter::filter_fn,
+    fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter, format::Writer},
     registry::LookupSpan,
 };
+
+/// The JSON log layer: one object per event, with the ids of the trace and span it was
+/// written in. It sees events only: spans are the OpenTelemetry layer's, and a log layer
+/// that saw them would format every span's fields into a string of its own (and parse and
+/// rewrite that string on every `record`) for lines that never print them.
+pub(crate) fn json_lines<S, W>(
+    subscriber: Arc<OnceLock<WeakDispatch>>,
+    writer: W,
+) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(false)
+        .with_span_list(false)
+        .map_event_format(|inner| WithTraceIds { inner, subscriber })
+        .with_writer(writer)
+        .with_filter(filter_fn(|metadata| metadata.is_event()))
+}
 
 /// Wraps a JSON event format and adds the current span's ids to each object.
 ///
@@ -38,14 +61,17 @@ where
         let mut line = String::new();
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
-        // The event's span, looked up in the registry the formatter is given (not through
+        // The event's span, asked of the subscriber itself (not of `ctx`, which shows this
+        // layer only the spans its filter lets through — none, see `json_lines` — nor of
         // `Span::current()`, which a formatter may be called outside of).
-        let dispatch = self.subscriber.get().and_then(WeakDispatch::upgrade);
-        let context = ctx
-            .lookup_current()
-            .zip(dispatch)
-            .and_then(|(span, dispatch)| {
-                tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
+        let _ = ctx;
+        let context = self
+            .subscriber
+            .get()
+            .and_then(WeakDispatch::upgrade)
+            .and_then(|dispatch| {
+                let current = dispatch.current_span();
+                tracing_opentelemetry::get_otel_context(current.id()?, &dispatch)
             })
             .unwrap_or_default();
         let span = context.span();
@@ -68,7 +94,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use opentelemetry::trace::TracerProvider as _;
-    use tracing_subscriber::{fmt::MakeWriter, layer::SubscriberExt};
+    use tracing_subscriber::layer::SubscriberExt;
 
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -102,18 +128,8 @@ mod tests {
         let lines = Lines::default();
         let handle = Arc::new(OnceLock::new());
         let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .map_event_format(|inner| WithTraceIds {
-                        inner,
-                        subscriber: handle.clone(),
-                    })
-                    .with_writer(lines.clone()),
-            );
+            .with(crate::otel_layer(provider.tracer("test")))
+            .with(json_lines(handle.clone(), lines.clone()));
         let dispatch = tracing::Dispatch::new(subscriber);
         handle.set(dispatch.downgrade()).unwrap();
         let expected = tracing::dispatcher::with_default(&dispatch, || {
