@@ -110,8 +110,11 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
   for data in "$work"/perf-*.data; do
     echo "== $(basename "$data" .data): where the ingestion process spends its CPU (self time)"
     perf report -i "$data" --stdio --no-children -g none --sort dso,symbol --percent-limit 1 2>/dev/null \
-      | grep -v '^#' | grep '%' | head -40
+      | grep -v '^#' | grep '%' | awk 'NR <= 40'
     echo "== by shared object"
-    perf report -i "$data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^#' | grep '%' | head -12
+    perf report -i "$data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^#' | grep '%' | awk 'NR <= 12'
+    echo "== by crate or library"
+    perf report -i "$data" --stdio --no-children -g none --sort dso,symbol 2>/dev/null \
+      | python3 load-tests/tools/perf_by_crate.py
   done
 fi

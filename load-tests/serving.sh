@@ -164,9 +164,12 @@ PY
 if [ -n "${BENCH_PROFILE:-}" ]; then
   for data in "$work"/perf-*.data; do
     echo "== $(basename "$data" .data): the serving process at $rate requests/s, by dso"
-    perf report -i "$data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^#' | grep '%' | head -12
+    perf report -i "$data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^#' | grep '%' | awk 'NR <= 12'
     echo "== by function (>= 0.7 %)"
     perf report -i "$data" --stdio --no-children -g none --sort dso,symbol --percent-limit 0.7 2>/dev/null \
-      | grep -v '^#' | grep '%' | head -60
+      | grep -v '^#' | grep '%' | awk 'NR <= 60'
+    echo "== by crate or library"
+    perf report -i "$data" --stdio --no-children -g none --sort dso,symbol 2>/dev/null \
+      | python3 load-tests/tools/perf_by_crate.py
   done
 fi

@@ -23,6 +23,14 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The allocator of every process that links this crate (each service, `mlops`). Request
+/// paths allocate many short-lived blocks on one thread and free them on another (hyper's
+/// 8 KiB read buffers, request and answer bodies, librdkafka's per-message copies);
+/// glibc's allocator spent about a fifth of a single ingested event's CPU on them
+/// (`load-tests/README.md`), mimalloc's thread-local free lists far less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Time given to in-flight work after SIGTERM before tasks are aborted.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
