@@ -535,6 +535,36 @@ async fn catching_up_at_first(
     feature_url: String,
     refusals: usize,
 ) -> (String, Arc<AtomicUsize>, tokio_util::sync::DropGuard) {
+    let refusal = json!({"error": "not_caught_up",
+                         "message": "feature view still 240 records behind"});
+    gateway(
+        feature_url,
+        |method, path| method == axum::http::Method::POST && path == "/v1/training-sets",
+        refusals,
+        Fault::Refuse(StatusCode::SERVICE_UNAVAILABLE, refusal),
+    )
+    .await
+}
+
+/// What a [`gateway`] does to the first requests it intercepts.
+#[derive(Clone)]
+enum Fault {
+    /// Answers this, without passing the request on.
+    Refuse(StatusCode, Value),
+    /// Passes the request on, then loses the answer: 504, as a proxy whose upstream
+    /// answered too late.
+    LoseAnswer,
+}
+
+/// A gateway in front of `upstream_url`: the first `faults` requests that `intercept`
+/// picks meet `fault`, every other request passes through. Returns its URL, how many
+/// requests it picked, and a guard that stops it.
+async fn gateway(
+    upstream_url: String,
+    intercept: fn(&axum::http::Method, &str) -> bool,
+    faults: usize,
+    fault: Fault,
+) -> (String, Arc<AtomicUsize>, tokio_util::sync::DropGuard) {
     let seen = Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
     let upstream = reqwest::Client::new();
@@ -542,23 +572,20 @@ async fn catching_up_at_first(
                      uri: axum::http::Uri,
                      headers: axum::http::HeaderMap,
                      body: axum::body::Bytes| {
-        let (counter, upstream, feature_url) =
-            (counter.clone(), upstream.clone(), feature_url.clone());
+        let (counter, upstream, upstream_url, fault) = (
+            counter.clone(),
+            upstream.clone(),
+            upstream_url.clone(),
+            fault.clone(),
+        );
         async move {
             let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-            if method == axum::http::Method::POST
-                && path == "/v1/training-sets"
-                && counter.fetch_add(1, Ordering::SeqCst) < refusals
-            {
-                let body = json!({"error": "not_caught_up",
-                                  "message": "feature view still 240 records behind"});
-                return (
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    body.to_string(),
-                )
-                    .into_response();
+            let faulty =
+                intercept(&method, &path) && counter.fetch_add(1, Ordering::SeqCst) < faults;
+            if let (true, Fault::Refuse(status, body)) = (faulty, &fault) {
+                return (*status, body.to_string()).into_response();
             }
-            let mut request = upstream.request(method, format!("{feature_url}{path}"));
+            let mut request = upstream.request(method, format!("{upstream_url}{path}"));
             for (name, value) in &headers {
                 if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
                     request = request.header(name, value);
@@ -568,6 +595,9 @@ async fn catching_up_at_first(
             let status = answer.status();
             let content_type = answer.headers().get("content-type").cloned();
             let bytes = answer.bytes().await.unwrap();
+            if faulty {
+                return (StatusCode::GATEWAY_TIMEOUT, "upstream answered too late").into_response();
+            }
             let mut response = (status, bytes).into_response();
             if let Some(content_type) = content_type {
                 response.headers_mut().insert("content-type", content_type);
@@ -624,6 +654,63 @@ async fn a_run_waits_out_a_feature_service_still_catching_up() {
                 && l.contains(&model)
                 && l.ends_with(" 2")),
         "{metrics}"
+    );
+    training.stop().await;
+}
+
+/// A registration whose answer is lost (the registry registered the version, a proxy in
+/// between answered 504) is sent again with the run's next start: the registry answers
+/// with the version the run made, so the run succeeds with it and the model has one
+/// version, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_registration_answer_was_lost_registers_one_version() {
+    let p = Platform::start().await;
+    let view = p.labelled_spend().await;
+    let (gateway, seen, _gateway) = gateway(
+        p.registry.url.clone(),
+        |method, path| method == axum::http::Method::POST && path.ends_with("/versions"),
+        1,
+        Fault::LoseAnswer,
+    )
+    .await;
+    let mut config = p.training_config(0);
+    config.training.registry_url = gateway;
+    let training =
+        TestService::run(|listener, cancel| training::run(config, listener, cancel)).await;
+    let model = unique("unanswered");
+    declare(&p, &training, good_spec(&model, &view)).await;
+    let run = manual_run(&p, &training, &model).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["attempts"], 2,
+        "the lost answer, then the registry's: {run}"
+    );
+    assert!(
+        run["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("504")),
+        "{run}"
+    );
+    assert_eq!(run["registered_version"], 1, "{run}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "two registrations were sent"
+    );
+    let versions: Value = p
+        .http
+        .get(format!("{}/v1/models/{model}/versions", p.registry.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let versions = versions["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1, "one run, one version: {versions:?}");
+    assert_eq!(
+        versions[0]["lineage"]["training_run_id"], run["id"],
+        "{versions:?}"
     );
     training.stop().await;
 }

@@ -179,6 +179,13 @@ impl RegistryClient {
             .json()
             .await
             .unwrap_or_else(|e| json!(e.to_string()));
+        if is_unavailable(status) {
+            // The version may have been registered all the same (a gateway's 504): sent
+            // again, the registration names its run and the registry answers with it.
+            return Err(format!(
+                "{UNREACHABLE}: the registration answered {status}: {body}"
+            ));
+        }
         if !status.is_success() {
             return Err(format!(
                 "the registry refused the version ({status}): {body}"
@@ -238,6 +245,12 @@ mod tests {
         ] {
             let client = RegistryClient::new(http(), &answering(status).await);
             let error = client.production("fraud").await.unwrap_err();
+            assert_eq!(is_unreachable(&error), again, "{status}: {error}");
+            // A registration too: one answered 502–504 may have been made, and is sent
+            // again (it names its run, so the registry answers with the same version).
+            let client = RegistryClient::new(http(), &answering(status).await);
+            let registration = json!({"artifact": {"model_name": "fraud"}});
+            let error = client.register(registration).await.unwrap_err();
             assert_eq!(is_unreachable(&error), again, "{status}: {error}");
         }
         // Nothing listens on the discard port.

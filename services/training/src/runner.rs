@@ -343,7 +343,16 @@ impl Runner {
         if let Some(percent) = spec.canary_percent {
             registration["canary_percent"] = json!(percent);
         }
-        let version = self.registry.register(registration).await?;
+        // A registration is idempotent by the run's id: one whose answer was lost (a
+        // gateway's 504, the registry restarting) is sent again with the run's next start,
+        // and names the version it made the first time.
+        let version = self.registry.register(registration).await.map_err(|e| {
+            if mlops_ml::registry::is_unreachable(&e) {
+                Stop::Transient(e)
+            } else {
+                Stop::Failed(e)
+            }
+        })?;
         record["registered_version"] = json!(version);
         record["timings_ms"]["register"] = json!(now_millis() - t2);
         if let Some(best) = best {
