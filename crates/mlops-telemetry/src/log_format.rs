@@ -61,10 +61,9 @@ where
         let mut line = String::new();
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
-        // The event's span, asked of the subscriber itself (not of `ctx`, which shows this
+        // The event's span, asked of the subscriber itself (not of the format's context, which shows this
         // layer only the spans its filter lets through — none, see `json_lines` — nor of
         // `Span::current()`, which a formatter may be called outside of).
-        let _ = ctx;
         let context = self
             .subscriber
             .get()

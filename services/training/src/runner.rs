@@ -269,13 +269,11 @@ impl Runner {
         )
         .await?;
         let t1 = now_millis();
-        let production = self.registry.production(&spec.name).await.map_err(|e| {
-            if mlops_ml::registry::is_unreachable(&e) {
-                Stop::Transient(e)
-            } else {
-                Stop::Failed(e)
-            }
-        })?;
+        let production = self
+            .registry
+            .production(&spec.name)
+            .await
+            .map_err(registry_stop)?;
         let (production_version, production_artifact) = match production {
             Some((v, a)) => (Some(v), Some(a)),
             None => (None, None),
@@ -346,13 +344,11 @@ impl Runner {
         // A registration is idempotent by the run's id: one whose answer was lost (a
         // gateway's 504, the registry restarting) is sent again with the run's next start,
         // and names the version it made the first time.
-        let version = self.registry.register(registration).await.map_err(|e| {
-            if mlops_ml::registry::is_unreachable(&e) {
-                Stop::Transient(e)
-            } else {
-                Stop::Failed(e)
-            }
-        })?;
+        let version = self
+            .registry
+            .register(registration)
+            .await
+            .map_err(registry_stop)?;
         record["registered_version"] = json!(version);
         record["timings_ms"]["register"] = json!(now_millis() - t2);
         if let Some(best) = best {
@@ -586,5 +582,15 @@ impl Runner {
             }
         }
         Ok(())
+    }
+}
+
+/// How a run stops on the registry's error: waits and starts again when the registry was
+/// not reached or answered 502–504, fails on a refusal.
+fn registry_stop(error: String) -> Stop {
+    if mlops_ml::registry::is_unreachable(&error) {
+        Stop::Transient(error)
+    } else {
+        Stop::Failed(error)
     }
 }
