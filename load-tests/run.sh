@@ -9,7 +9,9 @@
 # share the cores. Compare ratios, not absolute numbers.
 #
 #   load-tests/run.sh            (builds release binaries, installs the peer in a venv;
-#                                 BENCH_PROFILE=1 adds a perf profile of ingestion)
+#                                 BENCH_PROFILE=1 adds a perf profile of ingestion,
+#                                 BENCH_PROFILE=graph with call graphs (DWARF); BENCH_PROFILE_KEEP=dir
+#                                 keeps the perf data there for `perf report -i`)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -65,6 +67,11 @@ for _ in $(seq 1 120); do
   curl -s -o /dev/null http://127.0.0.1:39190/docs && break
   sleep 0.5
 done
+if ! curl -s -o /dev/null http://127.0.0.1:39190/docs; then
+  echo "run.sh: the peer did not start; its log:" >&2
+  tail -n 30 "$work/peer.log" >&2
+  exit 1
+fi
 
 # The measured server processes: the platform's ingestion service alone (not the broker,
 # not the other services), the peer's uvicorn with its workers.
@@ -76,7 +83,9 @@ for side in "platform http://127.0.0.1:39180 $ingestion" "fastapi-aiokafka http:
     # single-event runs (perf, self time by function), summarised after the table.
     perf_pid=""
     if [ -n "${BENCH_PROFILE:-}" ] && [ "$1" = platform ]; then
-      perf record -F 999 -p "$3" -o "$work/perf-$clients.data" -- sleep "$((duration + 2))" > "$work/perf-$clients.log" 2>&1 &
+      graph=""
+      [ "$BENCH_PROFILE" = graph ] && graph="--call-graph dwarf,16384 -F 199"
+      perf record -F 999 $graph -p "$3" -o "$work/perf-$clients.data" -- sleep "$((duration + 2))" > "$work/perf-$clients.log" 2>&1 &
       perf_pid=$!
     fi
     "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "single_${clients}_$1" --mode single --concurrency "$clients" --duration "$duration"
@@ -107,6 +116,10 @@ if errors:
 PY
 
 if [ -n "${BENCH_PROFILE:-}" ]; then
+  if [ -n "${BENCH_PROFILE_KEEP:-}" ]; then
+    mkdir -p "$BENCH_PROFILE_KEEP"
+    cp "$work"/perf-*.data "$BENCH_PROFILE_KEEP"/
+  fi
   for data in "$work"/perf-*.data; do
     echo "== $(basename "$data" .data): where the ingestion process spends its CPU (self time)"
     perf report -i "$data" --stdio --no-children -g none --sort dso,symbol --percent-limit 1 2>/dev/null \

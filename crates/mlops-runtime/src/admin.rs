@@ -89,6 +89,14 @@ struct Inner {
     http_series: SeriesCache<(axum::http::Method, u16), (Histogram, Counter)>,
 }
 
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("service", &self.inner.service)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AdminState {
     /// `registry` holds the service's own metrics; HTTP and build metrics are added here.
     pub fn new(
@@ -214,37 +222,52 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn track_http(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    // Label by route template, never by raw path: paths carry ids and would explode cardinality.
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = request.method().clone();
-    let started = std::time::Instant::now();
-    // Probes and scrapes arrive every few seconds: counted, but not traced.
-    let response = if ADMIN_ROUTES.contains(&route) {
-        next.run(request).await
-    } else {
-        let span = tracing::info_span!(
-            "http request",
-            otel.name = %format!("{method} {route}"),
-            otel.kind = "server",
-            http.request.method = %method,
-            http.route = %route,
-            http.response.status_code = tracing::field::Empty,
+    state.observe(request, |request| next.run(request)).await
+}
+
+impl AdminState {
+    /// Answers `request` with `handle`, counted (requests, latency by route template) and,
+    /// outside the probes, in a server span continuing the caller's `traceparent`. For a
+    /// layer of the service's own around its handlers (`with_http_telemetry` is this
+    /// as a layer alone).
+    pub async fn observe<F, Fut>(&self, request: Request, handle: F) -> Response
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: Future<Output = Response>,
+    {
+        // Label by route template, never by raw path: paths carry ids and would explode
+        // cardinality.
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let method = request.method().clone();
+        let started = std::time::Instant::now();
+        // Probes and scrapes arrive every few seconds: counted, but not traced.
+        let response = if ADMIN_ROUTES.contains(&route) {
+            handle(request).await
+        } else {
+            let span = tracing::info_span!(
+                "http request",
+                otel.name = %format!("{method} {route}"),
+                otel.kind = "server",
+                http.request.method = %method,
+                http.route = %route,
+                http.response.status_code = tracing::field::Empty,
+            );
+            if !span.is_disabled() {
+                let _ = span.set_parent(mlops_telemetry::extract_http_context(request.headers()));
+            }
+            let response = handle(request).instrument(span.clone()).await;
+            span.record("http.response.status_code", response.status().as_u16());
+            response
+        };
+        self.observe_http(
+            route,
+            &method,
+            response.status().as_u16(),
+            started.elapsed(),
         );
-        if !span.is_disabled() {
-            let _ = span.set_parent(mlops_telemetry::extract_http_context(request.headers()));
-        }
-        let response = next.run(request).instrument(span.clone()).await;
-        span.record("http.response.status_code", response.status().as_u16());
         response
-    };
-    state.observe_http(
-        route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
+    }
 }
 
 impl AdminState {

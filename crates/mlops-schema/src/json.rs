@@ -15,6 +15,8 @@ use apache_avro::{
 };
 use serde_json::Value as Json;
 
+mod encode;
+
 /// One problem with one field of a JSON record.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {
@@ -506,8 +508,122 @@ mod tests {
         })
     }
 
+    /// The Avro value of a datum `encode_into` wrote.
+    fn decoded(converter: &JsonToAvro, body: &[u8]) -> Value {
+        apache_avro::reader::datum::GenericDatumReader::builder(converter.schema())
+            .build()
+            .and_then(|reader| reader.read_value(&mut &body[..]))
+            .expect("what encode_into writes decodes")
+    }
+
+    /// Documents close to the test schema: every field a valid value (or left out), some
+    /// of them then spoiled — a wrong type, an unknown key, a required field dropped.
+    fn nearly_valid() -> impl proptest::strategy::Strategy<Value = Json> {
+        use proptest::prelude::*;
+        let ts = prop_oneof![
+            any::<i64>().prop_map(Json::from),
+            Just(json!("2026-11-26T10:00:00.250+04:00")),
+            Just(json!("yesterday")),
+        ];
+        let address = prop_oneof![
+            Just(Json::Null),
+            "\\PC{0,8}".prop_map(|city| json!({"city": city})),
+            Just(json!({"town": "x"})),
+        ];
+        (
+            "\\PC{0,8}",
+            any::<f64>().prop_filter("finite", |f| f.is_finite()),
+            proptest::option::of(any::<i64>()),
+            ts,
+            proptest::option::of(prop_oneof![
+                Just(Json::Null),
+                "[a-z]{0,3}".prop_map(Json::from)
+            ]),
+            prop_oneof![Just("web"), Just("pos"), Just("mail")],
+            proptest::option::of(proptest::collection::vec("\\PC{0,4}", 0..4)),
+            proptest::option::of(address),
+            0..6u8,
+        )
+            .prop_map(
+                |(id, amount, count, ts, country, channel, tags, address, spoil)| {
+                    let mut doc =
+                        json!({"customer_id": id, "amount": amount, "ts": ts, "channel": channel});
+                    let object = doc.as_object_mut().unwrap();
+                    if let Some(count) = count {
+                        object.insert("count".into(), json!(count));
+                    }
+                    if let Some(country) = country {
+                        object.insert("country".into(), country);
+                    }
+                    if let Some(tags) = tags {
+                        object.insert("tags".into(), json!(tags));
+                    }
+                    if let Some(address) = address {
+                        object.insert("address".into(), address);
+                    }
+                    match spoil {
+                        0 => drop(object.remove("customer_id")),
+                        1 => drop(object.insert("extra".into(), json!(true))),
+                        2 => drop(object.insert("amount".into(), json!("12a"))),
+                        _ => {}
+                    }
+                    doc
+                },
+            )
+    }
+
+    #[test]
+    fn types_the_fast_path_leaves_are_written_by_the_value_path() {
+        let converter = JsonToAvro::new(
+            Schema::parse_str(
+                r#"{"type":"record","name":"R","fields":[
+                    {"name":"id","type":{"type":"string","logicalType":"uuid"}},
+                    {"name":"n","type":"long"}]}"#,
+            )
+            .unwrap(),
+        );
+        let doc = json!({"id": "67e55044-10b1-426f-9247-bb680e5fe0c8", "n": -3});
+        let mut out = vec![0xAA];
+        converter.encode_into(&doc, &mut out).unwrap();
+        assert_eq!(out[0], 0xAA, "appended after what was there");
+        assert_eq!(
+            decoded(&converter, &out[1..]),
+            converter.convert(&doc).unwrap()
+        );
+
+        let errors = converter
+            .encode_into(&json!({"id": "no", "n": 1}), &mut out)
+            .unwrap_err();
+        assert_eq!(errors[0].field, "id");
+        assert_eq!(
+            out.len(),
+            1 + 36 + 1 + 1,
+            "nothing appended for a refused record"
+        );
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Both paths agree on every document: the bytes written decode to the value
+        /// `convert` builds, and a refusal carries `convert`'s errors, nothing written.
+        #[test]
+        fn encoding_agrees_with_conversion(json in proptest::prop_oneof![nearly_valid(), any_json()]) {
+            let converter = converter();
+            let mut out = vec![7];
+            match (converter.encode_into(&json, &mut out), converter.convert(&json)) {
+                (Ok(()), Ok(value)) => {
+                    proptest::prop_assert_eq!(decoded(&converter, &out[1..]), value)
+                }
+                (Err(errors), Err(expected)) => {
+                    proptest::prop_assert_eq!(errors, expected);
+                    proptest::prop_assert_eq!(out, vec![7]);
+                }
+                (encoded, converted) => proptest::prop_assert!(
+                    false, "{json}: encode_into {encoded:?}, convert {converted:?}"
+                ),
+            }
+        }
 
         /// Whatever a producer sends, conversion answers: a value the schema accepts, or
         /// errors that each name a field of the document (or the root) and say why.

@@ -107,7 +107,8 @@ pub struct StoredKey {
 /// The API keys a service accepts, looked up by their hash.
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
-    by_hash: HashMap<String, Principal>,
+    /// Shared, not copied, into every request the key authenticates.
+    by_hash: HashMap<String, Arc<Principal>>,
 }
 
 impl ApiKeys {
@@ -115,7 +116,7 @@ impl ApiKeys {
         Self {
             by_hash: keys
                 .into_iter()
-                .map(|k| (k.sha256.to_ascii_lowercase(), k.principal))
+                .map(|k| (k.sha256.to_ascii_lowercase(), Arc::new(k.principal)))
                 .collect(),
         }
     }
@@ -140,7 +141,7 @@ impl ApiKeys {
         (token, stored)
     }
 
-    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+    pub fn authenticate(&self, token: &str) -> Option<&Arc<Principal>> {
         self.by_hash.get(&digest(token))
     }
 }
@@ -158,12 +159,12 @@ impl Authenticator {
         Self { keys, jwt }
     }
 
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, String> {
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, String> {
         if let Some(principal) = self.keys.authenticate(token) {
             return Ok(principal.clone());
         }
         match &self.jwt {
-            Some(jwt) if token.split('.').count() == 3 => jwt.verify(token).await,
+            Some(jwt) if token.split('.').count() == 3 => jwt.verify(token).await.map(Arc::new),
             _ => Err("the token is not one this platform issued (or it was revoked)".to_owned()),
         }
     }
@@ -176,7 +177,7 @@ impl Authenticator {
         headers: &HeaderMap,
         role: Role,
         dataset: Option<&str>,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Arc<Principal>, ApiError> {
         let token = presented_token(headers).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -204,6 +205,7 @@ pub struct Gate {
     table: Arc<[Route]>,
     protect_metrics: bool,
     audit: Option<Auditor>,
+    telemetry: Option<mlops_runtime::admin::AdminState>,
 }
 
 impl Gate {
@@ -214,7 +216,15 @@ impl Gate {
             table: tables.iter().flat_map(|t| t.iter().copied()).collect(),
             protect_metrics: false,
             audit: None,
+            telemetry: None,
         }
+    }
+
+    /// Counts and traces every request (`AdminState::observe`) in the same layer, around
+    /// the checks: refusals are counted too.
+    pub fn telemetry(mut self, admin: mlops_runtime::admin::AdminState) -> Self {
+        self.telemetry = Some(admin);
+        self
     }
 
     /// `/metrics` then requires a reader's token.
@@ -235,9 +245,9 @@ impl Gate {
     /// else is answered 404 or 405 here, so a route missing from the tables is never
     /// served unguarded.
     pub fn protect(&self, router: Router) -> Router {
-        router
-            .layer(middleware::from_fn(json_errors))
-            .layer(middleware::from_fn_with_state(self.clone(), check))
+        // One layer, not one per concern: each layer boxes its future and clones the
+        // route's service on every request.
+        router.layer(middleware::from_fn_with_state(self.clone(), check))
     }
 
     /// The route a request calls, or the answer it gets without reaching a handler
@@ -265,43 +275,47 @@ impl Gate {
     }
 }
 
-async fn check(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    let method = request.method().as_str().to_owned();
-    let route = match gate.route(&method, &path) {
+async fn check(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    match &gate.telemetry {
+        Some(admin) => {
+            admin
+                .observe(request, |request| pass(&gate, request, next))
+                .await
+        }
+        None => pass(&gate, request, next).await,
+    }
+}
+
+/// The checks themselves: the route's role, the audit trail, the framework's refusals
+/// worded as the platform's errors.
+async fn pass(gate: &Gate, mut request: Request, next: Next) -> Response {
+    let route = match gate.route(request.method().as_str(), request.uri().path()) {
         Err(answer) => return answer.into_response(),
-        Ok(None) => return next.run(request).await,
+        Ok(None) => return json_errors(next.run(request).await).await,
         Ok(Some(route)) => route,
     };
-    let source_ip = request
-        .extensions()
-        .get::<ConnectInfo<mlops_runtime::tls::PeerAddr>>()
-        .map(|c| c.0.0.ip().to_string());
-    let mutating = method != "GET";
     let principal = match &gate.auth {
         None => None,
         Some(auth) => {
+            let path = request.uri().path();
             let dataset = (route.role == Role::Producer)
-                .then(|| route.parameter(&path, "name"))
+                .then(|| route.parameter(path, "name"))
                 .flatten();
             match auth.authorize(request.headers(), route.role, dataset).await {
                 Ok(principal) => Some(principal),
                 Err(denied) => {
-                    if let (Some(auditor), true) = (&gate.audit, mutating) {
-                        let actor = match presented_token(request.headers()) {
-                            Some(token) => auth.authenticate(&token).await.ok(),
-                            None => None,
-                        }
-                        .map_or_else(|| "unauthenticated".to_owned(), |p| p.subject);
-                        let entry = AuditEntry {
-                            actor,
-                            role: None,
-                            action: action_of(&route),
-                            resource: resource_of(&path),
-                            outcome: AuditOutcome::Denied,
-                            reason: Some(denied.reason()),
-                            source_ip,
-                        };
+                    if request.method() != axum::http::Method::GET
+                        && let Some(auditor) = &gate.audit
+                    {
+                        let entry = denial(
+                            auth,
+                            presented_token(request.headers()),
+                            request.uri().path(),
+                            source_ip(&request),
+                            &route,
+                            &denied,
+                        )
+                        .await;
                         // The refusal does not wait for its record.
                         auditor.submit(entry);
                     }
@@ -310,58 +324,132 @@ async fn check(State(gate): State<Gate>, mut request: Request, next: Next) -> Re
             }
         }
     };
-    if let Some(principal) = &principal {
-        request.extensions_mut().insert(principal.clone());
-    }
-    let response = next.run(request).await;
-    let (Some(auditor), Some(action)) = (&gate.audit, route.audit) else {
-        return response;
-    };
-    let status = response.status();
-    let (response, answer) = read_json(response).await;
-    let reason = if status.is_success() {
-        None
-    } else {
-        error_reason(answer.as_ref()).or_else(|| Some(format!("answered {status}")))
-    };
-    let created = answer.as_ref().and_then(|a| created_id(a, &path));
-    let resource = match (status.is_success(), created) {
-        // A creation names what it created in its answer.
-        (true, Some(id)) if method == "POST" && !path.ends_with(&format!("/{id}")) => {
-            format!("{}/{id}", resource_of(&path))
-        }
-        _ => resource_of(&path),
-    };
-    let entry = AuditEntry {
-        actor: principal
-            .as_ref()
-            .map_or_else(|| "anonymous".to_owned(), |p| p.subject.clone()),
-        role: principal.as_ref().map(|p| {
-            p.roles
-                .iter()
-                .map(|r| format!("{r:?}").to_ascii_lowercase())
-                .collect::<Vec<_>>()
-                .join(",")
+    // What the audit record of a state change needs once the request is handed on; other
+    // routes (every data-plane call) copy nothing.
+    let audited = match (&gate.audit, route.audit) {
+        (Some(auditor), Some(action)) => Some(Audited {
+            auditor: auditor.clone(),
+            action,
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            source_ip: source_ip(&request),
+            principal: principal.clone(),
         }),
-        action: action.to_owned(),
-        resource,
-        outcome: if status.is_success() {
-            AuditOutcome::Success
-        } else {
-            AuditOutcome::Failed
-        },
-        reason,
-        source_ip,
+        _ => None,
     };
-    auditor.submit(entry);
-    response
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal);
+    }
+    let response = json_errors(next.run(request).await).await;
+    match audited {
+        Some(audited) => audited.record(response).await,
+        None => response,
+    }
+}
+
+/// The client's address, as the audit trail names it.
+fn source_ip(request: &Request) -> Option<String> {
+    request
+        .extensions()
+        .get::<ConnectInfo<mlops_runtime::tls::PeerAddr>>()
+        .map(|c| c.0.0.ip().to_string())
+}
+
+/// The audit record of a refused attempt: who tried (when the token names anyone), what,
+/// and why it was refused.
+async fn denial(
+    auth: &Authenticator,
+    token: Option<String>,
+    path: &str,
+    source_ip: Option<String>,
+    route: &Route,
+    denied: &ApiError,
+) -> AuditEntry {
+    let actor = match token {
+        Some(token) => auth.authenticate(&token).await.ok(),
+        None => None,
+    }
+    .map_or_else(|| "unauthenticated".to_owned(), |p| p.subject.clone());
+    AuditEntry {
+        actor,
+        role: None,
+        action: action_of(route),
+        resource: resource_of(path),
+        outcome: AuditOutcome::Denied,
+        reason: Some(denied.reason()),
+        source_ip,
+    }
+}
+
+/// A request to a route that changes state, whose outcome the audit trail records.
+struct Audited {
+    auditor: Auditor,
+    action: &'static str,
+    method: axum::http::Method,
+    path: String,
+    source_ip: Option<String>,
+    principal: Option<Arc<Principal>>,
+}
+
+impl Audited {
+    /// Submits the record of `response` (its status, its reason when refused, what a
+    /// creation created) and answers it unchanged.
+    async fn record(self, response: Response) -> Response {
+        let Self {
+            auditor,
+            action,
+            method,
+            path,
+            source_ip,
+            principal,
+        } = self;
+        let status = response.status();
+        let (response, answer) = read_json(response).await;
+        let reason = if status.is_success() {
+            None
+        } else {
+            error_reason(answer.as_ref()).or_else(|| Some(format!("answered {status}")))
+        };
+        let created = answer.as_ref().and_then(|a| created_id(a, &path));
+        let resource = match (status.is_success(), created) {
+            // A creation names what it created in its answer.
+            (true, Some(id))
+                if method == axum::http::Method::POST && !path.ends_with(&format!("/{id}")) =>
+            {
+                format!("{}/{id}", resource_of(&path))
+            }
+            _ => resource_of(&path),
+        };
+        let entry = AuditEntry {
+            actor: principal
+                .as_ref()
+                .map_or_else(|| "anonymous".to_owned(), |p| p.subject.clone()),
+            role: principal.as_ref().map(|p| {
+                p.roles
+                    .iter()
+                    .map(|r| format!("{r:?}").to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            action: action.to_owned(),
+            resource,
+            outcome: if status.is_success() {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Failed
+            },
+            reason,
+            source_ip,
+        };
+        auditor.submit(entry);
+        response
+    }
 }
 
 /// Every refusal is JSON naming the problem: the framework's own rejections (a body that
 /// is not JSON, a path parameter of the wrong type, a missing header) come as plain text,
 /// and become the platform's error shape with that text as the message.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -580,7 +668,7 @@ mod tests {
         let status = async |headers: &HeaderMap, role, dataset| {
             keys.authorize(headers, role, dataset)
                 .await
-                .map(|p| p.subject)
+                .map(|p| p.subject.clone())
                 .map_err(|e| e.status)
         };
         assert_eq!(
@@ -679,6 +767,73 @@ mod tests {
             StatusCode::NOT_FOUND,
             "what the table does not declare is not served"
         );
+    }
+
+    /// Telemetry, checks and error wording are one layer: a refusal is counted like an
+    /// answer, under its route template, and a framework rejection still speaks JSON.
+    #[tokio::test]
+    async fn one_layer_counts_refusals_and_words_rejections_as_json() {
+        use axum::{body::Body, routing::post};
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        static TABLE: &[Route] = &[Route::new("POST", "/v1/items/{name}", Role::Producer)];
+        let (token, stored) = ApiKeys::issue(principal("p", &[PlatformRole::Producer], None));
+        let admin = mlops_runtime::admin::AdminState::new(
+            "test",
+            prometheus_client::registry::Registry::default(),
+            Vec::new(),
+        );
+        // A JSON body extractor: its rejection of a non-JSON body is axum's plain text.
+        let router = Router::new().route(
+            "/v1/items/{name}",
+            post(|axum::Json(_): axum::Json<serde_json::Value>| async { "ok" }),
+        );
+        let router = Gate::new(
+            Some(Authenticator::new(ApiKeys::new([stored]), None)),
+            &[TABLE],
+        )
+        .telemetry(admin.clone())
+        .protect(router.merge(admin.router()));
+        let call = |token: Option<&str>, body: &'static str| {
+            let mut request =
+                Request::post("/v1/items/a").header("content-type", "application/json");
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            router
+                .clone()
+                .oneshot(request.body(Body::from(body)).unwrap())
+        };
+        let read = |response: Response| async move {
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        };
+        assert_eq!(
+            read(call(None, "{}").await.unwrap()).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            read(call(Some(&token), "{}").await.unwrap()).await.0,
+            StatusCode::OK
+        );
+        let (status, body) = read(call(Some(&token), "{not json").await.unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let answer: serde_json::Value = serde_json::from_str(&body).expect("a JSON error body");
+        assert_eq!(answer["error"]["code"], "bad_request", "{body}");
+
+        let metrics = router
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (_, page) = read(metrics).await;
+        for status in [401, 200, 400] {
+            let line = format!(
+                r#"mlops_http_requests_total{{method="POST",route="/v1/items/{{name}}",status="{status}"}} 1"#
+            );
+            assert!(page.contains(&line), "{line} missing from\n{page}");
+        }
     }
 
     #[test]

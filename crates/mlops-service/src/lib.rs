@@ -305,15 +305,17 @@ impl CommonConfig {
             .unwrap_or_else(|| self.data_dir.join("api-keys.json"))
     }
 
-    /// `router` behind the service's authorisation layer, reading its route `tables` and
-    /// writing to `audit`; when auth is disabled, nobody is asked for credentials and the
-    /// service says so in a warning no operator can miss.
+    /// `router` with `admin`'s probes, behind the service's one layer: request telemetry
+    /// (`admin`'s counters and server spans) around the authorisation that reads the route
+    /// `tables` and writes to `audit`. When auth is disabled, nobody is asked for
+    /// credentials and the service says so in a warning no operator can miss.
     pub async fn protect(
         &self,
         service: &str,
         router: axum::Router,
         tables: &[&'static [routes::Route]],
         audit: Option<audit::Auditor>,
+        admin: &mlops_runtime::admin::AdminState,
     ) -> anyhow::Result<axum::Router> {
         let auth = match self.auth.mode {
             AuthMode::Disabled => {
@@ -362,7 +364,8 @@ impl CommonConfig {
         Ok(auth::Gate::new(auth, tables)
             .protect_metrics(self.auth.protect_metrics)
             .audit(audit)
-            .protect(router))
+            .telemetry(admin.clone())
+            .protect(router.merge(admin.router())))
     }
 
     /// Serves `router` on `listener` until `cancel` fires: over TLS when `tls.cert_file`

@@ -190,16 +190,15 @@ pub async fn run(
     let (auditor, audit_writer) =
         mlops_service::audit::Auditor::new(SERVICE, &config.kafka, producer.clone());
     tasks.spawn("audit", audit_writer.run(tasks.token()));
-    let router = admin.with_http_telemetry(
-        config
-            .protect(
-                SERVICE,
-                admin.router().merge(api::router(app.clone())),
-                &[api::ROUTES],
-                Some(auditor),
-            )
-            .await?,
-    );
+    let router = config
+        .protect(
+            SERVICE,
+            api::router(app.clone()),
+            &[api::ROUTES],
+            Some(auditor),
+            &admin,
+        )
+        .await?;
 
     let intake = ConsumerLoop::new(
         &config.kafka,

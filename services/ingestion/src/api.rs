@@ -11,7 +11,7 @@ use axum::{
     Router,
     body::{Body, Bytes},
     extract::{DefaultBodyLimit, Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use mlops_events::topics;
@@ -197,8 +197,8 @@ fn dataset_body(dataset: &Dataset) -> axum::Json<Json> {
     axum::Json(json!({
         "name": dataset.spec.name,
         "topic": topic,
-        "dlq_topic": topics::dead_letter(&topic),
-        "subject": topics::value_subject(&topic),
+        "dlq_topic": topics::dead_letter(topic),
+        "subject": topics::value_subject(topic),
         "schema_id": dataset.schema_id,
         "version": dataset.version,
         "key": dataset.spec.key,
@@ -374,7 +374,7 @@ async fn erase_entity(
     let topic = dataset.topic();
     let delivery = app
         .producer
-        .send_tombstone(&topic, id.as_bytes())
+        .send_tombstone(topic, id.as_bytes())
         .await
         .map_err(|e| {
             ApiError::new(
@@ -425,10 +425,11 @@ async fn post_events(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     Query(query): Query<EventsQuery>,
-    headers: HeaderMap,
-    body: Body,
+    // The request itself rather than a `HeaderMap` extractor, which copies every header.
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let result = ingest::ingest(&app, &name, query.atomic, &headers, body).await;
+    let (parts, body) = request.into_parts();
+    let result = ingest::ingest(&app, &name, query.atomic, &parts.headers, body).await;
     if let Err(e) = &result {
         app.reject(e.code, 1);
     }

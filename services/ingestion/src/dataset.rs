@@ -63,6 +63,8 @@ pub struct Dataset {
     pub version: i64,
     pub converter: JsonToAvro,
     rules: Vec<(String, Rule, Option<regex::Regex>)>,
+    /// `raw.<name>`, named once rather than on every request.
+    topic: String,
 }
 
 impl Dataset {
@@ -89,6 +91,7 @@ impl Dataset {
             })
             .collect();
         Self {
+            topic: mlops_events::topics::raw(&spec.name),
             spec,
             schema_id,
             version,
@@ -97,8 +100,8 @@ impl Dataset {
         }
     }
 
-    pub fn topic(&self) -> String {
-        mlops_events::topics::raw(&self.spec.name)
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Rule violations of a record that already matched the schema.

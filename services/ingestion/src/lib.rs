@@ -151,16 +151,15 @@ pub async fn run(
         async move { store.ping().await.map_err(|e| e.to_string()) }
     }));
     let admin = AdminState::new(SERVICE, registry, checks);
-    let router = admin.with_http_telemetry(
-        common
-            .protect(
-                SERVICE,
-                api::router(app).merge(admin.router()),
-                &[api::ROUTES],
-                Some(auditor),
-            )
-            .await?,
-    );
+    let router = common
+        .protect(
+            SERVICE,
+            api::router(app),
+            &[api::ROUTES],
+            Some(auditor),
+            &admin,
+        )
+        .await?;
     let (served, (), (), _) = tokio::join!(
         common.serve(listener, router, cancel.clone()),
         pruning,

@@ -121,16 +121,15 @@ pub async fn run(
     let (auditor, audit_writer) =
         mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
     tasks.spawn("audit", audit_writer.run(tasks.token()));
-    let router = admin.with_http_telemetry(
-        common
-            .protect(
-                SERVICE,
-                api::router(shared.clone()).merge(admin.router()),
-                &[api::ROUTES],
-                Some(auditor),
-            )
-            .await?,
-    );
+    let router = common
+        .protect(
+            SERVICE,
+            api::router(shared.clone()),
+            &[api::ROUTES],
+            Some(auditor),
+            &admin,
+        )
+        .await?;
 
     let lifecycle_group = if settings.lifecycle_group.is_empty() {
         format!("monitoring-{}", mlops_events::new_id())

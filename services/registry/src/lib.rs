@@ -91,19 +91,17 @@ pub async fn router(
     auditor: mlops_service::audit::Auditor,
     audit_log: Arc<audit::AuditLog>,
 ) -> anyhow::Result<axum::Router> {
-    Ok(admin.with_http_telemetry(
-        common
-            .protect(
-                SERVICE,
-                schema_registry::router(store)
-                    .merge(models::api::router(models))
-                    .merge(audit::router(audit_log))
-                    .merge(admin.router()),
-                &[schema_registry::ROUTES, models::api::ROUTES, audit::ROUTES],
-                Some(auditor),
-            )
-            .await?,
-    ))
+    common
+        .protect(
+            SERVICE,
+            schema_registry::router(store)
+                .merge(models::api::router(models))
+                .merge(audit::router(audit_log)),
+            &[schema_registry::ROUTES, models::api::ROUTES, audit::ROUTES],
+            Some(auditor),
+            admin,
+        )
+        .await
 }
 
 /// Serves until `cancel` fires.

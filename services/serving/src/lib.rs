@@ -143,16 +143,15 @@ pub async fn run(
     let (auditor, audit_writer) =
         mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
     tasks.spawn("audit", audit_writer.run(tasks.token()));
-    let router = admin.with_http_telemetry(
-        common
-            .protect(
-                SERVICE,
-                oip::router(serving).merge(admin.router()),
-                &[oip::ROUTES],
-                Some(auditor),
-            )
-            .await?,
-    );
+    let router = common
+        .protect(
+            SERVICE,
+            oip::router(serving),
+            &[oip::ROUTES],
+            Some(auditor),
+            &admin,
+        )
+        .await?;
 
     let group = if settings.lifecycle_group.is_empty() {
         format!("serving-{}", mlops_events::new_id())

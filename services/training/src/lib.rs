@@ -171,16 +171,15 @@ pub async fn run(
     });
     let (auditor, audit_writer) =
         mlops_service::audit::Auditor::new(SERVICE, &common.kafka, producer.clone());
-    let router = admin.with_http_telemetry(
-        common
-            .protect(
-                SERVICE,
-                api::router(app).merge(admin.router()),
-                &[api::ROUTES],
-                Some(auditor),
-            )
-            .await?,
-    );
+    let router = common
+        .protect(
+            SERVICE,
+            api::router(app),
+            &[api::ROUTES],
+            Some(auditor),
+            &admin,
+        )
+        .await?;
 
     let mut tasks = mlops_runtime::TaskSet::new(cancel.child_token());
     tasks.spawn("audit", audit_writer.run(tasks.token()));

@@ -128,14 +128,14 @@ impl App {
             .retry_after(1)
         };
         let topic = dataset.topic();
-        let partitions = mlops_kafka::partition_count(&self.kafka, &topic, READ_TIMEOUT)
+        let partitions = mlops_kafka::partition_count(&self.kafka, topic, READ_TIMEOUT)
             .await
             .map_err(unavailable)?;
         let wanted: HashSet<&str> = doubtful.iter().map(String::as_str).collect();
         let mut found: HashMap<String, Accepted> = HashMap::new();
         for partition in 0..partitions {
             let not_before = since - CLOCK_SLACK_MS;
-            let written = events_written(&self.kafka, &topic, partition, not_before, READ_TIMEOUT)
+            let written = events_written(&self.kafka, topic, partition, not_before, READ_TIMEOUT)
                 .await
                 .map_err(unavailable)?;
             for w in written {

@@ -7,7 +7,6 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use apache_avro::writer::datum::GenericDatumWriter;
 use axum::{
     body::{Body, Bytes},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -96,10 +95,9 @@ pub(super) async fn ingest(
     let items = Arc::new(items);
     let mut checked = if large {
         let (dataset, items) = (dataset.clone(), items.clone());
-        mlops_runtime::cpu::run(move || check_and_encode(&dataset, &items, event_ids, &known))
-            .await?
+        mlops_runtime::cpu::run(move || check_and_encode(&dataset, &items, event_ids, &known)).await
     } else {
-        check_and_encode(&dataset, &items, event_ids, &known)?
+        check_and_encode(&dataset, &items, event_ids, &known)
     };
     if atomic.unwrap_or(app.settings.all_or_nothing) {
         refuse_all_if_any_rejected(&mut checked);
@@ -114,7 +112,7 @@ pub(super) async fn ingest(
         super::labels::emit_inline(app, &dataset, &items, &mut checked.outcomes).await;
     }
     let topic = dataset.topic();
-    dead_letter_rejections(app, &topic, &items, &checked.outcomes, &bytes, ndjson).await;
+    dead_letter_rejections(app, topic, &items, &checked.outcomes, &bytes, ndjson).await;
     Ok(respond(app, name, &checked.outcomes, queue_full))
 }
 
@@ -242,16 +240,7 @@ fn check_and_encode(
     items: &[Result<Json, String>],
     mut event_ids: Vec<Option<String>>,
     known: &HashMap<String, Accepted>,
-) -> Result<Checked, ApiError> {
-    let writer = GenericDatumWriter::builder(dataset.converter.schema())
-        .build()
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "schema_error",
-                e.to_string(),
-            )
-        })?;
+) -> Checked {
     let mut checked = Checked::new(items.len());
     let mut first_seen: HashMap<String, usize> = HashMap::new();
     for (index, item) in items.iter().enumerate() {
@@ -277,28 +266,18 @@ fn check_and_encode(
             }
             first_seen.insert(id.clone(), index);
         }
-        let value = match dataset.converter.convert(record) {
-            Ok(value) => value,
-            Err(errors) => {
-                checked.outcomes[index] = Some(Outcome::Rejected(errors));
-                continue;
-            }
-        };
+        // Framed as it goes on the wire: the Confluent header, then the Avro body.
+        let mut payload = Vec::with_capacity(mlops_schema::HEADER_LEN + 64);
+        mlops_schema::write_frame_header(&mut payload, dataset.schema_id);
+        if let Err(errors) = dataset.converter.encode_into(record, &mut payload) {
+            checked.outcomes[index] = Some(Outcome::Rejected(errors));
+            continue;
+        }
         let violations = dataset.check_rules(record);
         if !violations.is_empty() {
             checked.outcomes[index] = Some(Outcome::Rejected(violations));
             continue;
         }
-        let payload = match writer.write_value_to_vec(value) {
-            Ok(body) => mlops_schema::frame(dataset.schema_id, &body),
-            Err(e) => {
-                checked.outcomes[index] = Some(Outcome::Rejected(vec![FieldError {
-                    field: String::new(),
-                    reason: format!("does not encode: {e}"),
-                }]));
-                continue;
-            }
-        };
         checked.prepared.push(Prepared {
             index,
             key: dataset.key_of(record),
@@ -306,7 +285,7 @@ fn check_and_encode(
             payload,
         });
     }
-    Ok(checked)
+    checked
 }
 
 /// All-or-nothing: one rejected record refuses the whole request.
@@ -370,7 +349,7 @@ async fn produce(
             });
         }
         app.producer.send_bytes(
-            &topic,
+            topic,
             p.key.as_deref().map(str::as_bytes),
             &p.payload,
             headers,

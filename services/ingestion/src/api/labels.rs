@@ -33,10 +33,10 @@ const FIELDS: [&str; 5] = ["entity_id", "label", "event_time", "request_id", "la
 pub(super) async fn post_labels(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let result = ingest_labels(&app, &name, &headers, body).await;
+    let (parts, body) = request.into_parts();
+    let result = ingest_labels(&app, &name, &parts.headers, body).await;
     if let Err(e) = &result {
         app.reject(e.code, 1);
     }

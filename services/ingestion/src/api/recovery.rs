@@ -42,7 +42,7 @@ impl App {
             let name = &dataset.spec.name;
             let topic = dataset.topic();
             let partitions =
-                match mlops_kafka::partition_count(&self.kafka, &topic, READ_TIMEOUT).await {
+                match mlops_kafka::partition_count(&self.kafka, topic, READ_TIMEOUT).await {
                     Ok(n) => n,
                     // Declared but its topic not created yet: nothing was produced to it.
                     Err(mlops_kafka::Error::Unreachable(reason))
@@ -58,8 +58,7 @@ impl App {
             };
             for partition in 0..partitions {
                 let written =
-                    events_written(&self.kafka, &topic, partition, not_before, READ_TIMEOUT)
-                        .await?;
+                    events_written(&self.kafka, topic, partition, not_before, READ_TIMEOUT).await?;
                 let ids: Vec<&str> = written.iter().map(|w| w.id.as_str()).collect();
                 let known = self.store.accepted(name, &ids, window_start).await?;
                 let found: Vec<Written> = written
