@@ -7,6 +7,7 @@
 //! `token` and the token as password (what Confluent's clients speak to a Schema Registry).
 
 use std::{
+    borrow::Cow,
     collections::{BTreeSet, HashMap},
     sync::Arc,
 };
@@ -107,8 +108,9 @@ pub struct StoredKey {
 /// The API keys a service accepts, looked up by their hash.
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
-    /// Shared, not copied, into every request the key authenticates.
-    by_hash: HashMap<String, Arc<Principal>>,
+    /// By the SHA-256 of the token; the principal shared, not copied, into every request
+    /// the key authenticates.
+    by_hash: HashMap<[u8; 32], Arc<Principal>>,
 }
 
 impl ApiKeys {
@@ -116,7 +118,12 @@ impl ApiKeys {
         Self {
             by_hash: keys
                 .into_iter()
-                .map(|k| (k.sha256.to_ascii_lowercase(), Arc::new(k.principal)))
+                // A hash that is not 64 hex digits matches no token: left out.
+                .filter_map(|k| {
+                    let mut hash = [0u8; 32];
+                    hex::decode_to_slice(k.sha256.trim(), &mut hash).ok()?;
+                    Some((hash, Arc::new(k.principal)))
+                })
                 .collect(),
         }
     }
@@ -142,7 +149,8 @@ impl ApiKeys {
     }
 
     pub fn authenticate(&self, token: &str) -> Option<&Arc<Principal>> {
-        self.by_hash.get(&digest(token))
+        self.by_hash
+            .get(&<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
     }
 }
 
@@ -309,7 +317,7 @@ async fn pass(gate: &Gate, mut request: Request, next: Next) -> Response {
                     {
                         let entry = denial(
                             auth,
-                            presented_token(request.headers()),
+                            presented_token(request.headers()).map(Cow::into_owned),
                             request.uri().path(),
                             source_ip(&request),
                             &route,
@@ -568,17 +576,17 @@ fn digest(token: &str) -> String {
 }
 
 /// The token a request presents: bearer, or basic auth with the user `token`.
-pub fn presented_token(headers: &HeaderMap) -> Option<String> {
+pub fn presented_token(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = value.split_once(' ')?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return (!rest.is_empty()).then(|| rest.to_owned());
+        return (!rest.is_empty()).then_some(Cow::Borrowed(rest));
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = decode_base64(rest)?;
         let (user, password) = decoded.split_once(':')?;
-        return (user == "token" && !password.is_empty()).then(|| password.to_owned());
+        return (user == "token" && !password.is_empty()).then(|| Cow::Owned(password.to_owned()));
     }
     None
 }
@@ -892,7 +900,8 @@ mod tests {
             let mut headers = HeaderMap::new();
             let value = format!("Basic {}", base64(format!("token:{token}").as_bytes()));
             headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
-            proptest::prop_assert_eq!(presented_token(&headers), Some(token));
+            let presented = presented_token(&headers);
+            proptest::prop_assert_eq!(presented.as_deref(), Some(token.as_str()));
         }
     }
 }
