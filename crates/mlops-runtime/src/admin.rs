@@ -9,7 +9,6 @@ use axum::{
     Json, Router,
     extract::{MatchedPath, Request, State},
     http::{StatusCode, header},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -180,12 +179,6 @@ impl AdminState {
             .route("/metrics", get(metrics))
             .with_state(self.clone())
     }
-
-    /// Wraps a whole service router with request counting, latency histograms and a
-    /// server span per API request (continuing the caller's `traceparent`).
-    pub fn with_http_telemetry(&self, router: Router) -> Router {
-        router.layer(middleware::from_fn_with_state(self.clone(), track_http))
-    }
 }
 
 async fn healthz(State(state): State<AdminState>) -> Json<serde_json::Value> {
@@ -221,15 +214,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn track_http(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    state.observe(request, |request| next.run(request)).await
-}
-
 impl AdminState {
     /// Answers `request` with `handle`, counted (requests, latency by route template) and,
-    /// outside the probes, in a server span continuing the caller's `traceparent`. For a
-    /// layer of the service's own around its handlers (`with_http_telemetry` is this
-    /// as a layer alone).
+    /// outside the probes, in a server span continuing the caller's `traceparent`. Called
+    /// by the layer of the service's own around its handlers (`mlops_service`'s `Gate`).
     pub async fn observe<F, Fut>(&self, request: Request, handle: F) -> Response
     where
         F: FnOnce(Request) -> Fut,
@@ -345,7 +333,16 @@ mod tests {
                 }),
             ],
         );
-        let router = state.with_http_telemetry(state.router());
+        // Counted as the services' one layer counts: `observe` around the handlers.
+        let router =
+            state.router().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                |State(state): State<AdminState>,
+                 request: Request,
+                 next: axum::middleware::Next| async move {
+                    state.observe(request, |request| next.run(request)).await
+                },
+            ));
         let (status, body) = get_json(router.clone(), "/healthz").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, r#"{"service":"test","status":"ok"}"#);
