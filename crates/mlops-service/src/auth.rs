@@ -14,7 +14,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, MatchedPath, Request, State},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -28,7 +28,7 @@ use mlops_events::AuditOutcome;
 use crate::{
     ApiError,
     audit::{AuditEntry, Auditor},
-    routes::{OPEN, Role, Route, path_known, route_for},
+    routes::{OPEN, Role, Route, RouteIndex},
 };
 
 /// The roles a principal holds.
@@ -210,7 +210,7 @@ impl Authenticator {
 #[derive(Debug, Clone)]
 pub struct Gate {
     auth: Option<Arc<Authenticator>>,
-    table: Arc<[Route]>,
+    routes: RouteIndex,
     protect_metrics: bool,
     audit: Option<Auditor>,
     telemetry: Option<mlops_runtime::admin::AdminState>,
@@ -221,7 +221,7 @@ impl Gate {
     pub fn new(auth: Option<Authenticator>, tables: &[&'static [Route]]) -> Self {
         Self {
             auth: auth.map(Arc::new),
-            table: tables.iter().flat_map(|t| t.iter().copied()).collect(),
+            routes: RouteIndex::new(tables),
             protect_metrics: false,
             audit: None,
             telemetry: None,
@@ -260,16 +260,21 @@ impl Gate {
 
     /// The route a request calls, or the answer it gets without reaching a handler
     /// (`Ok(None)`: an open probe).
-    fn route(&self, method: &str, path: &str) -> Result<Option<Route>, ApiError> {
+    fn route(
+        &self,
+        method: &str,
+        path: &str,
+        matched: Option<&str>,
+    ) -> Result<Option<Route>, ApiError> {
         if path == "/metrics" && self.protect_metrics {
             return Ok(Some(Route::new("GET", "/metrics", Role::Reader)));
         }
         if OPEN.contains(&path) {
             return Ok(None);
         }
-        match route_for(&self.table, method, path) {
+        match self.routes.find(method, path, matched) {
             Some(route) => Ok(Some(*route)),
-            None if path_known(&self.table, path) => Err(ApiError::new(
+            None if self.routes.path_known(path) => Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} is not served on {path}"),
@@ -297,7 +302,12 @@ async fn check(State(gate): State<Gate>, request: Request, next: Next) -> Respon
 /// The checks themselves: the route's role, the audit trail, the framework's refusals
 /// worded as the platform's errors.
 async fn pass(gate: &Gate, mut request: Request, next: Next) -> Response {
-    let route = match gate.route(request.method().as_str(), request.uri().path()) {
+    let matched = request.extensions().get::<MatchedPath>();
+    let route = match gate.route(
+        request.method().as_str(),
+        request.uri().path(),
+        matched.map(MatchedPath::as_str),
+    ) {
         Err(answer) => return answer.into_response(),
         Ok(None) => return json_errors(next.run(request).await).await,
         Ok(Some(route)) => route,

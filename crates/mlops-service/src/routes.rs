@@ -5,6 +5,8 @@
 //! does not declare: an endpoint without a role cannot be served. The probes (`/healthz`,
 //! `/readyz`, `/metrics`, OIP's `/v2/health/*`) are [`OPEN`]: no role, no token.
 
+use std::{collections::HashMap, sync::Arc};
+
 use axum::{
     Router,
     handler::Handler,
@@ -141,6 +143,57 @@ pub fn route_for<'t>(table: &'t [Route], method: &str, path: &str) -> Option<&'t
         .filter_map(|r| r.specificity(path).map(|s| (s, r)))
         .max_by_key(|(s, _)| *s)
         .map(|(_, r)| r)
+}
+
+/// A service's route tables, indexed for the lookup every request makes: by the router's
+/// matched template when the router has matched one, by scanning the tables otherwise.
+#[derive(Debug, Clone)]
+pub struct RouteIndex {
+    table: Arc<[Route]>,
+    /// Template → its routes (one per method), for the templates no custom verb shares: a
+    /// template serving `…:verb` routes too is left to the scan, which tells them apart.
+    by_template: Arc<HashMap<&'static str, Vec<Route>>>,
+}
+
+impl RouteIndex {
+    pub fn new(tables: &[&'static [Route]]) -> Self {
+        let table: Arc<[Route]> = tables.iter().flat_map(|t| t.iter().copied()).collect();
+        let has_verbs = |route: &Route| {
+            table.iter().any(|other| {
+                other.method == route.method
+                    && other
+                        .path
+                        .strip_prefix(route.path)
+                        .is_some_and(|rest| rest.starts_with(':'))
+            })
+        };
+        let mut by_template: HashMap<&'static str, Vec<Route>> = HashMap::new();
+        for route in table.iter().filter(|route| !has_verbs(route)) {
+            by_template.entry(route.path).or_default().push(*route);
+        }
+        Self {
+            table,
+            by_template: Arc::new(by_template),
+        }
+    }
+
+    /// The route a request (`method`, `path`) calls; `matched` is the template the router
+    /// matched it to (axum's `MatchedPath`), when it did.
+    pub fn find(&self, method: &str, path: &str, matched: Option<&str>) -> Option<&Route> {
+        let indexed = matched
+            .and_then(|template| self.by_template.get(template))
+            .and_then(|routes| {
+                routes
+                    .iter()
+                    .find(|r| r.method.eq_ignore_ascii_case(method))
+            });
+        indexed.or_else(|| route_for(&self.table, method, path))
+    }
+
+    /// Whether some route serves `path` with another method (405 rather than 404).
+    pub fn path_known(&self, path: &str) -> bool {
+        path_known(&self.table, path)
+    }
 }
 
 /// Whether some route of `table` serves `path` with another method (405 rather than 404).
@@ -301,6 +354,47 @@ mod tests {
             route.parameter("/v1/models/churn:rollback", "name"),
             Some("churn")
         );
+    }
+
+    #[test]
+    fn the_index_finds_what_the_scan_finds() {
+        static MODELS: &[Route] = &[
+            Route::new("GET", "/v1/models/{name}", Role::Reader),
+            // A template that serves custom verbs as well as itself.
+            Route::new("POST", "/v1/models/{name}", Role::Operator),
+            Route::new("POST", "/v1/models/{name}:rollback", Role::Approver),
+        ];
+        static DATASETS: &[Route] = &[Route::new(
+            "POST",
+            "/v1/datasets/{name}/events",
+            Role::Producer,
+        )];
+        let index = RouteIndex::new(&[MODELS, DATASETS]);
+        let role = |method, path, matched| index.find(method, path, matched).map(|r| r.role);
+        let models = Some("/v1/models/{name}");
+        assert_eq!(role("GET", "/v1/models/churn", models), Some(Role::Reader));
+        assert_eq!(
+            role("POST", "/v1/models/churn", models),
+            Some(Role::Operator)
+        );
+        // axum matches `…:rollback` to the bare template: the verb still decides.
+        assert_eq!(
+            role("POST", "/v1/models/churn:rollback", models),
+            Some(Role::Approver)
+        );
+        let events = Some("/v1/datasets/{name}/events");
+        assert_eq!(
+            role("POST", "/v1/datasets/d/events", events),
+            Some(Role::Producer)
+        );
+        assert_eq!(
+            role("POST", "/v1/datasets/d/events", None),
+            Some(Role::Producer)
+        );
+        // Another method on a known template: no route, and the path is known (405).
+        assert_eq!(role("DELETE", "/v1/datasets/d/events", events), None);
+        assert!(index.path_known("/v1/datasets/d/events"));
+        assert!(!index.path_known("/v1/nothing"));
     }
 
     #[test]
