@@ -62,6 +62,17 @@ pub(crate) fn main(mode: Mode, tls: bool, jaeger: bool) -> ExitCode {
     runtime.block_on(run(mode, layout))
 }
 
+/// What `up` says when the binary was not built fully optimised (the `demo` profile, a
+/// debug build): fine for the demo and for looking around, not for measuring anything.
+fn build_notice(opt_level: &str) -> Option<String> {
+    (opt_level != "3").then(|| {
+        format!(
+            "this build is not fully optimised (opt-level {opt_level}): right for the demo and for \
+             exploring; for load, benchmarks or production use `cargo build --release`"
+        )
+    })
+}
+
 /// A supervised child process and the token that stops it.
 struct Supervised {
     stop: CancellationToken,
@@ -111,6 +122,9 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
     let logs = layout.data_dir.join("logs");
     println!("mlops: data directory {}", layout.data_dir.display());
     println!("mlops: logs in {}", logs.display());
+    if let Some(notice) = build_notice(env!("MLOPS_OPT_LEVEL")) {
+        println!("mlops: {notice}");
+    }
 
     let broker = match (&layout.external_bootstrap, engine) {
         (Some(bootstrap), _) => {
@@ -563,4 +577,19 @@ fn log_file(dir: &Path, name: &str) -> std::io::Result<(Stdio, Stdio)> {
         .append(true)
         .open(dir.join(format!("{name}.log")))?;
     Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_notice;
+
+    #[test]
+    fn only_a_build_below_release_optimisation_is_called_out() {
+        assert_eq!(build_notice("3"), None);
+        for level in ["0", "1", "s"] {
+            let notice = build_notice(level).expect("a notice");
+            assert!(notice.contains(&format!("opt-level {level}")), "{notice}");
+            assert!(notice.contains("cargo build --release"), "{notice}");
+        }
+    }
 }
