@@ -319,6 +319,24 @@ async fn a_training_run_registers_one_version_however_often_it_asks(postgres: bo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_name_that_cannot_name_its_topics_is_refused() {
+    let r = Registry::start(false).await;
+    let model = format!("Fraud.{}", unique("v"));
+    let (status, body) = r
+        .post(
+            &format!("/v1/models/{model}/versions"),
+            &json!({"artifact": artifact(&model, 0.8), "reason": "by hand", "actor": "alice"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "name", "{body}");
+    let reason = body["error"]["fields"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("must start with a-z"), "{reason}");
+    let (status, _) = r.get(&format!("/v1/models/{model}/history")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_training_run_registers_one_version_on_sqlite() {
     a_training_run_registers_one_version_however_often_it_asks(false).await;
 }

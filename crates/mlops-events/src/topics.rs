@@ -58,6 +58,16 @@ pub fn check_dataset_name(name: &str) -> Result<(), String> {
 /// Matches every raw topic (not their dead-letter topics): the dataset-name rule above.
 pub const RAW_TOPIC_PATTERN: &str = r"^raw\.[a-z][a-z0-9_-]*$";
 
+/// Matches every prediction topic (`predictions.<model>`; model names follow the
+/// dataset-name rule) and not their dead-letter topics: a consumer of prediction logs that
+/// also read `predictions.<model>.dlq` would fail on each dead letter and write it to a
+/// `.dlq.dlq`, which it would read in turn.
+pub const PREDICTIONS_TOPIC_PATTERN: &str = r"^predictions\.[a-z][a-z0-9_-]*$";
+
+/// Matches every feature view's topic (`features.<view>`; view names are lowercase
+/// identifiers) and not their dead-letter topics.
+pub const FEATURES_TOPIC_PATTERN: &str = r"^features\.[a-z_][a-z0-9_]*$";
+
 /// Raw events of a user dataset.
 pub fn raw(dataset: &str) -> String {
     format!("raw.{dataset}")
@@ -100,6 +110,26 @@ mod tests {
             check_dataset_name("a.b").unwrap_err(),
             "\"a.b\" must start with a-z and use only a-z, 0-9, _ and - (at most 100)"
         );
+    }
+
+    #[test]
+    fn patterns_take_every_topic_of_their_kind_and_no_dead_letters() {
+        let matches =
+            |pattern: &str, topic: &str| regex::Regex::new(pattern).unwrap().is_match(topic);
+        for (pattern, name) in [
+            (RAW_TOPIC_PATTERN, raw("p2p_transfers-eu")),
+            (PREDICTIONS_TOPIC_PATTERN, predictions("demo_big-spender2")),
+            (FEATURES_TOPIC_PATTERN, features("spend_1h")),
+            (FEATURES_TOPIC_PATTERN, features("_private")),
+        ] {
+            assert!(matches(pattern, &name), "{pattern} misses {name}");
+            let letters = dead_letter(&name);
+            assert!(!matches(pattern, &letters), "{pattern} takes {letters}");
+            let again = dead_letter(&letters);
+            assert!(!matches(pattern, &again), "{pattern} takes {again}");
+        }
+        assert!(!matches(PREDICTIONS_TOPIC_PATTERN, "predictionsx"));
+        assert!(!matches(FEATURES_TOPIC_PATTERN, "features."));
     }
 
     #[test]

@@ -86,10 +86,10 @@ pub fn default_config() -> Config {
 pub const PREDICTIONS_GROUP: &str = "monitoring.predictions";
 pub const LABELS_GROUP: &str = "monitoring.labels";
 pub const FEATURES_GROUP: &str = "monitoring.features";
-/// Every feature view's rows.
-pub const FEATURES_PATTERN: &str = r"^features\..+";
-/// Every prediction topic, present and future.
-pub const PREDICTIONS_PATTERN: &str = r"^predictions\..+";
+/// Every feature view's rows (not their dead letters).
+pub const FEATURES_PATTERN: &str = mlops_events::topics::FEATURES_TOPIC_PATTERN;
+/// Every prediction topic, present and future (not their dead letters).
+pub const PREDICTIONS_PATTERN: &str = mlops_events::topics::PREDICTIONS_TOPIC_PATTERN;
 
 /// Serves until `cancel` fires.
 pub async fn run(

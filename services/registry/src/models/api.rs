@@ -394,6 +394,14 @@ async fn register(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Body<Json>), ApiError> {
+    // The name becomes topic names (`predictions.<name>`), which consumers select by the
+    // dataset-name rule: a name outside it would be served but never monitored.
+    if let Err(reason) = mlops_events::topics::check_dataset_name(&name) {
+        return Err(invalid(
+            "name",
+            format!("not a model name: {reason}; it names the topic predictions.<name>"),
+        ));
+    }
     let registration: Registration = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
