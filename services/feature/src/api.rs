@@ -534,7 +534,14 @@ async fn create_training_set(
     })?;
     // Read-your-writes: what was accepted before this request (events, then their labels)
     // is in the training set; a label never joins a stale row because the view lagged.
+    // The labels' ends are taken first and only labels below them are used: a label sent
+    // while the view catches up may grade an event past the view's ends, and would join
+    // the entity's previous row — another event's features under this event's label.
     let deadline = tokio::time::Instant::now() + app.limits.training_set_catch_up;
+    let labels_topic = mlops_events::topics::LABELS;
+    let label_ends = stream::end_offsets(&app.kafka, labels_topic, deadline)
+        .await
+        .map_err(|e| catch_up_error("the labels", e))?;
     let running = app
         .jobs
         .lock()
@@ -553,24 +560,29 @@ async fn create_training_set(
         .await
         .map_err(|e| catch_up_error(&format!("feature view {:?}", version.name), e))?;
     }
-    stream::wait_caught_up(
+    stream::wait_caught_up_to(
         &app.store,
-        &app.kafka,
         crate::labels::LABELS_STATE_PREFIX,
-        mlops_events::topics::LABELS,
+        labels_topic,
+        &label_ends,
         deadline,
     )
     .await
     .map_err(|e| catch_up_error("the labels", e))?;
-    let (manifest, created) =
-        training::build(&app.store, &version, &request, app.region.as_deref())
-            .await
-            .map_err(|e| match e {
-                TrainingSetError::NoLabels(message) => {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_labels", message)
-                }
-                other => store_error(other),
-            })?;
+    let (manifest, created) = training::build(
+        &app.store,
+        &version,
+        &request,
+        &label_ends,
+        app.region.as_deref(),
+    )
+    .await
+    .map_err(|e| match e {
+        TrainingSetError::NoLabels(message) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_labels", message)
+        }
+        other => store_error(other),
+    })?;
     let status = if created {
         StatusCode::CREATED
     } else {

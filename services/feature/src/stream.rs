@@ -77,12 +77,32 @@ pub async fn wait_caught_up(
     topic: &str,
     deadline: tokio::time::Instant,
 ) -> Result<(), CatchUpError> {
+    let ends = end_offsets(kafka, topic, deadline).await?;
+    wait_caught_up_to(store, state_prefix, topic, &ends, deadline).await
+}
+
+/// Where each partition of `topic` ends now: what a later [`wait_caught_up_to`] waits for.
+pub async fn end_offsets(
+    kafka: &KafkaConfig,
+    topic: &str,
+    deadline: tokio::time::Instant,
+) -> Result<BTreeMap<i32, i64>, CatchUpError> {
     let timeout = deadline
         .saturating_duration_since(tokio::time::Instant::now())
         .max(Duration::from_secs(1));
-    let ends = mlops_kafka::end_offsets(kafka, topic, timeout)
+    mlops_kafka::end_offsets(kafka, topic, timeout)
         .await
-        .map_err(|e| CatchUpError::Unavailable(e.to_string()))?;
+        .map_err(|e| CatchUpError::Unavailable(e.to_string()))
+}
+
+/// Waits until the job of `state_prefix` has consumed `topic` up to `ends`.
+pub async fn wait_caught_up_to(
+    store: &FeatureStore,
+    state_prefix: &str,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    deadline: tokio::time::Instant,
+) -> Result<(), CatchUpError> {
     let path = format!("{state_prefix}checkpoint.json");
     // The checkpoint is the job's durable position; it is rewritten once per batch, so a
     // short poll of it costs one small read.

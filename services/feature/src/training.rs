@@ -53,10 +53,13 @@ pub enum TrainingSetError {
 
 /// Builds (or finds) the snapshot of `request` for `version`. Returns the manifest and
 /// whether it was created now.
+/// `label_ends`: the labels topic's end offsets when the request came; labels received
+/// after them are left to a later snapshot.
 pub async fn build(
     store: &FeatureStore,
     version: &ViewVersion,
     request: &TrainingSetRequest,
+    label_ends: &BTreeMap<i32, i64>,
     region: Option<&str>,
 ) -> Result<(Manifest, bool), TrainingSetError> {
     let label_dataset = request
@@ -90,6 +93,7 @@ pub async fn build(
         Some(rows) => Some(without_entities(rows, &erased_in_source)?),
         None => None,
     };
+    let received_before = received_before(label_ends);
     let (owned_version, owned_request) = (version.clone(), request.clone());
     let Snapshot {
         mut manifest,
@@ -101,6 +105,7 @@ pub async fn build(
             &owned_version,
             &owned_request,
             &label_dataset,
+            received_before,
         )
     })
     .await?;
@@ -113,6 +118,18 @@ pub async fn build(
     store.put(&manifest.data, bytes).await?;
     store.put_json(&manifest_path, &manifest).await?;
     Ok((manifest, true))
+}
+
+/// The labels the labels topic held below `ends` (partition → end offset).
+fn received_before(ends: &BTreeMap<i32, i64>) -> Expr {
+    ends.iter()
+        .map(|(partition, end)| {
+            col("source_partition")
+                .eq(lit(*partition))
+                .and(col("source_offset").lt(lit(*end)))
+        })
+        .reduce(Expr::or)
+        .unwrap_or(lit(false))
 }
 
 /// A snapshot computed, not yet stored: its manifest (id: the request and the data's
@@ -131,8 +148,9 @@ fn assemble(
     version: &ViewVersion,
     request: &TrainingSetRequest,
     label_dataset: &str,
+    received_before: Expr,
 ) -> Result<Snapshot, TrainingSetError> {
-    let mut label_filter = col("dataset").eq(lit(label_dataset));
+    let mut label_filter = col("dataset").eq(lit(label_dataset)).and(received_before);
     if let Some(start) = request.start {
         label_filter = label_filter.and(col("event_time").gt_eq(lit(start)));
     }
@@ -351,6 +369,44 @@ mod tests {
     use mlops_ml::{FittedTransforms, Impute, json_literal};
 
     use super::*;
+
+    /// Only labels below the ends taken when the request came are used: one sent while the
+    /// view caught up may grade an event the view has not written yet.
+    #[test]
+    fn labels_past_the_requests_ends_wait_for_a_later_snapshot() {
+        let labels = df![
+            "label_id" => ["a", "b", "c", "d", "e"],
+            "source_partition" => [0i32, 0, 0, 1, 1],
+            "source_offset" => [0i64, 1, 2, 0, 1],
+        ]
+        .unwrap();
+        let kept = |ends: BTreeMap<i32, i64>| -> Vec<Option<String>> {
+            let frame = labels
+                .clone()
+                .lazy()
+                .filter(received_before(&ends))
+                .collect()
+                .unwrap();
+            let ids = frame.column("label_id").unwrap().str().unwrap().clone();
+            ids.iter().map(|id| id.map(str::to_owned)).collect()
+        };
+        let some = |ids: &[&str]| {
+            ids.iter()
+                .map(|id| Some((*id).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kept(BTreeMap::from([(0, 2), (1, 1)])),
+            some(&["a", "b", "d"])
+        );
+        assert_eq!(
+            kept(BTreeMap::from([(0, 3), (1, 2)])),
+            some(&["a", "b", "c", "d", "e"])
+        );
+        // A partition the request did not see (created since) gives nothing.
+        assert_eq!(kept(BTreeMap::from([(0, 3)])), some(&["a", "b", "c"]));
+        assert_eq!(kept(BTreeMap::new()), some(&[]));
+    }
 
     /// The stream's `fill` and the snapshot's fitted imputation turn a JSON value into the
     /// same literal: an integer column stays an integer column in both.
