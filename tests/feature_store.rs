@@ -434,7 +434,7 @@ fn amplified(frame: DataFrame, copies: usize) -> DataFrame {
     // labels by their id, and they keep the positions they were received at (a training
     // set reads only labels the labels topic held when it was asked for).
     let labels = big.column("label_id").is_ok();
-    if let (false, Ok(column)) = (labels, big.column("source_offset")) {
+    if !labels && let Ok(column) = big.column("source_offset") {
         let shifted: Vec<Option<i64>> = column
             .i64()
             .unwrap()

@@ -53,6 +53,7 @@ pub enum TrainingSetError {
 
 /// Builds (or finds) the snapshot of `request` for `version`. Returns the manifest and
 /// whether it was created now.
+///
 /// `label_ends`: the labels topic's end offsets when the request came; labels received
 /// after them are left to a later snapshot.
 pub async fn build(
@@ -173,7 +174,8 @@ fn assemble(
         .collect()?;
     if labels.height() == 0 {
         return Err(TrainingSetError::NoLabels(format!(
-            "no labels of dataset {label_dataset:?} in the requested time range"
+            "no labels of dataset {label_dataset:?} in the requested time range (labels \
+             received after this request are left to a later one)"
         )));
     }
     let label_is_numeric = labels.column("label_class")?.null_count() == labels.height();

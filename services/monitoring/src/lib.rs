@@ -86,10 +86,6 @@ pub fn default_config() -> Config {
 pub const PREDICTIONS_GROUP: &str = "monitoring.predictions";
 pub const LABELS_GROUP: &str = "monitoring.labels";
 pub const FEATURES_GROUP: &str = "monitoring.features";
-/// Every feature view's rows (not their dead letters).
-pub const FEATURES_PATTERN: &str = mlops_events::topics::FEATURES_TOPIC_PATTERN;
-/// Every prediction topic, present and future (not their dead letters).
-pub const PREDICTIONS_PATTERN: &str = mlops_events::topics::PREDICTIONS_TOPIC_PATTERN;
 
 /// Serves until `cancel` fires.
 pub async fn run(
@@ -144,7 +140,8 @@ pub async fn run(
         ),
         (
             PREDICTIONS_GROUP.to_owned(),
-            PREDICTIONS_PATTERN,
+            // Every prediction topic, present and future, not their dead letters.
+            topics::PREDICTIONS_TOPIC_PATTERN,
             intake::Input::Predictions,
         ),
         (
@@ -154,7 +151,7 @@ pub async fn run(
         ),
         (
             FEATURES_GROUP.to_owned(),
-            FEATURES_PATTERN,
+            topics::FEATURES_TOPIC_PATTERN,
             intake::Input::FeatureRows,
         ),
     ];
