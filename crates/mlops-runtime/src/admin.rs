@@ -295,6 +295,21 @@ pub async fn serve(
     router: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_on(listener, router, cancel).await
+}
+
+/// [`serve`] on any listener whose connections know their client's address.
+pub(crate) async fn serve_on<L>(
+    listener: L,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    crate::tls::PeerAddr:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     // Handlers and the audit trail see the client's address.
     axum::serve(
         listener,

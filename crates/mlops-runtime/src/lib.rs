@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod cpu;
+pub mod lanes;
 mod secret;
 pub mod series;
 pub mod supervisor;

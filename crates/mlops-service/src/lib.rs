@@ -50,6 +50,11 @@ pub mod ports {
 pub struct HttpConfig {
     pub host: String,
     pub port: u16,
+    /// Threads of their own, each with a single-threaded runtime, that serve the API's
+    /// connections (plain HTTP; see `mlops_runtime::lanes`); 0 serves them on the
+    /// service's shared runtime. Only services whose handlers start no long-lived tasks
+    /// may use lanes: such a task would run on, and end with, its lane.
+    pub lanes: usize,
 }
 
 impl Default for HttpConfig {
@@ -57,6 +62,7 @@ impl Default for HttpConfig {
         Self {
             host: "127.0.0.1".to_owned(),
             port: 0,
+            lanes: 0,
         }
     }
 }
@@ -64,6 +70,12 @@ impl Default for HttpConfig {
 impl HttpConfig {
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// One lane per core: for a data-plane API whose handlers only answer.
+    pub fn one_lane_per_core(mut self) -> Self {
+        self.lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self
     }
 }
 
@@ -385,6 +397,10 @@ impl CommonConfig {
                 )
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
                 mlops_runtime::tls::serve_tls(listener, tls, router, cancel).await?;
+            }
+            _ if self.http.lanes > 0 => {
+                mlops_runtime::lanes::serve_on_lanes(listener, router, cancel, self.http.lanes)
+                    .await?;
             }
             _ => mlops_runtime::serve(listener, router, cancel).await?,
         }

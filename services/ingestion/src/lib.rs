@@ -64,7 +64,13 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            common: CommonConfig::with_port(DEFAULT_PORT),
+            common: {
+                // Its handlers only answer, and single events are its hot path: each
+                // connection stays on one thread (`mlops_runtime::lanes`).
+                let mut common = CommonConfig::with_port(DEFAULT_PORT);
+                common.http = common.http.one_lane_per_core();
+                common
+            },
             ingestion: Settings::default(),
         }
     }
