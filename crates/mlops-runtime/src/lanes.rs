@@ -81,8 +81,8 @@ pub async fn serve_on_lanes(
     for number in 0..lanes.max(1) {
         let (sender, incoming) = mpsc::unbounded_channel();
         let (done, finish) = oneshot::channel();
-        let (router, stop) = (router.clone(), stop.clone());
-        thread::Builder::new()
+        let (router, lane_stop) = (router.clone(), stop.clone());
+        let spawned = thread::Builder::new()
             .name(format!("http-lane-{number}"))
             .spawn(move || {
                 let served = tokio::runtime::Builder::new_current_thread()
@@ -92,16 +92,23 @@ pub async fn serve_on_lanes(
                         runtime.block_on(crate::admin::serve_on(
                             Lane { incoming, local },
                             router,
-                            stop.clone(),
+                            lane_stop.clone(),
                         ))
                     });
-                stop.cancel();
+                lane_stop.cancel();
                 let _ = done.send(served);
-            })?;
+            });
+        if let Err(e) = spawned {
+            // The lanes already started end with nothing to serve.
+            stop.cancel();
+            return Err(e);
+        }
         senders.push(sender);
         finished.push(finish);
     }
     accept(&listener, &senders, &stop).await;
+    // Also when the acceptor stopped because a lane was gone (panicked): the others drain.
+    stop.cancel();
     drop(senders);
     drop(listener);
     let mut outcome = Ok(());
