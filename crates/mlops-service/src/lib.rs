@@ -50,11 +50,6 @@ pub mod ports {
 pub struct HttpConfig {
     pub host: String,
     pub port: u16,
-    /// Threads of their own, each with a single-threaded runtime, that serve the API's
-    /// connections (plain HTTP; see `mlops_runtime::lanes`); 0 serves them on the
-    /// service's shared runtime. Only services whose handlers start no long-lived tasks
-    /// may use lanes: such a task would run on, and end with, its lane.
-    pub lanes: usize,
 }
 
 impl Default for HttpConfig {
@@ -62,7 +57,6 @@ impl Default for HttpConfig {
         Self {
             host: "127.0.0.1".to_owned(),
             port: 0,
-            lanes: 0,
         }
     }
 }
@@ -70,12 +64,6 @@ impl Default for HttpConfig {
 impl HttpConfig {
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
-    }
-
-    /// One lane per core: for a data-plane API whose handlers only answer.
-    pub fn one_lane_per_core(mut self) -> Self {
-        self.lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self
     }
 }
 
@@ -388,6 +376,19 @@ impl CommonConfig {
         router: axum::Router,
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
+        self.serve_on_lanes(listener, router, cancel, 0).await
+    }
+
+    /// [`Self::serve`], plain HTTP on `lanes` threads of their own
+    /// (`mlops_runtime::lanes`; 0: the shared runtime). Only for an API whose handlers
+    /// start no task that outlives a request and never block in place.
+    pub async fn serve_on_lanes(
+        &self,
+        listener: TcpListener,
+        router: axum::Router,
+        cancel: CancellationToken,
+        lanes: usize,
+    ) -> anyhow::Result<()> {
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(cert), Some(key)) => {
                 let tls = mlops_runtime::tls::ServerTls::load(
@@ -398,9 +399,8 @@ impl CommonConfig {
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
                 mlops_runtime::tls::serve_tls(listener, tls, router, cancel).await?;
             }
-            _ if self.http.lanes > 0 => {
-                mlops_runtime::lanes::serve_on_lanes(listener, router, cancel, self.http.lanes)
-                    .await?;
+            _ if lanes > 0 => {
+                mlops_runtime::lanes::serve_on_lanes(listener, router, cancel, lanes).await?;
             }
             _ => mlops_runtime::serve(listener, router, cancel).await?,
         }

@@ -121,19 +121,6 @@ impl ServiceConfig for Config {
     fn common(&self) -> &CommonConfig {
         &self.common
     }
-
-    fn validate(&self) -> Vec<String> {
-        let mut errors = self.common.validate();
-        // A view's stream job is started by the request that declares it and outlives
-        // it: on a lane it would run on, and stop with, that lane's thread.
-        if self.common.http.lanes > 0 {
-            errors.push(format!(
-                "http.lanes: {} is not supported by the feature service, whose requests start stream jobs; it serves on its shared runtime (0)",
-                self.common.http.lanes
-            ));
-        }
-        errors
-    }
 }
 
 /// The service's configuration with its defaults.
@@ -334,21 +321,4 @@ async fn declare_files(
     }
     cancel.cancelled().await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use mlops_service::ServiceConfig;
-
-    use super::*;
-
-    #[test]
-    fn lanes_are_refused_because_requests_start_stream_jobs() {
-        assert_eq!(default_config().validate(), Vec::<String>::new());
-        let mut config = default_config();
-        config.common.http.lanes = 2;
-        let errors = config.validate();
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with("http.lanes: 2 "), "{errors:?}");
-    }
 }

@@ -38,6 +38,10 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Refuse a whole batch when one record is invalid (per request: `?atomic=true`).
     pub all_or_nothing: bool,
+    /// Threads of their own, each with a single-threaded runtime, serving the API's
+    /// plain-HTTP connections (`mlops_runtime::lanes`); 0: the service's shared runtime.
+    /// Unset: one per core.
+    pub http_lanes: Option<usize>,
 }
 
 impl Default for Settings {
@@ -49,6 +53,7 @@ impl Default for Settings {
             idempotency_window_secs: 24 * 3600,
             max_in_flight: 100_000,
             all_or_nothing: false,
+            http_lanes: None,
         }
     }
 }
@@ -64,13 +69,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            common: {
-                // Its handlers only answer, and single events are its hot path: each
-                // connection stays on one thread (`mlops_runtime::lanes`).
-                let mut common = CommonConfig::with_port(DEFAULT_PORT);
-                common.http = common.http.one_lane_per_core();
-                common
-            },
+            common: CommonConfig::with_port(DEFAULT_PORT),
             ingestion: Settings::default(),
         }
     }
@@ -113,6 +112,9 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let common = &config.common;
+    let lanes = config.ingestion.http_lanes.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let store = store::Store::connect(&common.database_url(SERVICE)).await?;
     let codec = Arc::new(common.codec());
     let schema_registry = codec.registry().clone();
@@ -167,7 +169,9 @@ pub async fn run(
         )
         .await?;
     let (served, (), (), _) = tokio::join!(
-        common.serve(listener, router, cancel.clone()),
+        // Its handlers only answer, and single events are its hot path: each connection
+        // stays on one thread (`mlops_runtime::lanes`).
+        common.serve_on_lanes(listener, router, cancel.clone(), lanes),
         pruning,
         provisioning,
         audit_writer.run(cancel)
