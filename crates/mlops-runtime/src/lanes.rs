@@ -7,8 +7,10 @@
 //! live on one thread and wake no other. Measured on 2 cores (`load-tests/README.md`,
 //! "2026-12-06, night"): a bare axum server spends about a quarter less CPU per request
 //! at 32 connections this way. What the handlers share (the Kafka producer, the database
-//! pool, metrics) is thread-safe and runtime-agnostic; a task a handler spawns runs on
-//! its lane, so services whose handlers start long-lived work keep the shared runtime.
+//! pool, metrics) is thread-safe and runtime-agnostic. Two things are not: a task a
+//! handler spawns runs on its lane and ends with it, and `tokio::task::block_in_place`
+//! (polars calls it) panics on a single-threaded runtime — so only ingestion, whose
+//! handlers do neither, serves on lanes.
 
 use std::{io, net::SocketAddr, thread, time::Duration};
 
