@@ -58,13 +58,7 @@ fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&args.listen).await?;
             let cancel = CancellationToken::new();
             let stop = cancel.clone();
-            let served = async move {
-                if args.lanes == 0 {
-                    mlops_runtime::serve(listener, router, cancel).await
-                } else {
-                    mlops_runtime::lanes::serve_on_lanes(listener, router, cancel, args.lanes).await
-                }
-            };
+            let served = mlops_runtime::lanes::serve_on_lanes(listener, router, cancel, args.lanes);
             tokio::select! {
                 served = served => served?,
                 () = mlops_runtime::shutdown_signal() => stop.cancel(),

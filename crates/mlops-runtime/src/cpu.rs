@@ -9,12 +9,14 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Semaphore;
 
+/// The cores this process may use (1 when that cannot be known).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn permits() -> &'static Arc<Semaphore> {
     static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    PERMITS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Arc::new(Semaphore::new(cores))
-    })
+    PERMITS.get_or_init(|| Arc::new(Semaphore::new(cores())))
 }
 
 /// Runs `work` on the blocking pool, at most one task per core at a time, inside the

@@ -69,18 +69,22 @@ impl Connected<IncomingStream<'_, Lane>> for PeerAddr {
 
 /// Serves `router` on `lanes` threads until `cancel` fires, then lets every lane's
 /// in-flight requests finish. Connections are dealt to the lanes in turn as accepted.
+/// No lanes: served on the caller's runtime ([`crate::serve`]).
 pub async fn serve_on_lanes(
     listener: TcpListener,
     router: Router,
     cancel: CancellationToken,
     lanes: usize,
 ) -> io::Result<()> {
+    if lanes == 0 {
+        return crate::admin::serve(listener, router, cancel).await;
+    }
     let local = listener.local_addr()?;
     // A lane that fails stops the others and the acceptor, as a failed server would.
     let stop = cancel.child_token();
     let mut senders = Vec::with_capacity(lanes);
     let mut finished = Vec::with_capacity(lanes);
-    for number in 0..lanes.max(1) {
+    for number in 0..lanes {
         let (sender, incoming) = mpsc::unbounded_channel();
         let (done, finish) = oneshot::channel();
         let (router, lane_stop) = (router.clone(), stop.clone());

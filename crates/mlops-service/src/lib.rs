@@ -399,10 +399,9 @@ impl CommonConfig {
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
                 mlops_runtime::tls::serve_tls(listener, tls, router, cancel).await?;
             }
-            _ if lanes > 0 => {
+            _ => {
                 mlops_runtime::lanes::serve_on_lanes(listener, router, cancel, lanes).await?;
             }
-            _ => mlops_runtime::serve(listener, router, cancel).await?,
         }
         Ok(())
     }

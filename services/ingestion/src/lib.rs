@@ -112,9 +112,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let common = &config.common;
-    let lanes = config.ingestion.http_lanes.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
+    let lanes = config
+        .ingestion
+        .http_lanes
+        .unwrap_or_else(mlops_runtime::cpu::cores);
     let store = store::Store::connect(&common.database_url(SERVICE)).await?;
     let codec = Arc::new(common.codec());
     let schema_registry = codec.registry().clone();

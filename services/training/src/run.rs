@@ -184,9 +184,7 @@ pub fn train(
 /// `work` on every item, on as many threads as there are cores (each thread takes every
 /// n-th item), results in the items' order: the same results whatever the core count.
 fn in_parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, items.len().max(1));
+    let threads = mlops_runtime::cpu::cores().clamp(1, items.len().max(1));
     let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
