@@ -1,35 +1,53 @@
-//! Tansu's consumer group coordinator, with one defect of Tansu 0.6 mended.
+//! Tansu's consumer group coordinator, with three defects of Tansu 0.6 mended. Each one
+//! leaves a group formed, or forming, with partitions no member will ever read — and as
+//! the state is stored, not even a broker restart helps.
 //!
-//! A member that leaves a group while the group is forming (between a join and the
-//! leader's sync) is removed from the members, but stays the group's leader. Every other
-//! member is then a follower of a member that no longer exists: its sync is answered
-//! "rebalance in progress" and its next join makes it a follower again, for ever — the
-//! group's partitions are never assigned, and as the state is stored, not even a broker
-//! restart helps. A service whose consumer left cleanly (a restarted stream job, a
-//! service stopped mid-rebalance) while its previous incarnation's session was still
-//! open hit this in `crates/mlops/tests/faults.rs`: a feature view stopped being
-//! computed until the test gave up.
+//! 1. A member that leaves a group while the group is forming (between a join and the
+//!    leader's sync) is removed from the members, but stays the group's leader. Every
+//!    other member is then a follower of a member that no longer exists: its sync is
+//!    answered "rebalance in progress" and its next join makes it a follower again, for
+//!    ever. A service whose consumer left cleanly (a restarted stream job, a service
+//!    stopped mid-rebalance) while its previous incarnation's session was still open hit
+//!    this in `crates/mlops/tests/faults.rs`: a feature view stopped being computed until
+//!    the test gave up. Before each join, [`Groups`] looks at the group as stored: a
+//!    forming group whose leader is not among its members loses that leader, so the
+//!    joining member takes the role, as Tansu does when a leader misses its heartbeats.
+//!    The write is conditional on the stored version, so it never undoes a concurrent
+//!    change; the controller's cached copy is refused on its next write and reloaded.
+//! 2. and 3. A sync that forms the group wrongly, when a member's session runs out in the
+//!    middle of a rebalance: a follower's sync (no assignments) taken as a leaderless
+//!    group's, or a leader's assignments naming a member gone since its join. Seen when the
+//!    embedded broker stalled for longer than every session (the 100,000-event run of
+//!    the same test): the labels job, a feature view and the training requests' consumer
+//!    sat without partitions, and retraining never started. Before each sync, [`Groups`]
+//!    answers such a sync "rebalance in progress", as Kafka's coordinator does
+//!    ([`Groups::sync_must_wait`]).
 //!
-//! [`Groups`] delegates everything to Tansu's [`Controller`] and, before each join, looks
-//! at the group as stored: a forming group whose leader is not among its members loses
-//! that leader, so the joining member takes the role, as Tansu does when a leader misses
-//! its heartbeats. The write is conditional on the stored version, so it never undoes a
-//! concurrent change; the controller's cached copy is refused on its next write and
-//! reloaded.
+//! Everything else goes to Tansu's [`Controller`] unchanged.
+
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tansu_broker::{
     Result,
     coordinator::group::{Coordinator, OffsetCommit, administrator::Controller},
 };
 use tansu_sans_io::{
-    Body,
+    Body, ErrorCode,
     join_group_request::JoinGroupRequestProtocol,
     leave_group_request::MemberIdentity,
     offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic},
     sync_group_request::SyncGroupRequestAssignment,
+    sync_group_response::SyncGroupResponse,
 };
-use tansu_storage::{GroupDetail, GroupState, Storage, StorageContainer, UpdateError, Version};
+use tansu_storage::{
+    GroupDetail, GroupMember, GroupState, Storage, StorageContainer, UpdateError, Version,
+};
+
+/// How close to the end of its session a member counts as gone already when a sync is
+/// looked at: Tansu reads the clock again a moment later.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub(crate) struct Groups {
@@ -45,8 +63,9 @@ impl Groups {
         })
     }
 
-    /// Clears the leader of `group` if it is forming and its leader has left.
-    async fn forget_departed_leader(&self, group: &str) {
+    /// The stored detail of `group` and its version, or `None` when it has none yet or
+    /// cannot be read.
+    async fn stored(&self, group: &str) -> Option<(GroupDetail, Version)> {
         // Storage offers no plain read of a group: a write conditional on a version that
         // cannot match answers with the stored detail and its version instead.
         // Should the group have none yet, the probe's detail is stored: an empty forming
@@ -61,14 +80,20 @@ impl Groups {
             },
             ..GroupDetail::default()
         };
-        let (mut detail, version) = match self.storage.update_group(group, empty, Some(probe)).await
-        {
-            Err(UpdateError::Outdated { current, version }) => (*current, version),
-            Ok(_) => return,
+        match self.storage.update_group(group, empty, Some(probe)).await {
+            Err(UpdateError::Outdated { current, version }) => Some((*current, version)),
+            Ok(_) => None,
             Err(e) => {
                 tracing::debug!(group, error = ?e, "group not inspected");
-                return;
+                None
             }
+        }
+    }
+
+    /// Clears the leader of `group` if it is forming and its leader has left.
+    async fn forget_departed_leader(&self, group: &str) {
+        let Some((mut detail, version)) = self.stored(group).await else {
+            return;
         };
         let GroupState::Forming { leader, .. } = &mut detail.state else {
             return;
@@ -89,6 +114,63 @@ impl Groups {
             // Changed meanwhile: looked at again on the next join.
             Err(e) => tracing::debug!(group, error = ?e, "departed leader not forgotten yet"),
         }
+    }
+
+    /// Why `member`'s sync must be answered "rebalance in progress" rather than given to
+    /// Tansu, which would form `group` from it wrongly; `None` when Tansu may have it.
+    ///
+    /// Tansu forms a forming group from the sync of its leader — or of any member when it
+    /// has no leader — with the assignments that sync carries, for whoever is a member by
+    /// then. Two ways that goes wrong, both seen under a broker stall that outlasted
+    /// every session (`crates/mlops/tests/faults.rs`, 100,000 events on Tansu):
+    /// - a member's session runs out at the start of the sync (Tansu looks then), which
+    ///   turns a formed group into a forming one *without a leader*, or takes a forming
+    ///   group's leader away; a follower's sync, which carries no assignments, then forms
+    ///   the group with none at all, and every member heartbeats happily without
+    ///   partitions, for ever;
+    /// - a member named in the leader's assignments is gone by the time of the sync (its
+    ///   session ran out after the leader's join): its partitions go to no one, for ever.
+    ///
+    /// Kafka's coordinator answers both syncs "rebalance in progress", and so does this:
+    /// the member joins again, and with the group as it now is, the next join leads.
+    async fn sync_must_wait(
+        &self,
+        group: &str,
+        member: &str,
+        assignments: Option<&[SyncGroupRequestAssignment]>,
+    ) -> Option<&'static str> {
+        let (detail, _) = self.stored(group).await?;
+        let now = SystemTime::now();
+        let session = Duration::from_millis(u64::try_from(detail.session_timeout_ms).unwrap_or(0));
+        // A session Tansu sees as over when the sync reaches it, a moment after this look.
+        let over = |m: &GroupMember| {
+            m.last_contact.is_none_or(|contact| {
+                now.duration_since(contact).unwrap_or_default() + EXPIRY_MARGIN > session
+            })
+        };
+        let live = |id: &str| detail.members.get(id).is_some_and(|m| !over(m));
+        if !live(member) {
+            // Tansu answers "unknown member" itself, before anything else.
+            return None;
+        }
+        let leader = match &detail.state {
+            GroupState::Forming { leader, .. } => leader.as_deref().filter(|l| live(l)),
+            // A formed group that stays formed answers a sync with the member's stored
+            // assignment; one whose member's session is over forms again, leaderless.
+            GroupState::Formed { .. } if !detail.members.values().any(over) => return None,
+            GroupState::Formed { .. } => None,
+        };
+        if leader != Some(member) {
+            return Some("the group is forming and this member does not lead it");
+        }
+        if assignments
+            .into_iter()
+            .flatten()
+            .any(|assigned| !live(&assigned.member_id))
+        {
+            return Some("the leader's assignments name a member that is gone");
+        }
+        None
     }
 }
 
@@ -132,6 +214,21 @@ impl Coordinator for Groups {
         protocol_name: Option<&str>,
         assignments: Option<&[SyncGroupRequestAssignment]>,
     ) -> Result<Body> {
+        if let Some(reason) = self.sync_must_wait(group_id, member_id, assignments).await {
+            tracing::info!(
+                group = group_id,
+                member = member_id,
+                reason,
+                "sync answered \"rebalance in progress\": the member joins again"
+            );
+            return Ok(SyncGroupResponse::default()
+                .throttle_time_ms(Some(0))
+                .error_code(ErrorCode::RebalanceInProgress.into())
+                .protocol_type(protocol_type.map(str::to_owned))
+                .protocol_name(protocol_name.map(str::to_owned))
+                .assignment(Bytes::new())
+                .into());
+        }
         self.controller
             .sync(
                 group_id,
@@ -185,8 +282,7 @@ impl Coordinator for Groups {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use tansu_sans_io::{ErrorCode, join_group_response::JoinGroupResponse};
+    use tansu_sans_io::join_group_response::JoinGroupResponse;
     use url::Url;
 
     use super::*;
@@ -282,6 +378,179 @@ mod tests {
             .expect("leave");
         let again = join(&mut groups, &b.member_id).await;
         (a.member_id, b.member_id, again.leader)
+    }
+
+    /// Syncs `member` at `generation` with `assignments` (none: a follower's sync).
+    async fn sync(
+        groups: &mut impl Coordinator,
+        member: &JoinGroupResponse,
+        assignments: &[SyncGroupRequestAssignment],
+    ) -> SyncGroupResponse {
+        let body = groups
+            .sync(
+                GROUP,
+                member.generation_id,
+                &member.member_id,
+                None,
+                Some("consumer"),
+                Some("range"),
+                Some(assignments),
+            )
+            .await
+            .expect("sync");
+        let Body::SyncGroupResponse(response) = body else {
+            panic!("not a sync response: {body:?}");
+        };
+        response
+    }
+
+    /// `member`'s last heartbeat, as stored, an hour ago: its session is over.
+    async fn silence(storage: &StorageContainer, member: &str) {
+        let probe = Version::from(&uuid::Uuid::new_v4());
+        let stored = storage
+            .update_group(GROUP, GroupDetail::default(), Some(probe))
+            .await;
+        let Err(UpdateError::Outdated { current, version }) = stored else {
+            panic!("no group stored: {stored:?}");
+        };
+        let mut detail = *current;
+        detail
+            .members
+            .get_mut(member)
+            .expect("a member")
+            .last_contact = Some(SystemTime::now() - Duration::from_secs(3600));
+        storage
+            .update_group(GROUP, detail, Some(version))
+            .await
+            .expect("silenced");
+    }
+
+    /// A leads and syncs; B joins (the group forms again, A its leader still); A falls
+    /// silent before it rejoined, and its session runs out; B syncs as the follower it was
+    /// told it is. Returns B's join and what its sync was answered.
+    async fn follower_syncs_after_its_leader_fell_silent(
+        groups: &mut impl Coordinator,
+        storage: &StorageContainer,
+    ) -> (JoinGroupResponse, SyncGroupResponse) {
+        let a = join(groups, "").await;
+        let all = [SyncGroupRequestAssignment::default()
+            .member_id(a.member_id.clone())
+            .assignment(Bytes::from_static(b"all partitions"))];
+        sync(groups, &a, &all).await;
+        let b = join(groups, "").await;
+        assert_eq!(b.leader, a.member_id, "B follows A");
+        silence(storage, &a.member_id).await;
+        let answer = sync(groups, &b, &[]).await;
+        (b, answer)
+    }
+
+    #[tokio::test]
+    async fn a_follower_sync_does_not_form_a_group_whose_leader_is_gone() {
+        // Tansu's own coordinator takes B's empty sync as the leader's: the group forms
+        // with no partition assigned to anyone, and stays so.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut controller = Controller::with_storage(stored.clone()).unwrap();
+        let (_, answer) =
+            follower_syncs_after_its_leader_fell_silent(&mut controller, &stored).await;
+        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
+        assert!(answer.assignment.is_empty(), "{answer:?}");
+        let (detail, _) = Groups::new(stored).unwrap().stored(GROUP).await.unwrap();
+        assert!(
+            matches!(&detail.state, GroupState::Formed { assignments, .. } if assignments.is_empty()),
+            "the defect this module mends is not reproduced: {:?}",
+            detail.state
+        );
+
+        // Mended: B is told to join again, leads, and its own assignment forms the group.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut groups = Groups::new(stored.clone()).unwrap();
+        let (b, answer) = follower_syncs_after_its_leader_fell_silent(&mut groups, &stored).await;
+        assert_eq!(
+            answer.error_code,
+            i16::from(ErrorCode::RebalanceInProgress),
+            "{answer:?}"
+        );
+        let again = join(&mut groups, &b.member_id).await;
+        assert_eq!(again.leader, b.member_id, "B leads the group it is left in");
+        assert_eq!(again.members.as_ref().map(Vec::len), Some(1), "{again:?}");
+        let all = [SyncGroupRequestAssignment::default()
+            .member_id(b.member_id.clone())
+            .assignment(Bytes::from_static(b"all partitions"))];
+        let answer = sync(&mut groups, &again, &all).await;
+        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
+        assert_eq!(&answer.assignment[..], b"all partitions");
+    }
+
+    /// A leads and syncs; B joins (the group forms again); A joins again and, leading,
+    /// is given both members; B's session runs out; A syncs a partition to each. Returns
+    /// A's last join and what its sync was answered.
+    async fn leader_assigns_to_a_member_gone_since_its_join(
+        groups: &mut impl Coordinator,
+        storage: &StorageContainer,
+    ) -> (JoinGroupResponse, SyncGroupResponse) {
+        let a = join(groups, "").await;
+        let all = [SyncGroupRequestAssignment::default()
+            .member_id(a.member_id.clone())
+            .assignment(Bytes::from_static(b"all partitions"))];
+        sync(groups, &a, &all).await;
+        let b = join(groups, "").await;
+        let a = join(groups, &a.member_id).await;
+        assert_eq!(a.leader, a.member_id, "A leads");
+        assert_eq!(a.members.as_ref().map(Vec::len), Some(2), "{a:?}");
+        silence(storage, &b.member_id).await;
+        let halves = [
+            SyncGroupRequestAssignment::default()
+                .member_id(a.member_id.clone())
+                .assignment(Bytes::from_static(b"partition 0")),
+            SyncGroupRequestAssignment::default()
+                .member_id(b.member_id.clone())
+                .assignment(Bytes::from_static(b"partition 1")),
+        ];
+        let answer = sync(groups, &a, &halves).await;
+        (a, answer)
+    }
+
+    #[tokio::test]
+    async fn a_leader_assignment_to_a_member_gone_since_is_made_again() {
+        // Tansu's own coordinator forms the group with partition 1 assigned to B, who is no
+        // member any more: no one will ever read it.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut controller = Controller::with_storage(stored.clone()).unwrap();
+        let (_, answer) =
+            leader_assigns_to_a_member_gone_since_its_join(&mut controller, &stored).await;
+        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
+        let (detail, _) = Groups::new(stored).unwrap().stored(GROUP).await.unwrap();
+        let GroupState::Formed { assignments, .. } = &detail.state else {
+            panic!("not formed: {:?}", detail.state);
+        };
+        assert!(
+            assignments.keys().any(|m| !detail.members.contains_key(m)),
+            "the defect this module mends is not reproduced: {detail:?}"
+        );
+
+        // Mended: A is told to join again, and assigns everything to the members left.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut groups = Groups::new(stored.clone()).unwrap();
+        let (a, answer) =
+            leader_assigns_to_a_member_gone_since_its_join(&mut groups, &stored).await;
+        assert_eq!(
+            answer.error_code,
+            i16::from(ErrorCode::RebalanceInProgress),
+            "{answer:?}"
+        );
+        let again = join(&mut groups, &a.member_id).await;
+        assert_eq!(again.leader, a.member_id);
+        assert_eq!(again.members.as_ref().map(Vec::len), Some(1), "{again:?}");
+        let all = [SyncGroupRequestAssignment::default()
+            .member_id(a.member_id.clone())
+            .assignment(Bytes::from_static(b"all partitions"))];
+        let answer = sync(&mut groups, &again, &all).await;
+        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
+        assert_eq!(&answer.assignment[..], b"all partitions");
     }
 
     #[tokio::test]

@@ -6,8 +6,8 @@
 //! rest of it, or stalls when it is the partition's last.
 //!
 //! Tansu's SQLite schema lacks an index its fetch path needs; [`indexes`] adds it on
-//! every start. Its group coordinator can leave a group without a leader for good;
-//! [`groups`] mends that.
+//! every start. Its group coordinator can leave a group without a leader, or with
+//! partitions assigned to no live member, for good; [`groups`] mends that.
 
 mod groups;
 mod indexes;
