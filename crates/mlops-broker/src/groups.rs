@@ -354,23 +354,8 @@ mod tests {
     /// before it rejoined; B joins again. Returns A's and B's ids and the leader B's last
     /// join named.
     async fn leader_leaves_while_forming(mut groups: impl Coordinator) -> (String, String, String) {
-        let a = join(&mut groups, "").await;
+        let a = lead_alone(&mut groups).await;
         assert_eq!(a.leader, a.member_id, "the first member leads");
-        let assignment = [SyncGroupRequestAssignment::default()
-            .member_id(a.member_id.clone())
-            .assignment(Bytes::from_static(b"all partitions"))];
-        groups
-            .sync(
-                GROUP,
-                a.generation_id,
-                &a.member_id,
-                None,
-                Some("consumer"),
-                Some("range"),
-                Some(&assignment),
-            )
-            .await
-            .expect("sync");
         let b = join(&mut groups, "").await;
         groups
             .leave(GROUP, Some(&a.member_id), None)
@@ -380,7 +365,8 @@ mod tests {
         (a.member_id, b.member_id, again.leader)
     }
 
-    /// Syncs `member` at `generation` with `assignments` (none: a follower's sync).
+    /// Syncs `member` at the generation of its join with `assignments` (none: a
+    /// follower's sync).
     async fn sync(
         groups: &mut impl Coordinator,
         member: &JoinGroupResponse,
@@ -425,6 +411,33 @@ mod tests {
             .expect("silenced");
     }
 
+    /// Every partition, to `member`.
+    fn all_to(member: &str) -> [SyncGroupRequestAssignment; 1] {
+        [SyncGroupRequestAssignment::default()
+            .member_id(member.to_owned())
+            .assignment(Bytes::from_static(b"all partitions"))]
+    }
+
+    /// A new member joins, leads, and syncs every partition to itself.
+    async fn lead_alone(groups: &mut impl Coordinator) -> JoinGroupResponse {
+        let a = join(groups, "").await;
+        sync(groups, &a, &all_to(&a.member_id)).await;
+        a
+    }
+
+    /// `member`, told to join again, leads a group of one and is given every partition.
+    async fn rejoins_and_leads_alone(groups: &mut impl Coordinator, member: &str) {
+        let again = join(groups, member).await;
+        assert_eq!(
+            again.leader, member,
+            "{member} leads the group it is left in"
+        );
+        assert_eq!(again.members.as_ref().map(Vec::len), Some(1), "{again:?}");
+        let answer = sync(groups, &again, &all_to(member)).await;
+        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
+        assert_eq!(&answer.assignment[..], b"all partitions");
+    }
+
     /// A leads and syncs; B joins (the group forms again, A its leader still); A falls
     /// silent before it rejoined, and its session runs out; B syncs as the follower it was
     /// told it is. Returns B's join and what its sync was answered.
@@ -432,11 +445,7 @@ mod tests {
         groups: &mut impl Coordinator,
         storage: &StorageContainer,
     ) -> (JoinGroupResponse, SyncGroupResponse) {
-        let a = join(groups, "").await;
-        let all = [SyncGroupRequestAssignment::default()
-            .member_id(a.member_id.clone())
-            .assignment(Bytes::from_static(b"all partitions"))];
-        sync(groups, &a, &all).await;
+        let a = lead_alone(groups).await;
         let b = join(groups, "").await;
         assert_eq!(b.leader, a.member_id, "B follows A");
         silence(storage, &a.member_id).await;
@@ -472,15 +481,7 @@ mod tests {
             i16::from(ErrorCode::RebalanceInProgress),
             "{answer:?}"
         );
-        let again = join(&mut groups, &b.member_id).await;
-        assert_eq!(again.leader, b.member_id, "B leads the group it is left in");
-        assert_eq!(again.members.as_ref().map(Vec::len), Some(1), "{again:?}");
-        let all = [SyncGroupRequestAssignment::default()
-            .member_id(b.member_id.clone())
-            .assignment(Bytes::from_static(b"all partitions"))];
-        let answer = sync(&mut groups, &again, &all).await;
-        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
-        assert_eq!(&answer.assignment[..], b"all partitions");
+        rejoins_and_leads_alone(&mut groups, &b.member_id).await;
     }
 
     /// A leads and syncs; B joins (the group forms again); A joins again and, leading,
@@ -490,11 +491,7 @@ mod tests {
         groups: &mut impl Coordinator,
         storage: &StorageContainer,
     ) -> (JoinGroupResponse, SyncGroupResponse) {
-        let a = join(groups, "").await;
-        let all = [SyncGroupRequestAssignment::default()
-            .member_id(a.member_id.clone())
-            .assignment(Bytes::from_static(b"all partitions"))];
-        sync(groups, &a, &all).await;
+        let a = lead_alone(groups).await;
         let b = join(groups, "").await;
         let a = join(groups, &a.member_id).await;
         assert_eq!(a.leader, a.member_id, "A leads");
@@ -542,15 +539,7 @@ mod tests {
             i16::from(ErrorCode::RebalanceInProgress),
             "{answer:?}"
         );
-        let again = join(&mut groups, &a.member_id).await;
-        assert_eq!(again.leader, a.member_id);
-        assert_eq!(again.members.as_ref().map(Vec::len), Some(1), "{again:?}");
-        let all = [SyncGroupRequestAssignment::default()
-            .member_id(a.member_id.clone())
-            .assignment(Bytes::from_static(b"all partitions"))];
-        let answer = sync(&mut groups, &again, &all).await;
-        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
-        assert_eq!(&answer.assignment[..], b"all partitions");
+        rejoins_and_leads_alone(&mut groups, &a.member_id).await;
     }
 
     #[tokio::test]
