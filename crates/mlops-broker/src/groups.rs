@@ -35,6 +35,7 @@ use tansu_broker::{
 };
 use tansu_sans_io::{
     Body, ErrorCode,
+    heartbeat_response::HeartbeatResponse,
     join_group_request::JoinGroupRequestProtocol,
     leave_group_request::MemberIdentity,
     offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic},
@@ -172,6 +173,38 @@ impl Groups {
         }
         None
     }
+
+    /// Whether `group` is forming with no one to lead it, as stored or once Tansu sees a
+    /// session that is over — then a heartbeat is answered "rebalance in progress".
+    ///
+    /// Tansu turns a formed group whose member's session ran out into a forming one
+    /// without a leader, and keeps its generation; when the expiry is noticed on another
+    /// request than the survivor's heartbeat (its offset commit, a stranger's heartbeat),
+    /// the survivor's heartbeats are answered with no error from then on. It never joins
+    /// again and keeps reading only its old share of the partitions; the gone member's
+    /// share stays unread, for good. A member joining beside a dead one (ARCHITECTURE.md,
+    /// Tansu 5) and a member's own stale id left by a broker stall both end there. Kafka
+    /// asks every member of a rebalancing group to join again, and so does this.
+    async fn forming_without_leader(&self, group: &str) -> bool {
+        let Some((detail, _)) = self.stored(group).await else {
+            return false;
+        };
+        let now = SystemTime::now();
+        let session = Duration::from_millis(u64::try_from(detail.session_timeout_ms).unwrap_or(0));
+        let over = |m: &GroupMember| {
+            m.last_contact
+                .is_none_or(|contact| now.duration_since(contact).unwrap_or_default() > session)
+        };
+        match &detail.state {
+            GroupState::Forming { leader, .. } => !leader
+                .as_deref()
+                .and_then(|l| detail.members.get(l))
+                .is_some_and(|l| !over(l)),
+            // Tansu's own heartbeat notices an expiry in a formed group and asks for a
+            // rejoin itself.
+            GroupState::Formed { .. } => false,
+        }
+    }
 }
 
 #[async_trait]
@@ -249,6 +282,17 @@ impl Coordinator for Groups {
         member_id: &str,
         group_instance_id: Option<&str>,
     ) -> Result<Body> {
+        if self.forming_without_leader(group_id).await {
+            tracing::debug!(
+                group = group_id,
+                member = member_id,
+                "heartbeat in a group forming without a leader: rebalance in progress"
+            );
+            return Ok(HeartbeatResponse::default()
+                .throttle_time_ms(Some(0))
+                .error_code(ErrorCode::RebalanceInProgress.into())
+                .into());
+        }
         self.controller
             .heartbeat(group_id, generation_id, member_id, group_instance_id)
             .await
@@ -539,6 +583,75 @@ mod tests {
             i16::from(ErrorCode::RebalanceInProgress),
             "{answer:?}"
         );
+        rejoins_and_leads_alone(&mut groups, &a.member_id).await;
+    }
+
+    /// `member`'s heartbeat at the generation of its join.
+    async fn heartbeat(groups: &mut impl Coordinator, member: &str, generation: i32) -> i16 {
+        let body = groups
+            .heartbeat(GROUP, generation, member, None)
+            .await
+            .expect("heartbeat");
+        let Body::HeartbeatResponse(response) = body else {
+            panic!("not a heartbeat response: {body:?}");
+        };
+        response.error_code
+    }
+
+    /// A and B share the group's partitions; B's session runs out, and the expiry is
+    /// noticed on a request other than A's heartbeat (here a stranger's heartbeat).
+    /// Returns A's join and what A's next heartbeat was answered.
+    async fn survivor_heartbeats_after_the_other_member_expired(
+        groups: &mut impl Coordinator,
+        storage: &StorageContainer,
+    ) -> (JoinGroupResponse, i16) {
+        let a = lead_alone(groups).await;
+        let b = join(groups, "").await;
+        let a = join(groups, &a.member_id).await;
+        let halves = [
+            SyncGroupRequestAssignment::default()
+                .member_id(a.member_id.clone())
+                .assignment(Bytes::from_static(b"partition 0")),
+            SyncGroupRequestAssignment::default()
+                .member_id(b.member_id.clone())
+                .assignment(Bytes::from_static(b"partition 1")),
+        ];
+        assert_eq!(
+            &sync(groups, &a, &halves).await.assignment[..],
+            b"partition 0"
+        );
+        assert_eq!(&sync(groups, &b, &[]).await.assignment[..], b"partition 1");
+        silence(storage, &b.member_id).await;
+        let stranger = heartbeat(groups, "stranger", a.generation_id).await;
+        assert_eq!(stranger, i16::from(ErrorCode::UnknownMemberId));
+        let answer = heartbeat(groups, &a.member_id, a.generation_id).await;
+        (a, answer)
+    }
+
+    #[tokio::test]
+    async fn a_survivor_of_an_expired_member_is_asked_to_join_again() {
+        // Tansu's own coordinator: the group is forming without a leader, and A's
+        // heartbeats are answered with no error — partition 1 is never read again.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut controller = Controller::with_storage(stored.clone()).unwrap();
+        let (_, answer) =
+            survivor_heartbeats_after_the_other_member_expired(&mut controller, &stored).await;
+        assert_eq!(answer, i16::from(ErrorCode::None));
+        let (detail, _) = Groups::new(stored).unwrap().stored(GROUP).await.unwrap();
+        assert!(
+            matches!(&detail.state, GroupState::Forming { leader: None, .. }),
+            "the defect this module mends is not reproduced: {:?}",
+            detail.state
+        );
+
+        // Mended: A is told to join again, leads, and takes every partition.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut groups = Groups::new(stored.clone()).unwrap();
+        let (a, answer) =
+            survivor_heartbeats_after_the_other_member_expired(&mut groups, &stored).await;
+        assert_eq!(answer, i16::from(ErrorCode::RebalanceInProgress));
         rejoins_and_leads_alone(&mut groups, &a.member_id).await;
     }
 
