@@ -1,4 +1,4 @@
-//! Tansu's consumer group coordinator, with three defects of Tansu 0.6 mended. Each one
+//! Tansu's consumer group coordinator, with four defects of Tansu 0.6 mended. Each one
 //! leaves a group formed, or forming, with partitions no member will ever read — and as
 //! the state is stored, not even a broker restart helps.
 //!
@@ -22,6 +22,12 @@
 //!    sat without partitions, and retraining never started. Before each sync, [`Groups`]
 //!    answers such a sync "rebalance in progress", as Kafka's coordinator does
 //!    ([`Groups::sync_must_wait`]).
+//! 4. A heartbeat answered "no error" in a group forming without a leader: Tansu makes a
+//!    formed group whose member expired such a group, and when the expiry was noticed on
+//!    another request than the survivor's heartbeat, the survivor never joins again and
+//!    the gone member's partitions stay unread (the monitor's registry updates, in the
+//!    same run). [`Groups`] answers those heartbeats "rebalance in progress", as Kafka
+//!    answers every heartbeat of a rebalancing group ([`Groups::forming_without_leader`]).
 //!
 //! Everything else goes to Tansu's [`Controller`] unchanged.
 
@@ -196,10 +202,10 @@ impl Groups {
                 .is_none_or(|contact| now.duration_since(contact).unwrap_or_default() > session)
         };
         match &detail.state {
-            GroupState::Forming { leader, .. } => !leader
+            GroupState::Forming { leader, .. } => leader
                 .as_deref()
                 .and_then(|l| detail.members.get(l))
-                .is_some_and(|l| !over(l)),
+                .is_none_or(over),
             // Tansu's own heartbeat notices an expiry in a formed group and asks for a
             // rejoin itself.
             GroupState::Formed { .. } => false,
@@ -283,7 +289,7 @@ impl Coordinator for Groups {
         group_instance_id: Option<&str>,
     ) -> Result<Body> {
         if self.forming_without_leader(group_id).await {
-            tracing::debug!(
+            tracing::info!(
                 group = group_id,
                 member = member_id,
                 "heartbeat in a group forming without a leader: rebalance in progress"
