@@ -147,14 +147,8 @@ impl Groups {
         assignments: Option<&[SyncGroupRequestAssignment]>,
     ) -> Option<&'static str> {
         let (detail, _) = self.stored(group).await?;
-        let now = SystemTime::now();
-        let session = Duration::from_millis(u64::try_from(detail.session_timeout_ms).unwrap_or(0));
         // A session Tansu sees as over when the sync reaches it, a moment after this look.
-        let over = |m: &GroupMember| {
-            m.last_contact.is_none_or(|contact| {
-                now.duration_since(contact).unwrap_or_default() + EXPIRY_MARGIN > session
-            })
-        };
+        let over = session_over(&detail, EXPIRY_MARGIN);
         let live = |id: &str| detail.members.get(id).is_some_and(|m| !over(m));
         if !live(member) {
             // Tansu answers "unknown member" itself, before anything else.
@@ -164,7 +158,7 @@ impl Groups {
             GroupState::Forming { leader, .. } => leader.as_deref().filter(|l| live(l)),
             // A formed group that stays formed answers a sync with the member's stored
             // assignment; one whose member's session is over forms again, leaderless.
-            GroupState::Formed { .. } if !detail.members.values().any(over) => return None,
+            GroupState::Formed { .. } if !detail.members.values().any(&over) => return None,
             GroupState::Formed { .. } => None,
         };
         if leader != Some(member) {
@@ -195,12 +189,7 @@ impl Groups {
         let Some((detail, _)) = self.stored(group).await else {
             return false;
         };
-        let now = SystemTime::now();
-        let session = Duration::from_millis(u64::try_from(detail.session_timeout_ms).unwrap_or(0));
-        let over = |m: &GroupMember| {
-            m.last_contact
-                .is_none_or(|contact| now.duration_since(contact).unwrap_or_default() > session)
-        };
+        let over = session_over(&detail, Duration::ZERO);
         match &detail.state {
             GroupState::Forming { leader, .. } => leader
                 .as_deref()
@@ -210,6 +199,18 @@ impl Groups {
             // rejoin itself.
             GroupState::Formed { .. } => false,
         }
+    }
+}
+
+/// Whether a member of `detail` has gone without contact for longer than the group's
+/// session, less `margin` — Tansu's test of a missed heartbeat, read from now.
+fn session_over(detail: &GroupDetail, margin: Duration) -> impl Fn(&GroupMember) -> bool {
+    let now = SystemTime::now();
+    let session = Duration::from_millis(u64::try_from(detail.session_timeout_ms).unwrap_or(0));
+    move |member| {
+        member.last_contact.is_none_or(|contact| {
+            now.duration_since(contact).unwrap_or_default() + margin > session
+        })
     }
 }
 
@@ -468,6 +469,18 @@ mod tests {
             .assignment(Bytes::from_static(b"all partitions"))]
     }
 
+    /// Partition 0 to `a`, partition 1 to `b`.
+    fn halves(a: &str, b: &str) -> [SyncGroupRequestAssignment; 2] {
+        [
+            SyncGroupRequestAssignment::default()
+                .member_id(a.to_owned())
+                .assignment(Bytes::from_static(b"partition 0")),
+            SyncGroupRequestAssignment::default()
+                .member_id(b.to_owned())
+                .assignment(Bytes::from_static(b"partition 1")),
+        ]
+    }
+
     /// A new member joins, leads, and syncs every partition to itself.
     async fn lead_alone(groups: &mut impl Coordinator) -> JoinGroupResponse {
         let a = join(groups, "").await;
@@ -547,14 +560,7 @@ mod tests {
         assert_eq!(a.leader, a.member_id, "A leads");
         assert_eq!(a.members.as_ref().map(Vec::len), Some(2), "{a:?}");
         silence(storage, &b.member_id).await;
-        let halves = [
-            SyncGroupRequestAssignment::default()
-                .member_id(a.member_id.clone())
-                .assignment(Bytes::from_static(b"partition 0")),
-            SyncGroupRequestAssignment::default()
-                .member_id(b.member_id.clone())
-                .assignment(Bytes::from_static(b"partition 1")),
-        ];
+        let halves = halves(&a.member_id, &b.member_id);
         let answer = sync(groups, &a, &halves).await;
         (a, answer)
     }
@@ -614,14 +620,7 @@ mod tests {
         let a = lead_alone(groups).await;
         let b = join(groups, "").await;
         let a = join(groups, &a.member_id).await;
-        let halves = [
-            SyncGroupRequestAssignment::default()
-                .member_id(a.member_id.clone())
-                .assignment(Bytes::from_static(b"partition 0")),
-            SyncGroupRequestAssignment::default()
-                .member_id(b.member_id.clone())
-                .assignment(Bytes::from_static(b"partition 1")),
-        ];
+        let halves = halves(&a.member_id, &b.member_id);
         assert_eq!(
             &sync(groups, &a, &halves).await.assignment[..],
             b"partition 0"
