@@ -202,8 +202,26 @@ pub(crate) fn children_of(parent: u32) -> Vec<u32> {
 /// test leaves no platform behind.
 pub(crate) struct Launched(pub(crate) Child);
 
+impl std::ops::Deref for Launched {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Launched {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 impl Drop for Launched {
     fn drop(&mut self) {
+        // Stopped and reaped by the test already: its pid may belong to another process now.
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
