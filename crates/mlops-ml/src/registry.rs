@@ -21,27 +21,33 @@ fn unreachable(e: reqwest::Error) -> String {
     format!("{UNREACHABLE}: {e}")
 }
 
-/// `response` if it is a success; otherwise why not: a gateway's or an overloaded
-/// registry's answer (502, 503, 504) is worded as unreachable (worth trying again), any
-/// other as the registry's refusal.
+/// `response` if it is a success; otherwise why not (see [`failed`]).
 fn answered(response: reqwest::Response) -> Result<reqwest::Response, String> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
-    let url = response.url().path().to_owned();
-    if is_unavailable(status) {
-        Err(format!("{UNREACHABLE}: {url} answered {status}"))
-    } else {
-        Err(format!("the model registry refused {url}: {status}"))
-    }
+    Err(failed(status, response.url().path(), ""))
 }
 
-fn is_unavailable(status: StatusCode) -> bool {
-    matches!(
+/// Why a request for `what` answered `status` (not a success): a gateway's or an
+/// overloaded registry's answer (502, 503, 504) is worded as unreachable — worth trying
+/// again, [`is_unreachable`] — any other as the registry's refusal. `body`, when not
+/// empty, is what the registry said.
+fn failed(status: StatusCode, what: &str, body: &str) -> String {
+    let said = if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    };
+    if matches!(
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-    )
+    ) {
+        format!("{UNREACHABLE}: {what} answered {status}{said}")
+    } else {
+        format!("the model registry refused {what}: {status}{said}")
+    }
 }
 
 /// Whether `error` (from this client) says the registry was not reached or failed to
@@ -128,7 +134,7 @@ impl RegistryClient {
         self.artifact(model, version)
             .await
             .map(|artifact| Some((version, artifact)))
-            .map_err(|e| format!("production {e}"))
+            .map_err(|e| format!("production version {version}: {e}"))
     }
 
     /// Version `version` of `model`'s artifact, verified.
@@ -146,15 +152,8 @@ impl RegistryClient {
         let status = response.status();
         let bytes = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
-            let why = if is_unavailable(status) {
-                UNREACHABLE
-            } else {
-                "the model registry refused"
-            };
-            return Err(format!(
-                "the artifact of version {version} could not be fetched: {why} ({status}): {}",
-                String::from_utf8_lossy(&bytes)
-            ));
+            let what = format!("the artifact of version {version}");
+            return Err(failed(status, &what, &String::from_utf8_lossy(&bytes)));
         }
         let key = self.signing_key().await?;
         crate::artifact::open(&bytes, &key).map_err(|e| format!("version {version} refused: {e}"))
@@ -179,17 +178,11 @@ impl RegistryClient {
             .json()
             .await
             .unwrap_or_else(|e| json!(e.to_string()));
-        if is_unavailable(status) {
-            // The version may have been registered all the same (a gateway's 504): sent
-            // again, the registration names its run and the registry answers with it.
-            return Err(format!(
-                "{UNREACHABLE}: the registration answered {status}: {body}"
-            ));
-        }
         if !status.is_success() {
-            return Err(format!(
-                "the registry refused the version ({status}): {body}"
-            ));
+            // Answered 502–504, the version may have been registered all the same (a
+            // gateway's 504): sent again, the registration names its run and the registry
+            // answers with it.
+            return Err(failed(status, "the registration", &body.to_string()));
         }
         body["version"]
             .as_i64()
@@ -246,6 +239,9 @@ mod tests {
             let client = RegistryClient::new(http(), &answering(status).await);
             let error = client.production("fraud").await.unwrap_err();
             assert_eq!(is_unreachable(&error), again, "{status}: {error}");
+            let error = client.artifact("fraud", 3).await.unwrap_err();
+            assert_eq!(is_unreachable(&error), again, "{status}: {error}");
+            assert!(error.contains("artifact of version 3"), "{error}");
             // A registration too: one answered 502–504 may have been made, and is sent
             // again (it names its run, so the registry answers with the same version).
             let client = RegistryClient::new(http(), &answering(status).await);
