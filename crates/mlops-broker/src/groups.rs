@@ -183,7 +183,7 @@ impl Groups {
     /// the survivor's heartbeats are answered with no error from then on. It never joins
     /// again and keeps reading only its old share of the partitions; the gone member's
     /// share stays unread, for good. A member joining beside a dead one (ARCHITECTURE.md,
-    /// Tansu 5) and a member's own stale id left by a broker stall both end there. Kafka
+    /// Tansu 5) and a member's own stale id left by a broker stall can end there. Kafka
     /// asks every member of a rebalancing group to join again, and so does this.
     async fn forming_without_leader(&self, group: &str) -> bool {
         let Some((detail, _)) = self.stored(group).await else {
