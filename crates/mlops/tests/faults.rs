@@ -38,7 +38,7 @@ use polars::prelude::*;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use serde_json::{Value, json};
 use support::{
-    Launched, Ports, admin_client, children_of, env_number, launch_with, payments_dataset, post,
+    Ports, admin_client, children_of, env_number, launch_with, payments_dataset, post,
     traffic::{Names, Traffic, small_windows},
     wait_until_ready,
 };
@@ -217,10 +217,10 @@ async fn faults(engine: Option<&str>) {
     let data_dir = dir.path().join("data");
     println!("faults: data and logs in {}", data_dir.display());
     let ports = Ports::pick();
-    let launcher = Launched(launch_with(&data_dir, &ports, engine, |c| {
+    let launcher = launch_with(&data_dir, &ports, engine, |c| {
         small_windows(c);
-    }));
-    let pid = launcher.0.id();
+    });
+    let pid = launcher.id();
     wait_until_ready(&ports).await;
     let http = admin_client(&data_dir, Duration::from_secs(30));
     // A model in production before the faults, on a dataset of its own: after them a drift

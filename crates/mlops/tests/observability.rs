@@ -13,14 +13,14 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use serde_json::{Value, json};
-use support::{Launched, Ports, admin_client, launch, wait_until_ready};
+use support::{Ports, admin_client, launch, wait_until_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_dead_letters_and_refusals_are_on_metrics() {
     let dir = mlops_testkit::temp_dir();
     let data = dir.path().join("data");
     let ports = Ports::pick();
-    let _launcher = Launched(launch(&data, &ports, None));
+    let _launcher = launch(&data, &ports, None);
     wait_until_ready(&ports).await;
     let http = admin_client(&data, Duration::from_secs(30));
     let port = |service: &str| {

@@ -16,8 +16,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{Value, json};
 use support::{
-    Launched, Ports, admin_client, children_of, env_number, launch, payments_dataset, post,
-    wait_until_ready,
+    Ports, admin_client, children_of, env_number, launch, payments_dataset, post, wait_until_ready,
 };
 
 const DATASET: &str = "payments";
@@ -110,7 +109,7 @@ async fn a_steady_stream_keeps_memory_descriptors_and_lag_flat() {
     let dir = mlops_testkit::temp_dir();
     let data_dir = dir.path().join("data");
     let ports = Ports::pick();
-    let launcher = Launched(launch(&data_dir, &ports, None));
+    let launcher = launch(&data_dir, &ports, None);
     wait_until_ready(&ports).await;
     let http = admin_client(&data_dir, Duration::from_secs(30));
     post(
@@ -162,7 +161,7 @@ async fn a_steady_stream_keeps_memory_descriptors_and_lag_flat() {
         let read = http.get(&lookup_url).send().await.expect("lookup");
         assert!(read.status().is_success() || read.status() == reqwest::StatusCode::NOT_FOUND);
         if tokio::time::Instant::now() >= next_sample {
-            let footprints: Footprints = processes(launcher.0.id())
+            let footprints: Footprints = processes(launcher.id())
                 .into_iter()
                 .filter_map(|(name, pid)| Some((name, footprint(pid)?)))
                 .collect();

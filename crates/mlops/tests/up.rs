@@ -118,7 +118,7 @@ async fn up_lifecycle(engine: Option<&str>) {
     let group = unique("group");
 
     // First run: everything becomes ready; write a record and commit an offset.
-    let mut launcher = support::Launched(launch(&data_dir, &ports, engine));
+    let mut launcher = launch(&data_dir, &ports, engine);
     wait_until_ready(&ports).await;
     let children = children_of(launcher.id());
     assert_eq!(
@@ -219,7 +219,7 @@ async fn up_lifecycle(engine: Option<&str>) {
     wait_until_gone(&processes).await;
 
     // Second run on the same data directory: the bus remembers.
-    let mut launcher = support::Launched(launch(&data_dir, &ports, engine));
+    let mut launcher = launch(&data_dir, &ports, engine);
     wait_until_ready(&ports).await;
     let children = children_of(launcher.id());
     assert_eq!(children.len(), 7, "{children:?}");

@@ -111,7 +111,9 @@ pub(crate) fn mlops(args: &[&str], data_dir: &Path, ports: &Ports) -> Command {
     command
 }
 
-pub(crate) fn launch(data_dir: &Path, ports: &Ports, engine: Option<&str>) -> Child {
+/// `mlops up` on `data_dir` (on the broker `engine` names, if any), its output in a log beside it;
+/// stopped when the returned guard is dropped.
+pub(crate) fn launch(data_dir: &Path, ports: &Ports, engine: Option<&str>) -> Launched {
     launch_with(data_dir, ports, engine, |_| {})
 }
 
@@ -121,18 +123,20 @@ pub(crate) fn launch_with(
     ports: &Ports,
     engine: Option<&str>,
     change: impl FnOnce(&mut Command),
-) -> Child {
+) -> Launched {
     let log = std::fs::File::create(data_dir.with_extension("log")).expect("launcher log");
     let mut command = mlops(&["up"], data_dir, ports);
     if let Some(engine) = engine {
         command.env("MLOPS_BROKER", engine);
     }
     change(&mut command);
-    command
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start mlops up")
+    Launched(
+        command
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mlops up"),
+    )
 }
 
 /// The child of `parent` running `mlops service <name>`.
