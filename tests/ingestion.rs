@@ -693,14 +693,19 @@ async fn request_bodies_in_flight_are_bounded_in_bytes() {
         i += 1;
     }
     let addr = ingestion.url.trim_start_matches("http://").to_owned();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "POST /v1/datasets/{name}/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-ndjson\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         mlops_integration_tests::auth::tokens().admin,
         slow_body.len()
     );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&slow_body.as_bytes()[..1024]).await.unwrap();
+    // Its headers and the first KiB of its body: the rest waits.
+    let start_slow = async || {
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.write_all(head.as_bytes()).await.unwrap();
+        slow.write_all(&slow_body.as_bytes()[..1024]).await.unwrap();
+        slow
+    };
+    let mut slow = start_slow().await;
 
     let mut other = String::new();
     let mut j = 100_000;
@@ -711,11 +716,25 @@ async fn request_bodies_in_flight_are_bounded_in_bytes() {
     }
     let url = format!("{}/v1/datasets/{name}/events", ingestion.url);
     // Until the slow request's share is held (its headers read): the last answer (or the
-    // client's error) is what a failure shows.
+    // client's error) is what a failure shows. A probe still in flight when the slow
+    // request's headers are read holds 30 KiB, so the slow one is then refused itself
+    // (a loaded machine reads them late): it is started again.
     mlops_testkit::until(
         "the second request is refused",
         Duration::from_secs(30),
         async || {
+            let mut early = [0u8; 64];
+            match slow.try_read(&mut early) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                answered => {
+                    slow = start_slow().await;
+                    let early = match answered {
+                        Ok(n) => String::from_utf8_lossy(&early[..n]).into_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(format!("the slow request was answered first: {early}"));
+                }
+            }
             let answer = p
                 .http
                 .post(&url)
