@@ -1,4 +1,4 @@
-//! Tansu's consumer group coordinator, with four defects of Tansu 0.6 mended. Each one
+//! Tansu's consumer group coordinator, with five defects of Tansu 0.6 mended. Each one
 //! leaves a group formed, or forming, with partitions no member will ever read — and as
 //! the state is stored, not even a broker restart helps.
 //!
@@ -27,7 +27,17 @@
 //!    another request than the survivor's heartbeat, the survivor never joins again and
 //!    the gone member's partitions stay unread (the monitor's registry updates, in the
 //!    same run). [`Groups`] answers those heartbeats "rebalance in progress", as Kafka
-//!    answers every heartbeat of a rebalancing group ([`Groups::forming_without_leader`]).
+//!    answers every heartbeat of a rebalancing group ([`Groups::rebalancing_unsaid`]).
+//! 5. A formed group that keeps assigning a share to a member it dropped: when the
+//!    expiry is noticed on a member's own heartbeat, Tansu removes the gone member and
+//!    answers "rebalance in progress", but keeps the group formed, in its generation,
+//!    with the gone member's assignment. The member's join again changes nothing, and its
+//!    sync gives it its old share back: the rest is never read. A service restarted at
+//!    once after a kill joins beside its dead predecessor, assigns it a share, and ends
+//!    there when that session runs out (ARCHITECTURE.md, Tansu 5). Before each join,
+//!    [`Groups`] makes such a group form again, in a new generation, led by the joining
+//!    member (the same conditional write as 1.), and answers the other members'
+//!    heartbeats "rebalance in progress", as Kafka does when a member expires.
 //!
 //! Everything else goes to Tansu's [`Controller`] unchanged.
 
@@ -97,29 +107,52 @@ impl Groups {
         }
     }
 
-    /// Clears the leader of `group` if it is forming and its leader has left.
-    async fn forget_departed_leader(&self, group: &str) {
+    /// Before a join, mends the two stored shapes no join can get out of on Tansu's
+    /// coordinator: a forming group whose leader has left loses that leader (1.), and a
+    /// formed group whose assignments name a member it no longer has forms again, in a
+    /// new generation and without a leader (5.). Either way the joining member leads.
+    async fn mend_before_join(&self, group: &str) {
         let Some((mut detail, version)) = self.stored(group).await else {
             return;
         };
-        let GroupState::Forming { leader, .. } = &mut detail.state else {
-            return;
-        };
-        let Some(departed) = leader.take_if(|l| !detail.members.contains_key(l.as_str())) else {
-            return;
+        let mended = match &mut detail.state {
+            GroupState::Forming { leader, .. } => {
+                let Some(departed) = leader.take_if(|l| !detail.members.contains_key(l.as_str()))
+                else {
+                    return;
+                };
+                format!("forming group's departed leader {departed} forgotten")
+            }
+            GroupState::Formed {
+                protocol_type,
+                protocol_name,
+                assignments,
+                ..
+            } => {
+                let Some(gone) = assignments
+                    .keys()
+                    .find(|m| !detail.members.contains_key(m.as_str()))
+                    .cloned()
+                else {
+                    return;
+                };
+                detail.state = GroupState::Forming {
+                    protocol_type: Some(std::mem::take(protocol_type)),
+                    protocol_name: Some(std::mem::take(protocol_name)),
+                    leader: None,
+                };
+                detail.generation_id += 1;
+                format!("formed group's assignment to the gone member {gone} withdrawn")
+            }
         };
         match self
             .storage
             .update_group(group, detail, Some(version))
             .await
         {
-            Ok(_) => tracing::info!(
-                group,
-                leader = departed,
-                "forming group's departed leader forgotten: the next member to join leads"
-            ),
+            Ok(_) => tracing::info!(group, "{mended}: the joining member leads"),
             // Changed meanwhile: looked at again on the next join.
-            Err(e) => tracing::debug!(group, error = ?e, "departed leader not forgotten yet"),
+            Err(e) => tracing::debug!(group, error = ?e, "group not mended yet"),
         }
     }
 
@@ -174,8 +207,10 @@ impl Groups {
         None
     }
 
-    /// Whether `group` is forming with no one to lead it, as stored or once Tansu sees a
-    /// session that is over — then a heartbeat is answered "rebalance in progress".
+    /// Whether `group` is rebalancing while Tansu would not say so — forming with no one
+    /// to lead it, as stored or once Tansu sees a session that is over, or formed with a
+    /// share assigned to a member it no longer has — then a heartbeat is answered
+    /// "rebalance in progress".
     ///
     /// Tansu turns a formed group whose member's session ran out into a forming one
     /// without a leader, and keeps its generation; when the expiry is noticed on another
@@ -185,7 +220,7 @@ impl Groups {
     /// share stays unread, for good. A member joining beside a dead one (ARCHITECTURE.md,
     /// Tansu 5) and a member's own stale id left by a broker stall can end there. Kafka
     /// asks every member of a rebalancing group to join again, and so does this.
-    async fn forming_without_leader(&self, group: &str) -> bool {
+    async fn rebalancing_unsaid(&self, group: &str) -> bool {
         let Some((detail, _)) = self.stored(group).await else {
             return false;
         };
@@ -196,8 +231,11 @@ impl Groups {
                 .and_then(|l| detail.members.get(l))
                 .is_none_or(over),
             // Tansu's own heartbeat notices an expiry in a formed group and asks for a
-            // rejoin itself.
-            GroupState::Formed { .. } => false,
+            // rejoin itself, but only the member whose heartbeat noticed it: the others of
+            // a group still assigning the gone member a share join again too (5.).
+            GroupState::Formed { assignments, .. } => assignments
+                .keys()
+                .any(|m| !detail.members.contains_key(m.as_str())),
         }
     }
 }
@@ -228,7 +266,7 @@ impl Coordinator for Groups {
         protocols: Option<&[JoinGroupRequestProtocol]>,
         reason: Option<&str>,
     ) -> Result<Body> {
-        self.forget_departed_leader(group_id).await;
+        self.mend_before_join(group_id).await;
         self.controller
             .join(
                 client_id,
@@ -289,11 +327,11 @@ impl Coordinator for Groups {
         member_id: &str,
         group_instance_id: Option<&str>,
     ) -> Result<Body> {
-        if self.forming_without_leader(group_id).await {
+        if self.rebalancing_unsaid(group_id).await {
             tracing::info!(
                 group = group_id,
                 member = member_id,
-                "heartbeat in a group forming without a leader: rebalance in progress"
+                "heartbeat in a group that must form again: rebalance in progress"
             );
             return Ok(HeartbeatResponse::default()
                 .throttle_time_ms(Some(0))
@@ -365,7 +403,8 @@ mod tests {
         storage
     }
 
-    /// Joins as `member` ("" for a new member: then again with the id the group gave).
+    /// Joins as `member` ("" for a new member: then again with the id the group gave), with
+    /// a session longer than Tansu's pauses of a follower's join (3 s each) add up to.
     async fn join(groups: &mut impl Coordinator, member: &str) -> JoinGroupResponse {
         let protocols = [JoinGroupRequestProtocol::default()
             .name("range".into())
@@ -376,7 +415,7 @@ mod tests {
                 .join(
                     Some("client"),
                     GROUP,
-                    6_000,
+                    30_000,
                     Some(300_000),
                     &member,
                     None,
@@ -658,6 +697,128 @@ mod tests {
             survivor_heartbeats_after_the_other_member_expired(&mut groups, &stored).await;
         assert_eq!(answer, i16::from(ErrorCode::RebalanceInProgress));
         rejoins_and_leads_alone(&mut groups, &a.member_id).await;
+    }
+
+    /// A and B share the group's partitions; B's session runs out, and A's own heartbeat
+    /// notices: it is answered "rebalance in progress", and A joins again and, leading,
+    /// syncs every partition to itself. Returns A's first join, its join again and what
+    /// its sync was answered.
+    async fn survivor_joins_again_after_its_heartbeat_noticed_an_expiry(
+        groups: &mut impl Coordinator,
+        storage: &StorageContainer,
+    ) -> (JoinGroupResponse, JoinGroupResponse, SyncGroupResponse) {
+        let a = lead_alone(groups).await;
+        let b = join(groups, "").await;
+        let a = join(groups, &a.member_id).await;
+        let halves = halves(&a.member_id, &b.member_id);
+        assert_eq!(
+            &sync(groups, &a, &halves).await.assignment[..],
+            b"partition 0"
+        );
+        assert_eq!(&sync(groups, &b, &[]).await.assignment[..], b"partition 1");
+        silence(storage, &b.member_id).await;
+        assert_eq!(
+            heartbeat(groups, &a.member_id, a.generation_id).await,
+            i16::from(ErrorCode::RebalanceInProgress)
+        );
+        let again = join(groups, &a.member_id).await;
+        assert_eq!(again.leader, a.member_id, "A leads the group it is left in");
+        assert_eq!(again.members.as_ref().map(Vec::len), Some(1), "{again:?}");
+        let answer = sync(groups, &again, &all_to(&a.member_id)).await;
+        (a, again, answer)
+    }
+
+    #[tokio::test]
+    async fn a_formed_group_whose_assignment_names_a_gone_member_forms_again() {
+        // Tansu's own coordinator: the heartbeat drops B but keeps the group formed, with
+        // partition 1 assigned to B; A's join again changes nothing (same generation) and
+        // its sync is answered with its old share. Partition 1 is never read again.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut controller = Controller::with_storage(stored.clone()).unwrap();
+        let (a, again, answer) =
+            survivor_joins_again_after_its_heartbeat_noticed_an_expiry(&mut controller, &stored)
+                .await;
+        assert_eq!(again.generation_id, a.generation_id);
+        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
+        assert_eq!(
+            &answer.assignment[..],
+            b"partition 0",
+            "the defect this module mends is not reproduced"
+        );
+        let (detail, _) = Groups::new(stored).unwrap().stored(GROUP).await.unwrap();
+        assert!(
+            matches!(&detail.state, GroupState::Formed { assignments, .. }
+                if assignments.keys().any(|m| !detail.members.contains_key(m))),
+            "the defect this module mends is not reproduced: {detail:?}"
+        );
+
+        // Mended: A's join again starts a new generation, and its assignment forms it.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut groups = Groups::new(stored.clone()).unwrap();
+        let (a, again, answer) =
+            survivor_joins_again_after_its_heartbeat_noticed_an_expiry(&mut groups, &stored).await;
+        assert!(again.generation_id > a.generation_id, "{again:?}");
+        assert_eq!(answer.error_code, i16::from(ErrorCode::None), "{answer:?}");
+        assert_eq!(&answer.assignment[..], b"all partitions");
+    }
+
+    /// A, B and C share the group's partitions; C's session runs out and A's heartbeat
+    /// notices. Returns what B's next heartbeat was answered.
+    async fn other_survivor_heartbeats_after_an_expiry_its_peer_noticed(
+        groups: &mut impl Coordinator,
+        storage: &StorageContainer,
+    ) -> i16 {
+        let a = lead_alone(groups).await;
+        let b = join(groups, "").await;
+        let c = join(groups, "").await;
+        let a = join(groups, &a.member_id).await;
+        let b = join(groups, &b.member_id).await;
+        let c = join(groups, &c.member_id).await;
+        assert_eq!(a.leader, a.member_id, "A leads");
+        assert_eq!(a.members.as_ref().map(Vec::len), Some(3), "{a:?}");
+        let thirds: Vec<_> = [&a, &b, &c]
+            .iter()
+            .map(|m| {
+                SyncGroupRequestAssignment::default()
+                    .member_id(m.member_id.clone())
+                    .assignment(Bytes::from(m.member_id.clone()))
+            })
+            .collect();
+        for (member, assignments) in [(&a, &thirds[..]), (&b, &[]), (&c, &[])] {
+            let answer = sync(groups, member, assignments).await;
+            assert_eq!(&answer.assignment[..], member.member_id.as_bytes());
+        }
+        silence(storage, &c.member_id).await;
+        assert_eq!(
+            heartbeat(groups, &a.member_id, a.generation_id).await,
+            i16::from(ErrorCode::RebalanceInProgress)
+        );
+        heartbeat(groups, &b.member_id, b.generation_id).await
+    }
+
+    #[tokio::test]
+    async fn every_survivor_of_an_expiry_is_asked_to_join_again() {
+        // Tansu's own coordinator asks only A, whose heartbeat noticed.
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut controller = Controller::with_storage(stored.clone()).unwrap();
+        let answer =
+            other_survivor_heartbeats_after_an_expiry_its_peer_noticed(&mut controller, &stored)
+                .await;
+        assert_eq!(
+            answer,
+            i16::from(ErrorCode::None),
+            "the defect this module mends is not reproduced"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let stored = storage(dir.path()).await;
+        let mut groups = Groups::new(stored.clone()).unwrap();
+        let answer =
+            other_survivor_heartbeats_after_an_expiry_its_peer_noticed(&mut groups, &stored).await;
+        assert_eq!(answer, i16::from(ErrorCode::RebalanceInProgress));
     }
 
     #[tokio::test]

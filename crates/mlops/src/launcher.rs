@@ -144,7 +144,7 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                     "MLOPS_BROKER_CONTROLLER_PORT",
                     layout.controller_port.to_string(),
                 );
-            let supervised = supervise("broker", command, Some(dir.clone()), &logs, Duration::ZERO);
+            let supervised = supervise("broker", command, Some(dir.clone()), &logs);
             let what = match engine {
                 Engine::Kafka => format!("Apache Kafka {}", kafka::version()),
                 Engine::Tansu => "embedded Tansu".to_owned(),
@@ -183,7 +183,7 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
             "--ui-port",
             &ports.ui.to_string(),
         ]);
-        let supervised = supervise("jaeger", command, None, &logs, Duration::ZERO);
+        let supervised = supervise("jaeger", command, None, &logs);
         println!(
             "mlops: jaeger      http://localhost:{}  (Jaeger {}: the services' traces; OTLP in on {})",
             ports.ui,
@@ -298,11 +298,7 @@ async fn run(mode: Mode, mut layout: Layout) -> ExitCode {
                 .env("MLOPS_TLS_KEY_FILE", &files.key)
                 .env("MLOPS_TLS_CA_FILE", certs.ca());
         }
-        let restart_floor = match engine {
-            Some(Engine::Tansu) => tansu_rejoin_delay(),
-            _ => Duration::ZERO,
-        };
-        services.push(supervise(service, command, None, &logs, restart_floor));
+        services.push(supervise(service, command, None, &logs));
         println!("mlops: {service:<11} {}", layout.url(service));
     }
     if layout.schema_registry_url.is_none() {
@@ -472,29 +468,12 @@ fn busy_ports(layout: &Layout, engine: Option<Engine>) -> Vec<String> {
     busy
 }
 
-/// How long a service that died waits before it is started again on Tansu: past the
-/// consumer session timeout, so its dead consumer-group members have expired first.
-/// Tansu 0.6 hands a member that joins while a dead one is still in its group an empty
-/// assignment, and once the dead one expires it answers the live one's heartbeats without
-/// asking it to rejoin: the group would keep its partitions unread. Joining after the
-/// expiry gives a normal assignment. Apache Kafka has no such need.
-fn tansu_rejoin_delay() -> Duration {
-    let session = mlops_kafka::KafkaConfig::default().session_timeout_ms;
-    let session = std::env::var("MLOPS__KAFKA__SESSION_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(session);
-    Duration::from_millis(u64::from(session)) + Duration::from_secs(1)
-}
-
-/// Runs `command` as a child, restarting it with backoff whenever it dies, never sooner
-/// than `restart_floor`, until stopped.
+/// Runs `command` as a child, restarting it with backoff whenever it dies, until stopped.
 fn supervise(
     name: &'static str,
     mut command: Command,
     workdir: Option<PathBuf>,
     logs: &Path,
-    restart_floor: Duration,
 ) -> Supervised {
     let logs = logs.to_path_buf();
     let stop = CancellationToken::new();
@@ -510,7 +489,7 @@ fn supervise(
     // The launcher supervises OS processes, not service work: one plain task per child.
     #[allow(clippy::disallowed_methods)]
     let task = tokio::spawn(async move {
-        // Doubles from one second while the child keeps dying young; never under the floor.
+        // Doubles from one second while the child keeps dying young.
         let mut backoff = Duration::from_secs(1);
         loop {
             if let Some(dir) = &workdir
@@ -529,7 +508,7 @@ fn supervise(
                     eprintln!("mlops: {name} could not start: {e}");
                     tokio::select! {
                         () = token.cancelled() => return,
-                        () = tokio::time::sleep(backoff.max(restart_floor)) => {}
+                        () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -542,15 +521,14 @@ fn supervise(
                     if started.elapsed() > Duration::from_secs(60) {
                         backoff = Duration::from_secs(1);
                     }
-                    let wait = backoff.max(restart_floor);
                     eprintln!(
                         "mlops: {name} exited ({status}); restarting in {}s (log: {})",
-                        wait.as_secs(),
+                        backoff.as_secs(),
                         logs.join(format!("{name}.log")).display()
                     );
                     tokio::select! {
                         () = token.cancelled() => return,
-                        () = tokio::time::sleep(wait) => {}
+                        () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
