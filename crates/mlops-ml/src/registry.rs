@@ -134,7 +134,8 @@ impl RegistryClient {
         self.artifact(model, version)
             .await
             .map(|artifact| Some((version, artifact)))
-            .map_err(|e| format!("production version {version}: {e}"))
+            // The artifact's own errors name the version.
+            .map_err(|e| format!("the production version of {model}: {e}"))
     }
 
     /// Version `version` of `model`'s artifact, verified.
