@@ -649,13 +649,10 @@ mod tests {
         response.error_code
     }
 
-    /// A and B share the group's partitions; B's session runs out, and the expiry is
-    /// noticed on a request other than A's heartbeat (here a stranger's heartbeat).
-    /// Returns A's join and what A's next heartbeat was answered.
-    async fn survivor_heartbeats_after_the_other_member_expired(
+    /// A leads, B joins, A joins again and syncs a partition to each: returns their joins.
+    async fn share_in_halves(
         groups: &mut impl Coordinator,
-        storage: &StorageContainer,
-    ) -> (JoinGroupResponse, i16) {
+    ) -> (JoinGroupResponse, JoinGroupResponse) {
         let a = lead_alone(groups).await;
         let b = join(groups, "").await;
         let a = join(groups, &a.member_id).await;
@@ -665,6 +662,17 @@ mod tests {
             b"partition 0"
         );
         assert_eq!(&sync(groups, &b, &[]).await.assignment[..], b"partition 1");
+        (a, b)
+    }
+
+    /// A and B share the group's partitions; B's session runs out, and the expiry is
+    /// noticed on a request other than A's heartbeat (here a stranger's heartbeat).
+    /// Returns A's join and what A's next heartbeat was answered.
+    async fn survivor_heartbeats_after_the_other_member_expired(
+        groups: &mut impl Coordinator,
+        storage: &StorageContainer,
+    ) -> (JoinGroupResponse, i16) {
+        let (a, b) = share_in_halves(groups).await;
         silence(storage, &b.member_id).await;
         let stranger = heartbeat(groups, "stranger", a.generation_id).await;
         assert_eq!(stranger, i16::from(ErrorCode::UnknownMemberId));
@@ -707,15 +715,7 @@ mod tests {
         groups: &mut impl Coordinator,
         storage: &StorageContainer,
     ) -> (JoinGroupResponse, JoinGroupResponse, SyncGroupResponse) {
-        let a = lead_alone(groups).await;
-        let b = join(groups, "").await;
-        let a = join(groups, &a.member_id).await;
-        let halves = halves(&a.member_id, &b.member_id);
-        assert_eq!(
-            &sync(groups, &a, &halves).await.assignment[..],
-            b"partition 0"
-        );
-        assert_eq!(&sync(groups, &b, &[]).await.assignment[..], b"partition 1");
+        let (a, b) = share_in_halves(groups).await;
         silence(storage, &b.member_id).await;
         assert_eq!(
             heartbeat(groups, &a.member_id, a.generation_id).await,
