@@ -653,6 +653,7 @@ async fn a_full_queue_answers_429_and_an_unreachable_broker_503() {
     );
     ingestion.stop().await;
 
+    // Started with no broker to reach: it serves, and answers 503 with the reason.
     let mut config = p.config();
     config.common.kafka.bootstrap_servers = format!("127.0.0.1:{}", mlops_testkit::free_port());
     config.common.kafka.delivery_timeout_ms = 1500;
@@ -665,7 +666,7 @@ async fn a_full_queue_answers_429_and_an_unreachable_broker_503() {
         )
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["results"][0]["status"], "failed");
+    assert_eq!(body["error"]["code"], "recovering", "{body}");
     assert!(headers.contains_key("retry-after"));
     ingestion.stop().await;
 }
@@ -1315,6 +1316,87 @@ impl Drop for PrivateKafka {
             .arg(self.dir.path().join("kafka"))
             .output();
     }
+}
+
+/// Started while its broker does not answer, ingestion serves at once: an event with an
+/// id is answered 503 with the reason and `Retry-After` (the raw topics' tails, which
+/// hold the ids the last run produced but may not have remembered, are not read back yet,
+/// so its retry could be written twice), and `/readyz` says so. Once the broker answers,
+/// the same process reads them back and takes events, without a restart; the last run's
+/// event, sent again, is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn started_while_the_broker_is_down_it_answers_503_until_the_tails_are_read_back() {
+    let kafka = PrivateKafka::start();
+    let p = Platform::new(mlops_testkit::kafka_at(format!("127.0.0.1:{}", kafka.port))).await;
+    let mut config = p.config();
+    config.common.kafka.delivery_timeout_ms = 3_000;
+    let ingestion = TestIngestion::start(config.clone()).await;
+    let name = unique("payments");
+    // A broker just started may time out its first topic creation: 503, to retry.
+    mlops_testkit::until("declared", WAIT, async || {
+        match p.declare(&ingestion, &payments(&name)).await {
+            // 200: the timed-out try had declared it after all.
+            (StatusCode::CREATED | StatusCode::OK, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
+    let (status, body) = p.send(&ingestion, &name, &payment(0)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ingestion.stop().await;
+
+    kafka.signal("STOP");
+    let started = std::time::Instant::now();
+    let ingestion = TestIngestion::start(config).await;
+    let url = format!("{}/v1/datasets/{name}/events", ingestion.url);
+    let (status, body, headers) = p
+        .post(&url, "application/json", payment(1).to_string())
+        .await;
+    let answered = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "recovering", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("raw topics' tails")),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    // Served at once, not after the broker came back (the bound is far above the start).
+    assert!(
+        answered < Duration::from_secs(20),
+        "answered after {answered:?}"
+    );
+    let ready = p
+        .http
+        .get(format!("{}/readyz", ingestion.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = ready.text().await.unwrap();
+    assert!(ready.contains("recovery"), "{ready}");
+
+    kafka.signal("CONT");
+    // The client retries, as a 503 asks, until the event is taken.
+    mlops_testkit::until("taken once the broker answers", WAIT, async || {
+        let (status, body, _) = p
+            .post(&url, "application/json", payment(1).to_string())
+            .await;
+        // A duplicate when an earlier try's produce timed out but was written.
+        let taken = ["accepted", "duplicate"]
+            .contains(&body["results"][0]["status"].as_str().unwrap_or(""));
+        (status == StatusCode::OK && taken)
+            .then_some(())
+            .ok_or(format!("{status} {body}"))
+    })
+    .await;
+    let (status, body, _) = p
+        .post(&url, "application/json", payment(0).to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["status"], "duplicate", "{body}");
+    ingestion.stop().await;
 }
 
 /// The broker stalls for longer than the delivery timeout under a running ingestion

@@ -54,6 +54,8 @@ pub struct App {
     pub(crate) in_flight: Arc<Semaphore>,
     /// Events whose produce got no verdict (timed out), checked when they come again.
     pub(crate) in_doubt: in_doubt::InDoubt,
+    /// Whether the last run's accepted ids are read back: events wait for it.
+    pub(crate) recovery: recovery::Recovery,
     /// Request bodies being read or worked on, in KiB (`max_body_bytes_in_flight`).
     body_kib_in_flight: Arc<Semaphore>,
     events: Family<Labels, Counter>,
@@ -89,6 +91,7 @@ impl App {
             dead_letters: DeadLetters::without_group(&kafka, producer.clone()),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             in_doubt: Default::default(),
+            recovery: Default::default(),
             body_kib_in_flight: Arc::new(Semaphore::new(
                 settings.max_body_bytes_in_flight.div_ceil(1024),
             )),

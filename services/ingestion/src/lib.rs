@@ -137,7 +137,7 @@ pub async fn run(
     ));
     app.load().await?;
     let window_ms = (config.ingestion.idempotency_window_secs as i64) * 1000;
-    recover_accepted_ids(&app, window_ms, &cancel).await;
+    let recovery = recover_accepted_ids(app.clone(), window_ms, cancel.clone());
 
     // The audit trail is shared by every service (each on its own partition).
     // Labels are shared with the feature service, which creates the topic the same way.
@@ -146,9 +146,14 @@ pub async fn run(
         TopicSpec::new(topics::LABELS, 3),
     ];
     let kafka = common.kafka.clone();
+    let stopping = cancel.clone();
     let provisioning = async move {
-        if let Err(e) = ensure_topics(&kafka, &audit).await {
-            tracing::warn!(error = %e, "audit or labels topic not created yet; writes to it fail until it exists");
+        tokio::select! {
+            // A stop does not wait for an unreachable broker's timeout.
+            () = stopping.cancelled() => {}
+            made = ensure_topics(&kafka, &audit) => if let Err(e) = made {
+                tracing::warn!(error = %e, "audit or labels topic not created yet; writes to it fail until it exists");
+            }
         }
     };
 
@@ -158,6 +163,11 @@ pub async fn run(
     checks.push(ReadinessCheck::new("database", move || {
         let store = store.clone();
         async move { store.ping().await.map_err(|e| e.to_string()) }
+    }));
+    let recovering = app.clone();
+    checks.push(ReadinessCheck::new("recovery", move || {
+        let reason = recovering.recovery.reason();
+        async move { reason.map_or(Ok(()), Err) }
     }));
     let admin = AdminState::new(SERVICE, registry, checks);
     let router = common
@@ -169,10 +179,11 @@ pub async fn run(
             &admin,
         )
         .await?;
-    let (served, (), (), _) = tokio::join!(
+    let (served, (), (), (), _) = tokio::join!(
         // Its handlers only answer, and single events are its hot path: each connection
         // stays on one thread (`mlops_runtime::lanes`).
         common.serve_on_lanes(listener, router, cancel.clone(), lanes),
+        recovery,
         pruning,
         provisioning,
         audit_writer.run(cancel)
@@ -181,34 +192,36 @@ pub async fn run(
     Ok(())
 }
 
-/// Before serving: remembers what the last run produced but died before remembering (see
-/// `api::recovery`). The broker may still be starting (the embedded one starts beside
-/// this service), so this retries for a while; if it never succeeds the service serves
-/// anyway, saying that a retry of such an event could be written twice.
-async fn recover_accepted_ids(app: &api::App, window_ms: i64, cancel: &CancellationToken) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+/// Beside serving, before events with ids are taken: remembers what the last run produced
+/// but died before remembering (see `api::recovery`). The broker may be starting (the
+/// embedded one starts beside this service) or down: this retries, with backoff, until
+/// it succeeds — while the broker does not answer nothing could be produced anyway, so
+/// waiting costs no event, and giving up could let a retry be written twice. Each
+/// failure is the reason the 503s and `/readyz` give.
+async fn recover_accepted_ids(app: Arc<api::App>, window_ms: i64, cancel: CancellationToken) {
+    let mut backoff = std::time::Duration::from_secs(1);
     loop {
         match app.recover_accepted(window_ms).await {
-            Ok(0) => return,
             Ok(recovered) => {
-                tracing::warn!(
-                    recovered,
-                    "accepted event ids recovered from the raw topics"
-                );
+                if recovered > 0 {
+                    tracing::warn!(
+                        recovered,
+                        "accepted event ids recovered from the raw topics"
+                    );
+                }
+                app.recovery.done();
                 return;
-            }
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(error = %e, "reading back the raw topics' tails; retrying");
             }
             Err(e) => {
-                tracing::error!(error = %e, "the raw topics' tails could not be read back: a retry of an event produced just before the last stop may be written twice");
-                return;
+                tracing::warn!(error = %e, "reading back the raw topics' tails; events with ids are answered 503 until then");
+                app.recovery.failed(format!("{e:#}"));
             }
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(backoff) => {}
         }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
     }
 }
 

@@ -137,6 +137,10 @@ impl Incoming {
     ) -> Result<Self, ApiError> {
         let dataset = app.dataset(name).ok_or_else(|| unknown_dataset(name))?;
         check_region(app, dataset.spec.region.as_deref())?;
+        // Only ids are read back: a dataset without them has nothing to wait for.
+        if dataset.spec.event_id.is_some() {
+            app.recovery.check().await?;
+        }
         let ndjson = is_ndjson(headers)?;
         let _body_permit = reserve_body(app, headers)?;
         let bytes = read_body(body, app.settings.max_body_bytes).await?;

@@ -2,8 +2,12 @@
 //! the broker's acknowledgements, then remembers their event ids: a process killed between
 //! the two leaves events in the raw topic that it never remembered, and the client, which
 //! got no answer, retries them. So at start the tail of every raw topic is read back and
-//! the event ids its records carry (`mlops-event-id`) are remembered before any request is
-//! served: the retry is answered `duplicate`, the topic holds each event once.
+//! the event ids its records carry (`mlops-event-id`) are remembered before any event is
+//! taken: the retry is answered `duplicate`, the topic holds each event once. The API
+//! serves meanwhile: an event with an id waits a moment for the first reading back,
+//! then (or at once, once an attempt failed) is answered 503 with the reason and
+//! `Retry-After` ([`Recovery`]), and `/readyz` says why — so a broker that is down when
+//! the service starts costs the clients retries, not a dark port.
 //!
 //! Where the tail starts: requests run concurrently, so the highest remembered offset
 //! says nothing of an earlier record whose request had not finished. A record never
@@ -12,16 +16,95 @@
 //! So the tail starts at the broker's time index for (last remembered − delivery timeout),
 //! and never earlier than the idempotency window.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use mlops_events::topics::EVENT_ID_HEADER;
 use mlops_kafka::ReadFrom;
+use tokio::sync::Notify;
 
-use super::App;
+use super::{ApiError, App};
 use crate::store::Accepted;
 
 /// How long one partition's tail may take to read back.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an event waits for the first reading back to finish before it is answered
+/// 503: a restart's reading back takes about a second, which clients then never see.
+const FIRST_READ_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether the raw topics' tails have been read back since the service started, and
+/// why not yet.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    done: AtomicBool,
+    /// Wakes the events waiting for the first reading back.
+    finished: Notify,
+    /// The last attempt's failure.
+    failed: Mutex<Option<String>>,
+}
+
+impl Recovery {
+    /// `Ok` once the tails are read back; until then the 503 an event is answered with —
+    /// at once when an attempt has failed already, else after waiting a moment for the
+    /// first one.
+    pub(crate) async fn check(&self) -> Result<(), ApiError> {
+        if self.done.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if self.failed.lock().expect("recovery lock").is_none() {
+            let finished = self.finished.notified();
+            let mut finished = std::pin::pin!(finished);
+            // Registered before the second look, so a finish in between is not missed.
+            finished.as_mut().enable();
+            if !self.done.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(FIRST_READ_WAIT, finished).await;
+            }
+            if self.done.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "recovering",
+            format!(
+                "{}; retry shortly",
+                self.reason().unwrap_or_else(|| "starting".to_owned())
+            ),
+        )
+        .retry_after(1))
+    }
+
+    /// Why events are not taken yet (`None` once they are): what `/readyz` shows.
+    pub(crate) fn reason(&self) -> Option<String> {
+        if self.done.load(Ordering::Acquire) {
+            return None;
+        }
+        let failed = self.failed.lock().expect("recovery lock").clone();
+        Some(match failed {
+            Some(e) => format!(
+                "the raw topics' tails are not read back yet (accepted ids of the last run, so that no retry is written twice): {e}"
+            ),
+            None => "reading back the raw topics' tails (accepted ids of the last run, so that no retry is written twice)".to_owned(),
+        })
+    }
+
+    /// An attempt failed: events are answered 503 at once, with `error`, until one works.
+    pub(crate) fn failed(&self, error: String) {
+        *self.failed.lock().expect("recovery lock") = Some(error);
+        self.finished.notify_waiters();
+    }
+
+    pub(crate) fn done(&self) {
+        self.done.store(true, Ordering::Release);
+        self.finished.notify_waiters();
+    }
+}
 
 impl App {
     /// Remembers the event ids found in the raw topics' tails that were not remembered;
