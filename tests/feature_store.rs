@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mlops_events::topics;
 use mlops_integration_tests::{
-    assert_routes_served,
+    TestService, assert_routes_served, ingestion_config,
     platform::{MINUTE, POLL, Platform, T0, payment},
 };
 use mlops_kafka::{OwnedHeaders, Producer};
@@ -833,4 +833,31 @@ async fn records_of_another_region_are_refused_by_the_feature_service() {
             .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
     });
     assert_eq!(region.as_deref(), Some("eu"));
+}
+
+/// Started while its broker does not answer, the feature service serves at once: its
+/// health answers, its readiness names the broker, and it stops cleanly. (It used to
+/// create the labels topic before serving: its port stayed dark until that timed out,
+/// then the service exited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_while_the_broker_is_down_it_serves_and_says_why_it_is_not_ready() {
+    let dir = mlops_testkit::temp_dir();
+    let nowhere = format!("127.0.0.1:{}", mlops_testkit::free_port());
+    let common = ingestion_config(dir.path(), &nowhere, "http://127.0.0.1:9").common;
+    let feature = TestService::feature(feature::Config {
+        common,
+        feature: feature::Settings {
+            intake_group: unique("intake"),
+            labels_group: unique("labels"),
+            ..Default::default()
+        },
+    })
+    .await;
+    let ready = reqwest::get(format!("{}/readyz", feature.url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = ready.text().await.unwrap();
+    assert!(ready.contains("broker"), "{ready}");
+    feature.stop().await;
 }

@@ -210,14 +210,32 @@ pub async fn run(
     let handler = intake::RawIntake::new(codec.clone(), config.region.clone());
     tasks.spawn("raw-intake", intake.run(handler, tasks.token()));
 
-    ensure_topics(
-        &config.kafka,
-        &[TopicSpec::new(
-            mlops_events::topics::LABELS,
-            settings.feature_partitions,
-        )],
-    )
-    .await?;
+    // Beside serving, not before it: a broker down at the start costs the labels job its
+    // wait (it reads the topic once it exists), not the API its port.
+    let (kafka, partitions, token) = (
+        config.kafka.clone(),
+        settings.feature_partitions,
+        tasks.token(),
+    );
+    tasks.spawn("provision-labels", async move {
+        let labels = [TopicSpec::new(mlops_events::topics::LABELS, partitions)];
+        let provision = async {
+            let mut backoff = Duration::from_secs(1);
+            while let Err(e) = ensure_topics(&kafka, &labels).await {
+                tracing::warn!(error = %e, "labels topic not created yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        };
+        // A stop does not wait for an unreachable broker's timeout.
+        tokio::select! {
+            () = token.cancelled() => {}
+            () = provision => {}
+        }
+        // A task of the set that ends stops the service.
+        token.cancelled().await;
+        Ok::<(), anyhow::Error>(())
+    });
     let labels_wiring = stream::Wiring {
         store,
         kafka: config.kafka.clone(),
