@@ -1256,6 +1256,16 @@ async fn a_schema_registry_outage_fails_declarations_fast_and_loses_no_event() {
     ingestion.stop().await;
 }
 
+/// A private broker to stall, the platform on it, and ingestion's configuration with a
+/// 3 s delivery timeout (what a stalled broker's requests wait for).
+async fn on_a_private_kafka() -> (PrivateKafka, Platform, ingestion::Config) {
+    let kafka = PrivateKafka::start();
+    let p = Platform::new(mlops_testkit::kafka_at(format!("127.0.0.1:{}", kafka.port))).await;
+    let mut config = p.config();
+    config.common.kafka.delivery_timeout_ms = 3_000;
+    (kafka, p, config)
+}
+
 /// A private Apache Kafka broker (`tests/kafka/kafka.sh`), to stall: its JVM stopped with
 /// SIGSTOP, as in a long pause or a frozen machine, and continued with SIGCONT.
 struct PrivateKafka {
@@ -1268,10 +1278,13 @@ impl PrivateKafka {
     const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kafka/kafka.sh");
 
     fn start() -> Self {
-        // kafka.sh takes the port after the broker's for its controller.
+        // kafka.sh takes the port after the broker's for its controller. Both are handed
+        // out by `free_port`, so no other test of this process gets the controller's: two
+        // private brokers started at once once shared a port, and the second test's
+        // broker (dead at its start) was taken for the first's controller.
         let port = loop {
             let port = mlops_testkit::free_port();
-            if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            if mlops_testkit::free_port() == port + 1 {
                 break port;
             }
         };
@@ -1326,10 +1339,7 @@ impl Drop for PrivateKafka {
 /// event, sent again, is a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn started_while_the_broker_is_down_it_answers_503_until_the_tails_are_read_back() {
-    let kafka = PrivateKafka::start();
-    let p = Platform::new(mlops_testkit::kafka_at(format!("127.0.0.1:{}", kafka.port))).await;
-    let mut config = p.config();
-    config.common.kafka.delivery_timeout_ms = 3_000;
+    let (kafka, p, config) = on_a_private_kafka().await;
     let ingestion = TestIngestion::start(config.clone()).await;
     let name = unique("payments");
     // A broker just started may time out its first topic creation: 503, to retry.
@@ -1406,10 +1416,7 @@ async fn started_while_the_broker_is_down_it_answers_503_until_the_tails_are_rea
 /// raw topic exactly once — also those answered 503 that the broker had written anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_broker_is_answered_503_and_recovered_from_without_a_restart() {
-    let kafka = PrivateKafka::start();
-    let p = Platform::new(mlops_testkit::kafka_at(format!("127.0.0.1:{}", kafka.port))).await;
-    let mut config = p.config();
-    config.common.kafka.delivery_timeout_ms = 3_000;
+    let (kafka, p, config) = on_a_private_kafka().await;
     let ingestion = TestIngestion::start(config).await;
     let name = unique("payments");
     let (status, body) = p.declare(&ingestion, &payments(&name)).await;
