@@ -490,24 +490,27 @@ impl Monitor {
         let settings = &self.settings;
         // The model is not named on a label: every model that made the prediction learns.
         for model in self.models.values_mut() {
-            let joined = label
-                .request_id
-                .as_ref()
-                .and_then(|id| model.by_request.remove(id))
-                .or_else(|| {
+            // A label naming its request grades that prediction or none: its request not
+            // seen (yet, or any more) is no reason to grade another request of the same
+            // entity, whose amount may be on the other side of the boundary — that
+            // counted a retrained canary's answers wrong after a restart and rolled it back.
+            let joined = match &label.request_id {
+                Some(id) => model.by_request.remove(id),
+                // No request named: the entity's latest prediction still without a label.
+                None => {
                     let by_request = &model.by_request;
-                    let p = model
+                    let latest = model
                         .pending
                         .iter()
                         .rev()
                         .find(|p| {
                             p.entity_id.as_deref() == Some(label.entity_id.as_str())
                                 && by_request.contains_key(&p.request_id)
-                        })?
-                        .clone();
-                    model.by_request.remove(&p.request_id);
-                    Some(p)
-                });
+                        })
+                        .map(|p| p.request_id.clone());
+                    latest.and_then(|id| model.by_request.remove(&id))
+                }
+            };
             let Some(prediction) = joined else {
                 continue;
             };
@@ -1105,6 +1108,29 @@ mod tests {
         assert_eq!(monitor.wanted_info(), []);
         monitor.lifecycle(&lifecycle(2, ModelStage::Canary, Some(10.0), 0));
         assert_eq!(monitor.wanted_info(), [("m".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn a_label_naming_a_request_not_seen_grades_no_other_request() {
+        let mut monitor = monitor();
+        // Request 0 of entity e0 was answered "1" (amount 80).
+        monitor.prediction(&prediction(0, 1, ServingRole::Production, 80.0, 0));
+        let labels = |m: &Monitor| m.report("m").unwrap()["versions"][0]["labels"].clone();
+        // The label of request 50 (same entity, its prediction not seen yet) is not
+        // taken for request 0's.
+        monitor.label(&label(50, false, 10));
+        assert_eq!(labels(&monitor), 0);
+        // Request 0's own label joins it.
+        monitor.label(&label(0, true, 10));
+        assert_eq!(labels(&monitor), 1);
+        // A label naming no request grades the entity's latest prediction still waiting.
+        monitor.prediction(&prediction(100, 1, ServingRole::Production, 80.0, 20));
+        monitor.label(&GroundTruthLabel {
+            request_id: None,
+            ..label(100, true, 30)
+        });
+        assert_eq!(labels(&monitor), 2);
+        assert!(monitor.models["m"].by_request.is_empty());
     }
 
     #[test]
