@@ -492,8 +492,8 @@ impl Monitor {
         for model in self.models.values_mut() {
             // A label naming its request grades that prediction or none: its request not
             // seen (yet, or any more) is no reason to grade another request of the same
-            // entity, whose amount may be on the other side of the boundary — that
-            // counted a retrained canary's answers wrong after a restart and rolled it back.
+            // entity, whose amount may be on the other side of the boundary (the likely
+            // cause of a sound retrained canary rolled back after a fault run's kills).
             let joined = match &label.request_id {
                 Some(id) => model.by_request.remove(id),
                 // No request named: the entity's latest prediction still without a label.
