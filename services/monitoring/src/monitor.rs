@@ -62,7 +62,8 @@ pub struct MonitorSettings {
     pub retrain_lookback_ms: Option<i64>,
     /// Labelled predictions per performance window.
     pub performance_window: usize,
-    /// Predictions kept per model awaiting their label; the oldest go first.
+    /// Predictions kept per model awaiting their label, and labels naming a request not
+    /// seen yet awaiting its prediction; the oldest go first.
     pub pending_labels: usize,
     /// Windows (drift and performance) kept per version for the report.
     pub history: usize,
@@ -246,13 +247,19 @@ struct ModelState {
 pub struct Monitor {
     settings: MonitorSettings,
     models: BTreeMap<String, ModelState>,
+    /// Labels naming a request whose prediction no model has seen yet, by request id: the
+    /// label topic and the prediction log are read apart, and the prediction log's batches
+    /// linger, so a label sent at once after its answer, or read back faster after a
+    /// restart, often comes first. At most `pending_labels`, the oldest go first.
+    early_labels: HashMap<String, GroundTruthLabel>,
+    early_order: VecDeque<String>,
 }
 
 impl Monitor {
     pub fn new(settings: MonitorSettings) -> Self {
         Self {
             settings,
-            models: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
@@ -357,8 +364,16 @@ impl Monitor {
         }
     }
 
-    /// A logged prediction.
+    /// A logged prediction; graded at once when its label came first.
     pub fn prediction(&mut self, log: &PredictionLog) -> Vec<Action> {
+        let actions = self.observe_prediction(log);
+        if let Some(label) = self.early_labels.remove(&log.request_id) {
+            self.grade(&label);
+        }
+        actions
+    }
+
+    fn observe_prediction(&mut self, log: &PredictionLog) -> Vec<Action> {
         let settings = &self.settings;
         let model = self.models.entry(log.model_name.clone()).or_default();
         if log.error.is_some() {
@@ -373,6 +388,8 @@ impl Monitor {
                     .prediction(None, log.latency_us as f64 / 1000.0);
             }
             model.versions.entry(log.model_version).or_default().failed += 1;
+            // No answer to grade: a label that came first has nothing to wait for.
+            self.early_labels.remove(&log.request_id);
             return Vec::new();
         }
         let pending = Pending {
@@ -485,9 +502,39 @@ impl Monitor {
         wanted
     }
 
-    /// A label: joined to its prediction, scored, and counted for the canary.
+    /// A label: joined to its prediction, scored, and counted for the canary; held until
+    /// its prediction arrives when it names a request no model has seen yet.
     pub fn label(&mut self, label: &GroundTruthLabel) {
+        if self.grade(label) {
+            return;
+        }
+        let Some(request_id) = &label.request_id else {
+            return;
+        };
+        let capacity = self.settings.pending_labels.max(1);
+        if self
+            .early_labels
+            .insert(request_id.clone(), label.clone())
+            .is_none()
+        {
+            self.early_order.push_back(request_id.clone());
+        }
+        while self.early_labels.len() > capacity
+            && let Some(oldest) = self.early_order.pop_front()
+        {
+            self.early_labels.remove(&oldest);
+        }
+        // Graded or evicted ids leave the order lazily, swept once they are half of it.
+        if self.early_order.len() > 2 * capacity {
+            let early = &self.early_labels;
+            self.early_order.retain(|id| early.contains_key(id));
+        }
+    }
+
+    /// Joins `label` to its prediction in every model that made it; whether any did.
+    fn grade(&mut self, label: &GroundTruthLabel) -> bool {
         let settings = &self.settings;
+        let mut graded = false;
         // The model is not named on a label: every model that made the prediction learns.
         for model in self.models.values_mut() {
             // A label naming its request grades that prediction or none: its request not
@@ -514,6 +561,7 @@ impl Monitor {
             let Some(prediction) = joined else {
                 continue;
             };
+            graded = true;
             let lag = (label.received_at - prediction.predicted_at) as f64;
             let Some(version) = model.versions.get_mut(&prediction.version) else {
                 continue;
@@ -545,6 +593,7 @@ impl Monitor {
                 push_bounded(&mut version.performance, summary, settings.history);
             }
         }
+        graded
     }
 
     /// The clock: closes time windows that are due, judges canaries.
@@ -1123,13 +1172,17 @@ mod tests {
         // Request 0's own label joins it.
         monitor.label(&label(0, true, 10));
         assert_eq!(labels(&monitor), 1);
+        // Request 50's prediction arrives after its label: the held label grades it.
+        monitor.prediction(&prediction(50, 1, ServingRole::Production, 20.0, 12));
+        assert_eq!(labels(&monitor), 2);
+        assert!(monitor.early_labels.is_empty());
         // A label naming no request grades the entity's latest prediction still waiting.
         monitor.prediction(&prediction(100, 1, ServingRole::Production, 80.0, 20));
         monitor.label(&GroundTruthLabel {
             request_id: None,
             ..label(100, true, 30)
         });
-        assert_eq!(labels(&monitor), 2);
+        assert_eq!(labels(&monitor), 3);
         assert!(monitor.models["m"].by_request.is_empty());
     }
 
@@ -1159,6 +1212,12 @@ mod tests {
         let model = &monitor.models["m"];
         assert!(model.by_request.is_empty());
         assert!(model.pending.len() <= 200, "{}", model.pending.len());
+        // The 400 labels of evicted predictions wait for a prediction that will not come:
+        // bounded the same way, the newest kept.
+        assert_eq!(monitor.early_labels.len(), 100);
+        assert!(monitor.early_labels.contains_key("r799"));
+        assert!(!monitor.early_labels.contains_key("r599"));
+        assert!(monitor.early_order.len() <= 200);
     }
 
     #[test]
