@@ -1,9 +1,15 @@
 //! Canary analysis: the canary and production compared on the same stretch of time, and
 //! a verdict once the bake criteria are met.
 //!
-//! The primary comparison is a one-sided Welch z-test on the per-prediction loss of the
-//! labelled predictions (0/1 error for classification, squared error for regression): the
-//! canary is rolled back when its loss is higher than production's with p < `alpha`. It is
+//! The primary comparison is a one-sided test on the per-prediction loss of the labelled
+//! predictions (0/1 error for classification, squared error for regression): the canary is
+//! rolled back when its loss is higher than production's with p < `alpha`. The verdict is
+//! looked at on every tick as labels arrive, and a fixed-sample test looked at that often
+//! would cross `alpha` by chance far more often than `alpha` (about one equal canary in
+//! five over twenty looks); so the p-value is an always-valid one, from a mixture
+//! sequential probability ratio test on the Welch difference of mean losses (see
+//! [`loss_test`]), whose chance of ever crossing `alpha` for a canary no worse than
+//! production is at most `alpha`, however often it is looked at. It is
 //! also rolled back when it fails more often than production — requests it could not answer
 //! where production could (serving logs those against it), or answers that are not finite
 //! numbers — by a one-sided two-proportion z-test at `alpha` and by at least one point, or
@@ -30,8 +36,13 @@ pub struct CanarySettings {
     pub min_seconds: u64,
     /// Shares (percent) the canary is widened to, in order, before it is promoted.
     pub widen_steps: Vec<f64>,
-    /// Significance of the loss comparison.
+    /// Significance of the loss comparison: the chance, over the whole canary, of rolling
+    /// back one whose loss is no higher than production's.
     pub alpha: f64,
+    /// The difference in mean loss, in standard deviations of the per-prediction loss,
+    /// the sequential test is tuned to find soonest (the spread of its mixing prior):
+    /// larger differences are still found, smaller ones need more labels.
+    pub loss_effect: f64,
     pub latency_factor: f64,
     /// Latency below this (ms) never decides a rollback.
     pub latency_floor_ms: f64,
@@ -45,6 +56,7 @@ impl Default for CanarySettings {
             min_seconds: 10,
             widen_steps: Vec::new(),
             alpha: 0.05,
+            loss_effect: 0.3,
             latency_factor: 3.0,
             latency_floor_ms: 10.0,
         }
@@ -149,13 +161,49 @@ pub(crate) fn push_bounded<T>(entries: &mut VecDeque<T>, value: T, bound: usize)
     entries.push_back(value);
 }
 
-/// One-sided Welch z-test that `worse` has a higher mean loss than `better`: (z, p).
-pub fn loss_test(worse: &Arm, better: &Arm) -> (f64, f64) {
+/// Whether `worse` has a higher mean loss than `better`: the Welch z of the difference,
+/// and an always-valid one-sided p-value for it.
+///
+/// The difference of mean losses D is about normal with variance V (Welch's, from each
+/// side's sample variance). Against "no higher" (D = 0), the test weighs every positive
+/// difference d by a half-normal prior of spread τ (`effect` standard deviations of the
+/// per-prediction loss, both sides pooled); the likelihood ratio, integrated over it, is
+/// Λ = 2 √(V / (V + τ²)) · exp(D² τ² / (2 V (V + τ²))) · Φ(D τ / √(V (V + τ²))).
+/// Λ is a martingale under no difference (a supermartingale when `worse` is better), so by
+/// Ville's inequality it reaches 1/α with chance at most α over any number of looks: the
+/// p-value is min(1, 1/Λ). (The mixture SPRT of Johari, Pekelis and Walsh, "Always valid
+/// inference", 2017, one-sided.)
+pub fn loss_test(worse: &Arm, better: &Arm, effect: f64) -> (f64, f64) {
     let difference = worse.mean_loss() - better.mean_loss();
-    let se = (worse.loss_variance() / worse.labels.max(1) as f64
-        + better.loss_variance() / better.labels.max(1) as f64)
-        .sqrt();
-    one_sided(difference, se)
+    let variance = worse.loss_variance() / worse.labels.max(1) as f64
+        + better.loss_variance() / better.labels.max(1) as f64;
+    let (z, fixed_p) = one_sided(difference, variance.sqrt());
+    if variance <= 0.0 || !variance.is_finite() {
+        // No spread: a higher loss is certain, anything else is no evidence.
+        return (z, fixed_p);
+    }
+    let prior = (effect * pooled_loss_deviation(worse, better)).powi(2);
+    if prior <= 0.0 || !prior.is_finite() {
+        return (z, 1.0);
+    }
+    let spread = variance + prior;
+    let log_ratio = std::f64::consts::LN_2
+        + 0.5 * (variance / spread).ln()
+        + difference * difference * prior / (2.0 * variance * spread)
+        + normal_sf(-difference * prior.sqrt() / (variance * spread).sqrt()).ln();
+    (z, (-log_ratio).exp().min(1.0))
+}
+
+/// The standard deviation of the per-prediction loss over both sides' labels.
+fn pooled_loss_deviation(a: &Arm, b: &Arm) -> f64 {
+    let n = (a.labels + b.labels) as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mean = (a.loss_sum + b.loss_sum) / n;
+    (((a.loss_squares + b.loss_squares) - n * mean * mean) / (n - 1.0))
+        .max(0.0)
+        .sqrt()
 }
 
 /// One-sided two-proportion z-test (pooled) that `worse` fails more often than `better`:
@@ -250,12 +298,12 @@ pub fn judge(
     let compared = compared && baseline.labels >= settings.min_labels.max(1);
     let mut rollback = None;
     if compared {
-        let (z, p) = loss_test(canary, baseline);
+        let (z, p) = loss_test(canary, baseline, settings.loss_effect);
         evidence.insert("loss_z".to_owned(), z);
         evidence.insert("loss_p_value".to_owned(), p);
         if p < settings.alpha {
             rollback = Some(format!(
-                "the canary's loss {:.4} is higher than production's {:.4} (one-sided Welch z-test, z = {z:.2}, p = {p:.2e} < {})",
+                "the canary's loss {:.4} is higher than production's {:.4} (one-sided sequential test on the Welch difference, z = {z:.2}, always-valid p = {p:.2e} < {})",
                 canary.mean_loss(),
                 baseline.mean_loss(),
                 settings.alpha
@@ -377,7 +425,7 @@ mod tests {
         )
         .expect("a verdict");
         assert_eq!(verdict.decision, CanaryVerdict::Rollback, "{verdict:?}");
-        assert!(verdict.evidence["loss_p_value"] < 1e-6, "{verdict:?}");
+        assert!(verdict.evidence["loss_p_value"] < 1e-3, "{verdict:?}");
         assert!(verdict.reason.contains("Welch"), "{}", verdict.reason);
     }
 
@@ -414,6 +462,64 @@ mod tests {
         );
         let verdict = judge(&widening, &canary, Some(&production), 100.0, 10_000).unwrap();
         assert_eq!(verdict.decision, CanaryVerdict::Promote);
+    }
+
+    /// A canary of 10% traffic looked at after every label, from `min_labels` on, as the
+    /// monitor's clock does: whether the always-valid and the fixed-sample p-value ever
+    /// fall below 0.05 when canary and production err at `canary_rate` and `production_rate`.
+    fn ever_below_alpha(seed: u64, canary_rate: f64, production_rate: f64) -> (bool, bool) {
+        let mut state = seed;
+        let mut draw = move || {
+            // splitmix64: a fixed sequence per seed, so the test always sees the same data.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) as f64 / u64::MAX as f64
+        };
+        let (mut canary, mut production) = (Arm::default(), Arm::default());
+        let (mut sequential, mut fixed) = (false, false);
+        while canary.labels < 200 {
+            canary.loss(f64::from(u8::from(draw() < canary_rate)));
+            for _ in 0..9 {
+                production.loss(f64::from(u8::from(draw() < production_rate)));
+            }
+            if canary.labels >= 30 {
+                let (z, p) = loss_test(&canary, &production, 0.3);
+                sequential |= p < 0.05;
+                fixed |= normal_sf(z) < 0.05;
+            }
+        }
+        (sequential, fixed)
+    }
+
+    #[test]
+    fn looked_at_on_every_label_an_equal_canary_is_rarely_rolled_back() {
+        let runs = 500;
+        let (mut sequential, mut fixed) = (0, 0);
+        for seed in 0..runs {
+            let (s, f) = ever_below_alpha(seed, 0.1, 0.1);
+            sequential += usize::from(s);
+            fixed += usize::from(f);
+        }
+        // At most 5% of equal canaries in expectation (25 of 500; 35 allows for chance).
+        // The fixed-sample test, looked at as often, crosses 0.05 in more than that (54
+        // of these 500 runs: 11%, twice the rate it promises).
+        assert!(sequential <= 35, "{sequential} of {runs} rolled back");
+        assert!(
+            fixed > 35 && fixed > 3 * sequential,
+            "fixed-sample: {fixed} of {runs}, sequential {sequential}"
+        );
+    }
+
+    #[test]
+    fn looked_at_on_every_label_a_worse_canary_is_still_rolled_back() {
+        // 30% errors against production's 10%: found within the first 200 labels nearly
+        // always.
+        let found = (0..200)
+            .filter(|seed| ever_below_alpha(10_000 + seed, 0.3, 0.1).0)
+            .count();
+        assert!(found >= 190, "{found} of 200");
     }
 
     #[test]
