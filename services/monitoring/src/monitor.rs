@@ -56,6 +56,12 @@ pub struct MonitorSettings {
     /// arrived since.
     pub retrain_retry_windows: usize,
     pub retrain_retry_ms: u64,
+    /// While an incident stays open, how many more times it asks for retraining after the
+    /// candidate that answered it was rolled back (0: never) — each time after
+    /// `retrain_retry_windows` more drifted windows and at least `retrain_after_rollback_ms`
+    /// after the rollback: a later run learns from the labels that arrived since.
+    pub retrain_after_rollbacks: usize,
+    pub retrain_after_rollback_ms: u64,
     /// The labels that retraining learns from: all of them when unset; else those from
     /// this long (ms) before the drifted window's first prediction on (0: only since the
     /// change; labels' event times and prediction times must share a clock for this).
@@ -83,6 +89,8 @@ impl Default for MonitorSettings {
             retrain_on_drift: true,
             retrain_retry_windows: 5,
             retrain_retry_ms: 60_000,
+            retrain_after_rollbacks: 2,
+            retrain_after_rollback_ms: 600_000,
             retrain_lookback_ms: None,
             performance_window: 100,
             pending_labels: 100_000,
@@ -201,6 +209,8 @@ struct OpenIncident {
     /// version then: a newer one is the answer.
     asked_at: i64,
     asked_version: i32,
+    /// Retrainings asked for after a rollback of the answer.
+    after_rollbacks: usize,
 }
 
 #[derive(Clone)]
@@ -241,6 +251,8 @@ struct ModelState {
     decisions: VecDeque<CanaryDecision>,
     /// The newest version any lifecycle event named.
     newest_version: i32,
+    /// The last version archived while in canary (rolled back), and when.
+    rolled_back: Option<(i32, i64)>,
 }
 
 #[derive(Default)]
@@ -356,6 +368,9 @@ impl Monitor {
                     .is_some_and(|c| c.version == event.version)
                 {
                     model.canary = None;
+                    if event.stage == ModelStage::Archived {
+                        model.rolled_back = Some((event.version, event.occurred_at));
+                    }
                 }
                 if model.production == Some(event.version) {
                     model.production = None;
@@ -775,6 +790,11 @@ fn close_window(
 ) -> Vec<Action> {
     let canary_in_flight = model.canary.is_some();
     let newest_version = model.newest_version;
+    // When the newest version, an incident's answer, was rolled back.
+    let newest_rolled_back_at = model
+        .rolled_back
+        .filter(|(v, _)| *v == newest_version)
+        .map(|(_, at)| at);
     let Some(state) = model.versions.get_mut(&version) else {
         return Vec::new();
     };
@@ -835,6 +855,7 @@ fn close_window(
             drifted_since_request: 0,
             asked_at: report.end,
             asked_version: newest_version,
+            after_rollbacks: 0,
         });
         push_bounded(&mut model.drift_events, event.clone(), 20);
         actions.push(Action::Drift(event, request));
@@ -845,15 +866,24 @@ fn close_window(
     {
         incident.drifted_since_request += 1;
         let retry = settings.retrain_retry_windows;
-        if retry > 0
+        // Nothing answered the ask: the run did not pass its gate, say.
+        let unanswered = retry > 0
             && incident.drifted_since_request >= retry
             && report.end - incident.asked_at >= settings.retrain_retry_ms as i64
-            && newest_version == incident.asked_version
-            && settings.retrain_on_drift
-            && !canary_in_flight
-        {
+            && newest_version == incident.asked_version;
+        // The answer was rolled back, and production still sees the drift.
+        let rolled_back = incident.after_rollbacks < settings.retrain_after_rollbacks
+            && incident.drifted_since_request >= retry.max(1)
+            && newest_version != incident.asked_version
+            && newest_rolled_back_at
+                .is_some_and(|at| report.end - at >= settings.retrain_after_rollback_ms as i64);
+        if (unanswered || rolled_back) && settings.retrain_on_drift && !canary_in_flight {
+            if rolled_back {
+                incident.after_rollbacks += 1;
+            }
             incident.drifted_since_request = 0;
             incident.asked_at = report.end;
+            incident.asked_version = newest_version;
             actions.push(Action::Retrain(drift_retraining(
                 settings,
                 name,
@@ -1128,6 +1158,50 @@ mod tests {
         );
         // The model answers 0.9 far more often once amounts grew: prediction drift.
         assert!(windows[5]["prediction_drift"]["value"].as_f64().unwrap() > 0.3);
+    }
+
+    #[test]
+    fn a_rolled_back_answer_to_a_lasting_drift_is_retrained_again_a_bounded_number_of_times() {
+        let mut monitor = Monitor::new(MonitorSettings {
+            window_size: 200,
+            retrain_retry_windows: 2,
+            retrain_retry_ms: 500,
+            retrain_after_rollbacks: 2,
+            retrain_after_rollback_ms: 1_000,
+            ..MonitorSettings::default()
+        });
+        monitor.lifecycle(&lifecycle(1, ModelStage::Production, None, 0));
+        monitor.set_info("m", 1, info());
+        // Traffic of version 1 in production from `from` to `to` (one prediction per ms),
+        // shifted from the 600th on: the retraining requests it leads to.
+        let mut asks = |monitor: &mut Monitor, from: usize, to: usize| -> Vec<i64> {
+            let mut at = Vec::new();
+            for i in from..to {
+                let amount = (i % 100) as f64 + if i < 600 { 0.0 } else { 80.0 };
+                let p = prediction(i, 1, ServingRole::Production, amount, i as i64);
+                for action in monitor.prediction(&p) {
+                    match action {
+                        Action::Drift(_, Some(_)) | Action::Retrain(_) => at.push(i as i64),
+                        _ => {}
+                    }
+                }
+            }
+            at
+        };
+        assert_eq!(asks(&mut monitor, 0, 1_000), [799], "the drift asks once");
+        // Its answer, version 2, is rolled back at 1,000: while the drift lasts, it is asked
+        // again after two more drifted windows and a second since the rollback (the window
+        // that ends at 1,999 is a millisecond short of it).
+        monitor.lifecycle(&lifecycle(2, ModelStage::Canary, Some(10.0), 900));
+        monitor.lifecycle(&lifecycle(2, ModelStage::Archived, None, 1_000));
+        assert_eq!(asks(&mut monitor, 1_000, 2_400), [2_199]);
+        // Version 3 is rolled back too: asked a second time, then no more.
+        monitor.lifecycle(&lifecycle(3, ModelStage::Canary, Some(10.0), 2_400));
+        monitor.lifecycle(&lifecycle(3, ModelStage::Archived, None, 2_500));
+        assert_eq!(asks(&mut monitor, 2_400, 4_000), [3_599]);
+        monitor.lifecycle(&lifecycle(4, ModelStage::Canary, Some(10.0), 4_000));
+        monitor.lifecycle(&lifecycle(4, ModelStage::Archived, None, 4_100));
+        assert_eq!(asks(&mut monitor, 4_000, 8_000), [] as [i64; 0]);
     }
 
     #[test]
