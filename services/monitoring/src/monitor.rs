@@ -1174,7 +1174,7 @@ mod tests {
         monitor.set_info("m", 1, info());
         // Traffic of version 1 in production from `from` to `to` (one prediction per ms),
         // shifted from the 600th on: the retraining requests it leads to.
-        let mut asks = |monitor: &mut Monitor, from: usize, to: usize| -> Vec<i64> {
+        let asks = |monitor: &mut Monitor, from: usize, to: usize| -> Vec<i64> {
             let mut at = Vec::new();
             for i in from..to {
                 let amount = (i % 100) as f64 + if i < 600 { 0.0 } else { 80.0 };
