@@ -745,6 +745,10 @@ impl Monitor {
             "versions": versions,
             "drift_events": model.drift_events,
             "canary_decisions": model.decisions,
+            // Joins in waiting: this model's predictions without their label yet, and the
+            // labels (of any model) that came before their prediction.
+            "predictions_awaiting_label": model.by_request.len(),
+            "labels_awaiting_prediction": self.early_labels.len(),
         }))
     }
 
@@ -1246,10 +1250,13 @@ mod tests {
         // Request 0's own label joins it.
         monitor.label(&label(0, true, 10));
         assert_eq!(labels(&monitor), 1);
+        let waiting = |m: &Monitor, field: &str| m.report("m").unwrap()[field].clone();
+        assert_eq!(waiting(&monitor, "labels_awaiting_prediction"), 1);
         // Request 50's prediction arrives after its label: the held label grades it.
         monitor.prediction(&prediction(50, 1, ServingRole::Production, 20.0, 12));
         assert_eq!(labels(&monitor), 2);
-        assert!(monitor.early_labels.is_empty());
+        assert_eq!(waiting(&monitor, "labels_awaiting_prediction"), 0);
+        assert_eq!(waiting(&monitor, "predictions_awaiting_label"), 0);
         // A label naming no request grades the entity's latest prediction still waiting.
         monitor.prediction(&prediction(100, 1, ServingRole::Production, 80.0, 20));
         monitor.label(&GroundTruthLabel {
