@@ -118,12 +118,7 @@ impl Arm {
     }
 
     fn loss_variance(&self) -> f64 {
-        if self.labels < 2 {
-            return 0.0;
-        }
-        let n = self.labels as f64;
-        let mean = self.mean_loss();
-        ((self.loss_squares - n * mean * mean) / (n - 1.0)).max(0.0)
+        sample_variance(self.labels, self.loss_sum, self.loss_squares)
     }
 
     #[cfg(test)]
@@ -154,6 +149,15 @@ impl Arm {
     }
 }
 
+/// The sample variance of `n` values from their sum and sum of squares (0 below two).
+fn sample_variance(n: u64, sum: f64, squares: f64) -> f64 {
+    if n < 2 {
+        return 0.0;
+    }
+    let (n, mean) = (n as f64, sum / n as f64);
+    ((squares - n * mean * mean) / (n - 1.0)).max(0.0)
+}
+
 /// Appends `value`, dropping the oldest entries beyond `bound`.
 pub(crate) fn push_bounded<T>(entries: &mut VecDeque<T>, value: T, bound: usize) {
     while entries.len() >= bound.max(1) {
@@ -170,13 +174,11 @@ pub fn loss_test(worse: &Arm, better: &Arm, effect: f64) -> (f64, f64) {
     let variance = worse.loss_variance() / worse.labels.max(1) as f64
         + better.loss_variance() / better.labels.max(1) as f64;
     let (z, _) = one_sided(difference, variance.sqrt());
-    let n = (worse.labels + better.labels) as f64;
-    let pooled_variance = if n < 2.0 {
-        0.0
-    } else {
-        let mean = (worse.loss_sum + better.loss_sum) / n;
-        (((worse.loss_squares + better.loss_squares) - n * mean * mean) / (n - 1.0)).max(0.0)
-    };
+    let pooled_variance = sample_variance(
+        worse.labels + better.labels,
+        worse.loss_sum + better.loss_sum,
+        worse.loss_squares + better.loss_squares,
+    );
     let p = always_valid_p(difference, variance, effect * effect * pooled_variance);
     (z, p)
 }
