@@ -242,11 +242,8 @@ struct ModelState {
     production: Option<i32>,
     canary: Option<CanaryState>,
     versions: BTreeMap<i32, VersionState>,
-    /// Predictions in arrival order (for eviction and joins by entity); an entry whose
-    /// request id has left `by_request` was joined already.
-    pending: VecDeque<Pending>,
     /// Predictions awaiting their label, by request id: at most `pending_labels`.
-    by_request: HashMap<String, Pending>,
+    by_request: Awaiting<Pending>,
     drift_events: VecDeque<DriftEvent>,
     decisions: VecDeque<CanaryDecision>,
     /// The newest version any lifecycle event named.
@@ -263,8 +260,58 @@ pub struct Monitor {
     /// label topic and the prediction log are read apart, and the prediction log's batches
     /// linger, so a label sent at once after its answer, or read back faster after a
     /// restart, often comes first. At most `pending_labels`, the oldest go first.
-    early_labels: HashMap<String, GroundTruthLabel>,
-    early_order: VecDeque<String>,
+    early_labels: Awaiting<GroundTruthLabel>,
+}
+
+/// Halves of a join waiting for the other, by request id — predictions for their label,
+/// labels that came first for their prediction — at most a capacity of them, the oldest
+/// going first.
+struct Awaiting<V> {
+    by_id: HashMap<String, V>,
+    /// Ids in arrival order, for eviction and for the newest first; an id no longer in
+    /// `by_id` (joined) leaves lazily — a join removes only its map entry, in O(1) — and
+    /// such ids are swept out once they make up half of it.
+    order: VecDeque<String>,
+}
+
+impl<V> Default for Awaiting<V> {
+    fn default() -> Self {
+        Self {
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<V> Awaiting<V> {
+    /// Adds `value` under `id`, making room by dropping the oldest beyond `capacity`.
+    fn insert(&mut self, id: String, value: V, capacity: usize) {
+        let capacity = capacity.max(1);
+        while self.by_id.len() >= capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_id.remove(&oldest);
+        }
+        self.order.push_back(id.clone());
+        self.by_id.insert(id, value);
+        if self.order.len() > 2 * capacity {
+            let by_id = &self.by_id;
+            self.order.retain(|id| by_id.contains_key(id));
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> Option<V> {
+        self.by_id.remove(id)
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// The waiting values, newest first.
+    fn newest_first(&self) -> impl Iterator<Item = &V> {
+        self.order.iter().rev().filter_map(|id| self.by_id.get(id))
+    }
 }
 
 impl Monitor {
@@ -415,24 +462,9 @@ impl Monitor {
             predicted_label: log.predicted_label.clone(),
             predicted_at: log.predicted_at,
         };
-        let capacity = settings.pending_labels.max(1);
-        while model.by_request.len() >= capacity
-            && let Some(oldest) = model.pending.pop_front()
-        {
-            model.by_request.remove(&oldest.request_id);
-        }
         model
             .by_request
-            .insert(log.request_id.clone(), pending.clone());
-        model.pending.push_back(pending);
-        // Joined predictions leave `pending` lazily (a label removes only its map entry,
-        // in O(1)); they are swept out once they make up half of it.
-        if model.pending.len() > 2 * capacity {
-            let by_request = &model.by_request;
-            model
-                .pending
-                .retain(|p| by_request.contains_key(&p.request_id));
-        }
+            .insert(log.request_id.clone(), pending, settings.pending_labels);
 
         if let Some(canary) = &mut model.canary
             && log.predicted_at >= canary.since
@@ -523,26 +555,12 @@ impl Monitor {
         if self.grade(label) {
             return;
         }
-        let Some(request_id) = &label.request_id else {
-            return;
-        };
-        let capacity = self.settings.pending_labels.max(1);
-        if self
-            .early_labels
-            .insert(request_id.clone(), label.clone())
-            .is_none()
-        {
-            self.early_order.push_back(request_id.clone());
-        }
-        while self.early_labels.len() > capacity
-            && let Some(oldest) = self.early_order.pop_front()
-        {
-            self.early_labels.remove(&oldest);
-        }
-        // Graded or evicted ids leave the order lazily, swept once they are half of it.
-        if self.early_order.len() > 2 * capacity {
-            let early = &self.early_labels;
-            self.early_order.retain(|id| early.contains_key(id));
+        if let Some(request_id) = &label.request_id {
+            self.early_labels.insert(
+                request_id.clone(),
+                label.clone(),
+                self.settings.pending_labels,
+            );
         }
     }
 
@@ -560,15 +578,10 @@ impl Monitor {
                 Some(id) => model.by_request.remove(id),
                 // No request named: the entity's latest prediction still without a label.
                 None => {
-                    let by_request = &model.by_request;
                     let latest = model
-                        .pending
-                        .iter()
-                        .rev()
-                        .find(|p| {
-                            p.entity_id.as_deref() == Some(label.entity_id.as_str())
-                                && by_request.contains_key(&p.request_id)
-                        })
+                        .by_request
+                        .newest_first()
+                        .find(|p| p.entity_id.as_deref() == Some(label.entity_id.as_str()))
                         .map(|p| p.request_id.clone());
                     latest.and_then(|id| model.by_request.remove(&id))
                 }
@@ -1264,7 +1277,7 @@ mod tests {
             ..label(100, true, 30)
         });
         assert_eq!(labels(&monitor), 3);
-        assert!(monitor.models["m"].by_request.is_empty());
+        assert_eq!(monitor.models["m"].by_request.len(), 0);
     }
 
     #[test]
@@ -1291,14 +1304,18 @@ mod tests {
         }
         assert_eq!(labels(&monitor), 350);
         let model = &monitor.models["m"];
-        assert!(model.by_request.is_empty());
-        assert!(model.pending.len() <= 200, "{}", model.pending.len());
+        assert_eq!(model.by_request.len(), 0);
+        assert!(
+            model.by_request.order.len() <= 200,
+            "{}",
+            model.by_request.order.len()
+        );
         // The 400 labels of evicted predictions wait for a prediction that will not come:
         // bounded the same way, the newest kept.
         assert_eq!(monitor.early_labels.len(), 100);
-        assert!(monitor.early_labels.contains_key("r799"));
-        assert!(!monitor.early_labels.contains_key("r599"));
-        assert!(monitor.early_order.len() <= 200);
+        assert!(monitor.early_labels.by_id.contains_key("r799"));
+        assert!(!monitor.early_labels.by_id.contains_key("r599"));
+        assert!(monitor.early_labels.order.len() <= 200);
     }
 
     #[test]
