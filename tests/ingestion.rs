@@ -1076,49 +1076,17 @@ async fn labels_arrive_over_http_and_inline_each_once() {
 /// service accepts again, without a restart; nothing accepted before is lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/postgres/postgres.sh");
-    let dir = mlops_testkit::temp_dir();
-    let pg_dir = dir.path().join("postgres");
-    let port = mlops_testkit::free_port().to_string();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let postgres = |args: &[&str]| {
-        let output = std::process::Command::new(script)
-            .args(args)
-            .output()
-            .expect("run postgres.sh (PostgreSQL's server is installed by tests/setup.sh)");
-        assert!(
-            output.status.success(),
-            "postgres.sh {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    };
-    let pg = pg_dir.display().to_string();
-    let url = postgres(&["start", &pg, &port]);
-    struct Stop(String, &'static str);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new(self.1)
-                .args(["stop", &self.0])
-                .output();
-        }
-    }
-    let _stop = Stop(pg.clone(), script);
-
+    let postgres = mlops_integration_tests::PrivatePostgres::start();
     let p = Platform::new(mlops_testkit::tansu().await).await;
     let mut config = p.config();
-    config.common.database.url = Some(url);
+    config.common.database.url = Some(postgres.url.clone());
     let ingestion = TestIngestion::start(config).await;
     let name = unique("payments");
     p.declare(&ingestion, &payments(&name)).await;
     let (status, before) = p.send(&ingestion, &name, &payment(1)).await;
     assert_eq!(status, StatusCode::OK, "{before}");
 
-    postgres(&["stop", &pg]);
+    postgres.stop();
     let url = format!("{}/v1/datasets/{name}/events", ingestion.url);
     let asked = std::time::Instant::now();
     let (status, body, headers) = p
@@ -1133,7 +1101,7 @@ async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
         "held {waited:?} before answering"
     );
 
-    postgres(&["resume", &pg, &port]);
+    postgres.resume();
     mlops_testkit::until("accepted again", Duration::from_secs(60), async || {
         let (status, body, _) = p
             .post(&url, "application/json", payment(2).to_string())

@@ -63,6 +63,50 @@ async fn registry(database: Database) -> TestRegistry {
     TestRegistry::start("127.0.0.1:1", url).await
 }
 
+/// Started while its PostgreSQL is down (one `docker compose up`, a node restart), the
+/// registry does not exit to be restarted with a growing back-off: its port answers —
+/// `/healthz` live, `/readyz` 503 naming the database and why, the Schema Registry API
+/// 503 `starting` with `Retry-After` — and once the database is up the same process
+/// serves, without a restart.
+#[tokio::test]
+async fn started_before_its_database_it_answers_probes_and_serves_once_the_database_is_up() {
+    mlops_testkit::init_logs();
+    let postgres = mlops_integration_tests::PrivatePostgres::start();
+    postgres.stop();
+    let registry = TestRegistry::launch("127.0.0.1:1", Some(postgres.url.clone())).await;
+    let http = mlops_integration_tests::client();
+    let get = async |path: &str| {
+        let response = http
+            .get(format!("{}{path}", registry.url))
+            .send()
+            .await
+            .expect("answered while the database is down");
+        let retry_after = response.headers().contains_key("retry-after");
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap(), retry_after)
+    };
+
+    let (status, body, _) = get("/healthz").await;
+    assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("ok")));
+    let (status, body, _) = get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "not_ready", "{body}");
+    let why = body["checks"]["database"].as_str().unwrap_or_default();
+    assert!(why.starts_with("waiting for it: "), "{body}");
+    let (status, body, retry_after) = get("/subjects").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "starting", "{body}");
+    assert!(retry_after, "a client is told when to try again");
+
+    postgres.resume();
+    registry.until_serving().await;
+    let api = Api::new(&registry);
+    let subject = unique("payments-value");
+    let (status, body) = api.register(&subject, &record(V1)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(api.get("/subjects").await.1, json!([subject]));
+}
+
 fn record(fields: &str) -> String {
     format!(r#"{{"type":"record","name":"Payment","namespace":"test","fields":[{fields}]}}"#)
 }

@@ -32,6 +32,13 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts on a free port with a fresh SQLite database, or on `database_url` when given.
     pub async fn start(bootstrap_servers: &str, database_url: Option<String>) -> Self {
+        let registry = Self::launch(bootstrap_servers, database_url).await;
+        registry.until_serving().await;
+        registry
+    }
+
+    /// [`Self::start`] without waiting for it to serve its API.
+    pub async fn launch(bootstrap_servers: &str, database_url: Option<String>) -> Self {
         let dir = mlops_testkit::temp_dir();
         let mut config = registry::default_config();
         config.common.data_dir = dir.path().to_path_buf();
@@ -50,17 +57,21 @@ impl TestRegistry {
             task: None,
             _dir: dir,
         };
-        registry.serve(listener).await;
+        registry.spawn(listener);
         registry
     }
 
-    async fn serve(&mut self, listener: TcpListener) {
+    fn spawn(&mut self, listener: TcpListener) {
         self.cancel = CancellationToken::new();
         self.task = Some(tokio::spawn(registry::run(
             self.config.clone(),
             listener,
             self.cancel.clone(),
         )));
+    }
+
+    /// Waits (30 s at most) until it answers its Schema Registry API.
+    pub async fn until_serving(&self) {
         let client = client();
         let subjects = format!("{}/subjects", self.url);
         eventually(Duration::from_secs(30), || {
@@ -95,7 +106,8 @@ impl TestRegistry {
     /// Starts the service again on the same address and database.
     pub async fn resume(&mut self) {
         let listener = TcpListener::bind(self.addr).await.expect("rebind");
-        self.serve(listener).await;
+        self.spawn(listener);
+        self.until_serving().await;
     }
 
     /// Stops the service and waits for it, surfacing its error if it failed.
@@ -132,6 +144,72 @@ pub async fn fresh_postgres_database() -> String {
         .rsplit_once('/')
         .map_or(admin.as_str(), |(base, _)| base);
     format!("{base}/{name}")
+}
+
+/// A PostgreSQL server of one test's own (`tests/postgres/postgres.sh`, its server installed
+/// by `tests/setup.sh`), to stop and start again under a running service; stopped when
+/// dropped.
+pub struct PrivatePostgres {
+    /// The admin URL of its `postgres` database.
+    pub url: String,
+    data: String,
+    port: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/postgres/postgres.sh");
+
+    /// A new server on a free port, running.
+    pub fn start() -> Self {
+        let dir = mlops_testkit::temp_dir();
+        // The server runs as the postgres account when the tests run as root.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("open the directory to the server's account");
+        let data = dir.path().join("postgres").display().to_string();
+        let port = mlops_testkit::free_port().to_string();
+        let url = Self::run(&["start", &data, &port]);
+        Self {
+            url,
+            data,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Stops it (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        Self::run(&["stop", &self.data]);
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn resume(&self) {
+        Self::run(&["resume", &self.data, &self.port]);
+    }
+
+    fn run(args: &[&str]) -> String {
+        let output = std::process::Command::new(Self::SCRIPT)
+            .args(args)
+            .output()
+            .expect("run postgres.sh (PostgreSQL's server is installed by tests/setup.sh)");
+        assert!(
+            output.status.success(),
+            "postgres.sh {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::SCRIPT)
+            .args(["stop", &self.data])
+            .output();
+    }
 }
 
 /// Polls `condition` until it holds or `limit` passes.

@@ -30,6 +30,27 @@ pub enum DatabaseError {
     UnsupportedUrl(String),
     #[error("database migration: {0}")]
     Migrate(#[from] MigrateError),
+    #[error("database: no answer within {0:?}")]
+    NoAnswer(std::time::Duration),
+}
+
+/// How long [`reach`] waits for a connection.
+const REACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens one connection to the server at `url` and closes it: the reason a pool would
+/// report only as its timeout (the port refusing connections, a failed login, the server
+/// still starting) shows in the error. Nothing to reach for SQLite, a local file.
+pub async fn reach(url: &str) -> Result<(), DatabaseError> {
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    install_default_drivers();
+    let connection = tokio::time::timeout(REACH_TIMEOUT, sqlx::AnyConnection::connect(url))
+        .await
+        .map_err(|_| DatabaseError::NoAnswer(REACH_TIMEOUT))??;
+    connection.close().await?;
+    Ok(())
 }
 
 /// Connects (creating a SQLite file and its directory when needed) and applies the
@@ -82,6 +103,30 @@ pub async fn connect(url: &str, migrations: &[Migration]) -> Result<AnyPool, Dat
     );
     migrator.run(&pool).await?;
     Ok(pool)
+}
+
+/// Whether `error`, met opening the database at `url`, is one that a database coming up
+/// would end: unreachable, refusing connections while it starts, timing out. Never for
+/// SQLite, a local file; never for an edited or missing migration.
+pub fn worth_waiting_for(url: &str, error: &DatabaseError) -> bool {
+    use sqlx::Error;
+    if url.starts_with("sqlite:") {
+        return false;
+    }
+    let lost = |e: &Error| matches!(e, Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed);
+    match error {
+        DatabaseError::Sqlx(e) => {
+            lost(e)
+                || matches!(
+                    e,
+                    Error::Tls(_) | Error::Database(_) | Error::Protocol(_) | Error::WorkerCrashed
+                )
+        }
+        // The connection lost while migrating.
+        DatabaseError::Migrate(MigrateError::Execute(e)) => lost(e),
+        DatabaseError::NoAnswer(_) => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +196,36 @@ mod tests {
         };
         let refused = connect(&url, &[edited, SECOND]).await.unwrap_err();
         assert!(matches!(refused, DatabaseError::Migrate(_)), "{refused}");
+        // Waiting would not undo the edit, whatever the database.
+        assert!(!worth_waiting_for("postgres://mlops@db/mlops", &refused));
+    }
+
+    #[tokio::test]
+    async fn only_a_database_that_does_not_answer_is_worth_waiting_for() {
+        // A PostgreSQL server not up yet: its port refuses connections.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let url = format!("postgres://mlops@127.0.0.1:{port}/mlops");
+        let refused = reach(&url).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("refused"),
+            "the reason, not a pool's timeout: {refused}"
+        );
+        assert!(worth_waiting_for(&url, &refused), "{refused}");
+        let timed_out = connect(&url, &[FIRST]).await.unwrap_err();
+        assert!(worth_waiting_for(&url, &timed_out), "{timed_out}");
+
+        // A local SQLite file that cannot be created: no one else will fix it.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let url = format!("sqlite://{}/service.db", file.path().display());
+        let failed = connect(&url, &[FIRST]).await.unwrap_err();
+        assert!(!worth_waiting_for(&url, &failed), "{failed}");
+
+        let url = "mysql://db/mlops";
+        let unsupported = connect(url, &[FIRST]).await.unwrap_err();
+        assert!(!worth_waiting_for(url, &unsupported), "{unsupported}");
     }
 
     async fn connect_raw(url: &str) -> AnyPool {

@@ -11,6 +11,7 @@ pub mod jwt;
 pub mod objects;
 pub mod routes;
 pub mod sealing;
+pub mod starting;
 
 pub use api_error::ApiError;
 pub use duration::parse_duration;

@@ -116,7 +116,13 @@ pub async fn run(
         .ingestion
         .http_lanes
         .unwrap_or_else(mlops_runtime::cpu::cores);
-    let store = store::Store::connect(&common.database_url(SERVICE)).await?;
+    let Some(pool) =
+        mlops_service::starting::database(common, SERVICE, &listener, store::MIGRATIONS, &cancel)
+            .await?
+    else {
+        return Ok(());
+    };
+    let store = store::Store::new(pool);
     let codec = Arc::new(common.codec());
     let schema_registry = codec.registry().clone();
     let producer = Producer::new(&common.kafka, codec)?;

@@ -9,7 +9,7 @@ use sqlx::{AnyPool, Row};
 use crate::dataset::DatasetSpec;
 
 /// This service's schema, version by version (portable between SQLite and PostgreSQL).
-const MIGRATIONS: &[Migration] = &[Migration {
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "initial",
     sql: include_str!("../migrations/0001_initial.sql"),
@@ -40,6 +40,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The store on a pool opened with [`MIGRATIONS`] applied.
+    pub(crate) fn new(pool: AnyPool) -> Self {
+        Self { pool }
+    }
+
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = mlops_service::database::connect(url, MIGRATIONS).await?;
         Ok(Self { pool })

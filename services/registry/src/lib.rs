@@ -111,8 +111,13 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let common = &config.common;
-    let url = common.database_url(SERVICE);
-    let store = Arc::new(Store::connect(&url).await?);
+    let Some(pool) =
+        mlops_service::starting::database(common, SERVICE, &listener, store::MIGRATIONS, &cancel)
+            .await?
+    else {
+        return Ok(());
+    };
+    let store = Arc::new(Store::new(pool));
     let model_store = models::store::ModelStore::new(store.pool().clone());
     let artifacts_url = config
         .registry

@@ -16,7 +16,7 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// This service's schema, version by version (portable between SQLite and PostgreSQL).
-const MIGRATIONS: &[Migration] = &[
+pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "initial",
@@ -63,6 +63,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The store on a pool opened with [`MIGRATIONS`] applied.
+    pub(crate) fn new(pool: AnyPool) -> Self {
+        Self { pool }
+    }
+
     /// Connects (creating the SQLite file and its directory when needed) and migrates.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = mlops_service::database::connect(url, MIGRATIONS).await?;

@@ -134,7 +134,13 @@ pub async fn run(
         common,
         training: settings,
     } = config;
-    let store = store::TrainingStore::connect(&common.database_url(SERVICE)).await?;
+    let Some(pool) =
+        mlops_service::starting::database(&common, SERVICE, &listener, store::MIGRATIONS, &cancel)
+            .await?
+    else {
+        return Ok(());
+    };
+    let store = store::TrainingStore::new(pool);
     if let Some(dir) = &settings.specs_dir {
         declare_specs_from(dir, &store).await?;
     }

@@ -13,7 +13,7 @@ use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::spec::ModelSpec;
 
-const MIGRATIONS: &[Migration] = &[
+pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "initial",
@@ -126,6 +126,11 @@ pub struct TrainingStore {
 }
 
 impl TrainingStore {
+    /// The store on a pool opened with [`MIGRATIONS`] applied.
+    pub(crate) fn new(pool: AnyPool) -> Self {
+        Self { pool }
+    }
+
     pub async fn connect(url: &str) -> Result<Self> {
         Ok(Self {
             pool: mlops_service::database::connect(url, MIGRATIONS).await?,
