@@ -26,13 +26,18 @@ struct Registry {
 impl Registry {
     /// On a fresh embedded broker, with SQLite or (`postgres`) a fresh PostgreSQL database.
     async fn start(postgres: bool) -> Self {
-        mlops_testkit::init_logs();
-        let broker = mlops_testkit::tansu().await;
         let database = if postgres {
             Some(mlops_integration_tests::fresh_postgres_database().await)
         } else {
             None
         };
+        Self::start_on(database).await
+    }
+
+    /// On a fresh embedded broker, with the database at `database` (SQLite when `None`).
+    async fn start_on(database: Option<String>) -> Self {
+        mlops_testkit::init_logs();
+        let broker = mlops_testkit::tansu().await;
         let service = TestRegistry::start(&broker.bootstrap_servers, database).await;
         Self {
             bootstrap: broker.bootstrap_servers.clone(),
@@ -344,6 +349,59 @@ async fn a_training_run_registers_one_version_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_training_run_registers_one_version_on_postgres() {
     a_training_run_registers_one_version_however_often_it_asks(true).await;
+}
+
+/// PostgreSQL down under a running registry: the model API answers 503
+/// `database_unavailable` with `Retry-After` within seconds (not a 500, not held), and once
+/// the database is back the same process reads and registers again, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
+    let postgres = mlops_integration_tests::PrivatePostgres::start();
+    let r = Registry::start_on(Some(postgres.url.clone())).await;
+    let model = unique("fraud");
+    assert_eq!(r.register(&model, 0.8).await, 1);
+
+    postgres.stop();
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/v1/models/{model}")),
+        (
+            reqwest::Method::POST,
+            format!("/v1/models/{model}/versions"),
+        ),
+    ] {
+        let asked = std::time::Instant::now();
+        let mut request = r.http.request(method.clone(), r.url(&path));
+        if method == reqwest::Method::POST {
+            request = request.json(&json!({"artifact": artifact(&model, 0.9)}));
+        }
+        let response = request.send().await.expect("answered");
+        let waited = asked.elapsed();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "database_unavailable",
+            "{path}: {body}"
+        );
+        assert!(
+            waited < std::time::Duration::from_secs(10),
+            "{path} held {waited:?} before answering"
+        );
+    }
+
+    postgres.resume();
+    mlops_testkit::until(
+        "read again",
+        std::time::Duration::from_secs(60),
+        async || {
+            let (status, body) = r.get(&format!("/v1/models/{model}")).await;
+            (status == StatusCode::OK)
+                .then_some(())
+                .ok_or(format!("{status} {body}"))
+        },
+    )
+    .await;
+    assert_eq!(r.register(&model, 0.9).await, 2, "version 1 was kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

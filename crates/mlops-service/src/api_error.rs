@@ -39,6 +39,17 @@ impl ApiError {
         self
     }
 
+    /// The service's database could not be reached: 503 `database_unavailable`, to be
+    /// retried after a second.
+    pub fn database_unavailable(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            e.to_string(),
+        )
+        .retry_after(1)
+    }
+
     /// `code: message`, as a log line or an event's reason shows it.
     pub fn reason(&self) -> String {
         format!("{}: {}", self.code, self.message)

@@ -105,6 +105,22 @@ pub async fn connect(url: &str, migrations: &[Migration]) -> Result<AnyPool, Dat
     Ok(pool)
 }
 
+/// Whether `error` says the database could not be reached (connection refused or lost, no
+/// connection within the pool's wait) rather than that the statement was wrong: a request
+/// meeting it is answered 503 ([`crate::ApiError::database_unavailable`]), not 500. A
+/// server shutting down or not accepting connections yet (SQLSTATE classes 08 and 57P)
+/// counts as unreachable.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    use sqlx::Error;
+    match error {
+        Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed => true,
+        Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// Whether `error`, met opening the database at `url`, is one that a database coming up
 /// would end: unreachable, refusing connections while it starts, timing out. Never for
 /// SQLite, a local file; never for an edited or missing migration.
@@ -113,17 +129,13 @@ pub fn worth_waiting_for(url: &str, error: &DatabaseError) -> bool {
     if url.starts_with("sqlite:") {
         return false;
     }
-    let lost = |e: &Error| matches!(e, Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed);
     match error {
         DatabaseError::Sqlx(e) => {
-            lost(e)
-                || matches!(
-                    e,
-                    Error::Tls(_) | Error::Database(_) | Error::Protocol(_) | Error::WorkerCrashed
-                )
+            is_unavailable(e)
+                || matches!(e, Error::Tls(_) | Error::Database(_) | Error::Protocol(_))
         }
         // The connection lost while migrating.
-        DatabaseError::Migrate(MigrateError::Execute(e)) => lost(e),
+        DatabaseError::Migrate(MigrateError::Execute(e)) => is_unavailable(e),
         DatabaseError::NoAnswer(_) => true,
         _ => false,
     }

@@ -292,7 +292,7 @@ async fn register_dataset(State(app): State<Arc<App>>, body: Body) -> Result<Res
     app.store
         .save_dataset(&spec, schema_id, version)
         .await
-        .map_err(database_unavailable)?;
+        .map_err(ApiError::database_unavailable)?;
     let dataset = Arc::new(dataset);
     app.datasets
         .write()
@@ -398,16 +398,6 @@ async fn erase_entity(
             "status": "erasing",
         })),
     ))
-}
-
-/// The store of datasets and accepted ids could not be reached: 503, to be retried.
-fn database_unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "database_unavailable",
-        e.to_string(),
-    )
-    .retry_after(1)
 }
 
 fn unknown_dataset(name: &str) -> ApiError {

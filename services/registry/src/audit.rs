@@ -166,13 +166,10 @@ async fn query(
     for value in &binds {
         statement = statement.bind(value);
     }
-    let rows = statement.fetch_all(&log.pool).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            e.to_string(),
-        )
-    })?;
+    let rows = statement
+        .fetch_all(&log.pool)
+        .await
+        .map_err(ApiError::database_unavailable)?;
     let records: Vec<Json> = rows
         .iter()
         .map(|row| {

@@ -56,11 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 fn database(e: StoreError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "database_unavailable",
-        e.to_string(),
-    )
+    ApiError::database_unavailable(e)
 }
 
 async fn declare_spec(

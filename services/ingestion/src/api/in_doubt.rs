@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use super::{ApiError, App, database_unavailable, recovery::events_written};
+use super::{ApiError, App, recovery::events_written};
 use crate::{dataset::Dataset, store::Accepted};
 use axum::http::StatusCode;
 
@@ -149,7 +149,7 @@ impl App {
         self.store
             .remember(name, &remembered, mlops_events::now_millis())
             .await
-            .map_err(database_unavailable)?;
+            .map_err(ApiError::database_unavailable)?;
         self.in_doubt.settle(name, &doubtful);
         tracing::info!(
             dataset = %name,

@@ -126,6 +126,9 @@ fn error(e: ModelStoreError) -> ApiError {
             format!("{field}: {reason}"),
         )
         .with_fields(vec![field_error(field, &reason)]),
+        ModelStoreError::Database(e) if mlops_service::database::is_unavailable(&e) => {
+            ApiError::database_unavailable(e)
+        }
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "registry_error",
