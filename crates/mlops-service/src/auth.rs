@@ -167,13 +167,30 @@ impl Authenticator {
         Self { keys, jwt }
     }
 
-    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, String> {
+    /// Who `token` stands for: 401 when no one, 503 when the identity provider's keys
+    /// cannot be read yet to tell.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, ApiError> {
         if let Some(principal) = self.keys.authenticate(token) {
             return Ok(principal.clone());
         }
+        let unauthenticated =
+            |reason: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", reason);
         match &self.jwt {
-            Some(jwt) if token.split('.').count() == 3 => jwt.verify(token).await.map(Arc::new),
-            _ => Err("the token is not one this platform issued (or it was revoked)".to_owned()),
+            Some(jwt) if token.split('.').count() == 3 => match jwt.verify(token).await {
+                Ok(principal) => Ok(Arc::new(principal)),
+                Err(crate::jwt::Unverified::Refused(reason)) => Err(unauthenticated(reason)),
+                Err(unavailable @ crate::jwt::Unverified::ProviderUnavailable(_)) => {
+                    Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "identity_provider_unavailable",
+                        unavailable.to_string(),
+                    )
+                    .retry_after(crate::jwt::RETRY_UNREACHABLE.as_secs()))
+                }
+            },
+            _ => Err(unauthenticated(
+                "the token is not one this platform issued (or it was revoked)".to_owned(),
+            )),
         }
     }
 
@@ -193,10 +210,7 @@ impl Authenticator {
                 "send a token: `Authorization: Bearer <token>` (or basic auth `token:<token>`)",
             )
         })?;
-        let principal = self
-            .authenticate(&token)
-            .await
-            .map_err(|reason| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", reason))?;
+        let principal = self.authenticate(&token).await?;
         principal
             .may(role, dataset)
             .map_err(|reason| ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason))?;

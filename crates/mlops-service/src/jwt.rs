@@ -1,6 +1,11 @@
 //! Bearer JWTs from an OpenID Connect identity provider: signatures checked against its
 //! JWKS (a file, or a URL read at start and again when a token names a key not seen yet),
 //! issuer, audience and expiry validated, roles and dataset scopes read from claims.
+//!
+//! A provider that does not answer at start (it often starts after the services) does not
+//! stop the service: API keys work at once, and tokens are answered "provider
+//! unavailable" (503) until its keys can be read, tried again at most every
+//! [`RETRY_UNREACHABLE`].
 
 use std::{
     collections::BTreeSet,
@@ -30,6 +35,29 @@ enum Source {
 /// made-up keys cannot make it hammer the provider.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
+/// After a failed read, the keys are read again at most this often.
+pub const RETRY_UNREACHABLE: Duration = Duration::from_secs(2);
+
+/// Why a token stands for no one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unverified {
+    /// The token is not valid: the caller must present another (401).
+    #[error("{0}")]
+    Refused(String),
+    /// The provider's keys cannot be read: nobody can tell yet (503).
+    #[error("the identity provider's keys cannot be read: {0}")]
+    ProviderUnavailable(String),
+}
+
+/// The last read of the keys for a token naming an unknown one.
+#[derive(Debug, Default)]
+struct Refresh {
+    /// When (`None`: not since start).
+    at: Option<Instant>,
+    /// Why it failed, if it did.
+    failed: Option<String>,
+}
+
 /// Asymmetric signatures only: a JWKS is public, so a shared secret in it would let anyone
 /// sign.
 const ALGORITHMS: [Algorithm; 9] = [
@@ -49,8 +77,7 @@ pub struct JwtVerifier {
     source: Source,
     http: reqwest::Client,
     keys: RwLock<JwkSet>,
-    /// When the keys were last read again for an unknown `kid` (`None`: not yet).
-    last_refresh: Mutex<Option<Instant>>,
+    refresh: Mutex<Refresh>,
     issuer: Option<String>,
     audience: Option<String>,
     roles_claim: String,
@@ -66,7 +93,8 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// Reads the JWKS at `jwks` (an `http(s)://` URL or a file path).
+    /// Reads the JWKS at `jwks` (an `http(s)://` URL or a file path). A file that cannot be
+    /// read is an error; a URL that cannot be read yet is read again when tokens come.
     pub async fn load(
         jwks: &str,
         issuer: Option<String>,
@@ -79,12 +107,27 @@ impl JwtVerifier {
         } else {
             Source::File(PathBuf::from(jwks))
         };
-        let keys = fetch(&source, &http).await?;
+        let (keys, refresh) = match fetch(&source, &http).await {
+            Ok(keys) => (keys, Refresh::default()),
+            Err(e) if matches!(source, Source::Url(_)) => {
+                tracing::warn!(
+                    error = %e,
+                    "the identity provider's keys cannot be read yet: its tokens are answered \
+                     503 until they can (API keys work)"
+                );
+                let refresh = Refresh {
+                    at: Some(Instant::now()),
+                    failed: Some(e),
+                };
+                (JwkSet { keys: Vec::new() }, refresh)
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Self {
             source,
             http,
             keys: RwLock::new(keys),
-            last_refresh: Mutex::new(None),
+            refresh: Mutex::new(refresh),
             issuer,
             audience,
             roles_claim,
@@ -92,13 +135,15 @@ impl JwtVerifier {
     }
 
     /// The principal a token stands for, or why it does not stand for one.
-    pub async fn verify(&self, token: &str) -> Result<Principal, String> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+    pub async fn verify(&self, token: &str) -> Result<Principal, Unverified> {
+        let refused = Unverified::Refused;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| refused(format!("not a JWT: {e}")))?;
         if !ALGORITHMS.contains(&header.alg) {
-            return Err(format!(
+            return Err(refused(format!(
                 "tokens signed with {:?} are not accepted",
                 header.alg
-            ));
+            )));
         }
         let key = self.key(header.kid.as_deref()).await?;
         let mut validation = Validation::new(header.alg);
@@ -112,7 +157,7 @@ impl JwtVerifier {
         }
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data = jsonwebtoken::decode::<Json>(token, &key, &validation)
-            .map_err(|e| format!("the token is not valid: {e}"))?;
+            .map_err(|e| refused(format!("the token is not valid: {e}")))?;
         let claims = data.claims;
         let subject = claims["sub"].as_str().unwrap_or_default().to_owned();
         let names = |claim: &Json| -> Vec<String> {
@@ -130,10 +175,10 @@ impl JwtVerifier {
             .filter_map(|name| role_named(name))
             .collect();
         if roles.is_empty() {
-            return Err(format!(
+            return Err(refused(format!(
                 "the token of {subject} grants no platform role in its {:?} claim",
                 self.roles_claim
-            ));
+            )));
         }
         let datasets = claims
             .get("datasets")
@@ -146,21 +191,43 @@ impl JwtVerifier {
     }
 
     /// The key `kid` names (the only key when the token names none), reading the JWKS
-    /// again when it is not known yet — the provider rotated its keys.
-    async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, String> {
-        if let Some(key) = self.known(kid)? {
+    /// again when it is not known yet — the provider rotated its keys, or could not be read
+    /// before.
+    async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, Unverified> {
+        if let Some(key) = self.known(kid).map_err(Unverified::Refused)? {
             return Ok(key);
         }
-        let mut last = self.last_refresh.lock().await;
-        if last.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
-            let fresh = fetch(&self.source, &self.http).await?;
-            *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-            *last = Some(Instant::now());
+        let mut refresh = self.refresh.lock().await;
+        let wait = if refresh.failed.is_some() {
+            RETRY_UNREACHABLE
+        } else {
+            REFRESH_EVERY
+        };
+        if refresh.at.is_none_or(|at| at.elapsed() >= wait) {
+            refresh.at = Some(Instant::now());
+            match fetch(&self.source, &self.http).await {
+                Ok(fresh) => {
+                    *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    if refresh.failed.take().is_some() {
+                        tracing::info!(
+                            "the identity provider's keys are read: tokens are verified"
+                        );
+                    }
+                }
+                Err(e) => refresh.failed = Some(e),
+            }
         }
-        drop(last);
-        self.known(kid)?.ok_or_else(|| {
-            format!("the token's key {kid:?} is not one the identity provider publishes")
-        })
+        if let Some(e) = &refresh.failed {
+            return Err(Unverified::ProviderUnavailable(e.clone()));
+        }
+        drop(refresh);
+        self.known(kid)
+            .map_err(Unverified::Refused)?
+            .ok_or_else(|| {
+                Unverified::Refused(format!(
+                    "the token's key {kid:?} is not one the identity provider publishes"
+                ))
+            })
     }
 
     fn known(&self, kid: Option<&str>) -> Result<Option<DecodingKey>, String> {
@@ -414,5 +481,83 @@ mod tests {
             2,
             "refreshes are rate-limited"
         );
+    }
+
+    /// An identity provider that starts after the service (one `docker compose up`): the
+    /// service starts anyway, its tokens are answered "unavailable" (not "refused") while
+    /// the provider is down, and accepted once it is up, without a restart. A JWKS file
+    /// that cannot be read is still an error at start: no one else will fix it.
+    #[tokio::test]
+    async fn a_provider_down_at_start_is_read_once_it_is_up() {
+        let (jwk, signing) = provider_key("k1");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let url = format!("http://{addr}/.well-known/jwks.json");
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let verifier = JwtVerifier::load(&url, None, None, "roles".into(), http.clone())
+            .await
+            .expect("a provider not up yet does not stop the start");
+        let claims = json!({"sub": "bob", "exp": now() + 600, "roles": ["sre"]});
+        let bobs = token(&signing, "k1", claims);
+        match verifier.verify(&bobs).await {
+            Err(Unverified::ProviderUnavailable(reason)) => {
+                assert!(reason.contains(&url), "{reason}")
+            }
+            other => panic!("while the provider is down: {other:?}"),
+        }
+        // Meanwhile API keys work, and a token is told to come back, not refused.
+        let alice = Principal {
+            subject: "alice".into(),
+            roles: BTreeSet::from([PlatformRole::Admin]),
+            datasets: None,
+        };
+        let (key, stored) = crate::auth::ApiKeys::issue(alice);
+        let auth = crate::auth::Authenticator::new(
+            crate::auth::ApiKeys::new(vec![stored]),
+            Some(verifier),
+        );
+        assert_eq!(auth.authenticate(&key).await.unwrap().subject, "alice");
+        let unavailable = auth.authenticate(&bobs).await.unwrap_err();
+        assert_eq!(
+            (unavailable.status, unavailable.code),
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "identity_provider_unavailable"
+            )
+        );
+
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let keys = json!({ "keys": [jwk.clone()] });
+                async move { axum::Json(keys) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        #[allow(clippy::disallowed_methods)] // the provider, outside the platform
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // Read again at most every RETRY_UNREACHABLE: asked until then, it still says why.
+        let deadline = Instant::now() + RETRY_UNREACHABLE * 5;
+        let bob = loop {
+            match auth.authenticate(&bobs).await {
+                Ok(bob) => break bob,
+                Err(e)
+                    if e.code == "identity_provider_unavailable" && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("once the provider is up: {}", e.reason()),
+            }
+        };
+        assert_eq!(bob.roles, BTreeSet::from([PlatformRole::Sre]));
+
+        let missing = JwtVerifier::load("/nonexistent/jwks.json", None, None, "roles".into(), http)
+            .await
+            .unwrap_err();
+        assert!(missing.contains("/nonexistent/jwks.json"), "{missing}");
     }
 }
