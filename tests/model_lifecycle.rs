@@ -658,6 +658,50 @@ async fn a_run_waits_out_a_feature_service_still_catching_up() {
     training.stop().await;
 }
 
+/// PostgreSQL down under a running training service: its API answers 503
+/// `database_unavailable` with `Retry-After` at once (not a 500, not held), and once the
+/// database is back the same process answers again, its specs kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_answers_503_and_recovers_without_a_restart() {
+    let postgres = mlops_integration_tests::PrivatePostgres::start();
+    let p = Platform::start().await;
+    let mut config = p.training_config(0);
+    config.common.database.url = Some(postgres.url.clone());
+    let training =
+        TestService::run(|listener, cancel| training::run(config, listener, cancel)).await;
+    let model = unique("outage");
+    declare(&p, &training, good_spec(&model, "spend")).await;
+    let specs = format!("{}/v1/models/specs", training.url);
+
+    postgres.stop();
+    let asked = std::time::Instant::now();
+    let response = p.http.get(&specs).send().await.expect("answered");
+    let waited = asked.elapsed();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+    assert!(waited < Duration::from_secs(10), "held {waited:?}");
+
+    postgres.resume();
+    mlops_testkit::until("specs read again", Duration::from_secs(60), async || {
+        let response = p.http.get(&specs).send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        let names: Vec<&str> = body["specs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        (status == StatusCode::OK && names.contains(&model.as_str()))
+            .then_some(())
+            .ok_or(format!("{status} {body}"))
+    })
+    .await;
+    training.stop().await;
+}
+
 /// A registration whose answer is lost (the registry registered the version, a proxy in
 /// between answered 504) is sent again with the run's next start: the registry answers
 /// with the version the run made, so the run succeeds with it and the model has one

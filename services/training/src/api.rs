@@ -55,8 +55,23 @@ pub fn router(app: Arc<App>) -> Router {
     routes().into_router().with_state(app)
 }
 
+/// 503 when the database could not be reached (to be retried), 500 when what it holds
+/// or was asked is wrong (retrying would not help).
 fn database(e: StoreError) -> ApiError {
-    ApiError::database_unavailable(e)
+    let unavailable = match &e {
+        StoreError::Database(cause) => mlops_service::database::is_unavailable(cause),
+        StoreError::Connect(_) => true,
+        StoreError::Corrupt(_) => false,
+    };
+    if unavailable {
+        ApiError::database_unavailable(e)
+    } else {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "training_error",
+            e.to_string(),
+        )
+    }
 }
 
 async fn declare_spec(
