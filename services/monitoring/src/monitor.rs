@@ -242,8 +242,9 @@ struct ModelState {
     production: Option<i32>,
     canary: Option<CanaryState>,
     versions: BTreeMap<i32, VersionState>,
-    /// Predictions awaiting their label, by request id: at most `pending_labels`.
-    by_request: Awaiting<Pending>,
+    /// Answers awaiting their label, by request id (production's, and a shadow's to the
+    /// same request): at most `pending_labels` requests.
+    by_request: Awaiting<Vec<Pending>>,
     drift_events: VecDeque<DriftEvent>,
     decisions: VecDeque<CanaryDecision>,
     /// The newest version any lifecycle event named.
@@ -256,11 +257,28 @@ struct ModelState {
 pub struct Monitor {
     settings: MonitorSettings,
     models: BTreeMap<String, ModelState>,
-    /// Labels naming a request whose prediction no model has seen yet, by request id: the
+    /// Labels that named their request, by request id, kept for every answer to it: the
     /// label topic and the prediction log are read apart, and the prediction log's batches
     /// linger, so a label sent at once after its answer, or read back faster after a
-    /// restart, often comes first. At most `pending_labels`, the oldest go first.
-    early_labels: Awaiting<GroundTruthLabel>,
+    /// restart, often comes first; a shadow's answer is logged after production's; and a
+    /// copy of a label read again must be known as one. At most `pending_labels`, the
+    /// oldest go first.
+    labels: Awaiting<HeldLabel>,
+    /// Copies of labels already held (read again by an at-least-once consumer), ignored.
+    repeated_labels: u64,
+}
+
+/// A label kept by its request id, and the answers it met so far.
+struct HeldLabel {
+    label: GroundTruthLabel,
+    /// (model, version) of each answer it met: graded, or failed without an answer.
+    met: Vec<(String, i32)>,
+}
+
+impl HeldLabel {
+    fn met(&self, model: &str, version: i32) -> bool {
+        self.met.iter().any(|(m, v)| m == model && *v == version)
+    }
 }
 
 /// Halves of a join waiting for the other, by request id — predictions for their label,
@@ -302,6 +320,14 @@ impl<V> Awaiting<V> {
 
     fn remove(&mut self, id: &str) -> Option<V> {
         self.by_id.remove(id)
+    }
+
+    fn get(&self, id: &str) -> Option<&V> {
+        self.by_id.get(id)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut V> {
+        self.by_id.get_mut(id)
     }
 
     fn len(&self) -> usize {
@@ -426,16 +452,33 @@ impl Monitor {
         }
     }
 
-    /// A logged prediction; graded at once when its label came first.
+    /// A logged prediction; graded at once when its label came first. A copy of one
+    /// already counted (read again) is ignored.
     pub fn prediction(&mut self, log: &PredictionLog) -> Vec<Action> {
-        let actions = self.observe_prediction(log);
-        if let Some(label) = self.early_labels.remove(&log.request_id) {
-            self.grade(&label);
+        let held = self.labels.get(&log.request_id);
+        if held.is_some_and(|h| h.met(&log.model_name, log.model_version)) {
+            return Vec::new();
+        }
+        let label = held.map(|h| h.label.clone());
+        let Some(actions) = self.observe_prediction(log) else {
+            return Vec::new();
+        };
+        if let Some(label) = label {
+            let met = if log.error.is_some() {
+                vec![(log.model_name.clone(), log.model_version)]
+            } else {
+                self.grade(&label)
+            };
+            if let Some(held) = self.labels.get_mut(&log.request_id) {
+                held.met.extend(met);
+            }
         }
         actions
     }
 
-    fn observe_prediction(&mut self, log: &PredictionLog) -> Vec<Action> {
+    /// Counts `log` for its version: drift, canary, the answers waiting for labels. `None`
+    /// for a copy of an answer still waiting for its label.
+    fn observe_prediction(&mut self, log: &PredictionLog) -> Option<Vec<Action>> {
         let settings = &self.settings;
         let model = self.models.entry(log.model_name.clone()).or_default();
         if log.error.is_some() {
@@ -450,9 +493,7 @@ impl Monitor {
                     .prediction(None, log.latency_us as f64 / 1000.0);
             }
             model.versions.entry(log.model_version).or_default().failed += 1;
-            // No answer to grade: a label that came first has nothing to wait for.
-            self.early_labels.remove(&log.request_id);
-            return Vec::new();
+            return Some(Vec::new());
         }
         let pending = Pending {
             request_id: log.request_id.clone(),
@@ -462,9 +503,18 @@ impl Monitor {
             predicted_label: log.predicted_label.clone(),
             predicted_at: log.predicted_at,
         };
-        model
-            .by_request
-            .insert(log.request_id.clone(), pending, settings.pending_labels);
+        match model.by_request.get_mut(&log.request_id) {
+            Some(answers) if answers.iter().any(|p| p.version == log.model_version) => {
+                return None;
+            }
+            // Another version's answer to the same request: a shadow's beside production's.
+            Some(answers) => answers.push(pending),
+            None => model.by_request.insert(
+                log.request_id.clone(),
+                vec![pending],
+                settings.pending_labels,
+            ),
+        }
 
         if let Some(canary) = &mut model.canary
             && log.predicted_at >= canary.since
@@ -481,19 +531,19 @@ impl Monitor {
         version.predictions += 1;
         // Drift is watched on the traffic production answers.
         if log.role != ServingRole::Production {
-            return Vec::new();
+            return Some(Vec::new());
         }
         version.outputs.push(log.output);
         let report = version
             .detector
             .as_mut()
             .and_then(|d| d.observe(&log.features, log.predicted_at));
-        match report {
+        Some(match report {
             Some(report) => {
                 close_window(settings, &log.model_name, log.model_version, model, report)
             }
             None => Vec::new(),
-        }
+        })
     }
 
     /// A row of feature view `view` (numeric values by name, categories as
@@ -549,76 +599,85 @@ impl Monitor {
         wanted
     }
 
-    /// A label: joined to its prediction, scored, and counted for the canary; held until
-    /// its prediction arrives when it names a request no model has seen yet.
+    /// A label: joined to its request's answers, scored, and counted for the canary. One
+    /// naming its request is kept for the answers still to come (see `labels`); a copy of
+    /// one kept is ignored.
     pub fn label(&mut self, label: &GroundTruthLabel) {
-        if self.grade(label) {
+        let Some(request_id) = &label.request_id else {
+            self.grade(label);
+            return;
+        };
+        if self.labels.get(request_id).is_some() {
+            self.repeated_labels += 1;
             return;
         }
-        if let Some(request_id) = &label.request_id {
-            self.early_labels.insert(
-                request_id.clone(),
-                label.clone(),
-                self.settings.pending_labels,
-            );
-        }
+        let met = self.grade(label);
+        self.labels.insert(
+            request_id.clone(),
+            HeldLabel {
+                label: label.clone(),
+                met,
+            },
+            self.settings.pending_labels,
+        );
     }
 
-    /// Joins `label` to its prediction in every model that made it; whether any did.
-    fn grade(&mut self, label: &GroundTruthLabel) -> bool {
+    /// Joins `label` to its request's answers in every model that made one; the (model,
+    /// version) of each answer graded.
+    fn grade(&mut self, label: &GroundTruthLabel) -> Vec<(String, i32)> {
         let settings = &self.settings;
-        let mut graded = false;
+        let mut graded = Vec::new();
         // The model is not named on a label: every model that made the prediction learns.
-        for model in self.models.values_mut() {
-            // A label naming its request grades that prediction or none: its request not
+        for (name, model) in &mut self.models {
+            // A label naming its request grades that request's answers or none: its request not
             // seen (yet, or any more) is no reason to grade another request of the same
             // entity, whose amount may be on the other side of the boundary (the likely
             // cause of a sound retrained canary rolled back after a fault run's kills).
             let joined = match &label.request_id {
                 Some(id) => model.by_request.remove(id),
-                // No request named: the entity's latest prediction still without a label.
+                // No request named: the entity's latest request still without a label.
                 None => {
                     let latest = model
                         .by_request
                         .newest_first()
+                        .filter_map(|answers| answers.first())
                         .find(|p| p.entity_id.as_deref() == Some(label.entity_id.as_str()))
                         .map(|p| p.request_id.clone());
                     latest.and_then(|id| model.by_request.remove(&id))
                 }
             };
-            let Some(prediction) = joined else {
-                continue;
-            };
-            graded = true;
-            let lag = (label.received_at - prediction.predicted_at) as f64;
-            let Some(version) = model.versions.get_mut(&prediction.version) else {
-                continue;
-            };
-            let task = version.info.as_ref().map_or("", |i| i.task.as_str());
-            let loss = loss(task, &prediction, &label.label);
-            if let Some(canary) = &mut model.canary
-                && prediction.predicted_at >= canary.since
-                && let Some(loss) = loss
-            {
-                if prediction.version == canary.version {
-                    canary.canary.loss(loss);
-                } else if Some(prediction.version) == model.production {
-                    canary.production.loss(loss);
+            for prediction in joined.into_iter().flatten() {
+                graded.push((name.clone(), prediction.version));
+                let lag = (label.received_at - prediction.predicted_at) as f64;
+                let Some(version) = model.versions.get_mut(&prediction.version) else {
+                    continue;
+                };
+                let task = version.info.as_ref().map_or("", |i| i.task.as_str());
+                let loss = loss(task, &prediction, &label.label);
+                if let Some(canary) = &mut model.canary
+                    && prediction.predicted_at >= canary.since
+                    && let Some(loss) = loss
+                {
+                    if prediction.version == canary.version {
+                        canary.canary.loss(loss);
+                    } else if Some(prediction.version) == model.production {
+                        canary.production.loss(loss);
+                    }
                 }
-            }
-            version.labels += 1;
-            push_bounded(&mut version.lags_ms, lag, 10_000);
-            version.scored.push((
-                label.label.clone(),
-                prediction.output,
-                prediction.predicted_label.clone(),
-                lag as i64,
-                prediction.predicted_at,
-            ));
-            if version.scored.len() >= settings.performance_window.max(1) {
-                let task = task.to_owned();
-                let summary = performance(&task, std::mem::take(&mut version.scored));
-                push_bounded(&mut version.performance, summary, settings.history);
+                version.labels += 1;
+                push_bounded(&mut version.lags_ms, lag, 10_000);
+                version.scored.push((
+                    label.label.clone(),
+                    prediction.output,
+                    prediction.predicted_label.clone(),
+                    lag as i64,
+                    prediction.predicted_at,
+                ));
+                if version.scored.len() >= settings.performance_window.max(1) {
+                    let task = task.to_owned();
+                    let summary = performance(&task, std::mem::take(&mut version.scored));
+                    push_bounded(&mut version.performance, summary, settings.history);
+                }
             }
         }
         graded
@@ -761,7 +820,13 @@ impl Monitor {
             // Joins in waiting: this model's predictions without their label yet, and the
             // labels (of any model) that came before their prediction.
             "predictions_awaiting_label": model.by_request.len(),
-            "labels_awaiting_prediction": self.early_labels.len(),
+            "labels_awaiting_prediction": self
+                .labels
+                .by_id
+                .values()
+                .filter(|held| held.met.is_empty())
+                .count(),
+            "labels_repeated": self.repeated_labels,
         }))
     }
 
@@ -1280,6 +1345,65 @@ mod tests {
         assert_eq!(monitor.models["m"].by_request.len(), 0);
     }
 
+    /// A shadow (a canary at 0 %) answers the same requests as production: each label
+    /// grades both answers, whichever of the three records comes first, so the shadow is
+    /// compared with production on the same requests. A copy of a record read twice (an
+    /// at-least-once consumer after a rebalance) counts once.
+    #[test]
+    fn a_label_grades_production_and_its_shadow_and_copies_count_once() {
+        let mut monitor = monitor();
+        monitor.lifecycle(&lifecycle(2, ModelStage::Canary, Some(0.0), 0));
+        monitor.set_info("m", 2, info());
+        let version = |m: &Monitor, v: usize, field: &str| {
+            m.report("m").unwrap()["versions"][v][field]
+                .as_u64()
+                .unwrap()
+        };
+        for i in 0..60 {
+            let production = prediction(i, 1, ServingRole::Production, 80.0, 100);
+            let shadow = prediction(i, 2, ServingRole::Shadow, 80.0, 100);
+            let label = label(i, true, 200);
+            // Every order the two topics can deliver them in.
+            match i % 3 {
+                0 => {
+                    monitor.prediction(&production);
+                    monitor.prediction(&shadow);
+                    monitor.label(&label);
+                }
+                1 => {
+                    monitor.prediction(&production);
+                    monitor.label(&label);
+                    monitor.prediction(&shadow);
+                }
+                _ => {
+                    monitor.label(&label);
+                    monitor.prediction(&shadow);
+                    monitor.prediction(&production);
+                }
+            }
+            // Read again: each record once more.
+            monitor.prediction(&production);
+            monitor.prediction(&shadow);
+            monitor.label(&label);
+        }
+        for v in [0, 1] {
+            assert_eq!(version(&monitor, v, "predictions"), 60, "version {}", v + 1);
+            assert_eq!(version(&monitor, v, "labels"), 60, "version {}", v + 1);
+        }
+        let report = monitor.report("m").unwrap();
+        assert_eq!(report["predictions_awaiting_label"], 0, "{report}");
+        assert_eq!(report["labels_awaiting_prediction"], 0, "{report}");
+        assert_eq!(report["labels_repeated"], 60, "{report}");
+        // Both arms of the comparison were scored on the same 60 requests.
+        let evidence = &report["canary"]["evidence"];
+        assert_eq!(evidence["canary_labels"].as_f64(), Some(60.0), "{evidence}");
+        assert_eq!(
+            evidence["production_labels"].as_f64(),
+            Some(60.0),
+            "{evidence}"
+        );
+    }
+
     #[test]
     fn predictions_awaiting_labels_are_bounded_and_the_oldest_go_first() {
         let mut monitor = Monitor::new(MonitorSettings {
@@ -1310,12 +1434,17 @@ mod tests {
             "{}",
             model.by_request.order.len()
         );
-        // The 400 labels of evicted predictions wait for a prediction that will not come:
-        // bounded the same way, the newest kept.
-        assert_eq!(monitor.early_labels.len(), 100);
-        assert!(monitor.early_labels.by_id.contains_key("r799"));
-        assert!(!monitor.early_labels.by_id.contains_key("r599"));
-        assert!(monitor.early_labels.order.len() <= 200);
+        // Labels are kept for answers still to come — here the 400 of evicted predictions,
+        // which will not — bounded the same way, the newest kept.
+        assert_eq!(monitor.labels.len(), 100);
+        assert!(monitor.labels.by_id.contains_key("r999"));
+        assert!(!monitor.labels.by_id.contains_key("r799"));
+        assert!(monitor.labels.order.len() <= 200);
+        let report = monitor.report("m").unwrap();
+        assert_eq!(
+            report["labels_awaiting_prediction"], 0,
+            "r801..r999 were graded"
+        );
     }
 
     #[test]
