@@ -245,6 +245,10 @@ struct ModelState {
     /// Answers awaiting their label, by request id (production's, and a shadow's to the
     /// same request): at most `pending_labels` requests.
     by_request: Awaiting<Vec<Pending>>,
+    /// Failed answers seen, as `<request id> <version>`, so that a copy read again is not
+    /// counted twice (a failure has no answer to wait in `by_request`): as many as
+    /// `pending_labels`.
+    failures_seen: Awaiting<()>,
     drift_events: VecDeque<DriftEvent>,
     decisions: VecDeque<CanaryDecision>,
     /// The newest version any lifecycle event named.
@@ -484,6 +488,13 @@ impl Monitor {
         if log.error.is_some() {
             // A request the version failed (production answered it): it counts against
             // the version, and has no answer to join labels to or watch for drift.
+            let seen = format!("{} {}", log.request_id, log.model_version);
+            if model.failures_seen.get(&seen).is_some() {
+                return None;
+            }
+            model
+                .failures_seen
+                .insert(seen, (), settings.pending_labels);
             if let Some(canary) = &mut model.canary
                 && log.predicted_at >= canary.since
                 && log.model_version == canary.version
@@ -1386,6 +1397,14 @@ mod tests {
             monitor.prediction(&shadow);
             monitor.label(&label);
         }
+        // A request the shadow failed, and its copy: one failure.
+        let failed = PredictionLog {
+            error: Some("non-finite output".into()),
+            ..prediction(60, 2, ServingRole::Shadow, 80.0, 100)
+        };
+        monitor.prediction(&failed);
+        monitor.prediction(&failed);
+        assert_eq!(version(&monitor, 1, "failed_requests"), 1);
         for v in [0, 1] {
             assert_eq!(version(&monitor, v, "predictions"), 60, "version {}", v + 1);
             assert_eq!(version(&monitor, v, "labels"), 60, "version {}", v + 1);
