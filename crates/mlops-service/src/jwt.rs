@@ -5,7 +5,8 @@
 //! A provider that does not answer at start (it often starts after the services) does not
 //! stop the service: API keys work at once, and tokens are answered "provider
 //! unavailable" (503) until its keys can be read, tried again at most every
-//! [`RETRY_UNREACHABLE`].
+//! [`RETRY_UNREACHABLE`] after the last try ended; meanwhile no token waits behind a try
+//! under way, which a provider that does not answer would hold for the client's timeout.
 
 use std::{
     collections::BTreeSet,
@@ -49,15 +50,6 @@ pub enum Unverified {
     ProviderUnavailable(String),
 }
 
-/// The last read of the keys for a token naming an unknown one.
-#[derive(Debug, Default)]
-struct Refresh {
-    /// When (`None`: not since start).
-    at: Option<Instant>,
-    /// Why it failed, if it did.
-    failed: Option<String>,
-}
-
 /// Asymmetric signatures only: a JWKS is public, so a shared secret in it would let anyone
 /// sign.
 const ALGORITHMS: [Algorithm; 9] = [
@@ -77,7 +69,11 @@ pub struct JwtVerifier {
     source: Source,
     http: reqwest::Client,
     keys: RwLock<JwkSet>,
-    refresh: Mutex<Refresh>,
+    /// When the last read of the keys for a token naming an unknown one ended (`None`:
+    /// none since start); held while one is under way.
+    refreshed: Mutex<Option<Instant>>,
+    /// Why the last read failed, while it stands.
+    unavailable: RwLock<Option<String>>,
     issuer: Option<String>,
     audience: Option<String>,
     roles_claim: String,
@@ -107,19 +103,15 @@ impl JwtVerifier {
         } else {
             Source::File(PathBuf::from(jwks))
         };
-        let (keys, refresh) = match fetch(&source, &http).await {
-            Ok(keys) => (keys, Refresh::default()),
+        let (keys, refreshed, unavailable) = match fetch(&source, &http).await {
+            Ok(keys) => (keys, None, None),
             Err(e) if matches!(source, Source::Url(_)) => {
                 tracing::warn!(
                     error = %e,
                     "the identity provider's keys cannot be read yet: its tokens are answered \
                      503 until they can (API keys work)"
                 );
-                let refresh = Refresh {
-                    at: Some(Instant::now()),
-                    failed: Some(e),
-                };
-                (JwkSet { keys: Vec::new() }, refresh)
+                (JwkSet { keys: Vec::new() }, Some(Instant::now()), Some(e))
             }
             Err(e) => return Err(e),
         };
@@ -127,7 +119,8 @@ impl JwtVerifier {
             source,
             http,
             keys: RwLock::new(keys),
-            refresh: Mutex::new(refresh),
+            refreshed: Mutex::new(refreshed),
+            unavailable: RwLock::new(unavailable),
             issuer,
             audience,
             roles_claim,
@@ -197,30 +190,48 @@ impl JwtVerifier {
         if let Some(key) = self.known(kid).map_err(Unverified::Refused)? {
             return Ok(key);
         }
-        let mut refresh = self.refresh.lock().await;
-        let wait = if refresh.failed.is_some() {
+        let unavailable = || {
+            self.unavailable
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .map(Unverified::ProviderUnavailable)
+        };
+        // While the provider is down, a token does not queue behind another's read of its
+        // keys (a provider that does not answer holds one for the client's whole timeout).
+        let mut refreshed = match self.refreshed.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match unavailable() {
+                Some(down) => return Err(down),
+                None => self.refreshed.lock().await,
+            },
+        };
+        let wait = if unavailable().is_some() {
             RETRY_UNREACHABLE
         } else {
             REFRESH_EVERY
         };
-        if refresh.at.is_none_or(|at| at.elapsed() >= wait) {
-            refresh.at = Some(Instant::now());
-            match fetch(&self.source, &self.http).await {
+        if refreshed.is_none_or(|at| at.elapsed() >= wait) {
+            let fetched = fetch(&self.source, &self.http).await;
+            // From the end of the read: after a slow failure the next still waits its turn.
+            *refreshed = Some(Instant::now());
+            let mut failure = self.unavailable.write().unwrap_or_else(|e| e.into_inner());
+            match fetched {
                 Ok(fresh) => {
                     *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-                    if refresh.failed.take().is_some() {
+                    if failure.take().is_some() {
                         tracing::info!(
                             "the identity provider's keys are read: tokens are verified"
                         );
                     }
                 }
-                Err(e) => refresh.failed = Some(e),
+                Err(e) => *failure = Some(e),
             }
         }
-        if let Some(e) = &refresh.failed {
-            return Err(Unverified::ProviderUnavailable(e.clone()));
+        if let Some(down) = unavailable() {
+            return Err(down);
         }
-        drop(refresh);
+        drop(refreshed);
         self.known(kid)
             .map_err(Unverified::Refused)?
             .ok_or_else(|| {
@@ -509,6 +520,17 @@ mod tests {
             }
             other => panic!("while the provider is down: {other:?}"),
         }
+        // While one read of a provider known to be down is under way (it may hang for the
+        // client's whole timeout), other tokens are answered at once, not queued behind it.
+        *verifier.unavailable.write().unwrap() = Some("no answer".into());
+        let reading = verifier.refreshed.lock().await;
+        let answered = tokio::time::timeout(Duration::from_secs(1), verifier.verify(&bobs)).await;
+        assert!(
+            matches!(answered, Ok(Err(Unverified::ProviderUnavailable(_)))),
+            "{answered:?}"
+        );
+        drop(reading);
+
         // Meanwhile API keys work, and a token is told to come back, not refused.
         let alice = Principal {
             subject: "alice".into(),
