@@ -173,10 +173,15 @@ impl AdminState {
 
     /// Admin routes, to be merged into the service's own router.
     pub fn router(&self) -> Router {
+        self.probes()
+            .route("/metrics", get(metrics).with_state(self.clone()))
+    }
+
+    /// `/healthz` and `/readyz` alone: what answers while a service is still starting.
+    pub fn probes(&self) -> Router {
         Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
             .with_state(self.clone())
     }
 }

@@ -12,13 +12,8 @@
 
 use std::{os::fd::AsFd, time::Duration};
 
-use axum::{
-    Json, Router,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::get,
-};
-use serde_json::json;
+use axum::{http::StatusCode, response::IntoResponse};
+use mlops_runtime::{AdminState, ReadinessCheck};
 use sqlx::AnyPool;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
@@ -135,45 +130,25 @@ async fn serve_probes(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let ready_error = last_error.clone();
-    let router = Router::new()
-        .route(
-            "/healthz",
-            get(move || async move { Json(json!({"status": "ok", "service": service})) }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let error = ready_error.borrow().clone();
-                async move { not_ready(service, &error) }
-            }),
-        )
-        .fallback(move || {
-            let error = last_error.borrow().clone();
-            async move {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "starting",
-                    format!(
-                        "the {service} service is starting: its database does not answer yet \
-                         ({error})"
-                    ),
-                )
-                .retry_after(MAX_BACKOFF.as_secs())
-                .into_response()
-            }
-        });
+    let database = ReadinessCheck::new("database", move || {
+        let error = ready_error.borrow().clone();
+        async move { Err(format!("waiting for it: {error}")) }
+    });
+    let admin = AdminState::new(service, Default::default(), vec![database]);
+    let router = admin.probes().fallback(move || {
+        let error = last_error.borrow().clone();
+        async move {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                format!(
+                    "the {service} service is starting: its database does not answer yet \
+                     ({error})"
+                ),
+            )
+            .retry_after(MAX_BACKOFF.as_secs())
+            .into_response()
+        }
+    });
     common.serve(listener, router, cancel).await
-}
-
-/// `/readyz`'s answer while waiting, in the shape of the service's own `/readyz`.
-fn not_ready(service: &str, error: &str) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({
-            "status": "not_ready",
-            "service": service,
-            "checks": {"database": format!("waiting for it: {error}")},
-        })),
-    )
-        .into_response()
 }
