@@ -21,6 +21,10 @@ struct Args {
     /// Base URL of the API, e.g. http://127.0.0.1:8080
     #[arg(long)]
     url: String,
+    /// For an https URL: the CA certificate (PEM) to trust, e.g. the one `mlops up --tls`
+    /// writes to `<data dir>/tls/ca.pem`.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Dataset to declare and send to.
     #[arg(long, default_value = "bench")]
     dataset: String,
@@ -119,11 +123,16 @@ async fn worker(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .default_headers(mlops_load_tests::auth_headers())
         .pool_max_idle_per_host(args.concurrency)
-        .timeout(Duration::from_secs(60))
-        .build()?;
+        .timeout(Duration::from_secs(60));
+    if let Some(ca) = &args.ca {
+        for cert in reqwest::Certificate::from_pem_bundle(&std::fs::read(ca)?)? {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    let client = client.build()?;
     let declared = client
         .post(format!("{}/v1/datasets", args.url))
         .header("content-type", "application/json")

@@ -11,6 +11,9 @@
 //! handler spawns runs on its lane and ends with it, and `tokio::task::block_in_place`
 //! (polars calls it) panics on a single-threaded runtime — so only ingestion, whose
 //! handlers do neither, serves on lanes.
+//!
+//! Over TLS each lane completes the handshakes of the connections dealt to it, so the
+//! encryption of a connection's requests and answers stays on its lane too.
 
 use std::{io, net::SocketAddr, thread, time::Duration};
 
@@ -19,13 +22,15 @@ use axum::{
     extract::connect_info::Connected,
     serve::{IncomingStream, Listener},
 };
+use futures::{StreamExt, stream::FuturesUnordered};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
 };
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::PeerAddr;
+use crate::tls::{Handshake, PeerAddr, ServerTls};
 
 /// A connection accepted by the listener, not yet registered with any runtime.
 type Accepted = (std::net::TcpStream, SocketAddr);
@@ -36,6 +41,17 @@ pub struct Lane {
     local: SocketAddr,
 }
 
+/// Registers a connection with the current lane's runtime, whose thread alone polls it.
+fn registered((stream, peer): Accepted) -> Option<(TcpStream, SocketAddr)> {
+    match TcpStream::from_std(stream) {
+        Ok(stream) => Some((stream, peer)),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "connection not registered; dropped");
+            None
+        }
+    }
+}
+
 impl Listener for Lane {
     type Io = TcpStream;
     type Addr = SocketAddr;
@@ -43,13 +59,11 @@ impl Listener for Lane {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.incoming.recv().await {
-                // Registered with this lane's runtime, whose thread alone polls it.
-                Some((stream, peer)) => match TcpStream::from_std(stream) {
-                    Ok(stream) => return (stream, peer),
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "connection not registered; dropped")
+                Some(accepted) => {
+                    if let Some(connection) = registered(accepted) {
+                        return connection;
                     }
-                },
+                }
                 // The acceptor has stopped: only the graceful shutdown ends this server.
                 None => std::future::pending::<()>().await,
             }
@@ -67,6 +81,55 @@ impl Connected<IncomingStream<'_, Lane>> for PeerAddr {
     }
 }
 
+/// The connections handed to one lane, each handed on to the server once its TLS
+/// handshake is complete. Handshakes run concurrently: a slow client holds up nobody.
+pub struct TlsLane {
+    incoming: mpsc::UnboundedReceiver<Accepted>,
+    /// The acceptor has stopped: only handshakes under way are left.
+    closed: bool,
+    local: SocketAddr,
+    acceptor: TlsAcceptor,
+    handshakes: FuturesUnordered<Handshake>,
+}
+
+impl Listener for TlsLane {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            tokio::select! {
+                next = self.incoming.recv(), if !self.closed => match next {
+                    Some(accepted) => {
+                        if let Some((stream, peer)) = registered(accepted) {
+                            self.handshakes
+                                .push(crate::tls::handshake(&self.acceptor, stream, peer));
+                        }
+                    }
+                    None => self.closed = true,
+                },
+                Some(done) = self.handshakes.next(), if !self.handshakes.is_empty() => {
+                    if let Some(connection) = done {
+                        return connection;
+                    }
+                }
+                // Only the graceful shutdown ends this server.
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsLane>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsLane>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
 /// Serves `router` on `lanes` threads until `cancel` fires, then lets every lane's
 /// in-flight requests finish. Connections are dealt to the lanes in turn as accepted.
 /// No lanes: served on the caller's runtime ([`crate::serve`]).
@@ -79,6 +142,38 @@ pub async fn serve_on_lanes(
     if lanes == 0 {
         return crate::admin::serve(listener, router, cancel).await;
     }
+    run_lanes(listener, router, cancel, lanes, None).await
+}
+
+/// [`serve_on_lanes`] over TLS: each lane completes its connections' handshakes; SIGHUP
+/// reloads the certificate. No lanes: [`crate::tls::serve_tls`] on the caller's runtime.
+pub async fn serve_tls_on_lanes(
+    listener: TcpListener,
+    tls: ServerTls,
+    router: Router,
+    cancel: CancellationToken,
+    lanes: usize,
+) -> io::Result<()> {
+    if lanes == 0 {
+        return crate::tls::serve_tls(listener, tls, router, cancel).await;
+    }
+    let acceptor = tls.acceptor();
+    let (served, ()) = tokio::join!(
+        run_lanes(listener, router, cancel.clone(), lanes, Some(acceptor)),
+        crate::tls::reload_on_hangup(tls, cancel)
+    );
+    served
+}
+
+/// Starts `lanes` threads, plain or completing TLS handshakes with `tls`, and deals them
+/// the listener's connections until `cancel` fires.
+async fn run_lanes(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+    lanes: usize,
+    tls: Option<TlsAcceptor>,
+) -> io::Result<()> {
     let local = listener.local_addr()?;
     // A lane that fails stops the others and the acceptor, as a failed server would.
     let stop = cancel.child_token();
@@ -87,7 +182,7 @@ pub async fn serve_on_lanes(
     for number in 0..lanes {
         let (sender, incoming) = mpsc::unbounded_channel();
         let (done, finish) = oneshot::channel();
-        let (router, lane_stop) = (router.clone(), stop.clone());
+        let (router, lane_stop, tls) = (router.clone(), stop.clone(), tls.clone());
         let spawned = thread::Builder::new()
             .name(format!("http-lane-{number}"))
             .spawn(move || {
@@ -95,11 +190,25 @@ pub async fn serve_on_lanes(
                     .enable_all()
                     .build()
                     .and_then(|runtime| {
-                        runtime.block_on(crate::admin::serve_on(
-                            Lane { incoming, local },
-                            router,
-                            lane_stop.clone(),
-                        ))
+                        let stop = lane_stop.clone();
+                        runtime.block_on(async move {
+                            match tls {
+                                None => {
+                                    let lane = Lane { incoming, local };
+                                    crate::admin::serve_on(lane, router, stop).await
+                                }
+                                Some(acceptor) => {
+                                    let lane = TlsLane {
+                                        incoming,
+                                        closed: false,
+                                        local,
+                                        acceptor,
+                                        handshakes: FuturesUnordered::new(),
+                                    };
+                                    crate::admin::serve_on(lane, router, stop).await
+                                }
+                            }
+                        })
                     });
                 lane_stop.cancel();
                 let _ = done.send(served);
@@ -228,6 +337,88 @@ mod tests {
             TcpStream::connect(addr).await.is_err(),
             "the listener is closed once served"
         );
+    }
+
+    /// `GET /who` on `stream`, whatever carries it; the body of the answer.
+    async fn ask_on<S>(mut stream: S) -> String
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        stream
+            .write_all(b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // Until the server closes: a TLS client may see the close as an error.
+        while let Ok(read @ 1..) = stream.read(&mut chunk).await {
+            answer.extend_from_slice(&chunk[..read]);
+        }
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        answer.split("\r\n\r\n").nth(1).unwrap().to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_each_lane_completes_its_handshakes_and_serves_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, issued.cert.pem()).unwrap();
+        std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+        let tls = ServerTls::load(&cert, &key, None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve_tls_on_lanes(
+            listener,
+            tls,
+            router(),
+            cancel.clone(),
+            2,
+        ));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(issued.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+
+        // A client that connects and never says a word: its lane's other handshakes go on.
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let mut lanes = HashSet::new();
+        for _ in 0..4 {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let client_addr = tcp.local_addr().unwrap();
+            let stream = connector.connect(name.clone(), tcp).await.unwrap();
+            let body = ask_on(stream).await;
+            let (lane, peer) = body.split_once(' ').unwrap();
+            assert_eq!(peer, client_addr.to_string());
+            assert!(lane.starts_with("http-lane-"), "served on {lane}");
+            lanes.insert(lane.to_owned());
+        }
+        assert_eq!(lanes.len(), 2, "each lane took its turn: {lanes:?}");
+
+        // Plain HTTP on a TLS port gets no answer.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer).await;
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("http-lane-"),
+            "answered in plain HTTP"
+        );
+
+        drop(silent);
+        cancel.cancel();
+        served.await.unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

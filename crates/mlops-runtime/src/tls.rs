@@ -140,6 +140,11 @@ impl ServerTls {
         })
     }
 
+    /// What completes the server's side of handshakes with this configuration.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.clone())
+    }
+
     /// Reads the certificate and key files again; new handshakes get them, connections
     /// already open keep theirs. A broken file leaves the current certificate in place.
     pub fn reload(&self) -> Result<(), String> {
@@ -154,7 +159,22 @@ impl ServerTls {
 }
 
 /// A TLS handshake under way: the connection and its peer, or nothing if it failed.
-type Handshake = BoxFuture<'static, Option<(TlsStream<TcpStream>, SocketAddr)>>;
+pub(crate) type Handshake = BoxFuture<'static, Option<(TlsStream<TcpStream>, SocketAddr)>>;
+
+/// The server's side of `stream`'s handshake, within [`HANDSHAKE_TIMEOUT`].
+pub(crate) fn handshake(acceptor: &TlsAcceptor, stream: TcpStream, peer: SocketAddr) -> Handshake {
+    let acceptor = acceptor.clone();
+    Box::pin(async move {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Some((tls, peer)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => None,
+        }
+    })
+}
 
 /// Accepts TCP connections and completes their TLS handshakes concurrently, so that a
 /// slow or silent client holds up nobody else.
@@ -168,7 +188,7 @@ impl TlsListener {
     pub fn new(tcp: TcpListener, tls: &ServerTls) -> Self {
         Self {
             tcp,
-            acceptor: TlsAcceptor::from(tls.config.clone()),
+            acceptor: tls.acceptor(),
             handshakes: FuturesUnordered::new(),
         }
     }
@@ -183,17 +203,7 @@ impl Listener for TlsListener {
             tokio::select! {
                 accepted = self.tcp.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let acceptor = self.acceptor.clone();
-                        self.handshakes.push(Box::pin(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => Some((tls, peer)),
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    None
-                                }
-                                Err(_) => None,
-                            }
-                        }));
+                        self.handshakes.push(handshake(&self.acceptor, stream, peer));
                     }
                     // Out of file descriptors and the like: let them free up.
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -219,30 +229,28 @@ pub async fn serve_tls(
     router: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let reloads = {
-        let (tls, cancel) = (tls.clone(), cancel.clone());
-        async move {
-            let Ok(mut hangups) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = hangups.recv() => match tls.reload() {
-                        Ok(()) => tracing::info!("TLS certificate reloaded"),
-                        Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the current one stays"),
-                    },
-                }
-            }
-        }
-    };
     let served = axum::serve(
         TlsListener::new(listener, &tls),
         router.into_make_service_with_connect_info::<PeerAddr>(),
     )
-    .with_graceful_shutdown(cancel.cancelled_owned());
-    let (served, ()) = tokio::join!(served.into_future(), reloads);
+    .with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let (served, ()) = tokio::join!(served.into_future(), reload_on_hangup(tls, cancel));
     served
+}
+
+/// Until `cancel` fires: on every SIGHUP, `tls`'s certificate and key are read again.
+pub(crate) async fn reload_on_hangup(tls: ServerTls, cancel: CancellationToken) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = hangups.recv() => match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the current one stays"),
+            },
+        }
+    }
 }

@@ -380,7 +380,7 @@ impl CommonConfig {
         self.serve_on_lanes(listener, router, cancel, 0).await
     }
 
-    /// [`Self::serve`], plain HTTP on `lanes` threads of their own
+    /// [`Self::serve`] on `lanes` threads of their own, plain HTTP or TLS
     /// (`mlops_runtime::lanes`; 0: the shared runtime). Only for an API whose handlers
     /// start no task that outlives a request and never block in place.
     pub async fn serve_on_lanes(
@@ -398,7 +398,8 @@ impl CommonConfig {
                     self.tls.client_ca_file.as_deref(),
                 )
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
-                mlops_runtime::tls::serve_tls(listener, tls, router, cancel).await?;
+                mlops_runtime::lanes::serve_tls_on_lanes(listener, tls, router, cancel, lanes)
+                    .await?;
             }
             _ => {
                 mlops_runtime::lanes::serve_on_lanes(listener, router, cancel, lanes).await?;

@@ -87,6 +87,23 @@ async fn up_with_tls_serves_https_only_and_the_services_trust_each_other() {
         .unwrap();
     let status = declared.status();
     assert_eq!(status, 201, "{}", declared.text().await.unwrap());
+    // Events over HTTPS, on ingestion's lanes, each acknowledged by the broker.
+    for id in ["e1", "e2", "e3"] {
+        let sent = https
+            .post(format!(
+                "https://127.0.0.1:{}/v1/datasets/tls_payments/events",
+                port("ingestion")
+            ))
+            .bearer_auth(token.trim())
+            .json(&json!({"id": id, "ts": 1_795_687_200_000_i64}))
+            .send()
+            .await
+            .unwrap();
+        let status = sent.status();
+        let answer: serde_json::Value = sent.json().await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["accepted"], 1, "{answer}");
+    }
     let subjects: Vec<String> = https
         .get(format!("https://127.0.0.1:{}/subjects", port("registry")))
         .bearer_auth(token.trim())

@@ -39,7 +39,8 @@ pub struct Settings {
     /// Refuse a whole batch when one record is invalid (per request: `?atomic=true`).
     pub all_or_nothing: bool,
     /// Threads of their own, each with a single-threaded runtime, serving the API's
-    /// plain-HTTP connections (`mlops_runtime::lanes`); 0: the service's shared runtime.
+    /// connections, plain HTTP or TLS (`mlops_runtime::lanes`); 0: the service's shared
+    /// runtime.
     /// Unset: one per core.
     pub http_lanes: Option<usize>,
 }
