@@ -158,9 +158,16 @@ pub async fn serve_tls_on_lanes(
         return crate::tls::serve_tls(listener, tls, router, cancel).await;
     }
     let acceptor = tls.acceptor();
+    // Reloads stop with the lanes, also when a lane failed and `cancel` never fires.
+    let reloading = cancel.child_token();
+    let serving = async {
+        let served = run_lanes(listener, router, cancel, lanes, Some(acceptor)).await;
+        reloading.cancel();
+        served
+    };
     let (served, ()) = tokio::join!(
-        run_lanes(listener, router, cancel.clone(), lanes, Some(acceptor)),
-        crate::tls::reload_on_hangup(tls, cancel)
+        serving,
+        crate::tls::reload_on_hangup(tls, reloading.clone())
     );
     served
 }
