@@ -428,6 +428,100 @@ mod tests {
         served.await.unwrap().unwrap();
     }
 
+    /// A self-signed certificate for `localhost`, written to `dir` as `<name>.pem` and
+    /// `<name>.key`; its DER.
+    fn certificate(dir: &std::path::Path, name: &str) -> rustls_pki_types::CertificateDer<'static> {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), issued.cert.pem()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.key")),
+            issued.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        issued.cert.der().clone()
+    }
+
+    /// A TLS connection to `addr`; the certificate the server presented.
+    async fn handshake_with(
+        connector: &tokio_rustls::TlsConnector,
+        addr: SocketAddr,
+    ) -> (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        rustls_pki_types::CertificateDer<'static>,
+    ) {
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        let presented = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+        (stream, presented)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_on_lanes_a_renewed_certificate_is_served_after_sighup() {
+        // SIGHUP is handled from here on in this process: never its default, which ends it.
+        let _handled =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let first = certificate(dir.path(), "first");
+        let renewed = certificate(dir.path(), "renewed");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::copy(dir.path().join("first.pem"), &cert).unwrap();
+        std::fs::copy(dir.path().join("first.key"), &key).unwrap();
+        let tls = ServerTls::load(&cert, &key, None).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve_tls_on_lanes(
+            listener,
+            tls,
+            router(),
+            cancel.clone(),
+            2,
+        ));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(first.clone()).unwrap();
+        roots.add(renewed.clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (open, presented) = handshake_with(&connector, addr).await;
+        assert!(presented == first, "the first certificate is served");
+
+        // Renewed on disk, then SIGHUP: new handshakes get it.
+        std::fs::copy(dir.path().join("renewed.pem"), &cert).unwrap();
+        std::fs::copy(dir.path().join("renewed.key"), &key).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // Again until seen: a signal sent before the server listens for it is not its.
+            let hangup = std::process::Command::new("kill")
+                .args(["-HUP", &std::process::id().to_string()])
+                .status()
+                .unwrap();
+            assert!(hangup.success());
+            let (fresh, presented) = handshake_with(&connector, addr).await;
+            if presented == renewed {
+                let body = ask_on(fresh).await;
+                assert!(body.starts_with("http-lane-"), "{body}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the renewed certificate was never served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A connection made before the reload is served on as it was.
+        let body = ask_on(open).await;
+        assert!(body.starts_with("http-lane-"), "{body}");
+
+        cancel.cancel();
+        served.await.unwrap().unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_in_flight_at_shutdown_is_answered() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
