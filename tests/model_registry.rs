@@ -368,6 +368,8 @@ async fn a_database_outage_answers_503_fast_and_recovers_without_a_restart() {
             reqwest::Method::POST,
             format!("/v1/models/{model}/versions"),
         ),
+        // The audit trail, kept in the same database.
+        (reqwest::Method::GET, "/v1/audit".to_owned()),
     ] {
         let asked = std::time::Instant::now();
         let mut request = r.http.request(method.clone(), r.url(&path));

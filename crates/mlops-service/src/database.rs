@@ -109,15 +109,44 @@ pub async fn connect(url: &str, migrations: &[Migration]) -> Result<AnyPool, Dat
 /// connection within the pool's wait) rather than that the statement was wrong: a request
 /// meeting it is answered 503 ([`crate::ApiError::database_unavailable`]), not 500. A
 /// server shutting down or not accepting connections yet (SQLSTATE classes 08 and 57P)
-/// counts as unreachable.
+/// counts as unreachable, and so does an SQLite file another connection still held when
+/// the busy timeout ran out (`SQLITE_BUSY`, `SQLITE_LOCKED`): a retry can succeed.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     use sqlx::Error;
     match error {
         Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed => true,
-        Error::Database(e) => e
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        Error::Database(e) => {
+            let Some(code) = e.code() else {
+                return false;
+            };
+            if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // An extended result code: its low byte is the primary one.
+                return code
+                    .parse::<i32>()
+                    .is_ok_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED));
+            }
+            code.starts_with("08") || code.starts_with("57P")
+        }
         _ => false,
+    }
+}
+
+/// SQLite's primary result codes for a file held by another connection.
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+
+/// A failed statement as an API answers it: 503 `database_unavailable` with Retry-After
+/// when the database could not be reached ([`is_unavailable`]), else 500 `code` —
+/// retrying a wrong statement or a corrupt row would not help.
+pub fn answer(error: &sqlx::Error, code: &'static str) -> crate::ApiError {
+    if is_unavailable(error) {
+        crate::ApiError::database_unavailable(error)
+    } else {
+        crate::ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            code,
+            format!("database: {error}"),
+        )
     }
 }
 
@@ -238,6 +267,49 @@ mod tests {
         let url = "mysql://db/mlops";
         let unsupported = connect(url, &[FIRST]).await.unwrap_err();
         assert!(!worth_waiting_for(url, &unsupported), "{unsupported}");
+    }
+
+    #[tokio::test]
+    async fn an_sqlite_file_held_by_another_connection_is_unavailable_a_wrong_statement_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/service.db", dir.path().display());
+        let holder = connect_raw(&url).await;
+        sqlx::query("CREATE TABLE notes (id BIGINT PRIMARY KEY)")
+            .execute(&holder)
+            .await
+            .unwrap();
+        let mut holding = holder.begin().await.unwrap();
+        sqlx::query("INSERT INTO notes (id) VALUES (1)")
+            .execute(&mut *holding)
+            .await
+            .unwrap();
+
+        // Another connection that does not wait: the file is busy.
+        let other = connect_raw(&url).await;
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&other)
+            .await
+            .unwrap();
+        let busy = sqlx::query("INSERT INTO notes (id) VALUES (2)")
+            .execute(&other)
+            .await
+            .unwrap_err();
+        assert!(is_unavailable(&busy), "{busy:?}");
+        let answered = answer(&busy, "test_error");
+        assert_eq!(answered.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+
+        let wrong = sqlx::query("SELECT nothing FROM nowhere")
+            .execute(&other)
+            .await
+            .unwrap_err();
+        assert!(!is_unavailable(&wrong), "{wrong:?}");
+        let answered = answer(&wrong, "test_error");
+        assert_eq!(
+            answered.status,
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(answered.code, "test_error");
+        holding.rollback().await.unwrap();
     }
 
     async fn connect_raw(url: &str) -> AnyPool {

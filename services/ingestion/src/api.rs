@@ -292,7 +292,7 @@ async fn register_dataset(State(app): State<Arc<App>>, body: Body) -> Result<Res
     app.store
         .save_dataset(&spec, schema_id, version)
         .await
-        .map_err(ApiError::database_unavailable)?;
+        .map_err(database)?;
     let dataset = Arc::new(dataset);
     app.datasets
         .write()
@@ -400,6 +400,21 @@ async fn erase_entity(
     ))
 }
 
+/// 503 when the database could not be reached (to be retried), 500 `ingestion_error` when
+/// what it holds or was asked is wrong (retrying would not help).
+fn database(e: crate::store::StoreError) -> ApiError {
+    use crate::store::StoreError;
+    match &e {
+        StoreError::Database(cause) => mlops_service::database::answer(cause, "ingestion_error"),
+        StoreError::Connect(_) => ApiError::database_unavailable(e),
+        StoreError::Corrupt(..) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ingestion_error",
+            e.to_string(),
+        ),
+    }
+}
+
 fn unknown_dataset(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -427,4 +442,23 @@ async fn post_events(
         app.reject(e.code, 1);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn an_unreachable_database_is_503_and_a_corrupt_row_is_500() {
+        let unreachable = database(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(unreachable.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unreachable.code, "database_unavailable");
+        let corrupt = database(StoreError::Corrupt(
+            "payments".into(),
+            serde_json::from_str::<Json>("{").unwrap_err(),
+        ));
+        assert_eq!(corrupt.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(corrupt.code, "ingestion_error");
+    }
 }

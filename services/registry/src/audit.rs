@@ -169,7 +169,7 @@ async fn query(
     let rows = statement
         .fetch_all(&log.pool)
         .await
-        .map_err(ApiError::database_unavailable)?;
+        .map_err(|e| mlops_service::database::answer(&e, "audit_error"))?;
     let records: Vec<Json> = rows
         .iter()
         .map(|row| {

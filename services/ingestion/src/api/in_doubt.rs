@@ -149,7 +149,7 @@ impl App {
         self.store
             .remember(name, &remembered, mlops_events::now_millis())
             .await
-            .map_err(ApiError::database_unavailable)?;
+            .map_err(super::database)?;
         self.in_doubt.settle(name, &doubtful);
         tracing::info!(
             dataset = %name,

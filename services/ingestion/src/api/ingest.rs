@@ -234,7 +234,7 @@ pub(super) async fn accepted_before(
     app.store
         .accepted(dataset, &ids, app.window_start())
         .await
-        .map_err(ApiError::database_unavailable)
+        .map_err(super::database)
 }
 
 /// Each record: a duplicate (of an earlier request or of a record before it in this one),
