@@ -369,11 +369,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_tls_each_lane_completes_its_handshakes_and_serves_there() {
         let dir = tempfile::tempdir().unwrap();
-        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert, issued.cert.pem()).unwrap();
-        std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
-        let tls = ServerTls::load(&cert, &key, None).unwrap();
+        let issued = certificate(dir.path(), "server");
+        let tls = ServerTls::load(
+            &dir.path().join("server.pem"),
+            &dir.path().join("server.key"),
+            None,
+        )
+        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
@@ -384,24 +386,14 @@ mod tests {
             cancel.clone(),
             2,
         ));
-
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(issued.cert.der().clone()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let connector = trusting(&[issued]);
 
         // A client that connects and never says a word: its lane's other handshakes go on.
         let silent = TcpStream::connect(addr).await.unwrap();
         let mut lanes = HashSet::new();
         for _ in 0..4 {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let client_addr = tcp.local_addr().unwrap();
-            let stream = connector.connect(name.clone(), tcp).await.unwrap();
+            let (stream, _) = handshake_with(&connector, addr).await;
+            let client_addr = stream.get_ref().0.local_addr().unwrap();
             let body = ask_on(stream).await;
             let (lane, peer) = body.split_once(' ').unwrap();
             assert_eq!(peer, client_addr.to_string());
@@ -439,6 +431,22 @@ mod tests {
         )
         .unwrap();
         issued.cert.der().clone()
+    }
+
+    /// A TLS client trusting `certificates` alone.
+    fn trusting(
+        certificates: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in certificates {
+            roots.add(certificate.clone()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(client))
     }
 
     /// A TLS connection to `addr`; the certificate the server presented.
@@ -489,15 +497,7 @@ mod tests {
             lanes,
         ));
 
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(first.clone()).unwrap();
-        roots.add(renewed.clone()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let connector = trusting(&[first.clone(), renewed.clone()]);
         let (open, presented) = handshake_with(&connector, addr).await;
         assert!(presented == first, "the first certificate is served");
 
