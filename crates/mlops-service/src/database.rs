@@ -137,16 +137,14 @@ const SQLITE_LOCKED: i32 = 6;
 
 /// A failed statement as an API answers it: 503 `database_unavailable` with Retry-After
 /// when the database could not be reached ([`is_unavailable`]), else 500 `code` —
-/// retrying a wrong statement or a corrupt row would not help.
+/// retrying a wrong statement or a corrupt row would not help. Either way the message is
+/// `database: <error>`, as the services' store errors print it.
 pub fn answer(error: &sqlx::Error, code: &'static str) -> crate::ApiError {
+    let message = format!("database: {error}");
     if is_unavailable(error) {
-        crate::ApiError::database_unavailable(error)
+        crate::ApiError::database_unavailable(message)
     } else {
-        crate::ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            code,
-            format!("database: {error}"),
-        )
+        crate::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, code, message)
     }
 }
 

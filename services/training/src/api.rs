@@ -58,19 +58,14 @@ pub fn router(app: Arc<App>) -> Router {
 /// 503 when the database could not be reached (to be retried), 500 when what it holds
 /// or was asked is wrong (retrying would not help).
 fn database(e: StoreError) -> ApiError {
-    let unavailable = match &e {
-        StoreError::Database(cause) => mlops_service::database::is_unavailable(cause),
-        StoreError::Connect(_) => true,
-        StoreError::Corrupt(_) => false,
-    };
-    if unavailable {
-        ApiError::database_unavailable(e)
-    } else {
-        ApiError::new(
+    match &e {
+        StoreError::Database(cause) => mlops_service::database::answer(cause, "training_error"),
+        StoreError::Connect(_) => ApiError::database_unavailable(e),
+        StoreError::Corrupt(_) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "training_error",
             e.to_string(),
-        )
+        ),
     }
 }
 

@@ -126,9 +126,7 @@ fn error(e: ModelStoreError) -> ApiError {
             format!("{field}: {reason}"),
         )
         .with_fields(vec![field_error(field, &reason)]),
-        ModelStoreError::Database(e) if mlops_service::database::is_unavailable(&e) => {
-            ApiError::database_unavailable(e)
-        }
+        ModelStoreError::Database(e) => mlops_service::database::answer(&e, "registry_error"),
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "registry_error",
