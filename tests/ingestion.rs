@@ -525,6 +525,12 @@ async fn retries_are_idempotent_across_a_restart() {
             retried["results"][0]["offset"],
             produced["results"][0]["offset"]
         );
+        // What it held was read back with it: other content under its id is refused.
+        let mut changed = payment(9);
+        changed["amount"] = json!(99.0);
+        let (status, refused) = p.send(&ingestion, &name, &changed).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        assert_eq!(refused["results"][0]["errors"][0]["field"], "txn_id");
         let (status, again) = p.send(&ingestion, &name, &payment(7)).await;
         assert_eq!(status, StatusCode::OK, "{again}");
         assert_eq!(again["results"][0]["status"], "duplicate");
@@ -537,6 +543,108 @@ async fn retries_are_idempotent_across_a_restart() {
             records_on(&p.broker.bootstrap_servers, &format!("raw.{name}"), 3).await,
             4
         );
+        ingestion.stop().await;
+    }
+}
+
+/// An id is a promise about content: a retry repeats it and is answered `duplicate`, but a
+/// record that reuses an accepted id for other content (a correction sent under the old
+/// id, two producers' ids colliding) would be lost that way. It is refused, naming the id
+/// and what holds it, and dead-lettered as a conflict — in a later request, within one
+/// request, and under an `Idempotency-Key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_id_reused_for_other_content_is_refused_and_dead_lettered() {
+    for broker in brokers().await {
+        let p = Platform::new(broker).await;
+        let ingestion = TestIngestion::start(p.config()).await;
+        let name = unique("payments");
+        p.declare(&ingestion, &payments(&name)).await;
+        let (status, first) = p.send(&ingestion, &name, &payment(40)).await;
+        assert_eq!(status, StatusCode::OK, "{first}");
+        let at = &first["results"][0];
+
+        let mut corrected = payment(40);
+        corrected["amount"] = json!(1_000.0);
+        let (status, refused) = p.send(&ingestion, &name, &corrected).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        assert_eq!(
+            refused["results"][0]["errors"],
+            json!([{"field": "txn_id", "reason": format!(
+                "id \"t-40\" is already taken by the event accepted at partition {}, offset {}, with other content: this record is not written; a retry must repeat the content, a new record needs a new id",
+                at["partition"], at["offset"]
+            )}])
+        );
+        // The retry itself is still a duplicate.
+        let (status, retried) = p.send(&ingestion, &name, &payment(40)).await;
+        assert_eq!(status, StatusCode::OK, "{retried}");
+        assert_eq!(retried["results"][0]["status"], "duplicate");
+
+        // Within one request: the first copy is written, the other content refused.
+        let mut other = payment(41);
+        other["currency"] = json!("AED");
+        other["amount"] = json!(7.0);
+        let (status, batch) = p
+            .send(&ingestion, &name, &json!([payment(41), other, payment(41)]))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{batch}");
+        let statuses: Vec<&str> = batch["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["accepted", "rejected", "duplicate"], "{batch}");
+        let reason = batch["results"][1]["errors"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("taken by record 0 of this request"),
+            "{reason}"
+        );
+
+        // A single event's Idempotency-Key is its id when the dataset declares none.
+        let keyed = unique("keyed");
+        let mut spec = payments(&keyed);
+        spec.as_object_mut().unwrap().remove("event_id");
+        p.declare(&ingestion, &spec).await;
+        let url = format!("{}/v1/datasets/{keyed}/events", ingestion.url);
+        let send_keyed = |event: Value| {
+            p.http
+                .post(&url)
+                .header("idempotency-key", "order-1")
+                .json(&event)
+                .send()
+        };
+        let answer = send_keyed(payment(50)).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let answer = send_keyed(payment(51)).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(
+            body["results"][0]["errors"][0]["field"], "Idempotency-Key",
+            "{body}"
+        );
+
+        // Written once each; the refused records wait in the dead-letter topic.
+        let bootstrap = &p.broker.bootstrap_servers;
+        let topic = format!("raw.{name}");
+        assert_eq!(records_on(bootstrap, &topic, 3).await, 2);
+        assert_eq!(records_on(bootstrap, &format!("raw.{keyed}"), 3).await, 1);
+        let codec = mlops_integration_tests::codec(&p.registry.url);
+        let dead =
+            mlops_integration_tests::read_topic(bootstrap, &topics::dead_letter(&topic), 2).await;
+        let mut refused = Vec::new();
+        for message in &dead {
+            let letter: DeadLetter = codec.decode(message.payload().unwrap()).await.unwrap();
+            assert_eq!(letter.error_class, "conflict");
+            let original: Value = serde_json::from_slice(&letter.value.unwrap().0).unwrap();
+            assert!(
+                letter.reason.starts_with("txn_id: id "),
+                "{}",
+                letter.reason
+            );
+            refused.push(original["amount"].as_f64().unwrap());
+        }
+        refused.sort_by(f64::total_cmp);
+        assert_eq!(refused, [7.0, 1_000.0]);
         ingestion.stop().await;
     }
 }
@@ -994,6 +1102,13 @@ async fn labels_arrive_over_http_and_inline_each_once() {
         (&again["accepted"], &again["duplicates"]),
         (&json!(0), &json!(2))
     );
+    // A correction under a taken label id is refused, not answered as a copy of it.
+    let corrected = json!({"entity_id": "c-5", "label": 0, "event_time": "2026-11-26T10:00:00Z", "label_id": "L-1"});
+    let (status, refused, _) = p
+        .post(&url, "application/json", corrected.to_string())
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["results"][0]["errors"][0]["field"], "label_id");
 
     let bootstrap = &p.broker.bootstrap_servers;
     assert_eq!(records_on(bootstrap, topics::LABELS, 3).await, 4);
@@ -1054,17 +1169,24 @@ async fn labels_arrive_over_http_and_inline_each_once() {
     expected.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(labels, expected);
 
-    // The refused ones are on labels.dlq with their reasons.
+    // The refused ones are on labels.dlq with their reasons (the two invalid ones of each
+    // of the two tries), the correction as a conflict.
     let dead =
-        mlops_integration_tests::read_topic(bootstrap, &topics::dead_letter(topics::LABELS), 2)
+        mlops_integration_tests::read_topic(bootstrap, &topics::dead_letter(topics::LABELS), 5)
             .await;
     let mut reasons = Vec::new();
     for message in &dead {
         let letter: DeadLetter = codec.decode(message.payload().unwrap()).await.unwrap();
-        reasons.push(letter.reason);
+        reasons.push((letter.error_class, letter.reason));
     }
     assert!(
-        reasons.contains(&"entity_id: is required".to_owned()),
+        reasons.contains(&("validation".to_owned(), "entity_id: is required".to_owned())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(
+            |(class, reason)| class == "conflict" && reason.starts_with("label_id: id \"L-1\"")
+        ),
         "{reasons:?}"
     );
     ingestion.stop().await;

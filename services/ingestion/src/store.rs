@@ -4,16 +4,24 @@
 use mlops_service::database::Migration;
 use std::collections::HashMap;
 
+use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
 
 use crate::dataset::DatasetSpec;
 
 /// This service's schema, version by version (portable between SQLite and PostgreSQL).
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "fingerprints of accepted records",
+        sql: include_str!("../migrations/0002_fingerprints.sql"),
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -27,11 +35,73 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Where an accepted event was written.
+/// Where an accepted event was written, and what it held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
     pub partition: i32,
     pub offset: i64,
+    /// `None` for ids remembered before fingerprints were kept: their content is unknown.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// What an accepted record held, so that a retry (the same content under its id) can be
+/// told from another record reusing the id: the schema its bytes were written with, and a
+/// digest of those bytes. Two fingerprints under different schemas prove nothing (the
+/// dataset's schema may have evolved between a try and its retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// The writer schema's registry id; [`Fingerprint::FIELDS`] for content hashed field
+    /// by field rather than as an encoding.
+    schema_id: u32,
+    digest: [u8; 16],
+}
+
+impl Fingerprint {
+    /// The "schema" of a fingerprint made from a record's fields (a label: its Avro
+    /// encoding also carries when it was received, which a retry changes).
+    pub const FIELDS: u32 = 0;
+
+    /// Of an Avro body written with `schema_id`.
+    pub fn of(schema_id: u32, body: &[u8]) -> Self {
+        Self::of_parts(schema_id, &[body])
+    }
+
+    /// Of `parts` in order, each delimited, under `schema_id`.
+    pub fn of_parts(schema_id: u32, parts: &[&[u8]]) -> Self {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        let mut digest = [0; 16];
+        digest.copy_from_slice(&hasher.finalize()[..16]);
+        Self { schema_id, digest }
+    }
+
+    /// Of a record as it is on the wire (Confluent-framed Avro); `None` for other bytes.
+    pub fn of_framed(payload: &[u8]) -> Option<Self> {
+        let (schema_id, body) = mlops_schema::split_frame(payload).ok()?;
+        Some(Self::of(schema_id, body))
+    }
+
+    /// Whether `other` is proven to hold other content: the same schema, other bytes.
+    pub fn contradicts(&self, other: &Self) -> bool {
+        self.schema_id == other.schema_id && self.digest != other.digest
+    }
+
+    fn to_text(self) -> String {
+        format!("{}:{}", self.schema_id, hex::encode(self.digest))
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let (schema_id, digest) = text.split_once(':')?;
+        let mut bytes = [0; 16];
+        hex::decode_to_slice(digest, &mut bytes).ok()?;
+        Some(Self {
+            schema_id: schema_id.parse().ok()?,
+            digest: bytes,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -108,7 +178,7 @@ impl Store {
         for chunk in event_ids.chunks(ID_CHUNK) {
             let list = placeholders(3, chunk.len(), 1);
             let sql = format!(
-                "SELECT event_id, partition_id, record_offset FROM ingestion_accepted
+                "SELECT event_id, partition_id, record_offset, fingerprint FROM ingestion_accepted
                  WHERE dataset = $1 AND accepted_at >= $2 AND event_id IN ({list})"
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -123,6 +193,10 @@ impl Store {
                     Accepted {
                         partition: row.get::<i64, _>(1) as i32,
                         offset: row.get(2),
+                        fingerprint: row
+                            .get::<Option<String>, _>(3)
+                            .as_deref()
+                            .and_then(Fingerprint::parse),
                     },
                 );
             }
@@ -140,14 +214,15 @@ impl Store {
     ) -> Result<()> {
         for chunk in events.chunks(ROW_CHUNK) {
             let rows = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(1 + i * 5, 5, 1)))
+                .map(|i| format!("({})", placeholders(1 + i * 6, 6, 1)))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "INSERT INTO ingestion_accepted (dataset, event_id, partition_id, record_offset, accepted_at)
+                "INSERT INTO ingestion_accepted (dataset, event_id, partition_id, record_offset, accepted_at, fingerprint)
                  VALUES {rows}
                  ON CONFLICT (dataset, event_id) DO UPDATE SET partition_id = excluded.partition_id,
-                 record_offset = excluded.record_offset, accepted_at = excluded.accepted_at"
+                 record_offset = excluded.record_offset, accepted_at = excluded.accepted_at,
+                 fingerprint = excluded.fingerprint"
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (event_id, accepted) in chunk {
@@ -156,7 +231,8 @@ impl Store {
                     .bind(event_id.as_str())
                     .bind(i64::from(accepted.partition))
                     .bind(accepted.offset)
-                    .bind(at);
+                    .bind(at)
+                    .bind(accepted.fingerprint.map(Fingerprint::to_text));
             }
             query.execute(&self.pool).await?;
         }
@@ -187,8 +263,8 @@ impl Store {
 
 /// Ids looked up per query.
 const ID_CHUNK: usize = 500;
-/// Rows (5 parameters each) written per statement.
-const ROW_CHUNK: usize = 200;
+/// Rows (6 parameters each) written per statement.
+const ROW_CHUNK: usize = 160;
 
 /// `$first, $first+1, ...` (`count` of them), for a statement's parameter list.
 fn placeholders(first: usize, count: usize, step: usize) -> String {
@@ -208,7 +284,11 @@ mod tests {
         let store = Store::connect(&format!("sqlite://{}", dir.path().join("i.db").display()))
             .await
             .unwrap();
-        let at = |partition, offset| Accepted { partition, offset };
+        let at = |partition, offset| Accepted {
+            partition,
+            offset,
+            fingerprint: None,
+        };
         // More ids than one query takes, so the lookup spans chunks.
         let many: Vec<(String, Accepted)> = (0..1_200)
             .map(|i| (format!("e{i}"), at(i % 3, i64::from(i))))
@@ -235,9 +315,64 @@ mod tests {
             at(0, 5_000)
         );
 
+        // What a record held is kept with its id; ids remembered without it stay unknown.
+        let held = Fingerprint::of(7, b"body");
+        store
+            .remember(
+                "d",
+                &[(
+                    "e2".into(),
+                    Accepted {
+                        fingerprint: Some(held),
+                        ..at(1, 6_000)
+                    },
+                )],
+                3_000,
+            )
+            .await
+            .unwrap();
+        let found = store.accepted("d", &["e2", "e1"], 2_000).await.unwrap();
+        assert_eq!(found["e2"].fingerprint, Some(held));
+        assert_eq!(found["e1"].fingerprint, None);
+
         // Pruning forgets what is past the window, and only that.
-        assert_eq!(store.prune(2_000).await.unwrap(), 1_200);
-        let left = store.accepted("d", &ids, 0).await.unwrap();
-        assert_eq!(left.keys().collect::<Vec<_>>(), ["e1"]);
+        assert_eq!(
+            store.prune(2_000).await.unwrap(),
+            1_199,
+            "all but e1 and e2, remembered again later"
+        );
+        let mut left: Vec<String> = store
+            .accepted("d", &ids, 0)
+            .await
+            .unwrap()
+            .into_keys()
+            .collect();
+        left.sort();
+        assert_eq!(left, ["e1", "e2"]);
+    }
+
+    #[test]
+    fn fingerprints_prove_other_content_only_under_the_same_schema() {
+        let body = Fingerprint::of(3, b"\x02ab");
+        assert!(!body.contradicts(&Fingerprint::of(3, b"\x02ab")), "a retry");
+        assert!(
+            body.contradicts(&Fingerprint::of(3, b"\x02ac")),
+            "other bytes"
+        );
+        // Under another schema version the same event may be encoded otherwise.
+        assert!(!body.contradicts(&Fingerprint::of(4, b"\x02ac")));
+        // On the wire, the Confluent header names the schema.
+        assert_eq!(
+            Fingerprint::of_framed(&mlops_schema::frame(3, b"\x02ab")),
+            Some(body)
+        );
+        assert_eq!(Fingerprint::of_framed(b"not avro"), None);
+        // Parts are delimited: moving a byte between them is other content.
+        assert!(
+            Fingerprint::of_parts(0, &[b"ab", b"c"])
+                .contradicts(&Fingerprint::of_parts(0, &[b"a", b"bc"]))
+        );
+        assert_eq!(Fingerprint::parse(&body.to_text()), Some(body));
+        assert_eq!(Fingerprint::parse("3:zz"), None);
     }
 }

@@ -18,7 +18,10 @@ use serde_json::Value as Json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ApiError, App, check_region, read_body, unknown_dataset};
-use crate::{dataset::Dataset, store::Accepted};
+use crate::{
+    dataset::Dataset,
+    store::{Accepted, Fingerprint},
+};
 
 /// Bodies above this size are parsed and encoded on the CPU pool; below it, the hop to
 /// another thread would cost more than the work.
@@ -29,6 +32,9 @@ pub(super) enum Outcome {
     Accepted(Accepted),
     Duplicate(Accepted),
     Rejected(Vec<FieldError>),
+    /// Rejected for reusing the id of another record with other content: answered as
+    /// rejected, dead-lettered as a conflict rather than as invalid.
+    Conflict(Vec<FieldError>),
     Skipped(String),
     Failed(String),
 }
@@ -39,6 +45,8 @@ struct Prepared {
     key: Option<String>,
     event_id: Option<String>,
     payload: Vec<u8>,
+    /// Of `payload`, for a record with an event id: what its retries are compared with.
+    fingerprint: Option<Fingerprint>,
 }
 
 /// The records of one request and what has happened to each so far.
@@ -165,12 +173,14 @@ impl Incoming {
 /// queue is noted in `queue_full` (the request then answers 429, not 503).
 pub(super) fn delivered(
     delivery: mlops_kafka::Result<mlops_kafka::Delivery>,
+    fingerprint: Option<Fingerprint>,
     queue_full: &mut bool,
 ) -> Outcome {
     match delivery {
         Ok(d) => Outcome::Accepted(Accepted {
             partition: d.partition,
             offset: d.offset,
+            fingerprint,
         }),
         Err(mlops_kafka::Error::QueueFull) => {
             *queue_full = true;
@@ -238,7 +248,8 @@ pub(super) async fn accepted_before(
 }
 
 /// Each record: a duplicate (of an earlier request or of a record before it in this one),
-/// rejected with every field at fault, or converted to Avro and framed for the wire.
+/// a conflict (its id used before for other content), rejected with every field at fault,
+/// or converted to Avro and framed for the wire.
 fn check_and_encode(
     dataset: &Dataset,
     items: &[Result<Json, String>],
@@ -246,7 +257,8 @@ fn check_and_encode(
     known: &HashMap<String, Accepted>,
 ) -> Checked {
     let mut checked = Checked::new(items.len());
-    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    // The first record of each id in this request, and its fingerprint once it is valid.
+    let mut first_seen: HashMap<String, (usize, Option<Fingerprint>)> = HashMap::new();
     for (index, item) in items.iter().enumerate() {
         let record = match item {
             Ok(record) => record,
@@ -259,21 +271,42 @@ fn check_and_encode(
             }
         };
         let event_id = event_ids[index].take();
-        if let Some(id) = &event_id {
-            if let Some(&first) = first_seen.get(id) {
-                checked.repeats.push((index, first));
-                continue;
-            }
-            if let Some(accepted) = known.get(id) {
-                checked.outcomes[index] = Some(Outcome::Duplicate(*accepted));
-                continue;
-            }
-            first_seen.insert(id.clone(), index);
-        }
         // Framed as it goes on the wire: the Confluent header, then the Avro body.
         let mut payload = Vec::with_capacity(mlops_schema::HEADER_LEN + 64);
         mlops_schema::write_frame_header(&mut payload, dataset.schema_id);
-        if let Err(errors) = dataset.converter.encode_into(record, &mut payload) {
+        let encoded = dataset.converter.encode_into(record, &mut payload);
+        let fingerprint = match (&event_id, &encoded) {
+            (Some(_), Ok(())) => Some(Fingerprint::of(
+                dataset.schema_id,
+                &payload[mlops_schema::HEADER_LEN..],
+            )),
+            _ => None,
+        };
+        if let Some(id) = &event_id {
+            let reuse = |earlier: Option<Fingerprint>, which: String| {
+                reused(&id_field(dataset, record), id, fingerprint, earlier, which)
+            };
+            if let Some(&(first, first_fingerprint)) = first_seen.get(id) {
+                match reuse(first_fingerprint, format!("record {first} of this request")) {
+                    Some(error) => checked.outcomes[index] = Some(Outcome::Conflict(vec![error])),
+                    None => checked.repeats.push((index, first)),
+                }
+                continue;
+            }
+            if let Some(accepted) = known.get(id) {
+                let which = format!(
+                    "the event accepted at partition {}, offset {}",
+                    accepted.partition, accepted.offset
+                );
+                checked.outcomes[index] = Some(match reuse(accepted.fingerprint, which) {
+                    Some(error) => Outcome::Conflict(vec![error]),
+                    None => Outcome::Duplicate(*accepted),
+                });
+                continue;
+            }
+            first_seen.insert(id.clone(), (index, None));
+        }
+        if let Err(errors) = encoded {
             checked.outcomes[index] = Some(Outcome::Rejected(errors));
             continue;
         }
@@ -282,14 +315,49 @@ fn check_and_encode(
             checked.outcomes[index] = Some(Outcome::Rejected(violations));
             continue;
         }
+        if let Some(first) = event_id.as_ref().and_then(|id| first_seen.get_mut(id)) {
+            first.1 = fingerprint;
+        }
         checked.prepared.push(Prepared {
             index,
             key: dataset.key_of(record),
             event_id,
             payload,
+            fingerprint,
         });
     }
     checked
+}
+
+/// Where a record's event id came from: the dataset's id field, or for a single event
+/// without one, the `Idempotency-Key` header.
+fn id_field(dataset: &Dataset, record: &Json) -> String {
+    match &dataset.spec.event_id {
+        Some(field) if dataset.event_id_of(record).is_some() => field.clone(),
+        _ => "Idempotency-Key".to_owned(),
+    }
+}
+
+/// The error of a record that reuses `id` for other content than `earlier` (named by
+/// `which`) held — `None` for a retry, or when the contents cannot be compared. A retry
+/// is answered `duplicate`; a new record under a used id would be lost that way, so it is
+/// refused, and dead-lettered with the reason.
+pub(super) fn reused(
+    field: &str,
+    id: &str,
+    mine: Option<Fingerprint>,
+    earlier: Option<Fingerprint>,
+    which: String,
+) -> Option<FieldError> {
+    match (mine, earlier) {
+        (Some(mine), Some(earlier)) if mine.contradicts(&earlier) => Some(FieldError {
+            field: field.to_owned(),
+            reason: format!(
+                "id {id:?} is already taken by {which}, with other content: this record is not written; a retry must repeat the content, a new record needs a new id"
+            ),
+        }),
+        _ => None,
+    }
 }
 
 /// All-or-nothing: one rejected record refuses the whole request.
@@ -297,7 +365,7 @@ fn refuse_all_if_any_rejected(checked: &mut Checked) {
     let any_rejected = checked
         .outcomes
         .iter()
-        .any(|o| matches!(o, Some(Outcome::Rejected(_))));
+        .any(|o| matches!(o, Some(Outcome::Rejected(_) | Outcome::Conflict(_))));
     if any_rejected {
         for p in &checked.prepared {
             checked.outcomes[p.index] = Some(Outcome::Skipped(
@@ -366,7 +434,7 @@ async fn produce(
     for (p, delivery) in checked.prepared.iter().zip(deliveries) {
         // Refused by the local queue: never sent. Any other failure may have been written.
         let never_sent = matches!(delivery, Err(mlops_kafka::Error::QueueFull));
-        let outcome = delivered(delivery, &mut queue_full);
+        let outcome = delivered(delivery, p.fingerprint, &mut queue_full);
         match (&outcome, &p.event_id) {
             (Outcome::Accepted(accepted), Some(id)) => remembered.push((id.clone(), *accepted)),
             (Outcome::Failed(_), Some(id)) if !never_sent => in_doubt.push(id.clone()),
@@ -384,6 +452,7 @@ pub(super) fn resolve_repeats(checked: &mut Checked) {
         checked.outcomes[index] = Some(match &checked.outcomes[first] {
             Some(Outcome::Accepted(a)) => Outcome::Duplicate(*a),
             Some(Outcome::Rejected(e)) => Outcome::Rejected(e.clone()),
+            Some(Outcome::Conflict(e)) => Outcome::Conflict(e.clone()),
             Some(Outcome::Skipped(r)) => Outcome::Skipped(r.clone()),
             _ => Outcome::Failed("its first copy in this request was not written".into()),
         });
@@ -445,7 +514,7 @@ pub(super) fn respond(
                     (result.status, result.partition, result.offset) =
                         ("duplicate", Some(a.partition), Some(a.offset));
                 }
-                Some(Outcome::Rejected(errors)) => {
+                Some(Outcome::Rejected(errors) | Outcome::Conflict(errors)) => {
                     rejected += 1;
                     (result.status, result.errors) = ("rejected", Some(errors.as_slice()));
                 }
@@ -532,8 +601,9 @@ fn parse_records(
     }
 }
 
-/// Rejected records go to the dataset's dead-letter topic with their reasons, so producers'
-/// mistakes can be inspected and replayed; a failure here is logged, not silent.
+/// Rejected records go to the dataset's dead-letter topic with their reasons (error class
+/// `validation`, or `conflict` for a record reusing a taken id), so producers' mistakes
+/// can be inspected and replayed; a failure here is logged, not silent.
 pub(super) async fn dead_letter_rejections(
     app: &App,
     topic: &str,
@@ -550,8 +620,10 @@ pub(super) async fn dead_letter_rejections(
         Vec::new()
     };
     for (index, outcome) in outcomes.iter().enumerate() {
-        let Some(Outcome::Rejected(errors)) = outcome else {
-            continue;
+        let (class, errors) = match outcome {
+            Some(Outcome::Rejected(errors)) => ("validation", errors),
+            Some(Outcome::Conflict(errors)) => ("conflict", errors),
+            _ => continue,
         };
         let raw = match (&items[index], lines.get(index)) {
             (_, Some(line)) => line.to_vec(),
@@ -572,7 +644,7 @@ pub(super) async fn dead_letter_rejections(
         if let Err(e) = tokio::time::timeout(
             Duration::from_secs(30),
             app.dead_letters
-                .send_refused(topic, None, raw, "validation", &reason),
+                .send_refused(topic, None, raw, class, &reason),
         )
         .await
         .map_err(|_| "timed out".to_owned())

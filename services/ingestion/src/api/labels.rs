@@ -1,8 +1,10 @@
 //! Ground truth in, the producers' way: `POST /v1/datasets/{name}/labels`, and the labels a
 //! dataset carries inline in its events (`labels: [...]` in its declaration). Both become
 //! `GroundTruthLabel`s on the `labels` topic, keyed by entity id, idempotent on
-//! `label_id`: a label sent again with the same id is a duplicate, and readers keep one
-//! label per id. Boolean labels become 1 and 0, so binary targets train as numbers.
+//! `label_id`: a label sent again with the same id and content is a duplicate, one with
+//! the same id and another content is refused (a correction needs its own id), and
+//! readers keep one label per id. Boolean labels become 1 and 0, so binary targets train
+//! as numbers.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -22,10 +24,10 @@ use super::{
     ApiError, App,
     ingest::{
         Checked, Incoming, Outcome, accepted_before, dead_letter_rejections, delivered,
-        reserve_in_flight, resolve_repeats, respond,
+        reserve_in_flight, resolve_repeats, respond, reused,
     },
 };
-use crate::dataset::Dataset;
+use crate::{dataset::Dataset, store::Fingerprint};
 
 /// Fields of one label in a request body.
 const FIELDS: [&str; 5] = ["entity_id", "label", "event_time", "request_id", "label_id"];
@@ -80,25 +82,43 @@ async fn ingest_labels(
     let known = accepted_before(app, &namespace(name), &ids).await?;
 
     let mut checked = Checked::new(labels.len());
-    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut first_seen: HashMap<&str, (usize, Fingerprint)> = HashMap::new();
     let mut to_send = Vec::new();
     for (index, label) in labels.iter().enumerate() {
-        match label {
-            Err(errors) => checked.outcomes[index] = Some(Outcome::Rejected(errors.clone())),
-            Ok(label) => {
-                if let Some(&first) = first_seen.get(label.label_id.as_str()) {
-                    checked.repeats.push((index, first));
-                } else if let Some(accepted) = known.get(&label.label_id) {
-                    checked.outcomes[index] = Some(Outcome::Duplicate(*accepted));
-                } else {
-                    first_seen.insert(&label.label_id, index);
-                    to_send.push((index, label));
-                }
+        let label = match label {
+            Err(errors) => {
+                checked.outcomes[index] = Some(Outcome::Rejected(errors.clone()));
+                continue;
             }
+            Ok(label) => label,
+        };
+        let id = label.label_id.as_str();
+        let fingerprint = fingerprint(label);
+        let reuse = |earlier, which| reused("label_id", id, Some(fingerprint), earlier, which);
+        if let Some(&(first, first_fingerprint)) = first_seen.get(id) {
+            match reuse(
+                Some(first_fingerprint),
+                format!("label {first} of this request"),
+            ) {
+                Some(error) => checked.outcomes[index] = Some(Outcome::Conflict(vec![error])),
+                None => checked.repeats.push((index, first)),
+            }
+        } else if let Some(accepted) = known.get(id) {
+            let which = format!(
+                "the label accepted at partition {}, offset {}",
+                accepted.partition, accepted.offset
+            );
+            checked.outcomes[index] = Some(match reuse(accepted.fingerprint, which) {
+                Some(error) => Outcome::Conflict(vec![error]),
+                None => Outcome::Duplicate(*accepted),
+            });
+        } else {
+            first_seen.insert(id, (index, fingerprint));
+            to_send.push((index, label, fingerprint));
         }
     }
     let _permits = reserve_in_flight(app, to_send.len())?;
-    let sends = to_send.iter().map(|(_, label)| {
+    let sends = to_send.iter().map(|(_, label, _)| {
         app.producer.send_event(
             topics::LABELS,
             Some(label.entity_id.as_bytes()),
@@ -109,8 +129,8 @@ async fn ingest_labels(
     let deliveries = futures::future::join_all(sends).await;
     let mut remembered = Vec::new();
     let mut queue_full = false;
-    for ((index, label), delivery) in to_send.iter().zip(deliveries) {
-        let outcome = delivered(delivery, &mut queue_full);
+    for ((index, label, fingerprint), delivery) in to_send.iter().zip(deliveries) {
+        let outcome = delivered(delivery, Some(*fingerprint), &mut queue_full);
         if let Outcome::Accepted(accepted) = &outcome {
             remembered.push((label.label_id.clone(), *accepted));
         }
@@ -245,6 +265,24 @@ pub(crate) fn label_value(value: &Json) -> Option<LabelValue> {
         Json::String(s) if !s.is_empty() => Some(LabelValue::Class(s.clone())),
         _ => None,
     }
+}
+
+/// What a label says, without when it was received (which a retry changes): what a label
+/// sent again under its id is compared with.
+fn fingerprint(label: &GroundTruthLabel) -> Fingerprint {
+    let value = match &label.label {
+        LabelValue::Number(n) => format!("number:{n}"),
+        LabelValue::Class(c) => format!("class:{c}"),
+    };
+    Fingerprint::of_parts(
+        Fingerprint::FIELDS,
+        &[
+            label.entity_id.as_bytes(),
+            &label.event_time.to_be_bytes(),
+            label.request_id.as_deref().unwrap_or_default().as_bytes(),
+            value.as_bytes(),
+        ],
+    )
 }
 
 fn label_text(label: &LabelValue) -> String {

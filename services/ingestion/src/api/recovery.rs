@@ -29,7 +29,7 @@ use mlops_kafka::ReadFrom;
 use tokio::sync::Notify;
 
 use super::{ApiError, App};
-use crate::store::Accepted;
+use crate::store::{Accepted, Fingerprint};
 
 /// How long one partition's tail may take to read back.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -199,6 +199,7 @@ pub(super) async fn events_written(
                 accepted: Accepted {
                     partition: r.partition,
                     offset: r.offset,
+                    fingerprint: r.payload.as_deref().and_then(Fingerprint::of_framed),
                 },
                 at: r.timestamp_millis.unwrap_or_else(mlops_events::now_millis),
             })
