@@ -245,10 +245,11 @@ struct ModelState {
     /// Answers awaiting their label, by request id (production's, and a shadow's to the
     /// same request): at most `pending_labels` requests.
     by_request: Awaiting<Vec<Pending>>,
-    /// Failed answers seen, as `<request id> <version>`, so that a copy read again is not
-    /// counted twice (a failure has no answer to wait in `by_request`): as many as
-    /// `pending_labels`.
-    failures_seen: Awaiting<()>,
+    /// Answers counted, as `<request id> <version>`, so that a copy read again by the
+    /// at-least-once consumer is not counted twice — also once its label joined it and it
+    /// left `by_request`, or when it failed and never waited there: the newest
+    /// 2 × `pending_labels` (production's and a shadow's answer to each request waiting).
+    counted: Awaiting<()>,
     drift_events: VecDeque<DriftEvent>,
     decisions: VecDeque<CanaryDecision>,
     /// The newest version any lifecycle event named.
@@ -485,16 +486,16 @@ impl Monitor {
     fn observe_prediction(&mut self, log: &PredictionLog) -> Option<Vec<Action>> {
         let settings = &self.settings;
         let model = self.models.entry(log.model_name.clone()).or_default();
+        let answer = format!("{} {}", log.request_id, log.model_version);
+        if model.counted.get(&answer).is_some() {
+            return None;
+        }
+        model
+            .counted
+            .insert(answer, (), 2 * settings.pending_labels);
         if log.error.is_some() {
             // A request the version failed (production answered it): it counts against
             // the version, and has no answer to join labels to or watch for drift.
-            let seen = format!("{} {}", log.request_id, log.model_version);
-            if model.failures_seen.get(&seen).is_some() {
-                return None;
-            }
-            model
-                .failures_seen
-                .insert(seen, (), settings.pending_labels);
             if let Some(canary) = &mut model.canary
                 && log.predicted_at >= canary.since
                 && log.model_version == canary.version
@@ -1420,6 +1421,42 @@ mod tests {
             evidence["production_labels"].as_f64(),
             Some(60.0),
             "{evidence}"
+        );
+    }
+
+    /// A copy of an answer read again after a label joined it (and it stopped waiting) —
+    /// a rebalance re-reads the prediction log from the last commit — is not counted for
+    /// its version again, nor waits for a label a second time.
+    #[test]
+    fn a_copy_of_an_answer_read_after_its_label_joined_it_counts_once() {
+        let mut monitor = monitor();
+        let predictions = |m: &Monitor| {
+            m.report("m").unwrap()["versions"][0]["predictions"]
+                .as_u64()
+                .unwrap()
+        };
+        let waiting = |m: &Monitor, field: &str| m.report("m").unwrap()[field].clone();
+        let answer = prediction(7, 1, ServingRole::Production, 80.0, 100);
+        monitor.prediction(&answer);
+        // Joined by its entity (the label names no request): the answer stops waiting.
+        monitor.label(&GroundTruthLabel {
+            request_id: None,
+            ..label(7, true, 200)
+        });
+        assert_eq!(waiting(&monitor, "predictions_awaiting_label"), 0);
+        monitor.prediction(&answer);
+        assert_eq!(predictions(&monitor), 1);
+        assert_eq!(waiting(&monitor, "predictions_awaiting_label"), 0);
+        // So the entity's next label has no answer of it to grade a second time.
+        monitor.label(&GroundTruthLabel {
+            request_id: None,
+            label_id: "l7-again".into(),
+            ..label(7, false, 300)
+        });
+        assert_eq!(
+            monitor.report("m").unwrap()["versions"][0]["labels"],
+            1,
+            "graded once"
         );
     }
 
