@@ -16,6 +16,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 duration=${BENCH_SECONDS:-20}
+# Rounds of platform-then-peer: on shared cores one run's CPU per event moves by up to 2×
+# between runs of the same code, so BENCH_ROUNDS=3 (or 5) reports the median of the
+# per-round ratios with their spread.
+rounds=${BENCH_ROUNDS:-1}
 # The same producer linger on both sides (ms).
 linger=${BENCH_LINGER_MS:-5}
 cache="${MLOPS_CACHE_DIR:-$HOME/.cache/mlops}"
@@ -76,6 +80,7 @@ fi
 # The measured server processes: the platform's ingestion service alone (not the broker,
 # not the other services), the peer's uvicorn with its workers.
 ingestion=$(pgrep -f "mlops service ingestion" | head -1)
+for round in $(seq "$rounds"); do
 for side in "platform http://127.0.0.1:39180 $ingestion" "fastapi-aiokafka http://127.0.0.1:39190 $peer"; do
   set -- $side
   for clients in ${BENCH_SINGLE_CONCURRENCY:-32 256}; do
@@ -88,28 +93,46 @@ for side in "platform http://127.0.0.1:39180 $ingestion" "fastapi-aiokafka http:
       perf record -F 999 $graph -p "$3" -o "$work/perf-$clients.data" -- sleep "$((duration + 2))" > "$work/perf-$clients.log" 2>&1 &
       perf_pid=$!
     fi
-    "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "single_${clients}_$1" --mode single --concurrency "$clients" --duration "$duration"
+    "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "single_${clients}_$1_$round" --mode single --concurrency "$clients" --duration "$duration"
     if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
   done
-  "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "batch_$1" --mode batch --batch-size 100 --concurrency 8 --duration "$duration"
+  "$target/ingest-load" --label "$1" --url "$2" --server-pid "$3" --dataset "batch_$1_$round" --mode batch --batch-size 100 --concurrency 8 --duration "$duration"
+done
 done | tee "$work/results.jsonl"
 
 # One table: both measures, platform against peer.
 "$venv/bin/python" - "$work/results.jsonl" <<'PY'
 import json, sys
+import statistics
 runs = [json.loads(line) for line in open(sys.argv[1])]
-by = {(r["label"], r["mode"], r["concurrency"]): r for r in runs}
+# Every run of a configuration, round by round (the file holds the rounds in order).
+by = {}
+for r in runs:
+    by.setdefault((r["label"], r["mode"], r["concurrency"]), []).append(r)
+median = lambda values: statistics.median(values)
 print("| run | platform events/s | peer events/s | throughput ratio | platform CPU s / 1k events | peer CPU s / 1k events | CPU ratio | platform p50 / p99 ms | peer p50 / p99 ms |")
 print("|---|---:|---:|---:|---:|---:|---:|---|---|")
-for (label, mode, concurrency), p in by.items():
+spreads = []
+for (label, mode, concurrency), ps in by.items():
     if label != "platform":
         continue
-    m = by[("fastapi-aiokafka", mode, concurrency)]
-    name = "single event" if mode == "single" else f"{p['batch_size']}-event batch"
-    print(f"| {name}, {concurrency} connections | {p['events_per_second']:,.0f} | {m['events_per_second']:,.0f} | "
-          f"**{p['events_per_second'] / max(m['events_per_second'], 1):.1f}×** | {p['cpu_seconds_per_1000_events']:.3f} | "
-          f"{m['cpu_seconds_per_1000_events']:.3f} | **{m['cpu_seconds_per_1000_events'] / max(p['cpu_seconds_per_1000_events'], 1e-9):.1f}×** | "
-          f"{p['p50_ms']} / {p['p99_ms']} | {m['p50_ms']} / {m['p99_ms']} |")
+    ms = by[("fastapi-aiokafka", mode, concurrency)]
+    # Each round's platform run against the same round's peer run; the medians of those.
+    pairs = list(zip(ps, ms))
+    cpu = lambda r: r["cpu_seconds_per_1000_events"]
+    cpu_ratios = [cpu(m) / max(cpu(p), 1e-9) for p, m in pairs]
+    rate_ratios = [p["events_per_second"] / max(m["events_per_second"], 1) for p, m in pairs]
+    of = lambda runs, key: median([r[key] for r in runs])
+    name = "single event" if mode == "single" else f"{ps[0]['batch_size']}-event batch"
+    print(f"| {name}, {concurrency} connections | {of(ps, 'events_per_second'):,.0f} | {of(ms, 'events_per_second'):,.0f} | "
+          f"**{median(rate_ratios):.1f}×** | {of(ps, 'cpu_seconds_per_1000_events'):.3f} | "
+          f"{of(ms, 'cpu_seconds_per_1000_events'):.3f} | **{median(cpu_ratios):.1f}×** | "
+          f"{of(ps, 'p50_ms')} / {of(ps, 'p99_ms')} | {of(ms, 'p50_ms')} / {of(ms, 'p99_ms')} |")
+    spreads.append((name, concurrency, cpu_ratios))
+if len(spreads[0][2]) > 1:
+    print(f"\nMedians of {len(spreads[0][2])} rounds. CPU ratio round by round:")
+    for name, concurrency, ratios in spreads:
+        print(f"- {name}, {concurrency} connections: " + ", ".join(f"{r:.1f}×" for r in ratios))
 errors = sum(r["errors"] for r in runs)
 if errors:
     sys.exit(f"{errors} requests failed")

@@ -462,3 +462,140 @@ async fn event_paths_are_traces_in_jaeger(jaeger: &Jaeger) {
         path.join(" -> ")
     });
 }
+
+/// A shadow (a version in canary at 0 %) judged end to end: it scores every request beside
+/// production without answering any, its answers reach the monitor over the prediction
+/// log, the labels that name each request grade them, and the monitor decides on that
+/// evidence alone. A shadow that learned the opposite of version 1 is rolled back; one
+/// that answers as version 1 does is promoted — and no client ever got a shadow's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_is_graded_on_labels_and_promoted_or_rolled_back() {
+    const SHADOWED: Names = Names {
+        dataset: "shadow_payments",
+        view: "shadow_spend",
+        model: "shadow_big_spender",
+    };
+    let model = SHADOWED.model;
+    let dir = mlops_testkit::temp_dir();
+    let ports = Ports::pick();
+    let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
+    let _launcher = Launched(
+        small_windows(&mut mlops(&["up"], &dir.path().join("data"), &ports))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("mlops up"),
+    );
+    wait_until_ready(&ports).await;
+    let http = admin_client(&dir.path().join("data"), Duration::from_secs(60));
+    let mut stream = Traffic::new(http.clone(), &ports, SHADOWED, 7);
+    stream.first_version().await;
+    // The artifact file: a signed header line, then the artifact's JSON.
+    let file = http
+        .get(ports.url(
+            "registry",
+            &format!("/v1/models/{model}/versions/1/artifact"),
+        ))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("version 1's artifact")
+        .bytes()
+        .await
+        .unwrap();
+    let body = file
+        .splitn(2, |b| *b == b'\n')
+        .nth(1)
+        .expect("a header line");
+    let artifact: Value = serde_json::from_slice(body).expect("the artifact's JSON");
+    let mut opposite = artifact.clone();
+    assert!(
+        negate_logistic_regression(&mut opposite["model"]),
+        "a logistic regression in {artifact}"
+    );
+
+    // The shadow that learned the opposite: graded wrong on the labels, rolled back.
+    let shadow = |artifact: &Value, reason: &str| {
+        let body = serde_json::json!({"artifact": artifact, "canary_percent": 0.0,
+                                      "actor": "test", "reason": reason});
+        let url = ports.url("registry", &format!("/v1/models/{model}/versions"));
+        let http = http.clone();
+        async move { support::post(&http, &url, &body).await }
+    };
+    let registered = shadow(&opposite, "a shadow that learned the opposite").await;
+    assert_eq!(registered["version"], 2, "{registered}");
+    assert_eq!(registered["stage"], "canary", "{registered}");
+    let decision = |version: i64| {
+        async move |_: &reqwest::Client, s: &Traffic<'_>| {
+            s.monitoring().await["canary_decisions"]
+                .as_array()?
+                .iter()
+                .find(|d| d["canary_version"] == version)
+                .cloned()
+        }
+    };
+    let rollback = stream.until("the shadow is judged", decision(2)).await;
+    assert_eq!(rollback["decision"], "rollback", "{rollback}");
+    let evidence = &rollback["evidence"];
+    assert!(
+        evidence["canary_labels"].as_f64().unwrap() >= 20.0
+            && evidence["canary_loss"].as_f64() > evidence["production_loss"].as_f64(),
+        "graded on labels, worse than production: {rollback}"
+    );
+    assert_eq!(stream.model().await["production"], 1);
+
+    // The shadow that answers as version 1 does: not worse, promoted.
+    let registered = shadow(&artifact, "a shadow of the same model").await;
+    assert_eq!(registered["version"], 3, "{registered}");
+    let promote = stream
+        .until("the second shadow is judged", decision(3))
+        .await;
+    assert_eq!(promote["decision"], "promote", "{promote}");
+    assert!(
+        promote["evidence"]["canary_labels"].as_f64().unwrap() >= 20.0,
+        "{promote}"
+    );
+    // A shadow answers no client: every answer was production's — version 1's, and
+    // version 3's once promoted — never the rolled-back shadow's.
+    let mut answered = std::collections::BTreeMap::new();
+    for answer in &stream.answers {
+        *answered.entry(answer.clone()).or_insert(0) += 1;
+    }
+    assert!(
+        answered
+            .keys()
+            .all(|(v, r)| r == "production" && (*v == 1 || *v == 3)),
+        "answers by (version, role): {answered:?}"
+    );
+    stream
+        .until("serving answers with version 3", async |_, s| {
+            s.answers.last().is_some_and(|(v, _)| *v == 3).then_some(())
+        })
+        .await;
+    assert_eq!(stream.model().await["production"], 3);
+}
+
+/// Negates a fitted logistic regression's weights and intercept (a model that learned the
+/// opposite); whether one was found.
+fn negate_logistic_regression(model: &mut Value) -> bool {
+    match model {
+        Value::Object(fields)
+            if fields.contains_key("intercept") && fields.contains_key("params") =>
+        {
+            if let Some(intercept) = fields["intercept"].as_f64() {
+                fields["intercept"] = (-intercept).into();
+            }
+            let weights = fields["params"]
+                .get_mut("data")
+                .and_then(Value::as_array_mut)
+                .expect("the weights");
+            for weight in weights {
+                *weight = (-weight.as_f64().unwrap()).into();
+            }
+            true
+        }
+        Value::Object(fields) => fields.values_mut().any(negate_logistic_regression),
+        Value::Array(items) => items.iter_mut().any(negate_logistic_regression),
+        _ => false,
+    }
+}
