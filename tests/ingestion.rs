@@ -645,6 +645,19 @@ async fn an_id_reused_for_other_content_is_refused_and_dead_lettered() {
         }
         refused.sort_by(f64::total_cmp);
         assert_eq!(refused, [7.0, 1_000.0]);
+        // Counted apart from invalid records, for an alert of their own.
+        let metrics = mlops_integration_tests::get(format!("{}/metrics", ingestion.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("mlops_ingestion_rejections_total{reason=\"id_conflict\"} 3")
+                && metrics
+                    .contains("mlops_ingestion_rejections_total{reason=\"invalid_record\"} 0"),
+            "{metrics}"
+        );
         ingestion.stop().await;
     }
 }

@@ -491,6 +491,7 @@ pub(super) fn respond(
         status: &'static str,
     }
     let (mut accepted, mut duplicates, mut rejected, mut skipped, mut failed) = (0, 0, 0, 0, 0);
+    let mut conflicts = 0;
     let results: Vec<RecordResult<'_>> = outcomes
         .iter()
         .enumerate()
@@ -514,8 +515,9 @@ pub(super) fn respond(
                     (result.status, result.partition, result.offset) =
                         ("duplicate", Some(a.partition), Some(a.offset));
                 }
-                Some(Outcome::Rejected(errors) | Outcome::Conflict(errors)) => {
+                Some(outcome @ (Outcome::Rejected(errors) | Outcome::Conflict(errors))) => {
                     rejected += 1;
+                    conflicts += usize::from(matches!(outcome, Outcome::Conflict(_)));
                     (result.status, result.errors) = ("rejected", Some(errors.as_slice()));
                 }
                 Some(Outcome::Skipped(reason)) => {
@@ -543,7 +545,8 @@ pub(super) fn respond(
     ] {
         app.count(name, status, n);
     }
-    app.reject("invalid_record", rejected);
+    app.reject("invalid_record", rejected - conflicts);
+    app.reject("id_conflict", conflicts);
 
     let status = if failed > 0 && queue_full {
         StatusCode::TOO_MANY_REQUESTS
