@@ -570,7 +570,7 @@ async fn an_id_reused_for_other_content_is_refused_and_dead_lettered() {
         assert_eq!(
             refused["results"][0]["errors"],
             json!([{"field": "txn_id", "reason": format!(
-                "id \"t-40\" is already taken by the event accepted at partition {}, offset {}, with other content: this record is not written; a retry must repeat the content, a new record needs a new id",
+                "id \"t-40\" is already taken by the event accepted at partition {}, offset {}, with other content: this event is not written; a retry must repeat the content, a new event needs a new id",
                 at["partition"], at["offset"]
             )}])
         );
@@ -596,7 +596,7 @@ async fn an_id_reused_for_other_content_is_refused_and_dead_lettered() {
         assert_eq!(statuses, ["accepted", "rejected", "duplicate"], "{batch}");
         let reason = batch["results"][1]["errors"][0]["reason"].as_str().unwrap();
         assert!(
-            reason.contains("taken by record 0 of this request"),
+            reason.contains("taken by event 0 of this request"),
             "{reason}"
         );
 

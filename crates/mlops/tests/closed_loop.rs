@@ -33,6 +33,28 @@ const DATASET: &str = NAMES.dataset;
 const VIEW: &str = NAMES.view;
 const MODEL: &str = NAMES.model;
 
+/// `mlops up` in `dir` with the test's small windows (and what `configure` adds), its log
+/// in `dir/launcher.log`; once every service is ready, with an admin's client.
+async fn up(
+    dir: &std::path::Path,
+    ports: &Ports,
+    configure: impl FnOnce(&mut std::process::Command),
+) -> (Launched, reqwest::Client) {
+    let log = std::fs::File::create(dir.join("launcher.log")).unwrap();
+    let mut command = mlops(&["up"], &dir.join("data"), ports);
+    configure(small_windows(&mut command));
+    let launched = Launched(
+        command
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("mlops up"),
+    );
+    wait_until_ready(ports).await;
+    let http = admin_client(&dir.join("data"), Duration::from_secs(60));
+    (launched, http)
+}
+
 /// Milliseconds as seconds, for the timeline.
 fn secs(ms: i64) -> f64 {
     ms as f64 / 1000.0
@@ -45,24 +67,17 @@ async fn drift_retrains_canaries_and_promotes_and_a_worse_canary_is_rolled_back(
     // Every service exports its spans to a real Jaeger (OTLP over gRPC), read back at the
     // end through Jaeger's query API.
     let jaeger = Jaeger::start(dir.path()).await;
-    let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
-    let _launcher = Launched(
-        small_windows(&mut mlops(&["up"], &dir.path().join("data"), &ports))
-            .env(
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{}", jaeger.otlp_grpc),
-            )
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "500")
-            .env("OTEL_BSP_MAX_QUEUE_SIZE", "200000")
-            .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("mlops up"),
-    );
-    wait_until_ready(&ports).await;
-    let http = admin_client(&dir.path().join("data"), Duration::from_secs(60));
+    let (_launcher, http) = up(dir.path(), &ports, |up| {
+        up.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", jaeger.otlp_grpc),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "500")
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "200000")
+        .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096");
+    })
+    .await;
     let mut stream = Traffic::new(http.clone(), &ports, NAMES, 42);
     stream.first_version().await;
 
@@ -478,16 +493,7 @@ async fn a_shadow_is_graded_on_labels_and_promoted_or_rolled_back() {
     let model = SHADOWED.model;
     let dir = mlops_testkit::temp_dir();
     let ports = Ports::pick();
-    let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
-    let _launcher = Launched(
-        small_windows(&mut mlops(&["up"], &dir.path().join("data"), &ports))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("mlops up"),
-    );
-    wait_until_ready(&ports).await;
-    let http = admin_client(&dir.path().join("data"), Duration::from_secs(60));
+    let (_launcher, http) = up(dir.path(), &ports, |_| {}).await;
     let mut stream = Traffic::new(http.clone(), &ports, SHADOWED, 7);
     stream.first_version().await;
     // The artifact file: a signed header line, then the artifact's JSON.

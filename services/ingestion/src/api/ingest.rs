@@ -283,25 +283,18 @@ fn check_and_encode(
             _ => None,
         };
         if let Some(id) = &event_id {
-            let reuse = |earlier: Option<Fingerprint>, which: String| {
-                reused(&id_field(dataset, record), id, fingerprint, earlier, which)
+            let reuse = IdReuse {
+                field: &id_field(dataset, record),
+                id,
+                what: "event",
+                fingerprint,
             };
             if let Some(&(first, first_fingerprint)) = first_seen.get(id) {
-                match reuse(first_fingerprint, format!("record {first} of this request")) {
-                    Some(error) => checked.outcomes[index] = Some(Outcome::Conflict(vec![error])),
-                    None => checked.repeats.push((index, first)),
-                }
+                reuse.of_earlier_copy(&mut checked, index, first, first_fingerprint);
                 continue;
             }
             if let Some(accepted) = known.get(id) {
-                let which = format!(
-                    "the event accepted at partition {}, offset {}",
-                    accepted.partition, accepted.offset
-                );
-                checked.outcomes[index] = Some(match reuse(accepted.fingerprint, which) {
-                    Some(error) => Outcome::Conflict(vec![error]),
-                    None => Outcome::Duplicate(*accepted),
-                });
+                checked.outcomes[index] = Some(reuse.of_accepted(accepted));
                 continue;
             }
             first_seen.insert(id.clone(), (index, None));
@@ -338,25 +331,60 @@ fn id_field(dataset: &Dataset, record: &Json) -> String {
     }
 }
 
-/// The error of a record that reuses `id` for other content than `earlier` (named by
-/// `which`) held — `None` for a retry, or when the contents cannot be compared. A retry
-/// is answered `duplicate`; a new record under a used id would be lost that way, so it is
-/// refused, and dead-lettered with the reason.
-pub(super) fn reused(
-    field: &str,
-    id: &str,
-    mine: Option<Fingerprint>,
-    earlier: Option<Fingerprint>,
-    which: String,
-) -> Option<FieldError> {
-    match (mine, earlier) {
-        (Some(mine), Some(earlier)) if mine.contradicts(&earlier) => Some(FieldError {
-            field: field.to_owned(),
-            reason: format!(
-                "id {id:?} is already taken by {which}, with other content: this record is not written; a retry must repeat the content, a new record needs a new id"
-            ),
-        }),
-        _ => None,
+/// A record (an event, a label) whose id is taken already — by an accepted record or by
+/// an earlier copy in the same request. A retry (the same content) is answered as that
+/// one; a new record under a taken id would be lost that way, so it is refused as a
+/// conflict, and dead-lettered with the reason.
+pub(super) struct IdReuse<'a> {
+    /// Where the id came from: the dataset's id field, `Idempotency-Key`, `label_id`.
+    pub(super) field: &'a str,
+    pub(super) id: &'a str,
+    /// `record` or `label`, in the reason.
+    pub(super) what: &'a str,
+    /// What this one holds (`None`: it could not be encoded, so nothing is compared).
+    pub(super) fingerprint: Option<Fingerprint>,
+}
+
+impl IdReuse<'_> {
+    /// Answered `duplicate` of `accepted`, or refused as a conflict with it.
+    pub(super) fn of_accepted(&self, accepted: &Accepted) -> Outcome {
+        let which = format!(
+            "the {} accepted at partition {}, offset {}",
+            self.what, accepted.partition, accepted.offset
+        );
+        match self.conflict(accepted.fingerprint, which) {
+            Some(error) => Outcome::Conflict(vec![error]),
+            None => Outcome::Duplicate(*accepted),
+        }
+    }
+
+    /// Answered as record `first` of the request (`resolve_repeats`), or refused.
+    pub(super) fn of_earlier_copy(
+        &self,
+        checked: &mut Checked,
+        index: usize,
+        first: usize,
+        first_fingerprint: Option<Fingerprint>,
+    ) {
+        let which = format!("{} {first} of this request", self.what);
+        match self.conflict(first_fingerprint, which) {
+            Some(error) => checked.outcomes[index] = Some(Outcome::Conflict(vec![error])),
+            None => checked.repeats.push((index, first)),
+        }
+    }
+
+    /// The error when `earlier` (named by `which`) is proven to hold other content.
+    fn conflict(&self, earlier: Option<Fingerprint>, which: String) -> Option<FieldError> {
+        match (self.fingerprint, earlier) {
+            (Some(mine), Some(earlier)) if mine.contradicts(&earlier) => Some(FieldError {
+                field: self.field.to_owned(),
+                reason: format!(
+                    "id {:?} is already taken by {which}, with other content: this {} is not written; a retry must repeat the content, a new {} needs a new id",
+                    self.id, self.what, self.what
+                ),
+            }),
+            _ => None,
+        }
     }
 }
 

@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use super::{
     ApiError, App,
     ingest::{
-        Checked, Incoming, Outcome, accepted_before, dead_letter_rejections, delivered,
-        reserve_in_flight, resolve_repeats, respond, reused,
+        Checked, IdReuse, Incoming, Outcome, accepted_before, dead_letter_rejections, delivered,
+        reserve_in_flight, resolve_repeats, respond,
     },
 };
 use crate::{dataset::Dataset, store::Fingerprint};
@@ -94,24 +94,16 @@ async fn ingest_labels(
         };
         let id = label.label_id.as_str();
         let fingerprint = fingerprint(label);
-        let reuse = |earlier, which| reused("label_id", id, Some(fingerprint), earlier, which);
+        let reuse = IdReuse {
+            field: "label_id",
+            id,
+            what: "label",
+            fingerprint: Some(fingerprint),
+        };
         if let Some(&(first, first_fingerprint)) = first_seen.get(id) {
-            match reuse(
-                Some(first_fingerprint),
-                format!("label {first} of this request"),
-            ) {
-                Some(error) => checked.outcomes[index] = Some(Outcome::Conflict(vec![error])),
-                None => checked.repeats.push((index, first)),
-            }
+            reuse.of_earlier_copy(&mut checked, index, first, Some(first_fingerprint));
         } else if let Some(accepted) = known.get(id) {
-            let which = format!(
-                "the label accepted at partition {}, offset {}",
-                accepted.partition, accepted.offset
-            );
-            checked.outcomes[index] = Some(match reuse(accepted.fingerprint, which) {
-                Some(error) => Outcome::Conflict(vec![error]),
-                None => Outcome::Duplicate(*accepted),
-            });
+            checked.outcomes[index] = Some(reuse.of_accepted(accepted));
         } else {
             first_seen.insert(id, (index, fingerprint));
             to_send.push((index, label, fingerprint));
