@@ -262,6 +262,25 @@ async fn infer_applies_the_artifacts_own_transforms_in_the_protocols_shapes() {
         .await;
     assert_eq!(status, StatusCode::OK, "{matrix}");
     assert_eq!(matrix["outputs"][0]["data"], probability["data"]);
+    // A large request (here 10,000 rows, over 256 KiB) is scored on the CPU pool, off the
+    // thread that serves other connections, with the same answers.
+    let rows: Vec<Value> = (0..10_000)
+        .map(|i| match i {
+            0 => json!([80.0, "USD"]),
+            1 => json!([20.0, "EUR"]),
+            _ => json!([f64::from(i) * 0.012_345_678_901_234_5, "USD"]),
+        })
+        .collect();
+    let large = json!({"inputs": [{"name": "input", "shape": [10_000, 2], "datatype": "BYTES",
+                                   "data": rows}]});
+    assert!(large.to_string().len() > 256 * 1024);
+    let (status, answered) = s.infer(&serving.url, &large).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answered["outputs"][0]["shape"], json!([10_000]));
+    assert_eq!(
+        answered["outputs"][0]["data"].as_array().unwrap()[..2],
+        probability["data"].as_array().unwrap()[..]
+    );
 
     // The protocol's own error shape.
     let (status, refused) = s

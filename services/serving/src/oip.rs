@@ -645,8 +645,31 @@ fn queue(
     });
 }
 
-fn parse(body: &Bytes) -> Result<InferRequest, OipError> {
+fn parse(body: &[u8]) -> Result<InferRequest, OipError> {
     serde_json::from_slice(body).map_err(|e| bad(format!("not an inference request: {e}")))
+}
+
+/// Bodies above this size are parsed and scored on the CPU pool: thousands of rows must not
+/// hold the thread that serves other connections; below it, the hop would cost more.
+const CPU_POOL_ABOVE_BYTES: usize = 256 * 1024;
+
+/// Runs `work` on the body here, or on the CPU pool for a large body.
+async fn in_place_or_pooled<T, F>(
+    serving: Arc<Serving>,
+    body: Bytes,
+    work: F,
+) -> Result<Body<T>, OipError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Serving, &[u8]) -> Result<T, OipError> + Send + 'static,
+{
+    if body.len() > CPU_POOL_ABOVE_BYTES {
+        mlops_runtime::cpu::run(move || work(&serving, &body))
+            .await
+            .map(Body)
+    } else {
+        work(&serving, &body).map(Body)
+    }
 }
 
 async fn infer(
@@ -654,29 +677,36 @@ async fn infer(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Body<InferResponse>, OipError> {
+    in_place_or_pooled(serving, body, move |serving, body| {
+        infer_now(serving, &name, body)
+    })
+    .await
+}
+
+fn infer_now(serving: &Serving, name: &str, body: &[u8]) -> Result<InferResponse, OipError> {
     let started = std::time::Instant::now();
-    let request = parse(&body)?;
+    let request = parse(body)?;
     let ids = ids_of(&request);
-    let (loaded, role) = route(&serving.deployments, &name, &request)?;
-    match score(&serving, &name, &request, (&loaded, role), &ids, started) {
+    let (loaded, role) = route(&serving.deployments, name, &request)?;
+    match score(serving, name, &request, (&loaded, role), &ids, started) {
         // A canary that fails where production answers must not cost the caller: production
         // answers, and the failure is logged against the canary, whose analysis counts it.
         Err(failure) if role == ServingRole::Canary => {
-            let Some(production) = serving.deployments.get(&name).and_then(|d| d.production) else {
+            let Some(production) = serving.deployments.get(name).and_then(|d| d.production) else {
                 return Err(failure);
             };
             let answered = score(
-                &serving,
-                &name,
+                serving,
+                name,
                 &request,
                 (&production, ServingRole::Production),
                 &ids,
                 started,
             )?;
-            log_failure(&serving, &name, &ids, (&loaded, role), &failure.1, started);
-            Ok(Body(answered))
+            log_failure(serving, name, &ids, (&loaded, role), &failure.1, started);
+            Ok(answered)
         }
-        answered => answered.map(Body),
+        answered => answered,
     }
 }
 
@@ -685,10 +715,22 @@ async fn infer_version(
     Path((name, version)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Body<InferResponse>, OipError> {
+    in_place_or_pooled(serving, body, move |serving, body| {
+        infer_version_now(serving, &name, &version, body)
+    })
+    .await
+}
+
+fn infer_version_now(
+    serving: &Serving,
+    name: &str,
+    version: &str,
+    body: &[u8],
+) -> Result<InferResponse, OipError> {
     let started = std::time::Instant::now();
-    let request = parse(&body)?;
-    let number = version_number(&version)?;
-    let deployment = serving.deployment(&name)?;
+    let request = parse(body)?;
+    let number = version_number(version)?;
+    let deployment = serving.deployment(name)?;
     let role = if deployment
         .production
         .as_ref()
@@ -705,7 +747,7 @@ async fn infer_version(
         )
     })?;
     let ids = ids_of(&request);
-    score(&serving, &name, &request, (&loaded, role), &ids, started).map(Body)
+    score(serving, name, &request, (&loaded, role), &ids, started)
 }
 
 #[cfg(test)]
