@@ -46,14 +46,18 @@ struct Args {
     /// the measured window are reported, per 1,000 events.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Declare `txn_id` as the dataset's event id, so that every event also goes through
+    /// the idempotency store (a lookup and a record per request).
+    #[arg(long)]
+    event_id: bool,
     /// A label for the report line.
     #[arg(long, default_value = "target")]
     label: String,
 }
 
 /// The dataset both implementations serve: five typed fields and one rule.
-fn dataset(name: &str) -> Value {
-    json!({
+fn dataset(name: &str, event_id: bool) -> Value {
+    let mut spec = json!({
         "name": name,
         "schema": {"type": "record", "name": "Payment", "namespace": "bench", "fields": [
             {"name": "txn_id", "type": "string"},
@@ -64,7 +68,11 @@ fn dataset(name: &str) -> Value {
         ]},
         "key": "customer_id", "event_time": "ts", "partitions": 3,
         "rules": {"amount": {"min": 0}}
-    })
+    });
+    if event_id {
+        spec["event_id"] = json!("txn_id");
+    }
+    spec
 }
 
 fn event(worker: usize, seq: u64) -> Value {
@@ -136,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     let declared = client
         .post(format!("{}/v1/datasets", args.url))
         .header("content-type", "application/json")
-        .body(dataset(&args.dataset).to_string())
+        .body(dataset(&args.dataset, args.event_id).to_string())
         .send()
         .await?;
     anyhow::ensure!(

@@ -75,7 +75,11 @@ pub async fn connect(url: &str, migrations: &[Migration]) -> Result<AnyPool, Dat
         };
         // One writer at a time is what SQLite does anyway; one connection avoids
         // "database is locked" between our own connections.
-        options.max_connections(1).connect(&url).await?
+        options
+            .max_connections(1)
+            .after_connect(|connection, _| Box::pin(write_ahead_log(connection)))
+            .connect(&url)
+            .await?
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // A database that cannot give a connection within seconds is down for this request:
         // it is answered 503 rather than held for sqlx's default 30 s.
@@ -103,6 +107,22 @@ pub async fn connect(url: &str, migrations: &[Migration]) -> Result<AnyPool, Dat
     );
     migrator.run(&pool).await?;
     Ok(pool)
+}
+
+/// Puts an SQLite database in write-ahead-log mode, still synchronous in full (a commit is
+/// on disk when it returns, as before). In the default rollback-journal mode every commit
+/// creates, syncs and deletes a journal file and syncs the database too; in WAL mode it
+/// appends to one file and syncs that once. Measured on ingestion's idempotency store
+/// (one lookup and one record per request of events with ids, 32 connections): 1.6× the
+/// events/s at about a quarter less CPU per event (`load-tests/README.md`). Best effort: a
+/// database another process holds, or one opened read-only, stays as it is.
+async fn write_ahead_log(connection: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor as _;
+    if let Err(e) = connection.execute("PRAGMA journal_mode = WAL").await {
+        tracing::warn!(error = %e, "SQLite stays in rollback-journal mode");
+    }
+    connection.execute("PRAGMA synchronous = FULL").await?;
+    Ok(())
 }
 
 /// Whether `error` says the database could not be reached (connection refused or lost, no
@@ -265,6 +285,37 @@ mod tests {
         let url = "mysql://db/mlops";
         let unsupported = connect(url, &[FIRST]).await.unwrap_err();
         assert!(!worth_waiting_for(url, &unsupported), "{unsupported}");
+    }
+
+    /// A commit appends to the write-ahead log and syncs it, in full: also a database the
+    /// rollback journal created before is moved to it.
+    #[tokio::test]
+    async fn sqlite_commits_to_a_write_ahead_log_synchronously() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/service.db", dir.path().display());
+        let old = connect_raw(&url).await;
+        let journal = |pool: AnyPool| async move {
+            let row = sqlx::query("PRAGMA journal_mode")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            row.get::<String, _>(0)
+        };
+        assert_eq!(journal(old.clone()).await, "delete");
+        old.close().await;
+
+        let pool = connect(&url, &[FIRST]).await.unwrap();
+        sqlx::query("INSERT INTO notes (id, text) VALUES (1, 'logged')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(journal(pool.clone()).await, "wal");
+        let synchronous = sqlx::query("PRAGMA synchronous")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(synchronous.get::<i64, _>(0), 2, "FULL");
+        assert!(dir.path().join("service.db-wal").exists());
     }
 
     #[tokio::test]
