@@ -376,16 +376,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        let served = tokio::spawn(serve_tls_on_lanes(
-            listener,
-            tls,
-            router(),
-            cancel.clone(),
-            2,
-        ));
+        let (addr, cancel, served) = serving_tls(tls, 2).await;
         let connector = trusting(&[issued]);
 
         // A client that connects and never says a word: its lane's other handshakes go on.
@@ -418,6 +409,29 @@ mod tests {
         drop(silent);
         cancel.cancel();
         served.await.unwrap().unwrap();
+    }
+
+    /// `router()` served over TLS on `lanes` (0: the caller's runtime) on a port of its own:
+    /// its address, the token that stops it, and the server.
+    async fn serving_tls(
+        tls: ServerTls,
+        lanes: usize,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let served = tokio::spawn(serve_tls_on_lanes(
+            listener,
+            tls,
+            router(),
+            cancel.clone(),
+            lanes,
+        ));
+        (addr, cancel, served)
     }
 
     /// A self-signed certificate for `localhost`, written to `dir` as `<name>.pem` and
@@ -486,16 +500,7 @@ mod tests {
         std::fs::copy(dir.path().join("first.pem"), &cert).unwrap();
         std::fs::copy(dir.path().join("first.key"), &key).unwrap();
         let tls = ServerTls::load(&cert, &key, None).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        let served = tokio::spawn(serve_tls_on_lanes(
-            listener,
-            tls,
-            router(),
-            cancel.clone(),
-            lanes,
-        ));
+        let (addr, cancel, served) = serving_tls(tls, lanes).await;
 
         let connector = trusting(&[first.clone(), renewed.clone()]);
         let (open, presented) = handshake_with(&connector, addr).await;

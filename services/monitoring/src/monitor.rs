@@ -482,7 +482,7 @@ impl Monitor {
     }
 
     /// Counts `log` for its version: drift, canary, the answers waiting for labels. `None`
-    /// for a copy of an answer still waiting for its label.
+    /// for a copy of an answer counted already.
     fn observe_prediction(&mut self, log: &PredictionLog) -> Option<Vec<Action>> {
         let settings = &self.settings;
         let model = self.models.entry(log.model_name.clone()).or_default();

@@ -283,18 +283,19 @@ fn check_and_encode(
             _ => None,
         };
         if let Some(id) = &event_id {
-            let reuse = IdReuse {
-                field: &id_field(dataset, record),
+            // Built only for an id taken already: a new id (the common case) costs nothing.
+            let reuse = || IdReuse {
+                field: id_field(dataset, record),
                 id,
                 what: "event",
                 fingerprint,
             };
             if let Some(&(first, first_fingerprint)) = first_seen.get(id) {
-                reuse.of_earlier_copy(&mut checked, index, first, first_fingerprint);
+                reuse().of_earlier_copy(&mut checked, index, first, first_fingerprint);
                 continue;
             }
             if let Some(accepted) = known.get(id) {
-                checked.outcomes[index] = Some(reuse.of_accepted(accepted));
+                checked.outcomes[index] = Some(reuse().of_accepted(accepted));
                 continue;
             }
             first_seen.insert(id.clone(), (index, None));
@@ -324,10 +325,10 @@ fn check_and_encode(
 
 /// Where a record's event id came from: the dataset's id field, or for a single event
 /// without one, the `Idempotency-Key` header.
-fn id_field(dataset: &Dataset, record: &Json) -> String {
-    match &dataset.spec.event_id {
-        Some(field) if dataset.event_id_of(record).is_some() => field.clone(),
-        _ => "Idempotency-Key".to_owned(),
+fn id_field<'a>(dataset: &'a Dataset, record: &Json) -> &'a str {
+    match dataset.spec.event_id.as_deref() {
+        Some(field) if dataset.event_id_of(record).is_some() => field,
+        _ => "Idempotency-Key",
     }
 }
 
@@ -339,7 +340,7 @@ pub(super) struct IdReuse<'a> {
     /// Where the id came from: the dataset's id field, `Idempotency-Key`, `label_id`.
     pub(super) field: &'a str,
     pub(super) id: &'a str,
-    /// `record` or `label`, in the reason.
+    /// `event` or `label`, in the reason.
     pub(super) what: &'a str,
     /// What this one holds (`None`: it could not be encoded, so nothing is compared).
     pub(super) fingerprint: Option<Fingerprint>,
